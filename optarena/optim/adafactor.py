@@ -1,0 +1,153 @@
+"""Adafactor — Shazeer & Stern 2018, "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost"."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._base import OptarenaOptimizer, ParamsT, check_choice, check_number, step_counter, zeros_state
+
+
+def relative_step_size(t: float, lr: float, relative_step: bool, warmup_init: bool) -> float:
+    """ρ_t: ``min(lr, 1/sqrt(t))`` (also ``≤ 1e-6·t`` with warm-up), or the constant ``lr``."""
+    if not relative_step:
+        return lr
+    rho = min(lr, 1 / math.sqrt(t))
+    return min(rho, 1e-6 * t) if warmup_init else rho
+
+
+def adafactor_update(params: list[Tensor], grads: list[Tensor], row_vars: list[Tensor | None],
+                     col_vars: list[Tensor | None], variances: list[Tensor | None], exp_avgs: list[Tensor | None],
+                     *, steps: list[float], lr: float, beta2_decay: float, eps1: float | None, eps2: float,
+                     clip_threshold: float, weight_decay: float, beta1: float | None, relative_step: bool,
+                     scale_parameter: bool, warmup_init: bool) -> None:
+    """The Adafactor rule on lists of tensors. Second moments are factored over the last two dims of tensors
+    with ≥ 2 dims (``row_vars``/``col_vars``), kept whole otherwise (``variances``)::
+
+        β̂ ← 1 − t^beta2_decay;   V ← β̂·V + (1 − β̂)·g²  (factored: row and column means of g²)
+        U ← g/sqrt(max(V, eps1²));  Û ← U/max(1, RMS(U)/clip_threshold)
+        m ← beta1·m + (1 − beta1)·Û  (if beta1);   θ ← θ·(1 − lr·wd) − α_t·(m or Û)
+        α_t = ρ_t·max(eps2, RMS(θ)) with scale_parameter, else ρ_t
+
+    The per-tensor reductions run in a loop; the elementwise work over all tensors uses foreach ops.
+    """
+    numels = [p.numel() for p in params]
+    if scale_parameter:
+        param_rms = [float(n) / math.sqrt(k) for n, k in zip(torch._foreach_norm(params), numels)]
+    else:
+        param_rms = [1.0] * len(params)
+    step_sizes = [relative_step_size(t, lr, relative_step, warmup_init) * (max(eps2, r) if scale_parameter else 1)
+                  for t, r in zip(steps, param_rms)]
+    if weight_decay != 0:
+        torch._foreach_mul_(params, 1 - lr * weight_decay)
+
+    updates = []
+    for grad, row_var, col_var, variance, t in zip(grads, row_vars, col_vars, variances, steps):
+        tiny = torch.finfo(grad.dtype).eps if eps1 is None else eps1
+        new_weight = t**beta2_decay  # 1 − β̂_t
+        if row_var is not None and col_var is not None:
+            # mean of g² over a dim, without materialising g²: ‖g‖²/n
+            row_var.lerp_(torch.linalg.vector_norm(grad, dim=-1, keepdim=True).square_().div_(grad.size(-1)),
+                          new_weight)
+            col_var.lerp_(torch.linalg.vector_norm(grad, dim=-2, keepdim=True).square_().div_(grad.size(-2)),
+                          new_weight)
+            estimate = (row_var @ col_var).div_(row_var.mean(dim=-2, keepdim=True).clamp_(min=tiny))
+        else:
+            variance.lerp_(grad * grad, new_weight)
+            estimate = variance
+        updates.append(estimate.clamp(min=tiny * tiny).rsqrt_().mul_(grad))
+
+    clip_divisors = [max(1.0, float(n) / (math.sqrt(k) * clip_threshold))
+                     for n, k in zip(torch._foreach_norm(updates), numels)]
+    if beta1 is not None:
+        torch._foreach_div_(updates, clip_divisors)
+        torch._foreach_lerp_(exp_avgs, updates, 1 - beta1)
+        updates = torch._foreach_mul(exp_avgs, [-a for a in step_sizes])
+    else:
+        torch._foreach_mul_(updates, [-a / c for a, c in zip(step_sizes, clip_divisors)])
+    torch._foreach_add_(params, updates)
+
+
+class Adafactor(OptarenaOptimizer):
+    """Adafactor: factored second moments, relative step sizes and update clipping; for an R×C matrix the state
+    is R + C numbers instead of R·C (plus R·C with ``beta1``).
+
+    With ``beta1=None, relative_step=True, scale_parameter=True, warmup_init=False`` (the defaults) this is
+    numerically :class:`torch.optim.Adafactor` (``clip_threshold`` is its ``d``). The extra switches follow the
+    paper and Hugging Face's ``Adafactor``:
+
+    Args:
+        params: parameters or parameter groups.
+        lr: with ``relative_step`` the cap of the relative step ``ρ_t = min(lr, 1/sqrt(t))`` (the paper's 1e-2);
+            without, the constant step size.
+        beta2_decay: ``β̂2_t = 1 − t^beta2_decay`` (−0.8 in the paper); must be ≤ 0.
+        eps: ``(eps1, eps2)``: eps1 floors the second moment (``None``: the math dtype's machine eps, float32's for
+            bf16/fp16 params); eps2 floors RMS(θ) in the parameter scale.
+        clip_threshold: ``d``: updates are scaled down to RMS ≤ d.
+        weight_decay: decoupled ``θ ← θ·(1 − lr·wd)`` with the group's ``lr`` (as torch.optim.Adafactor).
+        beta1: momentum on the clipped update (``None``: no first moment, the memory-saving default). The EMA is of
+            the lr-free update; Hugging Face's folds the step size into it — identical for a constant step.
+        relative_step: use ``ρ_t``; ``False`` uses ``lr`` as is.
+        scale_parameter: multiply the step by ``max(eps2, RMS(θ))``.
+        warmup_init: the paper's warm-up, ``ρ_t = min(lr, 1e-6·t, 1/sqrt(t))``; needs ``relative_step``.
+        maximize, foreach: as :class:`optarena.Lion`.
+    """
+
+    def __init__(self, params: ParamsT, lr: float = 1e-2, beta2_decay: float = -0.8,
+                 eps: tuple[float | None, float] = (None, 1e-3), clip_threshold: float = 1.0,
+                 weight_decay: float = 0.0, *, beta1: float | None = None, relative_step: bool = True,
+                 scale_parameter: bool = True, warmup_init: bool = False, maximize: bool = False,
+                 foreach: bool | None = None) -> None:
+        defaults = dict(lr=lr, beta2_decay=beta2_decay, eps=eps, clip_threshold=clip_threshold,
+                        weight_decay=weight_decay, beta1=beta1, relative_step=relative_step,
+                        scale_parameter=scale_parameter, warmup_init=warmup_init, maximize=maximize, foreach=foreach)
+        super().__init__(params, defaults)
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        check_number("lr", group["lr"])
+        check_number("beta2_decay", group["beta2_decay"], low=-math.inf, high=0.0)
+        eps = group["eps"]
+        if not isinstance(eps, (tuple, list)) or len(eps) != 2:
+            raise ValueError(f"Invalid eps: {eps!r} (expected a tuple (eps1 or None, eps2))")
+        if eps[0] is not None:
+            check_number("eps[0]", eps[0])
+        check_number("eps[1]", eps[1])
+        check_number("clip_threshold", group["clip_threshold"], low=0.0, low_open=True)
+        check_number("weight_decay", group["weight_decay"])
+        if group["beta1"] is not None:
+            check_number("beta1", group["beta1"], low=0.0, high=1.0, high_open=True)
+        for flag in ("relative_step", "scale_parameter", "warmup_init"):
+            check_choice(flag, group[flag], (False, True))
+        if group["warmup_init"] and not group["relative_step"]:
+            raise ValueError("Invalid warmup_init: True needs relative_step=True (the warm-up is of the relative "
+                             "step size)")
+
+    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+        state = {"step": step_counter()}
+        if p.dim() >= 2:
+            state["row_var"] = zeros_state(p, (*p.shape[:-1], 1))
+            state["col_var"] = zeros_state(p, (*p.shape[:-2], 1, p.shape[-1]))
+        else:
+            state["variance"] = zeros_state(p)
+        if group["beta1"] is not None:
+            state["exp_avg"] = zeros_state(p)
+        return state
+
+    def _update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                states: list[dict[str, Tensor]]) -> None:
+        eps1, eps2 = group["eps"]
+        beta1 = group["beta1"]
+        if beta1 is not None:
+            for p, state in zip(params, states):
+                # beta1 may be switched on for a group after it has already taken steps
+                state.setdefault("exp_avg", zeros_state(p))
+        adafactor_update(
+            params, grads, [s.get("row_var") for s in states], [s.get("col_var") for s in states],
+            [s.get("variance") for s in states], [s.get("exp_avg") for s in states],
+            steps=[float(s["step"]) for s in states], lr=group["lr"], beta2_decay=group["beta2_decay"],
+            eps1=eps1, eps2=eps2, clip_threshold=group["clip_threshold"], weight_decay=group["weight_decay"],
+            beta1=beta1, relative_step=group["relative_step"], scale_parameter=group["scale_parameter"],
+            warmup_init=group["warmup_init"])

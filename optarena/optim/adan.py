@@ -1,0 +1,113 @@
+"""Adan — Xie et al., "Adan: Adaptive Nesterov Momentum Algorithm" (arXiv 2208.06677, TPAMI 2024)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._base import LOW_PRECISION, OptarenaOptimizer, ParamsT, check_betas, check_number, step_counter, zeros_state
+
+
+def adan_update(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_diffs: list[Tensor],
+                exp_avg_sqs: list[Tensor], prev_grads: list[Tensor], *, steps: list[float], lr: float,
+                beta1: float, beta2: float, beta3: float, eps: float, weight_decay: float, no_prox: bool) -> None:
+    """The Adan rule on lists of tensors; ``steps`` holds each tensor's step count t (already advanced)::
+
+        diff ← g − g_prev  (0 at t = 1);   m ← β1·m + (1−β1)·g;   d ← β2·d + (1−β2)·diff
+        n ← β3·n + (1−β3)·(g + β2·diff)²;  denom ← sqrt(n)/sqrt(1−β3^t) + eps
+        step ← lr/(1−β1^t)·m/denom + lr·β2/(1−β2^t)·d/denom
+        θ ← (θ − step)/(1 + lr·wd)   or, with no_prox,   θ ← θ·(1 − lr·wd) − step;      g_prev ← g
+    """
+    for prev, grad, t in zip(prev_grads, grads, steps):
+        if t == 1:
+            prev.copy_(grad)
+    diffs = torch._foreach_sub(grads, prev_grads)
+    torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+    torch._foreach_lerp_(exp_avg_diffs, diffs, 1 - beta2)
+    nesterov_grads = diffs  # reuse the buffers: diffs are no longer needed
+    torch._foreach_mul_(nesterov_grads, beta2)
+    torch._foreach_add_(nesterov_grads, grads)
+    torch._foreach_mul_(exp_avg_sqs, beta3)
+    torch._foreach_addcmul_(exp_avg_sqs, nesterov_grads, nesterov_grads, value=1 - beta3)
+
+    denoms = torch._foreach_sqrt(exp_avg_sqs)
+    torch._foreach_div_(denoms, [math.sqrt(1 - beta3**t) for t in steps])
+    torch._foreach_add_(denoms, eps)
+    if no_prox and weight_decay != 0:
+        torch._foreach_mul_(params, 1 - lr * weight_decay)
+    torch._foreach_addcdiv_(params, exp_avgs, denoms, [-lr / (1 - beta1**t) for t in steps])
+    torch._foreach_addcdiv_(params, exp_avg_diffs, denoms, [-lr * beta2 / (1 - beta2**t) for t in steps])
+    if not no_prox and weight_decay != 0:
+        torch._foreach_div_(params, 1 + lr * weight_decay)
+    torch._foreach_copy_(prev_grads, grads)
+
+
+class Adan(OptarenaOptimizer):
+    """Adan: Nesterov-style momentum on gradients and gradient differences; four buffers (16 bytes/param fp32).
+
+    Betas follow the official code: ``(0.98, 0.92, 0.99)`` is the paper's ``(0.02, 0.08, 0.01)``.
+
+    Args:
+        params: parameters or parameter groups.
+        lr: learning rate. The authors report tolerating a peak lr 5–10× larger than Adam/AdamW.
+        betas: ``(β1, β2, β3)`` for the gradient, gradient-difference and squared-term EMAs.
+        eps: added to the bias-corrected ``sqrt(n)``.
+        weight_decay: the authors use 0.02. Applied as a proximal step ``θ/(1 + lr·wd)`` by default, as
+            decoupled decay ``θ·(1 − lr·wd)`` with ``no_prox=True``.
+        no_prox: use AdamW-style decoupled decay instead of the proximal form.
+        max_grad_norm: if > 0, every gradient is scaled by ``min(1, max_grad_norm/(‖g‖ + eps))`` where ``‖g‖``
+            is the global norm over all parameter groups (as the official code; ``p.grad`` is not modified).
+        maximize, foreach: as :class:`optarena.Lion`.
+
+    Step counts are kept per parameter (the official code keeps one per group); they differ only for parameters
+    that miss gradients on some steps. :meth:`restart` resets all state (the official ``restart_opt``).
+    """
+
+    def __init__(self, params: ParamsT, lr: float = 1e-3, betas: tuple[float, float, float] = (0.98, 0.92, 0.99),
+                 eps: float = 1e-8, weight_decay: float = 0.0, *, no_prox: bool = False, max_grad_norm: float = 0.0,
+                 maximize: bool = False, foreach: bool | None = None) -> None:
+        # max_grad_norm is global (one norm over every group), so it is checked once here, not per group.
+        check_number("max_grad_norm", max_grad_norm)
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, no_prox=no_prox,
+                        max_grad_norm=max_grad_norm, maximize=maximize, foreach=foreach)
+        super().__init__(params, defaults)
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        check_number("lr", group["lr"])
+        check_betas(group["betas"], 3)
+        check_number("eps", group["eps"])
+        check_number("weight_decay", group["weight_decay"])
+        if group["max_grad_norm"] != self.defaults["max_grad_norm"]:
+            raise ValueError(f"Invalid max_grad_norm in a param group: {group['max_grad_norm']!r} (the clipping norm "
+                             "is global over all groups; set it once in the Adan constructor)")
+
+    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+        return {"step": step_counter(), "exp_avg": zeros_state(p), "exp_avg_diff": zeros_state(p),
+                "exp_avg_sq": zeros_state(p), "prev_grad": zeros_state(p)}
+
+    @torch.no_grad()
+    def restart(self) -> None:
+        """Forget all moments and step counts: the next step is a first step again."""
+        self.state.clear()
+
+    def _grad_scale(self) -> float:
+        max_norm = self.defaults["max_grad_norm"]
+        if max_norm <= 0:
+            return 1.0
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if not grads:
+            return 1.0
+        norms = torch._foreach_norm([g.float() if g.dtype in LOW_PRECISION else g for g in grads])
+        total = math.sqrt(sum(float(n) ** 2 for n in norms))
+        return min(1.0, max_norm / (total + self.defaults["eps"]))
+
+    def _update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                states: list[dict[str, Tensor]]) -> None:
+        beta1, beta2, beta3 = group["betas"]
+        adan_update(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_diff"] for s in states],
+                    [s["exp_avg_sq"] for s in states], [s["prev_grad"] for s in states],
+                    steps=[float(s["step"]) for s in states], lr=group["lr"], beta1=beta1, beta2=beta2,
+                    beta3=beta3, eps=group["eps"], weight_decay=group["weight_decay"], no_prox=group["no_prox"])

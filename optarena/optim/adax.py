@@ -1,0 +1,91 @@
+"""AdaX — Li et al., "AdaX: Adaptive Gradient Descent with Exponential Long Term Memory" (arXiv 2004.09740)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._base import OptarenaOptimizer, ParamsT, check_betas, check_number, step_counter, zeros_state
+
+
+def adax_new_weight(t: float, beta2: float) -> float:
+    """Weight of g² in the bias-corrected second moment at step t: ``β2 / ((1 + β2)^t − 1)``.
+
+    AdaX's raw moment ``v ← (1 + β2)·v + β2·g²`` grows like ``(1 + β2)^t`` and overflows float32 near t ≈ 9e5;
+    its corrected value ``v̂ = v/((1 + β2)^t − 1)`` obeys ``v̂ ← (1 − w)·v̂ + w·g²`` with this ``w``. Written with
+    ``exp(−x)`` (x = t·log1p(β2)) it never overflows: at t = 1 it is exactly 1, for huge t it underflows to 0.
+    """
+    x = t * math.log1p(beta2)
+    return beta2 * math.exp(-x) / -math.expm1(-x)
+
+
+def adax_update(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor], *,
+                steps: list[float], lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
+                decoupled_weight_decay: bool) -> None:
+    """The AdaX rule on lists of tensors, with ``exp_avg_sqs`` holding the bias-corrected ``v̂``::
+
+        g ← g + wd·θ (L2)   or   θ ← θ·(1 − lr·wd) (decoupled)
+        m ← β1·m + (1 − β1)·g;   v̂ ← (1 − w_t)·v̂ + w_t·g²;   θ ← θ − lr·m/(sqrt(v̂) + eps)
+    """
+    if weight_decay != 0:
+        if decoupled_weight_decay:
+            torch._foreach_mul_(params, 1 - lr * weight_decay)
+        else:
+            grads = torch._foreach_add(grads, params, alpha=weight_decay)
+    torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+    weights = [adax_new_weight(t, beta2) for t in steps]
+    torch._foreach_mul_(exp_avg_sqs, [1 - w for w in weights])
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, weights)
+    denoms = torch._foreach_sqrt(exp_avg_sqs)
+    torch._foreach_add_(denoms, eps)
+    torch._foreach_addcdiv_(params, exp_avgs, denoms, value=-lr)
+
+
+class AdaX(OptarenaOptimizer):
+    """AdaX: Adam with an exponentially *growing* long-term memory of squared gradients; 8 bytes/param fp32.
+
+    Overflow-safe: the bias-corrected second moment is stored directly, so it stays finite for any step count
+    (tested at t = 1e7 and beyond), where the official code's raw moment overflows float32 near t ≈ 9e5.
+
+    ``eps`` is added to the *corrected* ``sqrt(v̂)`` (as in Adam and the paper's algorithm box). The official
+    code adds it to the uncorrected ``sqrt(v)``, which equals an eps of ``eps/sqrt((1 + β2)^t − 1)`` here: an
+    eps that shrinks to 0 as t grows, and 0/0 for a parameter whose gradient is always 0.
+
+    Args:
+        params: parameters or parameter groups.
+        lr: learning rate; the official code uses 1.5e-3 with L2 decay 5e-4 (AdaX) and 5e-3 with decoupled decay
+            5e-2 (AdaX-W, the authors' recommendation).
+        betas: ``(β1, β2)``; β2 > 0 is the growth rate of the long-term memory (default 1e-4).
+        eps: added to ``sqrt(v̂)``.
+        weight_decay: L2 penalty added to the gradient, or decoupled decay with ``decoupled_weight_decay``.
+        decoupled_weight_decay: AdaX-W: ``θ ← θ·(1 − lr·wd)`` instead of L2.
+        maximize, foreach: as :class:`optarena.Lion`.
+    """
+
+    def __init__(self, params: ParamsT, lr: float = 1.5e-3, betas: tuple[float, float] = (0.9, 1e-4),
+                 eps: float = 1e-8, weight_decay: float = 0.0, *, decoupled_weight_decay: bool = False,
+                 maximize: bool = False, foreach: bool | None = None) -> None:
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                        decoupled_weight_decay=decoupled_weight_decay, maximize=maximize, foreach=foreach)
+        super().__init__(params, defaults)
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        check_number("lr", group["lr"])
+        check_betas(group["betas"], 2)
+        check_number("betas[1]", group["betas"][1], low=0.0, low_open=True, high=1.0, high_open=True)
+        check_number("eps", group["eps"])
+        check_number("weight_decay", group["weight_decay"])
+
+    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+        return {"step": step_counter(), "exp_avg": zeros_state(p), "exp_avg_sq": zeros_state(p)}
+
+    def _update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                states: list[dict[str, Tensor]]) -> None:
+        beta1, beta2 = group["betas"]
+        adax_update(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+                    steps=[float(s["step"]) for s in states], lr=group["lr"], beta1=beta1, beta2=beta2,
+                    eps=group["eps"], weight_decay=group["weight_decay"],
+                    decoupled_weight_decay=group["decoupled_weight_decay"])
