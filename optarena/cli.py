@@ -11,7 +11,10 @@ from .registry import get_optimizer_info, list_optimizers
 def _names(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     for name in names:
-        get_optimizer_info(name)  # unknown names fail here, with the closest match
+        try:
+            get_optimizer_info(name)
+        except ValueError as err:  # argparse shows an ArgumentTypeError's message, not a ValueError's
+            raise argparse.ArgumentTypeError(str(err)) from None
     return names
 
 

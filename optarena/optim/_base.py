@@ -45,7 +45,8 @@ def check_betas(betas: Any, count: int, *, name: str = "betas") -> None:
 
 
 def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
-    if value not in choices:
+    # compare types too: 1 == True and 0 == False, but foreach=1 is a mistake worth reporting
+    if not any(type(value) is type(c) and value == c for c in choices):
         raise ValueError(f"Invalid {name}: {value!r} (expected one of {', '.join(map(repr, choices))})")
 
 
@@ -103,8 +104,9 @@ class OptarenaOptimizer(Optimizer):
         """Apply one step to ``params`` (same device and dtype, fp32/fp64). ``grads`` are read-only."""
         raise NotImplementedError
 
-    def _grad_scale(self) -> float:
-        """A factor applied to every gradient before the step (Adan's global-norm clipping overrides it)."""
+    def _grad_scale(self, params: list[Tensor]) -> float:
+        """A factor for every gradient of this step (``params``: all with a grad, over all groups); Adan's
+        global-norm clipping overrides it."""
         return 1.0
 
     # -- torch.optim.Optimizer API ------------------------------------------------------------------------------
@@ -155,20 +157,24 @@ class OptarenaOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        scale = self._grad_scale()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
+        with_grads = [(group, [p for p in group["params"] if p.grad is not None]) for group in self.param_groups]
+        all_params = [p for _, params in with_grads for p in params]
+        self._check_grads(all_params)
+        scale = self._grad_scale(all_params)
+        for group, params in with_grads:
             if params:
                 self._step_group(group, params, scale)
         return loss
 
-    # -- the machinery ------------------------------------------------------------------------------------------
-    def _step_group(self, group: dict[str, Any], params: list[Tensor], scale: float) -> None:
-        name = type(self).__name__
+    def _check_grads(self, params: list[Tensor]) -> None:
         for p in params:
             if p.grad.is_sparse:
-                raise RuntimeError(f"{name} does not support sparse gradients (got one for a parameter of shape "
-                                   f"{tuple(p.shape)}); use dense gradients, e.g. nn.Embedding(sparse=False)")
+                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients (got one for a "
+                                   f"parameter of shape {tuple(p.shape)}); use dense gradients, e.g. "
+                                   "nn.Embedding(sparse=False)")
+
+    # -- the machinery ------------------------------------------------------------------------------------------
+    def _step_group(self, group: dict[str, Any], params: list[Tensor], scale: float) -> None:
         states = []
         for p in params:
             state = self.state[p]

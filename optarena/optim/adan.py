@@ -93,14 +93,11 @@ class Adan(OptarenaOptimizer):
         """Forget all moments and step counts: the next step is a first step again."""
         self.state.clear()
 
-    def _grad_scale(self) -> float:
+    def _grad_scale(self, params: list[Tensor]) -> float:
         max_norm = self.defaults["max_grad_norm"]
-        if max_norm <= 0:
+        if max_norm <= 0 or not params:
             return 1.0
-        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
-        if not grads:
-            return 1.0
-        norms = torch._foreach_norm([g.float() if g.dtype in LOW_PRECISION else g for g in grads])
+        norms = torch._foreach_norm([p.grad.float() if p.dtype in LOW_PRECISION else p.grad for p in params])
         total = math.sqrt(sum(float(n) ** 2 for n in norms))
         return min(1.0, max_norm / (total + self.defaults["eps"]))
 

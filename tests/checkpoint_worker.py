@@ -1,0 +1,26 @@
+"""Run in a fresh Python process by test_conventions: load an optimizer checkpoint and continue training.
+
+argv: input file (from torch.save), output file. The input holds, per case, the params after k steps, the
+optimizer's state_dict and the gradients of the remaining steps. It is loaded with weights_only=True, as the
+Hugging Face Trainer does: the state must be tensors and plain Python types only.
+"""
+
+import sys
+
+import torch
+from cases import build
+
+if __name__ == "__main__":
+    payload = torch.load(sys.argv[1], weights_only=True)
+    out = {}
+    for case, item in payload.items():
+        params = [p.clone() for p in item["params"]]
+        optimizer = build(case, params, foreach=item["foreach"])
+        optimizer.load_state_dict(item["state_dict"])
+        for grads in item["grads"]:
+            for p, g in zip(params, grads):
+                p.grad = g
+            optimizer.step()
+        out[case] = {"params": params, "state_dtypes": [str(v.dtype) for s in optimizer.state.values()
+                                                        for k, v in s.items() if k != "step"]}
+    torch.save(out, sys.argv[2])

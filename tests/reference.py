@@ -1,0 +1,268 @@
+"""Straightforward reference implementations of optarena's update rules, for the parity tests.
+
+Written from ``/work/shared/ALGORITHMS.md`` and the optarena API contract, deliberately NOT from optarena's code:
+plain per-tensor Python, one class per algorithm, every formula in its most literal form (AdaX keeps the raw ``v``,
+Adan keeps ``g_prev``, Adafactor writes the EMAs out), no foreach, no in-place tricks.
+
+Every reference optimizer owns its own parameter tensors (give it copies) and is driven by ``step(grads)``, where
+``grads`` is a flat list aligned with the concatenation of the groups' ``params`` (``None`` = no grad this step).
+
+Each group is a dict: ``{"params": [tensors...], <hyper-parameter>: value, ...}`` holding *every* hyper-parameter
+of that group explicitly (the tests merge constructor defaults and group overrides themselves).
+
+The math runs in each parameter's own dtype (float64 in the main tests). ``round_to=torch.bfloat16`` simulates a
+low-precision parameter: keep float32 params/state here, and after every step the parameter is rounded to bf16 and
+back, exactly as optarena rounds an fp32 result into a bf16 parameter once per step. ``eps_dtype`` (Adafactor's
+``finfo(param.dtype).eps`` default) then follows ``round_to``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = ["RefAdaX", "RefAdafactor", "RefAdan", "RefLion", "RefOptimizer", "RefRLion", "adax_vhat_ema"]
+
+
+class RefOptimizer:
+    """Bookkeeping shared by the references: groups, per-parameter state and step counters, None-grad skipping."""
+
+    def __init__(self, groups: list[dict], *, maximize: bool = False, round_to: torch.dtype | None = None):
+        self.groups = groups
+        self.maximize = maximize
+        self.round_to = round_to
+        self.state: dict[int, dict] = {}  # keyed by flat parameter index
+
+    @property
+    def params(self) -> list[Tensor]:
+        return [p for group in self.groups for p in group["params"]]
+
+    def _entries(self, grads: list[Tensor | None]):
+        """Yield (flat index, group, param, g) for every param that has a grad; g is in the param's dtype and
+        already negated for maximize."""
+        flat = [(group, p) for group in self.groups for p in group["params"]]
+        if len(grads) != len(flat):
+            raise ValueError(f"expected {len(flat)} grads, got {len(grads)}")
+        for i, ((group, p), g) in enumerate(zip(flat, grads)):
+            if g is None:
+                continue
+            g = g.to(p.dtype)
+            if self.maximize:
+                g = -g
+            yield i, group, p, g
+
+    def _write(self, p: Tensor, new: Tensor) -> None:
+        if self.round_to is not None:
+            new = new.to(self.round_to).to(p.dtype)
+        p.copy_(new)
+
+    def steps(self, i: int) -> int:
+        """How many steps parameter ``i`` has taken (0 if it never had a grad)."""
+        return self.state[i]["step"] if i in self.state else 0
+
+    @torch.no_grad()
+    def step(self, grads: list[Tensor | None]) -> None:
+        for i, group, p, g in self._entries(grads):
+            self._update(i, group, p, g)
+
+    def _update(self, i: int, group: dict, p: Tensor, g: Tensor) -> None:
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------------------------------------------- Lion
+class RefLion(RefOptimizer):
+    """Lion (Chen et al. 2023). Group keys: lr, betas (b1, b2), weight_decay.
+
+        θ ← θ·(1 − lr·wd);  c ← β1·m + (1 − β1)·g;  θ ← θ − lr·sign(c);  m ← β2·m + (1 − β2)·g
+    """
+
+    def _direction(self, c: Tensor) -> Tensor:
+        return torch.sign(c)
+
+    def _update(self, i, group, p, g):
+        lr, (b1, b2), wd = group["lr"], group["betas"], group["weight_decay"]
+        st = self.state.setdefault(i, {"step": 0, "m": torch.zeros_like(p)})
+        st["step"] += 1
+        m = st["m"]
+        theta = p * (1 - lr * wd)
+        c = b1 * m + (1 - b1) * g
+        theta = theta - lr * self._direction(c)
+        st["m"] = b2 * m + (1 - b2) * g
+        self._write(p, theta)
+
+
+class RefRLion(RefLion):
+    """RLion: Lion with sign(c) replaced by a bounded map u(α·c); no bias correction of c.
+
+    bound="arctan": u = (2/π)·arctan(α·c);  bound="tanh": u = tanh(α·c).
+    """
+
+    def __init__(self, groups, *, alpha: float, bound: str = "arctan", maximize=False, round_to=None):
+        super().__init__(groups, maximize=maximize, round_to=round_to)
+        if bound not in ("arctan", "tanh"):
+            raise ValueError(bound)
+        self.alpha = alpha
+        self.bound = bound
+
+    def _direction(self, c):
+        if self.bound == "arctan":
+            return (2 / math.pi) * torch.arctan(self.alpha * c)
+        return torch.tanh(self.alpha * c)
+
+
+# ---------------------------------------------------------------------------------------------------- Adan
+class RefAdan(RefOptimizer):
+    """Adan (Xie et al.), as the official Python code. Group keys: lr, betas (b1, b2, b3), eps, weight_decay.
+
+    ``max_grad_norm > 0``: every grad of every group is first scaled by
+    min(1, max_grad_norm / (global_norm + clip_eps)), clip_eps being the constructor's eps.
+    """
+
+    def __init__(self, groups, *, no_prox=False, max_grad_norm=0.0, clip_eps=1e-8, maximize=False, round_to=None):
+        super().__init__(groups, maximize=maximize, round_to=round_to)
+        self.no_prox = no_prox
+        self.max_grad_norm = max_grad_norm
+        self.clip_eps = clip_eps
+        self.last_clip = 1.0  # the clip factor of the most recent step (for the tests)
+
+    @torch.no_grad()
+    def step(self, grads):
+        entries = list(self._entries(grads))
+        clip = 1.0
+        if self.max_grad_norm > 0:
+            global_norm = math.sqrt(sum(float((g * g).sum()) for _, _, _, g in entries))
+            clip = min(1.0, self.max_grad_norm / (global_norm + self.clip_eps))
+        self.last_clip = clip
+        for i, group, p, g in entries:
+            self._update(i, group, p, g * clip if clip != 1.0 else g)
+
+    def _update(self, i, group, p, g):
+        lr, (b1, b2, b3), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        st = self.state.setdefault(i, {"step": 0, "m": torch.zeros_like(p), "d": torch.zeros_like(p),
+                                       "n": torch.zeros_like(p), "g_prev": None})
+        st["step"] += 1
+        t = st["step"]
+        if t == 1:
+            st["g_prev"] = g.clone()
+        diff = g - st["g_prev"]
+        st["m"] = b1 * st["m"] + (1 - b1) * g
+        st["d"] = b2 * st["d"] + (1 - b2) * diff
+        st["n"] = b3 * st["n"] + (1 - b3) * (g + b2 * diff) ** 2
+        denom = torch.sqrt(st["n"]) / math.sqrt(1 - b3**t) + eps
+        step = (lr / (1 - b1**t)) * st["m"] / denom + (lr * b2 / (1 - b2**t)) * st["d"] / denom
+        if self.no_prox:
+            theta = p * (1 - lr * wd) - step
+        else:
+            theta = (p - step) / (1 + lr * wd)
+        st["g_prev"] = g.clone()
+        self._write(p, theta)
+
+
+# ---------------------------------------------------------------------------------------------------- AdaX
+class RefAdaX(RefOptimizer):
+    """AdaX (Li et al.), raw-v form (fine for moderate t). Group keys: lr, betas (b1, b2), eps, weight_decay.
+
+    L2 (default): g ← g + wd·θ;  decoupled: θ ← θ·(1 − lr·wd).
+    m ← β1 m + (1−β1) g;  v ← (1+β2) v + β2 g²;  v̂ = v/((1+β2)^t − 1);  θ ← θ − lr·m/(sqrt(v̂) + eps)
+    """
+
+    def __init__(self, groups, *, decoupled_weight_decay=False, maximize=False, round_to=None):
+        super().__init__(groups, maximize=maximize, round_to=round_to)
+        self.decoupled = decoupled_weight_decay
+
+    def _update(self, i, group, p, g):
+        lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        st = self.state.setdefault(i, {"step": 0, "m": torch.zeros_like(p), "v": torch.zeros_like(p)})
+        st["step"] += 1
+        t = st["step"]
+        theta = p.clone()
+        if self.decoupled:
+            theta = theta * (1 - lr * wd)
+        else:
+            g = g + wd * p
+        st["m"] = b1 * st["m"] + (1 - b1) * g
+        st["v"] = (1 + b2) * st["v"] + b2 * g * g
+        v_hat = st["v"] / ((1 + b2) ** t - 1)
+        theta = theta - lr * st["m"] / (torch.sqrt(v_hat) + eps)
+        self._write(p, theta)
+
+
+def adax_vhat_ema(grads: list[Tensor], b2: float) -> Tensor:
+    """AdaX's v̂ via the EMA form v̂ ← β̂·v̂ + (1 − β̂)·g², β̂ = 1 − β2/((1+β2)^t − 1): for checking the raw form."""
+    v_hat = torch.zeros_like(grads[0])
+    for t, g in enumerate(grads, start=1):
+        b_hat = 1 - b2 / math.expm1(t * math.log1p(b2))
+        v_hat = b_hat * v_hat + (1 - b_hat) * g * g
+    return v_hat
+
+
+# ---------------------------------------------------------------------------------------------------- Adafactor
+def _rms(x: Tensor) -> float:
+    return float(torch.sqrt((x * x).sum() / x.numel()))
+
+
+class RefAdafactor(RefOptimizer):
+    """Adafactor (Shazeer & Stern 2018) as the optarena contract states it.
+
+    Group keys: lr, beta2_decay, eps (eps1 | None, eps2), clip_threshold, weight_decay.
+    Constructor: beta1 (None = no momentum), relative_step, scale_parameter, warmup_init.
+    Second moment factored over the last two dims for dim ≥ 2 (leading dims are batch dims), full for dim ≤ 1.
+    """
+
+    def __init__(self, groups, *, beta1=None, relative_step=True, scale_parameter=True, warmup_init=False,
+                 maximize=False, round_to=None):
+        super().__init__(groups, maximize=maximize, round_to=round_to)
+        self.beta1 = beta1
+        self.relative_step = relative_step
+        self.scale_parameter = scale_parameter
+        self.warmup_init = warmup_init
+
+    def _update(self, i, group, p, g):
+        lr, beta2_decay, wd, d = group["lr"], group["beta2_decay"], group["weight_decay"], group["clip_threshold"]
+        eps1 = group["eps"][0] or torch.finfo(self.round_to or p.dtype).eps
+        eps2 = group["eps"][1]
+        factored = p.dim() >= 2
+        if i not in self.state:
+            st = {"step": 0}
+            if factored:
+                st["row_var"] = torch.zeros(p.shape[:-1] + (1,), dtype=p.dtype)
+                st["col_var"] = torch.zeros(p.shape[:-2] + (1, p.shape[-1]), dtype=p.dtype)
+            else:
+                st["var"] = torch.zeros_like(p)
+            if self.beta1 is not None:
+                st["m"] = torch.zeros_like(p)
+            self.state[i] = st
+        st = self.state[i]
+        st["step"] += 1
+        t = st["step"]
+
+        w = t**beta2_decay  # 1 − β̂2_t
+        if not self.relative_step:
+            rho = lr
+        elif self.warmup_init:
+            rho = min(lr, 1e-6 * t, 1 / math.sqrt(t))
+        else:
+            rho = min(lr, 1 / math.sqrt(t))
+        alpha = max(eps2, _rms(p)) * rho if self.scale_parameter else rho  # RMS(θ) before the decay
+
+        theta = p * (1 - lr * wd)
+
+        g2 = g * g
+        if factored:
+            st["row_var"] = (1 - w) * st["row_var"] + w * g2.mean(dim=-1, keepdim=True)
+            st["col_var"] = (1 - w) * st["col_var"] + w * g2.mean(dim=-2, keepdim=True)
+            row_mean = st["row_var"].mean(dim=-2, keepdim=True).clamp(min=eps1)
+            var = torch.matmul(st["row_var"], st["col_var"]) / row_mean
+        else:
+            st["var"] = (1 - w) * st["var"] + w * g2
+            var = st["var"]
+        u = g / torch.sqrt(var.clamp(min=eps1 * eps1))
+        u_hat = u / max(1.0, _rms(u) / d)
+        if self.beta1 is not None:
+            st["m"] = self.beta1 * st["m"] + (1 - self.beta1) * u_hat
+            theta = theta - alpha * st["m"]
+        else:
+            theta = theta - alpha * u_hat
+        self._write(p, theta)

@@ -1,0 +1,225 @@
+"""torch.optim conventions every optarena optimizer keeps: checkpoints, schedulers, closures, maximize, dtypes."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from cases import CASES, build
+
+import optarena
+
+SHAPES = [(), (7,), (5, 6), (2, 3, 4, 5)]
+
+
+def make_params(dtype=torch.float32, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=gen, dtype=torch.float32).to(dtype).requires_grad_() for s in SHAPES]
+
+
+def make_grads(params, steps, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    return [[torch.randn(p.shape, generator=gen).to(p.dtype) for p in params] for _ in range(steps)]
+
+
+def run(optimizer, params, grads_per_step):
+    for grads in grads_per_step:
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        optimizer.step()
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_state_dict_resumes_in_a_fresh_process(tmp_path: Path, foreach: bool) -> None:
+    """Save after k steps, load into a fresh optimizer in a new Python process, continue: identical to an
+    uninterrupted run, bit for bit. The worker loads with weights_only=True."""
+    k, total = 4, 9
+    payload, expected = {}, {}
+    for case in CASES:
+        params = make_params()
+        grads = make_grads(params, total)
+        optimizer = build(case, params, foreach=foreach)
+        run(optimizer, params, grads[:k])
+        payload[case] = {"params": [p.detach().clone() for p in params],
+                         "state_dict": copy.deepcopy(optimizer.state_dict()),  # state_dict() holds live tensors
+                         "grads": grads[k:], "foreach": foreach}
+        run(optimizer, params, grads[k:])
+        expected[case] = [p.detach().clone() for p in params]
+    src, dst = tmp_path / "checkpoint.pt", tmp_path / "continued.pt"
+    torch.save(payload, src)
+    tests_dir = Path(__file__).parent
+    subprocess.run([sys.executable, str(tests_dir / "checkpoint_worker.py"), str(src), str(dst)], check=True,
+                   cwd=tests_dir)
+    continued = torch.load(dst, weights_only=True)
+    for case in CASES:
+        for want, got in zip(expected[case], continued[case]["params"]):
+            assert torch.equal(want, got), case
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bf16_state_stays_fp32_across_load_state_dict(case: str) -> None:
+    params = make_params(torch.bfloat16)
+    optimizer = build(case, params)
+    run(optimizer, params, make_grads(params, 3))
+    saved = optimizer.state_dict()
+    fresh = build(case, params)
+    fresh.load_state_dict(saved)
+    for p in params:
+        for key, value in fresh.state[p].items():
+            if key == "step":
+                continue
+            assert value.dtype == torch.float32, (case, key)
+            assert torch.equal(value, optimizer.state[p][key]), (case, key)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", list(CASES))
+def test_low_precision_params_use_fp32_math(case: str, dtype: torch.dtype) -> None:
+    """One step on bf16/fp16 params equals the fp32 step on the same values, rounded once to the param dtype."""
+    low = make_params(dtype)
+    high = [p.detach().float().requires_grad_() for p in low]
+    grads = make_grads(low, 1)
+    opt_low, opt_high = build(case, low, lr=0.05), build(case, high, lr=0.05)
+    run(opt_low, low, grads)
+    run(opt_high, high, [[g.float() for g in grads[0]]])
+    for p_low, p_high in zip(low, high):
+        assert p_low.dtype == dtype
+        assert torch.equal(p_low, p_high.to(dtype))
+    assert all(v.dtype == torch.float32 for s in opt_low.state.values() for k, v in s.items() if k != "step")
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_lr_scheduler_drives_the_step(case: str) -> None:
+    """A LambdaLR halving the lr each step gives exactly the run with the group's lr set by hand, and differs
+    from the constant-lr run."""
+    results = []
+    for mode in ("scheduler", "manual", "constant"):
+        params = make_params(torch.float64)
+        optimizer = build(case, params)
+        base_lr = optimizer.param_groups[0]["lr"]
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 0.5**epoch)
+        for i, grads in enumerate(make_grads(params, 5)):
+            if mode == "manual":
+                optimizer.param_groups[0]["lr"] = base_lr * 0.5**i
+            for p, g in zip(params, grads):
+                p.grad = g.to(p.dtype)
+            optimizer.step()
+            if mode == "scheduler":
+                scheduler.step()
+        results.append([p.detach().clone() for p in params])
+    scheduled, manual, constant = results
+    assert all(torch.equal(a, b) for a, b in zip(scheduled, manual))
+    assert not all(torch.equal(a, b) for a, b in zip(scheduled, constant))
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_closure_is_evaluated_with_grad_and_its_loss_returned(case: str) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    x, y = torch.randn(8, 4), torch.randn(8, 3)
+    reference = torch.nn.Linear(4, 3)
+    reference.load_state_dict(model.state_dict())
+    optimizer, ref_optimizer = build(case, model.parameters()), build(case, reference.parameters())
+    calls = []
+
+    def closure():
+        calls.append(torch.is_grad_enabled())
+        optimizer.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        return loss
+
+    loss = optimizer.step(closure)
+    ref_loss = torch.nn.functional.mse_loss(reference(x), y)
+    ref_loss.backward()
+    ref_optimizer.step()
+    assert calls == [True]
+    assert torch.equal(loss, ref_loss)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), reference.parameters()))
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+@pytest.mark.parametrize("case", list(CASES))
+def test_maximize_equals_minimizing_the_negated_gradient(case: str, foreach: bool) -> None:
+    up, down = make_params(torch.float64), make_params(torch.float64)
+    grads = make_grads(up, 6)
+    run(build(case, up, maximize=True, foreach=foreach), up, grads)
+    run(build(case, down, foreach=foreach), down, [[-g for g in step] for step in grads])
+    assert all(torch.equal(a, b) for a, b in zip(up, down))
+    assert not all(torch.equal(a, b) for a, b in zip(up, make_params(torch.float64)))
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_gradients_are_never_modified(case: str) -> None:
+    params = make_params()
+    optimizer = build(case, params, maximize=True)
+    for grads in make_grads(params, 3):
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        optimizer.step()
+        assert all(torch.equal(p.grad, g) for p, g in zip(params, grads))
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_zero_grad_and_params_without_grad(case: str) -> None:
+    params = make_params()
+    frozen = torch.randn(3, requires_grad=True)
+    before = frozen.detach().clone()
+    optimizer = build(case, [*params, frozen])
+    run(optimizer, params, make_grads(params, 2))
+    optimizer.zero_grad()
+    assert all(p.grad is None for p in params)
+    optimizer.step()  # no gradients at all: a no-op
+    assert torch.equal(frozen, before) and frozen not in optimizer.state
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_sparse_gradients_are_refused_clearly(case: str) -> None:
+    embedding = torch.nn.Embedding(10, 4, sparse=True)
+    optimizer = build(case, embedding.parameters())
+    embedding(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(RuntimeError, match=f"{CASES[case][0].__name__} does not support sparse gradients"):
+        optimizer.step()
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_complex_params_are_refused_at_construction(case: str) -> None:
+    z = torch.randn(3, dtype=torch.complex64, requires_grad=True)
+    with pytest.raises(ValueError, match="does not support complex parameters.*complex64"):
+        build(case, [z])
+    optimizer = build(case, [torch.randn(3, requires_grad=True)])
+    with pytest.raises(ValueError, match="complex"):
+        optimizer.add_param_group({"params": [z]})
+    assert len(optimizer.param_groups) == 1
+
+
+def test_adan_restart_forgets_state() -> None:
+    params = make_params(torch.float64)
+    optimizer = optarena.Adan(params, lr=1e-2)
+    run(optimizer, params, make_grads(params, 3))
+    optimizer.restart()
+    assert len(optimizer.state) == 0
+    fresh_params = [p.detach().clone().requires_grad_() for p in params]
+    fresh = optarena.Adan(fresh_params, lr=1e-2)
+    grads = make_grads(params, 2, seed=7)
+    run(optimizer, params, grads)
+    run(fresh, fresh_params, grads)
+    assert all(torch.equal(a, b) for a, b in zip(params, fresh_params))
+
+
+def test_old_checkpoint_without_new_group_keys_loads_with_defaults() -> None:
+    """A state_dict from a version whose groups lacked a key (here: maximize, foreach) still loads."""
+    params = make_params()
+    optimizer = optarena.Lion(params, lr=1e-3)
+    run(optimizer, params, make_grads(params, 1))
+    saved = optimizer.state_dict()
+    for group in saved["param_groups"]:
+        del group["maximize"], group["foreach"]
+    fresh = optarena.Lion(params, lr=1e-3)
+    fresh.load_state_dict(saved)
+    assert fresh.param_groups[0]["maximize"] is False and fresh.param_groups[0]["foreach"] is None
+    run(fresh, params, make_grads(params, 1))

@@ -1,0 +1,155 @@
+"""The registry, the factory's parameter groups and argument filtering, and the lr translations."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import optarena
+from optarena.guidance import lr_range
+
+OWN = ["adafactor", "adan", "adax", "lion", "rlion"]
+CLASSIC = ["adadelta", "adagrad", "adam", "adamax", "adamw", "momentum", "nadam", "nesterov", "radam", "rmsprop",
+           "sgd"]
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, 2)
+        self.pos_embed = nn.Parameter(torch.zeros(1, 5, 4))
+        self.frozen = nn.Linear(2, 2)
+        self.frozen.requires_grad_(False)
+
+    def no_weight_decay(self) -> set[str]:
+        return {"pos_embed"}
+
+
+def test_every_optimizer_is_registered_with_its_source() -> None:
+    assert optarena.list_optimizers() == sorted(OWN + CLASSIC)
+    assert optarena.list_optimizers("optarena") == OWN
+    assert optarena.list_optimizers("torch.optim") == sorted(CLASSIC)
+
+
+@pytest.mark.parametrize("name", OWN + CLASSIC)
+def test_factory_builds_each_with_its_default_lr(name: str) -> None:
+    info = optarena.get_optimizer_info(name)
+    optimizer = optarena.create_optimizer(Net(), name.upper())  # names are case-insensitive
+    assert type(optimizer) is info.cls
+    assert all(g["lr"] == info.default_lr for g in optimizer.param_groups)
+    for key, value in info.fixed_kwargs.items():
+        assert optimizer.param_groups[0][key] == value
+
+
+def test_weight_decay_spares_biases_norms_1d_and_no_weight_decay_names() -> None:
+    model = Net()
+    optimizer = optarena.create_optimizer(model, "lion", lr=1e-4, weight_decay=0.5)
+    decayed, exempt = optimizer.param_groups
+    assert decayed["weight_decay"] == 0.5 and exempt["weight_decay"] == 0.0
+    assert {id(p) for p in decayed["params"]} == {id(model.conv.weight), id(model.fc.weight)}
+    assert {id(p) for p in exempt["params"]} == {id(model.conv.bias), id(model.bn.weight), id(model.bn.bias),
+                                                   id(model.fc.bias), id(model.pos_embed)}
+    extra = optarena.create_optimizer(model, "lion", weight_decay=0.5, no_weight_decay=["fc"])
+    assert {id(p) for p in extra.param_groups[0]["params"]} == {id(model.conv.weight)}
+
+
+def test_plain_tensors_are_split_by_shape_and_group_dicts_pass_through() -> None:
+    w, b = torch.zeros(3, 3, requires_grad=True), torch.zeros(3, requires_grad=True)
+    optimizer = optarena.create_optimizer([w, b], "adamw", weight_decay=0.1)
+    assert [len(g["params"]) for g in optimizer.param_groups] == [1, 1]
+    groups = [{"params": [w], "lr": 0.5}, {"params": [b]}]
+    optimizer = optarena.create_optimizer(groups, "adamw", lr=1e-3)
+    assert [g["lr"] for g in optimizer.param_groups] == [0.5, 1e-3]
+
+
+def test_portable_arguments_are_dropped_with_a_warning() -> None:
+    with pytest.warns(UserWarning) as record:
+        optimizer = optarena.create_optimizer(Net(), "sgd", betas=(0.9, 0.99), eps=1e-8)
+    assert [str(w.message) for w in record] == [
+        "create_optimizer: 'sgd' takes no betas; ignoring betas=(0.9, 0.99)",
+        "create_optimizer: 'sgd' takes no eps; ignoring eps=1e-08"]
+    assert "betas" not in optimizer.param_groups[0]
+    with pytest.warns(UserWarning, match="'lion' takes no momentum"):
+        optarena.create_optimizer(Net(), "lion", momentum=0.9)
+
+
+def test_accepted_arguments_pass_and_fixed_ones_can_be_overridden() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        optimizer = optarena.create_optimizer(Net(), "momentum", momentum=0.5)
+        adan = optarena.create_optimizer(Net(), "adan", betas=(0.9, 0.9, 0.9), max_grad_norm=1.0)
+    assert optimizer.param_groups[0]["momentum"] == 0.5
+    assert adan.param_groups[0]["betas"] == (0.9, 0.9, 0.9) and adan.defaults["max_grad_norm"] == 1.0
+
+
+def test_wrong_arguments_are_refused_clearly() -> None:
+    with pytest.raises(ValueError, match="Invalid betas for 'adan'.*takes 3 betas"):
+        optarena.create_optimizer(Net(), "adan", betas=(0.9, 0.99))
+    with pytest.raises(TypeError, match="'lion' does not take the argument 'nesterov'; it takes .*betas"):
+        optarena.create_optimizer(Net(), "lion", nesterov=True)
+    with pytest.raises(ValueError, match="Invalid lr: -1"):
+        optarena.create_optimizer(Net(), "lion", lr=-1)
+
+
+def test_unknown_name_lists_the_known_ones_and_the_closest_match() -> None:
+    with pytest.raises(ValueError, match=r"Unknown optimizer 'lino'\. Did you mean 'lion'\? Known optimizers: "
+                                         r"adadelta, .*adamw.*, sgd"):
+        optarena.create_optimizer(Net(), "lino")
+
+
+def test_registering_a_new_optimizer() -> None:
+    info = optarena.OptimizerInfo("my_sgd", torch.optim.SGD, 0.05, has_momentum=True, source="test")
+    optarena.register_optimizer(info)
+    try:
+        assert "my_sgd" in optarena.list_optimizers()
+        assert optarena.create_optimizer(Net(), "my_sgd").param_groups[0]["lr"] == 0.05
+    finally:
+        from optarena import registry
+
+        del registry._REGISTRY["my_sgd"]
+
+
+def test_state_bytes_measures_the_state() -> None:
+    model = nn.Linear(10, 10)  # 110 parameters
+    for name, per_param in [("lion", 4), ("adan", 16), ("adamw", 8)]:
+        optimizer = optarena.create_optimizer(model, name)
+        model(torch.randn(2, 10)).sum().backward()
+        optimizer.step()
+        step_bytes = sum(s["step"].numel() * s["step"].element_size() for s in optimizer.state.values()
+                         if "step" in s)
+        assert optarena.state_bytes(optimizer) - step_bytes == per_param * 110
+        assert optarena.get_optimizer_info(name).state_bytes_per_param == per_param
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("lion", {"lr": 2e-4, "weight_decay": 0.05}),
+    ("rlion", {"lr": 3e-3, "weight_decay": 0.01 / 3}),
+    ("adan", {"lr": 5e-3, "weight_decay": 0.002}),
+    ("adax", {"lr": 5e-3, "weight_decay": 0.005, "decoupled_weight_decay": True}),
+    ("adafactor", {"lr": 1e-2, "weight_decay": 0.001}),
+    ("adamw", {"lr": 1e-3, "weight_decay": 0.01}),
+])
+def test_translate_hparams_from_adamw(name: str, expected: dict) -> None:
+    got = optarena.translate_hparams(name, from_="adamw", lr=1e-3, weight_decay=0.01)
+    assert got == pytest.approx(expected)
+    optarena.create_optimizer(Net(), name, **got)  # the result is ready for the factory
+
+
+def test_translation_keeps_lion_decay_strength_and_gives_a_sweep_range() -> None:
+    got = optarena.translate_hparams("lion", lr=3e-4, weight_decay=0.1)
+    assert got["lr"] * got["weight_decay"] == pytest.approx(3e-4 * 0.1)
+    assert lr_range("lion", 1e-3) == pytest.approx((1e-4, 1e-3 / 3))
+
+
+def test_translate_hparams_refuses_what_it_cannot_do() -> None:
+    with pytest.raises(ValueError, match="No published rule translates AdamW hyper-parameters to 'sgd'"):
+        optarena.translate_hparams("sgd", lr=1e-3)
+    with pytest.raises(ValueError, match="Invalid from_: 'sgd'"):
+        optarena.translate_hparams("lion", from_="sgd", lr=1e-3)
+    with pytest.raises(ValueError, match="Invalid lr: 0"):
+        optarena.translate_hparams("lion", lr=0)

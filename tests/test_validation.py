@@ -1,0 +1,73 @@
+"""Every constructor argument out of range raises ValueError naming the argument and the value."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+import optarena
+
+BAD_ARGUMENTS = [
+    # (class, keyword arguments, the argument's name as the message must show it)
+    *[(cls, {"lr": -1e-3}, "lr") for cls in (optarena.Lion, optarena.RLion, optarena.Adan, optarena.AdaX,
+                                             optarena.Adafactor)],
+    *[(cls, {"lr": float("nan")}, "lr") for cls in (optarena.Lion, optarena.Adan)],
+    *[(cls, {"weight_decay": -0.1}, "weight_decay") for cls in (optarena.Lion, optarena.RLion, optarena.Adan,
+                                                                optarena.AdaX, optarena.Adafactor)],
+    (optarena.Lion, {"betas": (1.0, 0.99)}, "betas[0]"),
+    (optarena.Lion, {"betas": (0.9, -0.1)}, "betas[1]"),
+    (optarena.Lion, {"betas": (0.9, 0.99, 0.9)}, "betas"),
+    (optarena.Lion, {"maximize": "yes"}, "maximize"),
+    (optarena.Lion, {"foreach": 1}, "foreach"),
+    (optarena.RLion, {"alpha": 0.0}, "alpha"),
+    (optarena.RLion, {"alpha": float("inf")}, "alpha"),
+    (optarena.RLion, {"bound": "sigmoid"}, "bound"),
+    (optarena.Adan, {"betas": (0.98, 0.92)}, "betas"),
+    (optarena.Adan, {"betas": (0.98, 0.92, 1.5)}, "betas[2]"),
+    (optarena.Adan, {"eps": -1e-8}, "eps"),
+    (optarena.Adan, {"max_grad_norm": -1.0}, "max_grad_norm"),
+    (optarena.AdaX, {"betas": (0.9, 0.0)}, "betas[1]"),
+    (optarena.AdaX, {"betas": (-0.1, 1e-4)}, "betas[0]"),
+    (optarena.AdaX, {"eps": -1.0}, "eps"),
+    (optarena.Adafactor, {"beta2_decay": 0.5}, "beta2_decay"),
+    (optarena.Adafactor, {"eps": (None, -1e-3)}, "eps[1]"),
+    (optarena.Adafactor, {"eps": (-1e-30, 1e-3)}, "eps[0]"),
+    (optarena.Adafactor, {"eps": 1e-3}, "eps"),
+    (optarena.Adafactor, {"clip_threshold": 0.0}, "clip_threshold"),
+    (optarena.Adafactor, {"beta1": 1.0}, "beta1"),
+    (optarena.Adafactor, {"relative_step": False, "warmup_init": True}, "warmup_init"),
+    (optarena.Adafactor, {"scale_parameter": None}, "scale_parameter"),
+]
+
+
+@pytest.mark.parametrize(("cls", "kwargs", "name"), BAD_ARGUMENTS,
+                         ids=[f"{c.__name__}-{'-'.join(k)}" for c, k, _ in BAD_ARGUMENTS])
+def test_out_of_range_argument_names_itself_and_its_value(cls, kwargs, name) -> None:
+    params = [torch.zeros(3, requires_grad=True)]
+    with pytest.raises(ValueError) as info:
+        cls(params, **kwargs)
+    message = str(info.value)
+    assert f"Invalid {name}:" in message
+    value = kwargs[name.split("[")[0]]
+    shown = value[int(name[-2])] if name.endswith("]") else value
+    if name not in ("warmup_init",):  # that message names the conflicting flag instead of a number
+        assert re.search(re.escape(repr(shown)), message), message
+
+
+def test_bad_hyper_parameter_in_an_added_group_is_refused_and_not_kept() -> None:
+    optimizer = optarena.Lion([torch.zeros(3, requires_grad=True)])
+    with pytest.raises(ValueError, match=r"Invalid lr: -1"):
+        optimizer.add_param_group({"params": [torch.zeros(2, requires_grad=True)], "lr": -1})
+    assert len(optimizer.param_groups) == 1
+
+
+def test_adan_max_grad_norm_is_global_not_per_group() -> None:
+    with pytest.raises(ValueError, match="max_grad_norm in a param group: 1.0"):
+        optarena.Adan([{"params": [torch.zeros(3, requires_grad=True)], "max_grad_norm": 1.0}])
+
+
+def test_integer_params_are_refused() -> None:
+    with pytest.raises(ValueError, match="floating-point.*int64"):
+        optarena.Lion([torch.zeros(3, dtype=torch.long)])
