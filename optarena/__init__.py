@@ -11,11 +11,14 @@ from .registry import (
     register_optimizer,
     state_bytes,
 )
+from .schedules import ema_model, piecewise_linear
+from .wrappers import GradientAccumulation, LayerAdaptation, Lazy, Lookahead
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Adafactor", "AdaX", "Adan", "Lion", "OptimizerInfo", "RLion", "__version__", "create_optimizer",
-    "get_optimizer_info", "list_optimizers", "param_groups_for_weight_decay", "register_optimizer", "state_bytes",
+    "Adafactor", "AdaX", "Adan", "GradientAccumulation", "LayerAdaptation", "Lazy", "Lion", "Lookahead",
+    "OptimizerInfo", "RLion", "__version__", "create_optimizer", "ema_model", "get_optimizer_info",
+    "list_optimizers", "param_groups_for_weight_decay", "piecewise_linear", "register_optimizer", "state_bytes",
     "translate_hparams",
 ]

@@ -20,6 +20,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from .optim import Adafactor, Adan, AdaX, Lion, RLion
+from .wrappers import GradientAccumulation, LayerAdaptation, Lazy, Lookahead
 
 #: Arguments many optimizers share that a sweep may pass to all of them: dropped, with a warning, where unknown.
 PORTABLE_ARGS = ("betas", "eps", "momentum")
@@ -122,25 +123,52 @@ def _filter_kwargs(info: OptimizerInfo, kwargs: dict[str, Any]) -> dict[str, Any
     return out
 
 
+LOOKAHEAD_PREFIX = "lookahead_"
+
+
 def create_optimizer(model_or_params: nn.Module | Iterable[Any], name: str, lr: float | None = None,
                      weight_decay: float = 0.0, *, no_weight_decay: Iterable[str] = (),
-                     **kwargs: Any) -> Optimizer:
-    """Build the optimizer ``name`` for a model (or parameters, or parameter groups).
+                     lookahead: bool | Mapping[str, Any] = False, accumulate: int = 1, lazy: bool = False,
+                     layer_adaptation: bool = False, **kwargs: Any) -> Optimizer:
+    """Build the optimizer ``name`` for a model (or parameters, or parameter groups), optionally wrapped.
 
     Args:
         model_or_params: an ``nn.Module`` (decay exemptions by name and shape), an iterable of tensors (by shape)
             or of parameter-group dicts (used as given).
-        name: a registered name, see :func:`list_optimizers` (case-insensitive).
+        name: a registered name, see :func:`list_optimizers` (case-insensitive); the prefix ``lookahead_``
+            (``"lookahead_lion"``) is the same as ``lookahead=True``.
         lr: learning rate; ``None`` uses the optimizer's documented default.
         weight_decay: applied to ≥ 2-D weights only; see :func:`param_groups_for_weight_decay`.
         no_weight_decay: extra parameter names or module prefixes to exempt from decay.
+        lookahead: wrap in :class:`~optarena.wrappers.Lookahead`: ``True`` or a dict of its arguments
+            (``k``, ``alpha``, ``pullback``).
+        accumulate: ``N > 1`` wraps in :class:`~optarena.wrappers.GradientAccumulation` (``steps=N``).
+        lazy: wrap in :class:`~optarena.wrappers.Lazy`: embedding rows without gradient stay still.
+        layer_adaptation: wrap in :class:`~optarena.wrappers.LayerAdaptation` (``"adam"`` with it is LAMB-like).
         **kwargs: passed to the optimizer. ``betas``, ``eps`` and ``momentum`` are dropped with a warning for an
             optimizer without them; any other unknown argument raises ``TypeError`` listing the accepted ones.
+
+    Wrappers compose inside out as base → Lazy → LayerAdaptation → GradientAccumulation → Lookahead: the adapted
+    step sees the accumulated mean gradient, and Lookahead counts real updates, not micro-batches.
     """
+    if isinstance(name, str) and name.lower().startswith(LOOKAHEAD_PREFIX):
+        name, lookahead = name[len(LOOKAHEAD_PREFIX):], lookahead or True
+    if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1:
+        raise ValueError(f"Invalid accumulate: {accumulate!r} (an integer >= 1 micro-batches per update)")
     info = get_optimizer_info(name)
     kwargs = _filter_kwargs(info, {**info.fixed_kwargs, **kwargs})
     groups = param_groups_for_weight_decay(model_or_params, weight_decay, no_weight_decay)
-    return info.cls(groups, lr=info.default_lr if lr is None else lr, **kwargs)
+    optimizer = info.cls(groups, lr=info.default_lr if lr is None else lr, **kwargs)
+
+    if lazy:
+        optimizer = Lazy(optimizer)
+    if layer_adaptation:
+        optimizer = LayerAdaptation(optimizer)
+    if accumulate > 1:
+        optimizer = GradientAccumulation(optimizer, steps=accumulate)
+    if lookahead:
+        optimizer = Lookahead(optimizer, **({} if lookahead is True else dict(lookahead)))
+    return optimizer
 
 
 def _register_builtins() -> None:

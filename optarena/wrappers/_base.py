@@ -25,6 +25,9 @@ class OptimizerWrapper(Optimizer):
 
     #: The key under which ``state_dict()`` stores this wrapper's state.
     state_key: ClassVar[str]
+    #: Whether the last ``step()`` reached the real optimizer. GradientAccumulation sets it False between updates;
+    #: Lookahead reads it down the chain so that only real updates count as its inner steps.
+    did_update: bool = True
 
     def __init__(self, base: Optimizer) -> None:
         if not isinstance(base, Optimizer):

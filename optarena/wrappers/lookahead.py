@@ -1,0 +1,170 @@
+"""Lookahead — Zhang, Lucas, Hinton, Ba 2019, "Lookahead Optimizer: k steps forward, 1 step back" (arXiv 1907.08610)."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from ..optim._base import check_choice, check_number, group_by_device_and_dtype, math_dtype
+from ._base import OptimizerWrapper
+
+PULLBACKS = ("none", "reset", "pullback")
+
+#: The base-state keys treated as momentum by ``pullback``: optarena's and Adam's first moment, SGD's buffer.
+MOMENTUM_KEYS = ("exp_avg", "momentum_buffer")
+
+
+def innermost(optimizer: Optimizer) -> Optimizer:
+    """The real optimizer under any number of wrappers (the one that owns the momentum buffers)."""
+    while isinstance(optimizer, OptimizerWrapper):
+        optimizer = optimizer.base
+    return optimizer
+
+
+def inner_step_happened(optimizer: Optimizer) -> bool:
+    """False when a wrapper in the chain (e.g. GradientAccumulation between updates) reports that its last
+    ``step()`` did not reach the real optimizer: such calls are not Lookahead's inner steps."""
+    while isinstance(optimizer, OptimizerWrapper):
+        if not optimizer.did_update:
+            return False
+        optimizer = optimizer.base
+    return True
+
+
+class Lookahead(OptimizerWrapper):
+    """Lookahead: the base optimizer explores k steps ahead with fast weights θ, then slow weights φ move part of
+    the way towards them and the fast weights restart from there::
+
+        φ ← θ₀ (at construction)
+        every k-th inner step:  φ ← φ + α·(θ − φ);  θ ← φ
+
+    Every parameter syncs, including those without a gradient (they belong to the model). φ is captured when a
+    parameter becomes known (construction or ``add_param_group``), so the first cycle already pulls back. φ is kept
+    in fp32 for bf16/fp16 parameters (the small per-cycle moves would round away otherwise), else in the param's
+    dtype. φ (``state[p]["slow"]``) and the inner-step counter are in the ``state_dict``.
+
+    When the base is a :class:`GradientAccumulation`, only calls that reached the real optimizer
+    (``did_update``) count as inner steps.
+
+    Args:
+        base: the optimizer making the fast steps (any ``torch.optim.Optimizer`` or optarena wrapper).
+        k: inner steps per sync.
+        alpha: slow-weight step size, in (0, 1]; α = 1 keeps the fast weights (Lookahead off, apart from
+            ``pullback``).
+        pullback: what happens at each sync to the innermost optimizer's momentum, ``state[p]["exp_avg"]`` or
+            ``state[p]["momentum_buffer"]`` (other buffers, e.g. second moments, Adan's ``exp_avg_diff`` and step
+            counts, are never touched):
+
+            - ``"none"``: kept as is (the paper's default).
+            - ``"reset"``: zeroed in place. Adam-style bias correction keeps its step count, so the momentum
+              restarts from zero without being corrected back up.
+            - ``"pullback"``: interpolated like the weights, ``m ← α·m + (1 − α)·m_slow; m_slow ← m``, where
+              ``m_slow`` (``state[p]["slow_momentum"]``, same dtype as ``m``) is the momentum after the previous
+              sync. Before the first sync it is the base's momentum at the time φ was captured, or zeros when the
+              base had none yet (a fresh optimizer's momentum starts at zero), so the first cycle pulls back too.
+
+    Evaluate with the slow weights inside ``with lookahead.slow_weights(): ...``.
+    """
+
+    state_key = "lookahead"
+
+    def __init__(self, base: Optimizer, k: int = 5, alpha: float = 0.5, *, pullback: str = "none") -> None:
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+            raise ValueError(f"Invalid k: {k!r} (expected an integer >= 1)")
+        check_number("alpha", alpha, low=0.0, high=1.0, low_open=True)
+        check_choice("pullback", pullback, PULLBACKS)
+        self.k = int(k)
+        self.alpha = float(alpha)
+        self.pullback = pullback
+        #: Inner steps since the last sync (0 ≤ inner_steps < k between calls).
+        self.inner_steps = 0
+        super().__init__(base)
+
+    def __repr__(self) -> str:
+        return f"Lookahead(k={self.k}, alpha={self.alpha}, pullback={self.pullback!r}, base={self.base!r})"
+
+    # -- hooks ----------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _init_param_state(self, p: Tensor) -> None:
+        state = self.state[p]
+        state["slow"] = p.detach().to(dtype=math_dtype(p), copy=True)
+        if self.pullback == "pullback":
+            momentum = self._momentum(p)
+            if momentum is not None:
+                state["slow_momentum"] = momentum.clone()
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {"inner_steps": self.inner_steps}
+
+    def _load_extra_state(self, extra: dict[str, Any]) -> None:
+        self.inner_steps = int(extra["inner_steps"])
+
+    # -- the algorithm --------------------------------------------------------------------------------------------
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One inner step of the base; every k-th one is followed by the slow-weight sync."""
+        loss = self._base_step(closure)
+        if not inner_step_happened(self.base):
+            return loss
+        self.inner_steps += 1
+        if self.inner_steps >= self.k:
+            self.inner_steps = 0
+            self._sync()
+        return loss
+
+    @torch.no_grad()
+    def _sync(self) -> None:
+        params = self._params()
+        for bucket in group_by_device_and_dtype(params):
+            fast = [params[i] for i in bucket]
+            slow = [self.state[p]["slow"] for p in fast]
+            # φ is fp32 for bf16/fp16 params: interpolate against an fp32 copy of θ, then round once into θ
+            work = fast if fast[0].dtype == slow[0].dtype else [p.to(slow[0].dtype) for p in fast]
+            torch._foreach_lerp_(slow, work, self.alpha)  # φ + α(θ − φ); exactly θ for α = 1
+            torch._foreach_copy_(fast, slow)
+        if self.pullback == "none":
+            return
+        for p in params:
+            momentum = self._momentum(p)
+            if momentum is None:
+                continue  # no momentum yet (no gradient so far) or an optimizer without one
+            if self.pullback == "reset":
+                momentum.zero_()  # in place: the base keeps its own tensor
+                continue
+            state = self.state[p]
+            slow_momentum = state.get("slow_momentum")
+            if slow_momentum is None:
+                momentum.mul_(self.alpha)  # m_slow = 0
+            else:
+                momentum.lerp_(slow_momentum, 1 - self.alpha)  # α·m + (1 − α)·m_slow
+            state["slow_momentum"] = momentum.clone()
+
+    def _momentum(self, p: Tensor) -> Tensor | None:
+        state = innermost(self.base).state.get(p, {})
+        for key in MOMENTUM_KEYS:
+            value = state.get(key)
+            if isinstance(value, Tensor):
+                return value
+        return None
+
+    # -- evaluation -----------------------------------------------------------------------------------------------
+    @contextmanager
+    def slow_weights(self) -> Iterator[None]:
+        """Temporarily put the slow weights φ into the model's parameters (e.g. for evaluation); the fast weights
+        are restored on exit, also when the block raises. Do not step the optimizer inside the block."""
+        params = self._params()
+        with torch.no_grad():
+            fast = [p.detach().clone() for p in params]
+            for p in params:
+                p.copy_(self.state[p]["slow"])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, saved in zip(params, fast):
+                    p.copy_(saved)
