@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import copy
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from accumulation_worker import BASES, build
+from fresh_process import continue_in_fresh_process
 
 import optarena
 from optarena.wrappers.accumulation import GradientAccumulation
@@ -269,12 +268,7 @@ def test_state_dict_resumes_mid_accumulation_in_a_fresh_process(tmp_path: Path) 
         feed(opt, params, grads[saved_after:])
         expected[case] = (clone(params), counters, opt.skipped_updates)
     assert expected["adan-skip"][1][1] == 1
-    src, dst = tmp_path / "checkpoint.pt", tmp_path / "continued.pt"
-    torch.save(payload, src)
-    tests_dir = Path(__file__).parent
-    subprocess.run([sys.executable, str(tests_dir / "accumulation_worker.py"), str(src), str(dst)], check=True,
-                   cwd=tests_dir)
-    continued = torch.load(dst, weights_only=True)
+    continued = continue_in_fresh_process("accumulation_worker.py", payload, tmp_path)
     for case, (want, counters, skipped) in expected.items():
         assert all(torch.equal(a, b) for a, b in zip(want, continued[case]["params"])), case
         assert tuple(continued[case]["counters_at_load"]) == counters, case

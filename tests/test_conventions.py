@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import copy
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from cases import CASES, build
+from fresh_process import continue_in_fresh_process
 
 import optarena
 
@@ -49,12 +48,7 @@ def test_state_dict_resumes_in_a_fresh_process(tmp_path: Path, foreach: bool) ->
                          "grads": grads[k:], "foreach": foreach}
         run(optimizer, params, grads[k:])
         expected[case] = [p.detach().clone() for p in params]
-    src, dst = tmp_path / "checkpoint.pt", tmp_path / "continued.pt"
-    torch.save(payload, src)
-    tests_dir = Path(__file__).parent
-    subprocess.run([sys.executable, str(tests_dir / "checkpoint_worker.py"), str(src), str(dst)], check=True,
-                   cwd=tests_dir)
-    continued = torch.load(dst, weights_only=True)
+    continued = continue_in_fresh_process("checkpoint_worker.py", payload, tmp_path)
     for case in CASES:
         for want, got in zip(expected[case], continued[case]["params"]):
             assert torch.equal(want, got), case

@@ -5,12 +5,11 @@ the observed errors."""
 from __future__ import annotations
 
 import copy
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from fresh_process import continue_in_fresh_process
 from lazy_worker import build as build_worker_case
 
 import optarena
@@ -271,12 +270,7 @@ def test_state_dict_resumes_in_a_fresh_process(tmp_path: Path) -> None:
                 p.grad = g
             optimizer.step()
         expected[case] = [p.detach().clone() for p in params]
-    src, dst = tmp_path / "checkpoint.pt", tmp_path / "continued.pt"
-    torch.save(payload, src)
-    tests_dir = Path(__file__).parent
-    subprocess.run([sys.executable, str(tests_dir / "lazy_worker.py"), str(src), str(dst)], check=True,
-                   cwd=tests_dir)
-    continued = torch.load(dst, weights_only=True)
+    continued = continue_in_fresh_process("lazy_worker.py", payload, tmp_path)
     for case, want in expected.items():
         for w, got in zip(want, continued[case]):
             assert torch.equal(w, got), case

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import copy
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from fresh_process import continue_in_fresh_process
 from lookahead_worker import build
 
 import optarena
@@ -284,12 +283,7 @@ def test_state_dict_resumes_in_a_fresh_process(tmp_path: Path) -> None:
                          "state_dict": copy.deepcopy(opt.state_dict())}  # state_dict() holds live tensors
         feed(opt, params, grads[saved_after:])
         expected[case] = (clone(params), [opt.state[p]["slow"].clone() for p in params])
-    src, dst = tmp_path / "checkpoint.pt", tmp_path / "continued.pt"
-    torch.save(payload, src)
-    tests_dir = Path(__file__).parent
-    subprocess.run([sys.executable, str(tests_dir / "lookahead_worker.py"), str(src), str(dst)], check=True,
-                   cwd=tests_dir)
-    continued = torch.load(dst, weights_only=True)
+    continued = continue_in_fresh_process("lookahead_worker.py", payload, tmp_path)
     for case, (want_params, want_slow) in expected.items():
         assert all(torch.equal(a, b) for a, b in zip(want_params, continued[case]["params"])), case
         assert all(torch.equal(a, b) for a, b in zip(want_slow, continued[case]["slow"])), case

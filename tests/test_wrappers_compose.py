@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import copy
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from compose_worker import build as build_two_level
+from fresh_process import continue_in_fresh_process
 
 import optarena
 from optarena.wrappers import GradientAccumulation, LayerAdaptation, Lazy, Lookahead
@@ -66,11 +65,7 @@ def test_two_level_composition_resumes_in_a_fresh_process(tmp_path: Path) -> Non
     payload = {"params": [p.detach().clone() for p in params],
                "state_dict": copy.deepcopy(optimizer.state_dict()), "grads": grads[cut:]}
     feed(optimizer, params, grads[cut:])
-    torch.save(payload, tmp_path / "in.pt")
-    tests_dir = Path(__file__).parent
-    subprocess.run([sys.executable, str(tests_dir / "compose_worker.py"), str(tmp_path / "in.pt"),
-                    str(tmp_path / "out.pt")], check=True, cwd=tests_dir)
-    resumed = torch.load(tmp_path / "out.pt", weights_only=True)
+    resumed = continue_in_fresh_process("compose_worker.py", payload, tmp_path)
     assert all(torch.equal(a, b) for a, b in zip(params, resumed))
 
 
