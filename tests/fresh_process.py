@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 from pathlib import Path
@@ -19,3 +20,22 @@ def continue_in_fresh_process(worker: str, payload: Any, tmp_path: Path) -> Any:
     torch.save(payload, src)
     subprocess.run([sys.executable, str(TESTS_DIR / worker), str(src), str(dst)], check=True, cwd=TESTS_DIR)
     return torch.load(dst, weights_only=True)
+
+
+def checkpoint_midway(optimizer: torch.optim.Optimizer, params: list[torch.Tensor],
+                      grads_per_step: list[list[torch.Tensor]], k: int) -> tuple[dict[str, Any], list[torch.Tensor]]:
+    """Step through the first ``k`` gradient sets, snapshot (params, state_dict, remaining gradients) for a worker,
+    then finish the run here. Returns the snapshot and the uninterrupted run's final params."""
+
+    def feed(steps: list[list[torch.Tensor]]) -> None:
+        for grads in steps:
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            optimizer.step()
+
+    feed(grads_per_step[:k])
+    snapshot = {"params": [p.detach().clone() for p in params],
+                "state_dict": copy.deepcopy(optimizer.state_dict()),  # state_dict() holds live tensors
+                "grads": grads_per_step[k:]}
+    feed(grads_per_step[k:])
+    return snapshot, [p.detach().clone() for p in params]

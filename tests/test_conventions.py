@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import pytest
 import torch
 from cases import CASES, build
-from fresh_process import continue_in_fresh_process
+from fresh_process import checkpoint_midway, continue_in_fresh_process
 
 import optarena
 
@@ -41,13 +40,8 @@ def test_state_dict_resumes_in_a_fresh_process(tmp_path: Path, foreach: bool) ->
     for case in CASES:
         params = make_params()
         grads = make_grads(params, total)
-        optimizer = build(case, params, foreach=foreach)
-        run(optimizer, params, grads[:k])
-        payload[case] = {"params": [p.detach().clone() for p in params],
-                         "state_dict": copy.deepcopy(optimizer.state_dict()),  # state_dict() holds live tensors
-                         "grads": grads[k:], "foreach": foreach}
-        run(optimizer, params, grads[k:])
-        expected[case] = [p.detach().clone() for p in params]
+        snapshot, expected[case] = checkpoint_midway(build(case, params, foreach=foreach), params, grads, k)
+        payload[case] = {**snapshot, "foreach": foreach}
     continued = continue_in_fresh_process("checkpoint_worker.py", payload, tmp_path)
     for case in CASES:
         for want, got in zip(expected[case], continued[case]["params"]):

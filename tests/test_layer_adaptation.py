@@ -4,12 +4,11 @@ the observed errors."""
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import pytest
 import torch
-from fresh_process import continue_in_fresh_process
+from fresh_process import checkpoint_midway, continue_in_fresh_process
 from lazy_worker import build as build_worker_case
 
 import optarena
@@ -257,19 +256,8 @@ def test_state_dict_resumes_in_a_fresh_process(tmp_path: Path) -> None:
         gen = torch.Generator().manual_seed(11)
         params = [torch.randn(s, generator=gen, dtype=F64).requires_grad_() for s in [(5, 4), (4,), ()]]
         grads = [[torch.randn(p.shape, generator=gen, dtype=F64) for p in params] for _ in range(total)]
-        optimizer = build_worker_case(case, params)
-        for step_grads in grads[:k]:
-            for p, g in zip(params, step_grads):
-                p.grad = g
-            optimizer.step()
-        payload[case] = {"params": [p.detach().clone() for p in params],
-                         "state_dict": copy.deepcopy(optimizer.state_dict()), "grads": grads[k:]}
+        payload[case], expected[case] = checkpoint_midway(build_worker_case(case, params), params, grads, k)
         assert "layer_adaptation" in payload[case]["state_dict"]
-        for step_grads in grads[k:]:
-            for p, g in zip(params, step_grads):
-                p.grad = g
-            optimizer.step()
-        expected[case] = [p.detach().clone() for p in params]
     continued = continue_in_fresh_process("lazy_worker.py", payload, tmp_path)
     for case, want in expected.items():
         for w, got in zip(want, continued[case]):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fresh_process import continue_in_fresh_process
+from fresh_process import checkpoint_midway, continue_in_fresh_process
 from lazy_worker import build as build_worker_case
 
 import optarena
@@ -351,19 +351,8 @@ def test_state_dict_resumes_in_a_fresh_process(tmp_path: Path) -> None:
             linear_grad = torch.randn(3, 4, generator=gen, dtype=F64)
             linear_grad[t % 3] = 0
             grads.append([to_sparse(emb_grad, t % 3), torch.randn(4, generator=gen, dtype=F64), linear_grad])
-        optimizer = build_worker_case(case, params)
-        for step_grads in grads[:k]:
-            for p, g in zip(params, step_grads):
-                p.grad = g
-            optimizer.step()
-        payload[case] = {"params": [p.detach().clone() for p in params],
-                         "state_dict": copy.deepcopy(optimizer.state_dict()), "grads": grads[k:]}
+        payload[case], expected[case] = checkpoint_midway(build_worker_case(case, params), params, grads, k)
         assert "lazy" in payload[case]["state_dict"]
-        for step_grads in grads[k:]:
-            for p, g in zip(params, step_grads):
-                p.grad = g
-            optimizer.step()
-        expected[case] = [p.detach().clone() for p in params]
     continued = continue_in_fresh_process("lazy_worker.py", payload, tmp_path)
     for case, want in expected.items():
         for w, got in zip(want, continued[case]):
