@@ -1,8 +1,10 @@
-"""The ``optarena`` command. With no arguments it runs the built-in default job (today: the digits demo)."""
+"""The ``optarena`` command. With no arguments it runs the built-in default job: ``optarena compare`` on the quick
+suite (every built-in task, AdamW as the baseline), writing its report to ``./optarena-report``."""
 
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 
 from .registry import get_optimizer_info, list_optimizers
@@ -16,6 +18,45 @@ def _names(text: str) -> list[str]:
         except ValueError as err:  # argparse shows an ArgumentTypeError's message, not a ValueError's
             raise argparse.ArgumentTypeError(str(err)) from None
     return names
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .arena import CompareConfig, run_compare
+
+    tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip()) if args.tasks else ()
+    config = CompareConfig(optimizers=tuple(args.optimizers or ()), tasks=tasks + tuple(args.task), budget=args.budget,
+                           seeds=args.seeds, batch_sizes=args.batch_sizes, out=args.out, storage=args.storage,
+                           workers=args.workers, device=args.device, threads=args.threads,
+                           stale_after=args.stale_after)
+    try:
+        run_compare(config)
+    except KeyboardInterrupt:
+        print("\noptarena: interrupted; finished runs are stored. Run the same command again to resume.")
+        return 130
+    return 0
+
+
+def _cmd_tasks(args: argparse.Namespace) -> int:
+    from .arena.task import builtin_tasks
+
+    print(f"{'name':<16} {'metric':<14} {'target':>8} {'steps':>6} {'batch':>6}  description ({args.budget} budget)")
+    for name, factory in builtin_tasks().items():
+        task = factory(budget=args.budget)
+        target = "–" if task.target is None else f"{task.target:g}"
+        sizes = ",".join(map(str, task.all_batch_sizes))
+        print(f"{name:<16} {task.metric:<14} {target:>8} {task.steps:>6} {sizes:>6}  {task.description}")
+    print("\nA user task: --task package.module:function (or path/to/file.py:function) returning optarena.arena.Task")
+    return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -45,6 +86,34 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
     listing = commands.add_parser("list", help="list the registered optimizers")
     listing.set_defaults(func=_cmd_list)
+
+    compare = commands.add_parser("compare", help="fair side-by-side comparison with tuned lrs, report and claims")
+    compare.add_argument("--optimizers", type=_names, default=None,
+                         help="comma-separated names (default: adamw,lion,rlion,adan; more with --budget full)")
+    compare.add_argument("--tasks", default=None,
+                         help="comma-separated built-in tasks (see `optarena tasks`) or module:function specs "
+                              "(default: every built-in task)")
+    compare.add_argument("--task", action="append", default=[], metavar="MODULE:FUNCTION",
+                         help="a user task (repeatable): package.module:function or path/to/file.py:function")
+    compare.add_argument("--budget", choices=["tiny", "quick", "full"], default="quick")
+    compare.add_argument("--seeds", type=int, default=None, help="seeds per chosen setting (quick 3, full 5)")
+    compare.add_argument("--batch-sizes", type=_ints, default=None,
+                         help="comma-separated batch sizes for every task (default: each task's own)")
+    compare.add_argument("--out", default="optarena-report", help="output folder (default: ./optarena-report)")
+    compare.add_argument("--storage", default=None,
+                         help="Optuna storage URL shared by all workers and machines "
+                              "(default: sqlite:///OUT/arena.db; e.g. postgresql://user@host/db)")
+    compare.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 8),
+                         help="worker processes on this machine (default: one per core, at most 8)")
+    compare.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: cores/workers)")
+    compare.add_argument("--device", default="cpu", help="torch device for training (default: cpu)")
+    compare.add_argument("--stale-after", type=float, default=600.0,
+                         help="seconds without a heartbeat after which another machine's running trial is re-run")
+    compare.set_defaults(func=_cmd_compare)
+
+    tasks = commands.add_parser("tasks", help="list the built-in tasks")
+    tasks.add_argument("--budget", choices=["tiny", "quick", "full"], default="quick")
+    tasks.set_defaults(func=_cmd_tasks)
     return parser
 
 
@@ -52,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:  # the built-in default job
-        args = parser.parse_args(["demo"])
+        args = parser.parse_args(["compare"])
     try:
         return args.func(args)
     except ValueError as err:

@@ -1,0 +1,255 @@
+"""One training run: a task, an optimizer at one learning rate, one seed, one batch size — and what it measured.
+
+The run is the arena's unit of work. It never raises for a run that goes bad numerically: a non-finite loss or
+parameter, or a loss that grows past ``DIVERGENCE_FACTOR`` times its starting value, ends the run early and marks
+it ``diverged``. Exceptions from the task's own code do propagate (the caller records them as errors).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+from ..guidance import TRANSLATIONS, translate_hparams
+from ..registry import LOOKAHEAD_PREFIX, create_optimizer, get_optimizer_info, state_bytes
+from .task import Task
+
+DIVERGENCE_FACTOR = 10.0
+"""A run whose smoothed training loss exceeds this multiple of its first loss has blown up."""
+
+MAX_CURVE_POINTS = 100
+MAX_TRAJECTORY_POINTS = 300
+
+
+@dataclass
+class RunResult:
+    """Everything one run measured. Stored as JSON in the trial's user attributes, so plain types only."""
+
+    final_metric: float | None
+    """The validation metric after the last step (``None`` when the run diverged)."""
+    best_metric: float | None
+    diverged: bool
+    diverged_at: int | None
+    steps: int
+    """Optimizer steps completed."""
+    steps_to_target: int | None
+    seconds_to_target: float | None
+    """Training seconds (forward, backward and step; evaluation excluded) until the metric first met the target."""
+    train_seconds: float
+    opt_step_ms: float
+    """Median wall time of ``optimizer.step()`` (with the LR scheduler's step), per step."""
+    fwd_bwd_ms: float
+    """Median wall time of forward, loss and backward, per step."""
+    state_bytes: int
+    params: int
+    peak_memory_mb: float | None
+    """Peak memory above the level before the model was built: resident set on CPU, allocated on CUDA."""
+    loss_steps: list[int] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    """Mean training loss over each window ending at the matching entry of ``loss_steps``."""
+    eval_steps: list[int] = field(default_factory=list)
+    eval_metric: list[float] = field(default_factory=list)
+    trajectory: list[list[float]] | None = None
+    """For 2-D tasks: the point after each step (subsampled), starting with the initial point."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunResult:
+        return cls(**data)
+
+
+def arena_weight_decay(optimizer: str, task_weight_decay: float) -> dict[str, Any]:
+    """Weight-decay kwargs for ``optimizer`` given a task's AdamW-scale decay: the published translation where one
+    exists (Lion's decay is 5× AdamW's because its lr is smaller), otherwise the same value."""
+    name = optimizer.lower().removeprefix(LOOKAHEAD_PREFIX)
+    base = get_optimizer_info(name).name
+    if task_weight_decay == 0 or base not in TRANSLATIONS:
+        return {"weight_decay": task_weight_decay}
+    translated = translate_hparams(base, lr=get_optimizer_info("adamw").default_lr, weight_decay=task_weight_decay)
+    translated.pop("lr")
+    return translated
+
+
+def total_state_bytes(optimizer: Optimizer) -> int:
+    """State bytes of an optimizer and of every optimizer a wrapper wraps."""
+    total = 0
+    while optimizer is not None:
+        total += state_bytes(optimizer)
+        optimizer = getattr(optimizer, "base", None)
+    return total
+
+
+class _PeakMemory:
+    """Peak memory of this process during a run: CUDA's allocator peak, or on Linux the resident-set high-water
+    mark, which ``/proc/self/clear_refs`` resets (so each run gets its own peak, not the worker's lifetime one)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.baseline: float | None = None
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            self.baseline = torch.cuda.memory_allocated(device) / 2**20
+        else:
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")
+                self.baseline = self._status("VmRSS")
+            except OSError:  # not Linux, or not allowed: no figure rather than a wrong one
+                self.baseline = None
+
+    @staticmethod
+    def _status(key: str) -> float:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024
+        raise OSError(key)
+
+    def peak_mb(self) -> float | None:
+        if self.baseline is None:
+            return None
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20 - self.baseline
+        return self._status("VmHWM") - self.baseline
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+def _subsample(items: list[Any], limit: int) -> list[Any]:
+    if len(items) <= limit:
+        return items
+    stride = math.ceil(len(items) / limit)
+    return items[::stride] + ([items[-1]] if (len(items) - 1) % stride else [])
+
+
+def _evaluate(task: Task, model: nn.Module) -> float:
+    model.eval()
+    with torch.no_grad():
+        value = float(task.evaluate(model))
+    model.train()
+    return value
+
+
+def _meets(task: Task, value: float) -> bool:
+    if task.target is None or not math.isfinite(value):
+        return False
+    return value >= task.target if task.higher_is_better else value <= task.target
+
+
+def train_once(task: Task, optimizer_name: str, lr: float, seed: int, batch_size: int | None = None, *,
+               device: str | torch.device = "cpu", heartbeat: Callable[[], None] | None = None) -> RunResult:
+    """Train ``task`` from the seed's initial weights with ``optimizer_name`` at peak learning rate ``lr``.
+
+    The schedule is a cosine decay from ``lr`` to 0 over ``task.steps`` with no warm-up, the same for every
+    optimizer. ``heartbeat`` is called at every evaluation, so a long run can show it is alive.
+    """
+    device = torch.device(device)
+    batch_size = task.batch_size if batch_size is None else batch_size
+    memory = _PeakMemory(device)
+    torch.manual_seed(seed)
+    model = task.make_model().to(device)
+    batches = iter(task.make_batches(torch.Generator().manual_seed(seed), batch_size))
+    optimizer = create_optimizer(model, optimizer_name, lr=lr, **arena_weight_decay(optimizer_name,
+                                                                                      task.weight_decay))
+    steps = task.steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps)))
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+
+    position = task.position
+    trajectory = [list(position(model))] if position else None
+    eval_steps, eval_metric = [0], [_evaluate(task, model)]
+    loss_steps: list[int] = []
+    train_loss: list[float] = []
+    opt_times: list[float] = []
+    fwd_times: list[float] = []
+    window: list[float] = []
+    first_loss: float | None = None
+    diverged_at: int | None = None
+    steps_to_target = 0 if _meets(task, eval_metric[0]) else None
+    seconds_to_target = 0.0 if steps_to_target == 0 else None
+    train_seconds = 0.0
+
+    for step in range(1, steps + 1):
+        batch = _to_device(next(batches), device)
+        start = time.perf_counter()
+        loss = task.loss(model, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        sync()
+        middle = time.perf_counter()
+        optimizer.step()
+        scheduler.step()
+        sync()
+        end = time.perf_counter()
+        fwd_times.append(middle - start)
+        opt_times.append(end - middle)
+        train_seconds += end - start
+
+        value = loss.item()
+        first_loss = value if first_loss is None else first_loss
+        window.append(value)
+        if position:
+            trajectory.append(list(position(model)))
+        smoothed = statistics.fmean(window[-10:]) if all(map(math.isfinite, window[-10:])) else math.inf
+        if not math.isfinite(value) or smoothed > DIVERGENCE_FACTOR * max(abs(first_loss), 1e-12) and step > 1:
+            diverged_at = step
+            break
+        if step % task.eval_every == 0 or step == steps:
+            loss_steps.append(step)
+            train_loss.append(statistics.fmean(window))
+            window = []
+            metric = _evaluate(task, model)
+            if not math.isfinite(metric) or not all(torch.isfinite(p).all() for p in model.parameters()):
+                diverged_at = step
+                break
+            eval_steps.append(step)
+            eval_metric.append(metric)
+            if steps_to_target is None and _meets(task, metric):
+                steps_to_target, seconds_to_target = step, train_seconds
+            if heartbeat is not None:
+                heartbeat()
+
+    diverged = diverged_at is not None
+    finite = [m for m in eval_metric if math.isfinite(m)]
+    best = (max if task.higher_is_better else min)(finite) if finite else None
+    skip = 2 if len(opt_times) > 4 else 0  # the first steps allocate state and warm caches
+    return RunResult(
+        final_metric=None if diverged else eval_metric[-1],
+        best_metric=best,
+        diverged=diverged,
+        diverged_at=diverged_at,
+        steps=len(opt_times),
+        steps_to_target=steps_to_target,
+        seconds_to_target=seconds_to_target,
+        train_seconds=train_seconds,
+        opt_step_ms=1e3 * statistics.median(opt_times[skip:]) if opt_times else math.nan,
+        fwd_bwd_ms=1e3 * statistics.median(fwd_times[skip:]) if fwd_times else math.nan,
+        state_bytes=total_state_bytes(optimizer),
+        params=sum(p.numel() for p in model.parameters()),
+        peak_memory_mb=memory.peak_mb(),
+        loss_steps=_subsample(loss_steps, MAX_CURVE_POINTS),
+        train_loss=_subsample([v if math.isfinite(v) else None for v in train_loss], MAX_CURVE_POINTS),
+        eval_steps=_subsample(eval_steps, MAX_CURVE_POINTS),
+        eval_metric=_subsample(eval_metric, MAX_CURVE_POINTS),
+        trajectory=_subsample(trajectory, MAX_TRAJECTORY_POINTS) if trajectory else None,
+    )

@@ -1,0 +1,226 @@
+"""Results live in Optuna studies: one study per cell, one trial per run, written the moment a run finishes.
+
+Any SQLAlchemy URL Optuna accepts works: SQLite in the output folder by default, PostgreSQL (or MySQL) when several
+machines share one comparison. Each run is a trial whose user attribute ``key`` names its (lr, seed) point, so
+workers on different machines agree on what is done:
+
+* a worker *claims* a point by creating a RUNNING trial for it; if an older live trial already holds the key, the
+  newer one steps back (marked FAIL, ``duplicate``). Two workers that claim in the same instant may both run the
+  point — wasted time, never a wrong result, since the earliest finished trial for a key is the one that counts;
+* a finished run is COMPLETE (value = final validation metric), PRUNED (diverged: the run blew up) or FAIL with an
+  ``error`` attribute (the task's code raised). None of those is run again;
+* a RUNNING trial whose worker is gone — same host and its process no longer exists, or no heartbeat for
+  ``stale_after`` seconds — is marked FAIL (``stale``) and its point is run again. Ctrl-C marks the running
+  trial FAIL (``interrupted``) on the way out.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import sqlalchemy
+from optuna.distributions import FloatDistribution, IntDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from .plan import Cell, Outcome, point_key
+from .runner import RunResult
+
+LR_DISTRIBUTION = FloatDistribution(1e-9, 1e3, log=True)
+SEED_DISTRIBUTION = IntDistribution(0, 2**31 - 1)
+HEARTBEAT_SECONDS = 30.0
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def default_storage_url(out_dir: str | os.PathLike[str]) -> str:
+    return f"sqlite:///{Path(out_dir).resolve() / 'arena.db'}"
+
+
+@dataclass
+class Record:
+    """One finished run, as read back from storage."""
+
+    cell: Cell
+    lr: float
+    seed: int
+    state: str
+    """``"complete"``, ``"diverged"`` or ``"error"``."""
+    result: RunResult | None
+    error: str | None
+    trial_number: int
+    duration_s: float | None
+    worker: str
+
+    @property
+    def metric(self) -> float | None:
+        return self.result.final_metric if self.result is not None and self.state == "complete" else None
+
+
+def _sqlite_pragmas(connection: Any, _record: Any) -> None:
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def _finished_kind(trial: FrozenTrial) -> str | None:
+    if trial.state == TrialState.COMPLETE:
+        return "complete"
+    if trial.state == TrialState.PRUNED:
+        return "diverged"
+    if trial.state == TrialState.FAIL and "error" in trial.user_attrs:
+        return "error"
+    return None  # running, or failed for a reason that calls for a re-run (stale, interrupted, duplicate)
+
+
+class ArenaStorage:
+    """The arena's view of an Optuna storage."""
+
+    def __init__(self, url: str, *, stale_after: float = 600.0) -> None:
+        engine_kwargs: dict[str, Any] = {}
+        if url.startswith("sqlite"):
+            # several local worker processes write to one file: wait for the lock instead of failing
+            engine_kwargs["connect_args"] = {"timeout": 120}
+        try:
+            self.storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        except Exception as err:  # SQLAlchemy raises several types for a bad URL or an unreachable server
+            raise ValueError(f"Invalid storage: {url!r} ({type(err).__name__}: {err})") from err
+        if url.startswith("sqlite"):
+            # WAL lets readers run beside the writer, and NORMAL syncs at checkpoints, not at every commit:
+            # a commit drops from ~10 ms to well under 1 ms; a power cut may lose the last runs, a crash cannot.
+            sqlalchemy.event.listen(self.storage.engine, "connect", _sqlite_pragmas)
+            self.storage.engine.dispose()
+        self.url = url
+        self.stale_after = stale_after
+        self.host = socket.gethostname()
+        self.worker_id = uuid.uuid4().hex[:12]
+        self._study_ids: dict[str, int] = {}
+
+    # ------------------------------------------------------------------------------------------------ studies
+    def study_id(self, cell: Cell) -> int:
+        if cell.study_name not in self._study_ids:
+            study = optuna.create_study(storage=self.storage, study_name=cell.study_name, load_if_exists=True,
+                                        direction="maximize" if cell.higher_is_better else "minimize")
+            if not study.user_attrs:
+                for key, value in vars(cell).items():
+                    study.set_user_attr(key, value)
+            self._study_ids[cell.study_name] = self.storage.get_study_id_from_name(cell.study_name)
+        return self._study_ids[cell.study_name]
+
+    def trials(self, cell: Cell) -> list[FrozenTrial]:
+        return self.storage.get_all_trials(self.study_id(cell), deepcopy=False)
+
+    # ---------------------------------------------------------------------------------------- reading results
+    def finished(self, cell: Cell, trials: list[FrozenTrial] | None = None) -> dict[str, Outcome]:
+        """The finished points of ``cell`` by key: the earliest finished trial per key counts."""
+        outcomes: dict[str, Outcome] = {}
+        for trial in sorted(self.trials(cell) if trials is None else trials, key=lambda t: t.number):
+            kind = _finished_kind(trial)
+            key = trial.user_attrs.get("key")
+            if kind is None or key is None or key in outcomes:
+                continue
+            metric = trial.value if kind == "complete" else None
+            outcomes[key] = Outcome(trial.params["lr"], trial.params["seed"], metric)
+        return outcomes
+
+    def records(self, cells: Iterable[Cell]) -> list[Record]:
+        records = []
+        for cell in cells:
+            seen: set[str] = set()
+            for trial in sorted(self.trials(cell), key=lambda t: t.number):
+                kind = _finished_kind(trial)
+                key = trial.user_attrs.get("key")
+                if kind is None or key is None or key in seen:
+                    continue
+                seen.add(key)
+                raw = trial.user_attrs.get("result")
+                duration = (trial.datetime_complete - trial.datetime_start).total_seconds() \
+                    if trial.datetime_complete and trial.datetime_start else None
+                records.append(Record(cell, trial.params["lr"], trial.params["seed"], kind,
+                                      RunResult.from_dict(raw) if raw else None, trial.user_attrs.get("error"),
+                                      trial.number, duration, trial.user_attrs.get("worker", "")))
+        return records
+
+    # ----------------------------------------------------------------------------------------- claiming work
+    def _alive(self, trial: FrozenTrial) -> bool:
+        attrs = trial.user_attrs
+        if attrs.get("host") == self.host:
+            pid = attrs.get("pid")
+            if pid == os.getpid():
+                return attrs.get("worker") == self.worker_id
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return False
+            except (PermissionError, TypeError):
+                pass  # someone else's process, or no pid recorded: fall back to the heartbeat
+        return time.time() - attrs.get("heartbeat", 0.0) < self.stale_after
+
+    def running_keys(self, cell: Cell, trials: list[FrozenTrial] | None = None) -> set[str]:
+        """Keys held by live RUNNING trials; stale ones are marked FAIL on the way (their points run again)."""
+        keys = set()
+        for trial in self.trials(cell) if trials is None else trials:
+            if trial.state != TrialState.RUNNING:
+                continue
+            if self._alive(trial):
+                keys.add(trial.user_attrs.get("key"))
+            else:
+                trial_id = self._trial_id(cell, trial.number)
+                try:
+                    self.storage.set_trial_user_attr(trial_id, "stale", True)
+                    self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+                except RuntimeError:  # another worker finished or failed it first
+                    pass
+        return keys
+
+    def _trial_id(self, cell: Cell, number: int) -> int:
+        return self.storage.get_trial_id_from_study_id_trial_number(self.study_id(cell), number)
+
+    def claim(self, cell: Cell, lr: float, seed: int) -> int | None:
+        """Create a RUNNING trial for the point; ``None`` if an older live trial holds it already."""
+        key = point_key(lr, seed)
+        template = FrozenTrial(
+            number=-1, state=TrialState.RUNNING, value=None, datetime_start=None, datetime_complete=None,
+            params={"lr": lr, "seed": seed}, distributions={"lr": LR_DISTRIBUTION, "seed": SEED_DISTRIBUTION},
+            user_attrs={"key": key, "host": self.host, "pid": os.getpid(), "worker": self.worker_id,
+                        "heartbeat": time.time()},
+            system_attrs={}, intermediate_values={}, trial_id=-1)
+        trial_id = self.storage.create_new_trial(self.study_id(cell), template_trial=template)
+        number = self.storage.get_trial_number_from_id(trial_id)
+        for trial in self.trials(cell):
+            if trial.number == number or trial.user_attrs.get("key") != key:
+                continue
+            holds = _finished_kind(trial) is not None or (trial.state == TrialState.RUNNING
+                                                          and trial.number < number and self._alive(trial))
+            if holds:
+                self.abandon(trial_id, "duplicate")
+                return None
+        return trial_id
+
+    def heartbeat(self, trial_id: int) -> None:
+        self.storage.set_trial_user_attr(trial_id, "heartbeat", time.time())
+
+    def finish(self, trial_id: int, result: RunResult) -> None:
+        self.storage.set_trial_user_attr(trial_id, "result", result.to_dict())
+        if result.diverged:
+            self.storage.set_trial_state_values(trial_id, TrialState.PRUNED)
+        else:
+            self.storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [result.final_metric])
+
+    def fail(self, trial_id: int, error: str) -> None:
+        self.storage.set_trial_user_attr(trial_id, "error", error[-4000:])
+        self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+
+    def abandon(self, trial_id: int, reason: str) -> None:
+        """FAIL without an ``error``: the point stays open and will be run again."""
+        self.storage.set_trial_user_attr(trial_id, reason, True)
+        self.storage.set_trial_state_values(trial_id, TrialState.FAIL)

@@ -1,0 +1,140 @@
+"""What the arena trains: the :class:`Task` contract, and how a task is found from a name or ``module:function``.
+
+A task owns everything except the optimizer: the model, the data and its order, the loss and the validation metric.
+The runner calls ``make_model`` right after ``torch.manual_seed(seed)`` and hands ``make_batches`` a generator seeded
+from the same seed, so every optimizer starts from the same weights and sees the same batches in the same order.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import os
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+BUDGETS = ("tiny", "quick", "full")
+"""``tiny`` exists for tests and smoke runs; ``quick`` is the default suite; ``full`` is the longer one."""
+
+
+@dataclass
+class Task:
+    """One workload. Built-in tasks live in :mod:`optarena.arena.tasks`; user tasks return one of these.
+
+    Attributes:
+        name: short identifier, used in study names, file names and tables.
+        make_model: builds the model; called after ``torch.manual_seed(seed)``, so it must draw its initial
+            weights from torch's global generator (the default for ``nn`` layers).
+        make_batches: ``(generator, batch_size) -> iterator`` of training batches, endless or at least
+            ``steps`` long. All randomness in the data order must come from ``generator``.
+        loss: ``(model, batch) -> scalar tensor`` for one training step.
+        evaluate: ``model -> float``, the validation metric (called under ``torch.no_grad()`` in eval mode).
+        metric: the metric's name, e.g. ``"val_accuracy"``.
+        higher_is_better: direction of ``metric``.
+        target: the metric value that counts as "solved", for steps- and seconds-to-target (``None``: none).
+        steps: optimizer steps per run.
+        batch_size: default batch size.
+        batch_sizes: extra batch sizes to sweep (the batch-size claims); empty for none.
+        weight_decay: decoupled weight decay at AdamW scale; other optimizers get their published translation.
+        eval_every: evaluate this often (default: about 20 points per run).
+        surface: for 2-D problems, ``(x, y) -> z`` on tensors, drawn under the optimizer trajectories.
+        position: for 2-D problems, ``model -> (x, y)``; the runner records it after every step.
+        description: one line for ``optarena tasks`` and the report.
+    """
+
+    name: str
+    make_model: Callable[[], nn.Module]
+    make_batches: Callable[[torch.Generator, int], Iterator[Any]]
+    loss: Callable[[nn.Module, Any], Tensor]
+    evaluate: Callable[[nn.Module], float]
+    metric: str = "val_loss"
+    higher_is_better: bool = False
+    target: float | None = None
+    steps: int = 200
+    batch_size: int = 64
+    batch_sizes: tuple[int, ...] = ()
+    weight_decay: float = 0.0
+    eval_every: int | None = None
+    surface: Callable[[Tensor, Tensor], Tensor] | None = None
+    position: Callable[[nn.Module], tuple[float, float]] | None = None
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.name or any(c in self.name for c in "/\\: "):
+            raise ValueError(f"Invalid task name: {self.name!r} (non-empty, no '/', '\\', ':' or spaces)")
+        for attr in ("make_model", "make_batches", "loss", "evaluate"):
+            if not callable(getattr(self, attr)):
+                raise TypeError(f"Task {self.name!r}: {attr} must be callable, got {getattr(self, attr)!r}")
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"Task {self.name!r}: invalid steps: {self.steps!r} (must be a positive int)")
+        for bs in (self.batch_size, *self.batch_sizes):
+            if not isinstance(bs, int) or bs < 1:
+                raise ValueError(f"Task {self.name!r}: invalid batch size: {bs!r} (must be a positive int)")
+        if self.eval_every is None:
+            self.eval_every = max(1, self.steps // 20)
+
+    @property
+    def all_batch_sizes(self) -> tuple[int, ...]:
+        return tuple(sorted({self.batch_size, *self.batch_sizes}))
+
+
+def builtin_tasks() -> dict[str, Callable[..., Task]]:
+    from .tasks import BUILTIN_TASKS
+
+    return BUILTIN_TASKS
+
+
+def _import_factory(spec: str) -> Callable[..., Task]:
+    module_name, _, attr = spec.rpartition(":")
+    if not module_name or not attr:
+        raise ValueError(f"Invalid task: {spec!r} (expected a built-in name or 'package.module:function')")
+    try:
+        if module_name.endswith(".py") or os.sep in module_name:
+            path = Path(module_name).resolve()
+            if not path.is_file():
+                raise FileNotFoundError(path)
+            module_spec = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(module_spec)
+            module_spec.loader.exec_module(module)
+        else:
+            if os.getcwd() not in sys.path:  # as `python -m` does: a module next to the user is importable
+                sys.path.insert(0, os.getcwd())
+            module = importlib.import_module(module_name)
+    except (ImportError, FileNotFoundError) as err:
+        raise ValueError(f"Invalid task: {spec!r} (cannot import {module_name!r}: {err})") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ValueError(f"Invalid task: {spec!r} ({module_name!r} has no callable {attr!r})")
+    return factory
+
+
+def load_task(spec: str, budget: str = "quick") -> Task:
+    """A built-in task by name (``"digits_mlp"``) or a user task from ``"package.module:function"`` or
+    ``"path/to/file.py:function"``. The function may take a ``budget`` keyword; it must return a :class:`Task`."""
+    if budget not in BUDGETS:
+        raise ValueError(f"Invalid budget: {budget!r} (expected one of {', '.join(BUDGETS)})")
+    tasks = builtin_tasks()
+    if ":" not in spec:
+        if spec not in tasks:
+            import difflib
+
+            close = difflib.get_close_matches(spec, tasks, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"Invalid task: {spec!r} (built-in tasks: {', '.join(tasks)}{hint}; "
+                             "a user task is 'package.module:function')")
+        factory = tasks[spec]
+    else:
+        factory = _import_factory(spec)
+    accepts_budget = "budget" in inspect.signature(factory).parameters
+    task = factory(budget=budget) if accepts_budget else factory()
+    if not isinstance(task, Task):
+        raise ValueError(f"Invalid task: {spec!r} returned {type(task).__name__}, not optarena.arena.Task")
+    return task

@@ -1,0 +1,88 @@
+"""User tasks for the arena tests, loaded the way a user's would be: ``--task tests/arena_user_tasks.py:linear``."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+
+import torch
+from torch import nn
+
+from optarena.arena import Task
+
+_X = torch.randn(256, 8, generator=torch.Generator().manual_seed(123))
+_Y = _X @ torch.linspace(-1, 1, 8) + 0.3
+
+
+def _batches(generator: torch.Generator, batch_size: int):
+    while True:
+        for index in torch.randperm(len(_X), generator=generator).split(batch_size):
+            yield _X[index], _Y[index]
+
+
+def _loss(model: nn.Module, batch) -> torch.Tensor:
+    x, y = batch
+    return nn.functional.mse_loss(model(x).squeeze(-1), y)
+
+
+def _val(model: nn.Module) -> float:
+    return nn.functional.mse_loss(model(_X).squeeze(-1), _Y).item()
+
+
+def linear(budget: str = "quick") -> Task:
+    """Least squares in 8-D: the 20-line example of a user task."""
+    return Task(name="linear", make_model=lambda: nn.Linear(8, 1), make_batches=_batches, loss=_loss, evaluate=_val,
+                metric="val_mse", target=0.05, steps=30 if budget == "tiny" else 200, batch_size=32,
+                description="linear regression")
+
+
+def exploding(budget: str = "quick") -> Task:
+    """A loss that grows without bound when the step is large: high learning rates diverge."""
+    def loss(model: nn.Module, batch) -> torch.Tensor:
+        w = model.weight
+        return (w ** 2).sum() * 1e4 + (w ** 4).sum() * 1e6
+    return Task(name="exploding", make_model=lambda: nn.Linear(4, 1), make_batches=lambda g, b: itertools.repeat(None),
+                loss=loss, evaluate=lambda m: float((m.weight ** 2).sum()), steps=20)
+
+
+def broken(budget: str = "quick") -> Task:
+    """The task's own code raises on evaluation after training."""
+    def evaluate(model: nn.Module) -> float:
+        if model.weight.abs().sum() > 0 and not model.training and _broken_calls():
+            raise RuntimeError("user evaluation failed")
+        return 0.0
+    return Task(name="broken", make_model=lambda: nn.Linear(2, 1), make_batches=lambda g, b: itertools.repeat(None),
+                loss=lambda m, b: m.weight.sum(), evaluate=evaluate, steps=4, eval_every=2)
+
+
+_calls = itertools.count()
+
+
+def _broken_calls() -> bool:
+    return next(_calls) >= 1  # the evaluation before training passes, the first one after it raises
+
+
+def killed_after(budget: str = "quick") -> Task:
+    """Like ``linear``, but the process kills itself (SIGKILL, or SIGINT when OPTARENA_TEST_SIGNAL=INT) while
+    building the model of run number OPTARENA_TEST_KILL_AT (counted in the file OPTARENA_TEST_COUNTER)."""
+    task = linear(budget)
+    task.name = "killed"
+    make_model = task.make_model
+
+    def counting_make_model() -> nn.Module:
+        path = os.environ["OPTARENA_TEST_COUNTER"]
+        with open(path, "a") as f:
+            f.write("x")
+        with open(path) as f:
+            count = len(f.read())
+        if count == int(os.environ.get("OPTARENA_TEST_KILL_AT", "0")):
+            os.kill(os.getpid(), signal.SIGINT if os.environ.get("OPTARENA_TEST_SIGNAL") == "INT" else signal.SIGKILL)
+        return make_model()
+
+    task.make_model = counting_make_model
+    return task
+
+
+def not_a_task():
+    return 42

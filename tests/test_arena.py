@@ -1,0 +1,177 @@
+"""``optarena compare`` end to end on tiny budgets: report, claims from stored results, divergence, errors,
+resume after a kill or Ctrl-C, several workers, and clear errors for bad input."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+from optarena.arena import CompareConfig, run_compare
+from optarena.arena.claims import FAILS, HOLDS, UNMEASURED, evaluate_claims
+from optarena.arena.results import ResultSet
+from optarena.arena.storage import ArenaStorage
+from optarena.arena.task import builtin_tasks
+from optarena.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+USER_TASKS = str(ROOT / "tests" / "arena_user_tasks.py")
+
+
+def _config(tmp_path: Path, tasks: tuple[str, ...], optimizers: tuple[str, ...], **kw) -> CompareConfig:
+    return CompareConfig(optimizers=optimizers, tasks=tasks, budget="tiny", out=tmp_path / "out", workers=1, **kw)
+
+
+def _keys(out: Path) -> list[tuple[str, str, str, str]]:
+    with open(out / "results.csv") as f:
+        return [(r["task"], r["batch_size"], r["optimizer"], f"{float(r['lr']):.4g}|{r['seed']}")
+                for r in csv.DictReader(f)]
+
+
+@pytest.fixture(scope="module")
+def builtin_run(tmp_path_factory):
+    """Every built-in task, AdamW against Lion, one seed: the report must cover all of them."""
+    out = tmp_path_factory.mktemp("builtin")
+    config = CompareConfig(optimizers=("adamw", "lion"), budget="tiny", seeds=1, out=out / "out", workers=1)
+    return config, run_compare(config, show_progress=False)
+
+
+def test_report_covers_every_task_and_optimizer(builtin_run):
+    config, results = builtin_run
+    out = config.out
+    for name in ("report.html", "report.md", "results.csv", "time_memory.png"):
+        assert (out / name).stat().st_size > 0
+    markdown, page = (out / "report.md").read_text(), (out / "report.html").read_text()
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    for task in builtin_tasks():
+        assert (out / f"curves_{task}.png").exists() and (out / f"lr_{task}.png").exists()
+        assert {r["optimizer"] for r in rows if r["task"] == task} == {"adamw", "lion"}
+        assert f"| {task} |" in markdown and f"<td>{task}</td>" in page
+    assert (out / "trajectory_rosenbrock.png").exists() and (out / "trajectory_rastrigin.png").exists()
+    assert (out / "batch_noisy_quadratic.png").exists()
+    assert "data:image/png;base64," in page and "src='curves_" not in page  # self-contained
+    for claim in evaluate_claims(results):
+        assert claim.claim in markdown and claim.verdict in (HOLDS, FAILS, UNMEASURED)
+    # every run is a trial of an Optuna study in the output folder
+    studies = optuna.get_all_study_summaries(config.storage)
+    assert sum(s.n_trials for s in studies) >= len(rows) and len(studies) == len(config.cells())
+
+
+def test_rerunning_a_finished_comparison_runs_nothing(builtin_run, monkeypatch):
+    config, results = builtin_run
+    import optarena.arena.compare as compare
+
+    monkeypatch.setattr(compare, "train_once", lambda *a, **k: pytest.fail("a finished point ran again"))
+    again = run_compare(CompareConfig(optimizers=config.optimizers, budget="tiny", seeds=1, out=config.out),
+                        show_progress=False)
+    assert len(again.records) == len(results.records)
+
+
+def test_claims_are_computed_from_the_stored_results(tmp_path):
+    config = _config(tmp_path, (f"{USER_TASKS}:linear",), ("adamw", "lion", "rlion", "adan"))
+    results = run_compare(config, show_progress=False)
+    claims = {c.claim: c for c in evaluate_claims(results)}
+    memory = claims["Lion halves optimizer memory vs AdamW"]
+    lion = results.summary(f"{USER_TASKS}:linear", "lion")
+    adamw = results.summary(f"{USER_TASKS}:linear", "adamw")
+    assert memory.verdict == HOLDS and f"{lion.state_bytes_per_param:.2f}" in memory.measured
+    assert f"{adamw.state_bytes_per_param:.2f}" in memory.measured
+    assert claims["Lion is worse than AdamW below batch size 64"].verdict == UNMEASURED  # no batch sweep here
+
+    # change what is stored and the verdicts follow: Lion's state as large as AdamW's, its step 3x slower
+    for record in results.records:
+        if record.cell.optimizer == "lion" and record.result is not None:
+            record.result.state_bytes = 2 * record.result.params * 4
+            record.result.opt_step_ms = 3 * adamw.opt_step_ms
+    tampered = {c.claim: c for c in evaluate_claims(ResultSet(config, results.records))}
+    assert tampered["Lion halves optimizer memory vs AdamW"].verdict == FAILS
+    assert tampered["Lion's step is 2–15 % faster than AdamW's"].verdict == FAILS
+    assert "-200.0 %" in tampered["Lion's step is 2–15 % faster than AdamW's"].measured
+
+
+def test_a_diverging_optimizer_is_recorded_not_fatal(tmp_path):
+    config = _config(tmp_path, (f"{USER_TASKS}:exploding",), ("sgd", "adamw"))
+    results = run_compare(config, show_progress=False)
+    sgd = results.summary(f"{USER_TASKS}:exploding", "sgd")
+    adamw = results.summary(f"{USER_TASKS}:exploding", "adamw")
+    assert sgd.tuning_diverged == 3 and sgd.plan.chosen_lr is None and sgd.plan.complete
+    assert adamw.metric_median is not None and adamw.tuning_diverged == 0
+    states = {r["state"] for r in csv.DictReader(open(config.out / "results.csv")) if r["optimizer"] == "sgd"}
+    assert states == {"diverged"}
+    assert "diverged" in (config.out / "report.md").read_text()
+
+
+def test_a_task_that_raises_is_recorded_as_an_error(tmp_path):
+    config = _config(tmp_path, (f"{USER_TASKS}:broken",), ("adamw",), seeds=1)
+    results = run_compare(config, show_progress=False)
+    assert results.records and all(r.state == "error" for r in results.records)
+    assert "user evaluation failed" in results.records[0].error
+    assert "Runs that raised" in (config.out / "report.md").read_text()
+
+
+def _compare_cli(out: Path, counter: Path, *extra: str, kill_at: int = 0, sig: str = "KILL",
+                 storage: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OPTARENA_TEST_COUNTER": str(counter), "OPTARENA_TEST_KILL_AT": str(kill_at),
+           "OPTARENA_TEST_SIGNAL": sig}
+    command = [sys.executable, "-m", "optarena", "compare", "--task", f"{USER_TASKS}:killed_after",
+               "--optimizers", "adamw,lion", "--budget", "tiny", "--seeds", "2", "--out", str(out), *extra]
+    if storage:
+        command += ["--storage", storage]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _runs_started(counter: Path) -> int:
+    return len(counter.read_text()) if counter.exists() else 0
+
+
+@pytest.mark.parametrize("sig", ["KILL", "INT"])
+def test_an_interrupted_comparison_resumes_without_rerunning_finished_points(tmp_path, sig):
+    out, counter = tmp_path / "out", tmp_path / "count"
+    killed = _compare_cli(out, counter, "--workers", "1", kill_at=5, sig=sig)
+    assert killed.returncode == (-signal.SIGKILL if sig == "KILL" else 130), killed.stderr
+    if sig == "INT":
+        assert "Run the same command again to resume" in killed.stdout
+    store = ArenaStorage(f"sqlite:///{out / 'arena.db'}")
+    config = CompareConfig(optimizers=("adamw", "lion"), tasks=(f"{USER_TASKS}:killed_after",), budget="tiny",
+                           seeds=2, out=out)
+    finished_before = sum(len(store.finished(cell)) for cell in config.cells())
+    assert finished_before == 4  # runs 1-4 finished and were stored at once; run 5 died
+
+    counter.unlink()
+    resumed = _compare_cli(out, counter, "--workers", "1")
+    assert resumed.returncode == 0, resumed.stderr
+    keys = _keys(out)
+    assert len(keys) == len(set(keys))
+    assert _runs_started(counter) == len(keys) - finished_before  # nothing finished ran again
+
+
+def test_two_workers_share_one_comparison(tmp_path):
+    config = _config(tmp_path, (f"{USER_TASKS}:linear",), ("adamw", "lion", "adan"))
+    config.workers = 2
+    results = run_compare(config, show_progress=False)
+    workers = {r.worker for r in results.records}
+    assert len(workers) == 2
+    keys = [(r.cell.study_name, r.lr, r.seed) for r in results.records]
+    assert len(keys) == len(set(keys)) and all(s.plan.complete for s in results.summaries.values())
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["compare", "--optimizers", "adamw,lino"], "lino"),
+    (["compare", "--tasks", "digits_mpl"], "digits_mpl"),
+    (["compare", "--task", "no_such_module_xyz:make"], "no_such_module_xyz"),
+    (["compare", "--task", f"{USER_TASKS}:missing"], "missing"),
+    (["compare", "--task", f"{USER_TASKS}:not_a_task"], "not optarena.arena.Task"),
+    (["compare", "--seeds", "0", "--tasks", "rosenbrock"], "seeds"),
+    (["compare", "--batch-sizes", "16,x"], "16,x"),
+])
+def test_bad_input_gets_a_clear_error(argv, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err

@@ -1,0 +1,74 @@
+"""The fair protocol's planning: grid, edge extension, seeds at the chosen lr, stress runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from optarena.arena.plan import BUDGET_PRESETS, Cell, Outcome, grid_lr, plan_cell, point_key
+
+QUICK = BUDGET_PRESETS["quick"]
+
+
+def _cell(optimizer: str = "adamw", higher: bool = True) -> Cell:
+    return Cell("t", "t", 32, optimizer, "quick", higher)
+
+
+def _finish(finished: dict, lr: float, seed: int, metric: float | None) -> None:
+    finished[point_key(lr, seed)] = Outcome(lr, seed, metric)
+
+
+def test_grid_points_are_half_decades_around_the_default():
+    assert [grid_lr(1e-3, k) for k in (-2, -1, 0, 1, 2)] == [1e-4, 3.162e-4, 1e-3, 3.162e-3, 1e-2]
+
+
+def test_a_fresh_cell_plans_its_tuning_grid_on_seed_zero_and_waits_for_it():
+    plan = plan_cell(_cell(), QUICK, seeds=3, finished={}, stress=False)
+    assert plan.missing == [(3.162e-4, 0), (1e-3, 0), (3.162e-3, 0)]
+    assert plan.blocked and not plan.complete and plan.chosen_lr is None
+
+
+@pytest.mark.parametrize("higher", [True, False])
+def test_after_tuning_the_best_lr_is_repeated_over_the_other_seeds(higher: bool):
+    finished: dict = {}
+    metrics = {3.162e-4: 0.5, 1e-3: 0.9, 3.162e-3: 0.7}
+    for lr, m in metrics.items():
+        _finish(finished, lr, 0, m if higher else -m)
+    plan = plan_cell(_cell(higher=higher), QUICK, seeds=3, finished=finished, stress=False)
+    assert plan.chosen_lr == 1e-3 and not plan.at_edge
+    assert plan.missing == [(1e-3, 1), (1e-3, 2)]
+    _finish(finished, 1e-3, 1, 0.8)
+    _finish(finished, 1e-3, 2, 0.8)
+    assert plan_cell(_cell(higher=higher), QUICK, seeds=3, finished=finished, stress=False).complete
+
+
+def test_a_best_point_on_the_edge_grows_the_grid_once_in_the_quick_budget():
+    finished: dict = {}
+    for lr, m in {3.162e-4: 0.1, 1e-3: 0.2, 3.162e-3: 0.3}.items():
+        _finish(finished, lr, 0, m)
+    plan = plan_cell(_cell(), QUICK, seeds=2, finished=finished, stress=False)
+    assert plan.missing == [(1e-2, 0)] and plan.blocked
+    _finish(finished, 1e-2, 0, 0.4)  # still improving, but quick may grow only one step: chosen at the edge
+    plan = plan_cell(_cell(), QUICK, seeds=2, finished=finished, stress=False)
+    assert plan.chosen_lr == 1e-2 and plan.at_edge and plan.missing == [(1e-2, 1)]
+
+
+def test_diverged_runs_never_win_and_all_diverged_means_no_seed_runs():
+    finished: dict = {}
+    for lr in (3.162e-4, 1e-3, 3.162e-3):
+        _finish(finished, lr, 0, None)
+    plan = plan_cell(_cell(), QUICK, seeds=3, finished=finished, stress=False)
+    assert plan.complete and plan.chosen_lr is None and plan.missing == []
+    _finish(finished, 1e-3, 0, None)
+    finished[point_key(3.162e-4, 0)] = Outcome(3.162e-4, 0, 0.1)
+    plan = plan_cell(_cell(), QUICK, seeds=2, finished=finished, stress=False)
+    assert plan.missing == [(1e-4, 0)]  # the only finite point is the low edge: look one step lower
+
+
+def test_lion_and_rlion_also_run_at_adamw_sized_learning_rates():
+    plan = plan_cell(_cell("lion"), QUICK, seeds=2, finished={}, stress=True)
+    assert (1e-3, 0) in plan.missing and (3.162e-3, 0) in plan.missing and (1e-2, 0) in plan.missing
+    assert plan_cell(_cell("adan"), QUICK, seeds=2, finished={}, stress=True).missing == [
+        (grid_lr(1e-3, k), 0) for k in (-1, 0, 1)]
+    # a stress lr that is also a grid lr runs once
+    plan = plan_cell(_cell("lion"), BUDGET_PRESETS["full"], seeds=2, finished={}, stress=True)
+    assert len(plan.missing) == len(set(plan.missing))
