@@ -175,3 +175,23 @@ def test_bad_input_gets_a_clear_error(argv, message, tmp_path, capsys):
         main([*argv, "--out", str(tmp_path / "out")])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_no_arguments_runs_the_quick_comparison_with_the_default_roster(monkeypatch, tmp_path):
+    import optarena.arena as arena
+
+    seen = []
+    monkeypatch.setattr(arena, "run_compare", lambda config: seen.append(config))
+    monkeypatch.chdir(tmp_path)
+    assert main([]) == 0
+    (config,) = seen
+    assert config.budget == "quick" and config.optimizers == ("adamw", "lion", "rlion", "adan")
+    assert config.tasks == tuple(builtin_tasks()) and config.out == Path("optarena-report")
+    assert config.storage == f"sqlite:///{tmp_path / 'optarena-report' / 'arena.db'}"
+
+
+def test_tasks_command_lists_every_builtin_task(capsys):
+    assert main(["tasks"]) == 0
+    printed = capsys.readouterr().out
+    for name in builtin_tasks():
+        assert name in printed

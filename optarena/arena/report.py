@@ -272,12 +272,22 @@ def write_report(results: ResultSet, out: Path, *, wall_seconds: float | None = 
 
 
 def print_summary(results: ResultSet, paths: dict[str, Path], *, wall_seconds: float | None = None) -> None:
+    """The end-of-run summary in the terminal: a narrower summary table than the report's, and the claims."""
+    import sys
+
     from rich.console import Console
     from rich.table import Table as RichTable
 
-    console = Console()
-    for title, table in [("Summary", summary_table(results)), ("Claims", claims_table(evaluate_claims(results)))]:
-        rich_table = RichTable(title=title, show_lines=False)
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    full = summary_table(results)
+    keep = ["task", "batch", "optimizer", "chosen lr", "metric: median [min, max]", "diverged", "reached target",
+            "steps to target", "step ms", "state B/param"]
+    columns = [full.headers.index(h) for h in keep]
+    compact = Table(keep, [[row[i] for i in columns] for row in full.rows])
+    claims = claims_table(evaluate_claims(results))
+    claims = Table(["claim", "measured here", "verdict"], [[r[0], r[2], r[3]] for r in claims.rows])
+    for title, table in [("Summary", compact), ("Published claims on this workload", claims)]:
+        rich_table = RichTable(title=title)
         for header in table.headers:
             rich_table.add_column(header, overflow="fold")
         for row in table.rows:

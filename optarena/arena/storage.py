@@ -17,6 +17,7 @@ workers on different machines agree on what is done:
 from __future__ import annotations
 
 import os
+import random
 import socket
 import time
 import uuid
@@ -90,10 +91,17 @@ class ArenaStorage:
         if url.startswith("sqlite"):
             # several local worker processes write to one file: wait for the lock instead of failing
             engine_kwargs["connect_args"] = {"timeout": 120}
-        try:
-            self.storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-        except Exception as err:  # SQLAlchemy raises several types for a bad URL or an unreachable server
-            raise ValueError(f"Invalid storage: {url!r} ({type(err).__name__}: {err})") from err
+        for attempt in range(5):
+            try:
+                self.storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+                break
+            except sqlalchemy.exc.IntegrityError:
+                # machines starting together race to create Optuna's tables; the loser retries and finds them
+                if attempt == 4:
+                    raise
+                time.sleep(0.5 + random.random())
+            except Exception as err:  # SQLAlchemy raises several types for a bad URL or an unreachable server
+                raise ValueError(f"Invalid storage: {url!r} ({type(err).__name__}: {err})") from err
         if url.startswith("sqlite"):
             # WAL lets readers run beside the writer, and NORMAL syncs at checkpoints, not at every commit:
             # a commit drops from ~10 ms to well under 1 ms; a power cut may lose the last runs, a crash cannot.

@@ -1,0 +1,99 @@
+"""Two ``optarena compare`` processes share one comparison through a real PostgreSQL server on loopback.
+
+The server is started here (initdb + pg_ctl in a temporary folder). Without PostgreSQL binaries the test skips,
+unless OPTARENA_REQUIRE_POSTGRES=1 (set by .ci/run, which installs them) turns that into a failure.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from optarena.arena import CompareConfig
+from optarena.arena.storage import ArenaStorage
+
+ROOT = Path(__file__).resolve().parent.parent
+USER_TASKS = str(ROOT / "tests" / "arena_user_tasks.py")
+
+
+def _pg_bin(name: str) -> str | None:
+    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))[::-1]), None)
+    return found
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+    if not (initdb and pg_ctl):
+        if os.environ.get("OPTARENA_REQUIRE_POSTGRES") == "1":
+            pytest.fail("PostgreSQL binaries (initdb, pg_ctl) not found but OPTARENA_REQUIRE_POSTGRES=1")
+        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) not installed")
+    root = Path(tempfile.mkdtemp(prefix="optarena-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root: hand the folder to an unprivileged user
+        user = "postgres" if _has_user("postgres") else "nobody"
+        os.chmod(root, 0o777)
+        shutil.chown(root, user)
+        as_user = ["runuser", "-u", user, "--"]
+    data, port = root / "data", _free_port()
+    subprocess.run([*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "optarena", "--no-sync"],
+                   check=True, capture_output=True)
+    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+    subprocess.run([*as_user, pg_ctl, "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "start"],
+                   check=True, capture_output=True)
+    try:
+        import psycopg2
+
+        connection = psycopg2.connect(host="127.0.0.1", port=port, user="optarena", dbname="postgres")
+        connection.autocommit = True
+        connection.cursor().execute("CREATE DATABASE arena")
+        connection.close()
+        yield f"postgresql+psycopg2://optarena@127.0.0.1:{port}/arena"
+    finally:
+        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _has_user(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+        return True
+    except KeyError:
+        return False
+
+
+def test_two_machines_share_one_study_through_postgresql(postgres_url, tmp_path):
+    args = ["--task", f"{USER_TASKS}:linear", "--optimizers", "adamw,lion,adan", "--budget", "tiny",
+            "--seeds", "2", "--workers", "1", "--storage", postgres_url]
+    # two independent invocations, as on two machines, each with its own output folder
+    processes = [subprocess.Popen([sys.executable, "-m", "optarena", "compare", *args, "--out", str(tmp_path / m)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for m in ("a", "b")]
+    outputs = [p.communicate(timeout=300) for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs
+
+    config = CompareConfig(optimizers=("adamw", "lion", "adan"), tasks=(f"{USER_TASKS}:linear",), budget="tiny",
+                           seeds=2, storage=postgres_url, out=tmp_path / "check")
+    store = ArenaStorage(postgres_url)
+    records = store.records(config.cells())
+    assert all(config.plan(cell, store.finished(cell)).complete for cell in config.cells())
+    assert len({r.worker for r in records}) == 2  # both processes did part of the work
+    finished_trials = sum(1 for cell in config.cells() for t in store.trials(cell) if t.state.is_finished()
+                          and "duplicate" not in t.user_attrs)
+    assert finished_trials - len(records) <= 2  # at most a rare same-instant double claim
+    for out in ("a", "b"):  # both wrote the full report from the shared study
+        assert len((tmp_path / out / "results.csv").read_text().splitlines()) == len(records) + 1
