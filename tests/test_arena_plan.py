@@ -41,15 +41,22 @@ def test_after_tuning_the_best_lr_is_repeated_over_the_other_seeds(higher: bool)
     assert plan_cell(_cell(higher=higher), QUICK, seeds=3, finished=finished, stress=False).complete
 
 
-def test_a_best_point_on_the_edge_grows_the_grid_once_in_the_quick_budget():
+def test_a_best_point_on_the_edge_grows_the_grid_one_step_at_a_time_up_to_the_budgets_radius():
     finished: dict = {}
     for lr, m in {3.162e-4: 0.1, 1e-3: 0.2, 3.162e-3: 0.3}.items():
         _finish(finished, lr, 0, m)
     plan = plan_cell(_cell(), QUICK, seeds=2, finished=finished, stress=False)
     assert plan.missing == [(1e-2, 0)] and plan.blocked
-    _finish(finished, 1e-2, 0, 0.4)  # still improving, but quick may grow only one step: chosen at the edge
+    for k in range(2, QUICK.max_radius + 1):  # still improving at every step: grow until the radius, 1000x
+        _finish(finished, grid_lr(1e-3, k), 0, 0.2 + 0.1 * k)
     plan = plan_cell(_cell(), QUICK, seeds=2, finished=finished, stress=False)
-    assert plan.chosen_lr == 1e-2 and plan.at_edge and plan.missing == [(1e-2, 1)]
+    assert plan.chosen_lr == 1.0 and plan.at_edge and plan.missing == [(1.0, 1)]
+    assert plan.tuning_lrs[0] == 3.162e-4 and len(plan.tuning_lrs) == 3 + QUICK.max_radius - 1
+
+    finished = {}
+    for lr, m in {3.162e-4: 0.3, 1e-3: 0.2, 3.162e-3: 0.1}.items():  # best on the low edge: grow downwards
+        _finish(finished, lr, 0, m)
+    assert plan_cell(_cell(), QUICK, seeds=2, finished=finished, stress=False).missing == [(1e-4, 0)]
 
 
 def test_diverged_runs_never_win_and_all_diverged_means_no_seed_runs():

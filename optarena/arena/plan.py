@@ -3,8 +3,9 @@
 For every *cell* (task × batch size × optimizer) the protocol is, after DeepOBS (Schmidt et al. 2021) and AlgoPerf:
 
 1. **Tune** on seed 0: the learning rate on a log grid of half-decade steps, ``default · 10^(k/2)``, centred on the
-   optimizer's documented default. When the best point lies on an edge of the grid, the grid grows by one step
-   on that side (up to ``MAX_GRID_RADIUS``), so a good learning rate is not missed because the default was off.
+   optimizer's documented default. While the best point lies on an edge of the grid, the grid grows by one step
+   on that side (up to the budget's ``max_radius``, 1000× either way), so a good learning rate is not missed
+   because a default was far off (Rosenbrock wants AdamW at ~0.3, 300× its default).
 2. **Select** the learning rate with the best validation metric after the last step (diverged runs never win).
 3. **Repeat** the selected setting over the remaining seeds; the report gives median and spread.
 
@@ -21,9 +22,6 @@ from dataclasses import dataclass, field
 
 from ..registry import LOOKAHEAD_PREFIX, get_optimizer_info
 
-MAX_GRID_RADIUS = 4
-"""The grid never extends beyond 100× either side of an optimizer's default learning rate."""
-
 STRESS_OPTIMIZERS = ("lion", "rlion")
 STRESS_STEPS = (0, 1, 2)
 """AdamW's default lr times 10^(k/2): 1e-3, 3.2e-3, 1e-2 — AdamW-sized learning rates, no warm-up."""
@@ -35,14 +33,14 @@ class Budget:
     grid: tuple[int, ...]
     """Initial grid exponents k (lr = default · 10^(k/2))."""
     seeds: int
-    extend: int
-    """How many steps the grid may grow beyond its initial edges."""
+    max_radius: int
+    """The grid may grow up to ``|k| <= max_radius`` (6: 1000× either side of the default)."""
 
 
 BUDGET_PRESETS = {
-    "tiny": Budget("tiny", grid=(-1, 0, 1), seeds=2, extend=1),
-    "quick": Budget("quick", grid=(-1, 0, 1), seeds=3, extend=1),
-    "full": Budget("full", grid=(-2, -1, 0, 1, 2), seeds=5, extend=2),
+    "tiny": Budget("tiny", grid=(-1, 0, 1), seeds=2, max_radius=2),
+    "quick": Budget("quick", grid=(-1, 0, 1), seeds=3, max_radius=6),
+    "full": Budget("full", grid=(-2, -1, 0, 1, 2), seeds=5, max_radius=6),
 }
 
 DEFAULT_OPTIMIZERS = {
@@ -137,8 +135,8 @@ def plan_cell(cell: Cell, budget: Budget, seeds: int, finished: Mapping[str, Out
                 best_k, best = k, metric
         if best_k is None:  # every tuning run diverged: nothing to repeat over seeds
             break
-        can_low = best_k == low and low > max(min(budget.grid) - budget.extend, -MAX_GRID_RADIUS)
-        can_high = best_k == high and high < min(max(budget.grid) + budget.extend, MAX_GRID_RADIUS)
+        can_low = best_k == low and low > -budget.max_radius
+        can_high = best_k == high and high < budget.max_radius
         if can_low or can_high:
             low, high = (low - 1, high) if can_low else (low, high + 1)
             continue
