@@ -18,7 +18,7 @@ from optarena.integrations.distributed import load_checkpoint, save_checkpoint, 
 
 STEPS, BATCH = 5, 8
 WEIGHT_DECAY = 0.1
-#: (registry name, extra kwargs); Adan also with its global-norm clipping active (gradient norms here are ~0.5)
+#: (registry name, extra kwargs); Adan also with its global-norm clipping active (the first gradient norm is 1.14)
 FSDP2_CASES = [("lion", {}), ("rlion", {}), ("adan", {}), ("adan", {"max_grad_norm": 0.05}), ("adax", {})]
 DDP_CASES = FSDP2_CASES + [("adafactor", {})]
 ZERO_CASES = [("lion", {}), ("adan", {}), ("adax", {}), ("adafactor", {})]
