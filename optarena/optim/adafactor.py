@@ -121,6 +121,14 @@ class Adafactor(OptarenaOptimizer):
             check_number("beta1", group["beta1"], low=0.0, high=1.0, high_open=True)
         for flag in ("relative_step", "scale_parameter", "warmup_init"):
             check_choice(flag, group[flag], (False, True))
+        for p in group["params"]:
+            # a sharded DTensor (FSDP2, tensor parallel) holds part of the rows or columns whose means the factored
+            # moments and RMS(θ) need; refuse rather than compute per-shard statistics silently
+            if any(not placement.is_replicate() for placement in getattr(p, "placements", ())):
+                raise ValueError(f"Adafactor does not support sharded DTensor parameters (got one of shape "
+                                 f"{tuple(p.shape)} with placements {tuple(p.placements)}): its factored second "
+                                 "moment and RMS(θ) need whole rows and columns. Use it with DDP or "
+                                 "ZeroRedundancyOptimizer, or use Lion, RLion, Adan or AdaX under fully_shard")
         if group["warmup_init"] and not group["relative_step"]:
             raise ValueError("Invalid warmup_init: True needs relative_step=True (the warm-up is of the relative "
                              "step size)")

@@ -42,7 +42,11 @@ def adan_update(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor
     torch._foreach_addcdiv_(params, exp_avg_diffs, denoms, [-lr * beta2 / (1 - beta2**t) for t in steps])
     if not no_prox and weight_decay != 0:
         torch._foreach_div_(params, 1 + lr * weight_decay)
-    torch._foreach_copy_(prev_grads, grads)
+    if hasattr(prev_grads[0], "placements"):  # DTensor (FSDP2) has no sharding rule for _foreach_copy_
+        for prev, grad in zip(prev_grads, grads):
+            prev.copy_(grad)
+    else:
+        torch._foreach_copy_(prev_grads, grads)
 
 
 class Adan(OptarenaOptimizer):
@@ -98,7 +102,8 @@ class Adan(OptarenaOptimizer):
         if max_norm <= 0 or not params:
             return 1.0
         norms = torch._foreach_norm([p.grad.float() if p.dtype in LOW_PRECISION else p.grad for p in params])
-        total = math.sqrt(sum(float(n) ** 2 for n in norms))
+        # a DTensor's norm (FSDP2) is partial, each rank's shard: full_tensor() reduces it to the global norm
+        total = math.sqrt(sum(float(n.full_tensor() if hasattr(n, "full_tensor") else n) ** 2 for n in norms))
         return min(1.0, max_norm / (total + self.defaults["eps"]))
 
     def _update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],

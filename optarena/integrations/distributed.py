@@ -1,0 +1,70 @@
+"""optarena optimizers under torch.distributed: ZeRO by registry name, and sharded checkpoints.
+
+The optimizers need nothing special for DDP (every rank steps the same averaged gradient) or for FSDP2's
+``fully_shard`` (Lion, RLion, Adan and AdaX are elementwise and run on each rank's shard of a DTensor; Adan's
+global-norm clipping reduces the per-shard norms; Adafactor refuses sharded parameters because its factored
+moments need whole rows and columns). What this module adds:
+
+* :func:`zero_redundancy_optimizer`: ``ZeroRedundancyOptimizer`` (each rank keeps the state of its share of the
+  parameters) built from a registry name, with the factory's default lr and weight-decay groups.
+* :func:`save_checkpoint` / :func:`load_checkpoint`: model and optimizer through ``torch.distributed.checkpoint``
+  (each rank writes and reads its own shards; loads into any sharding of the same model).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.optim import ZeroRedundancyOptimizer
+from torch.optim import Optimizer
+
+from ..registry import get_optimizer_info, param_groups_for_weight_decay
+
+
+def zero_redundancy_optimizer(model_or_params: nn.Module | Iterable[Any], name: str, lr: float | None = None,
+                              weight_decay: float = 0.0, *, no_weight_decay: Iterable[str] = (),
+                              **kwargs: Any) -> ZeroRedundancyOptimizer:
+    """``ZeroRedundancyOptimizer`` around the registry optimizer ``name`` (e.g. ``"lion"``), with decay kept off
+    biases and norm weights as :func:`optarena.create_optimizer` does. ``kwargs`` go to the optimizer and to
+    ``ZeroRedundancyOptimizer`` (``process_group``, ``parameters_as_bucket_view``, ``overlap_with_ddp``).
+
+    Adan's ``max_grad_norm`` is refused here: each rank would clip by the norm of its own share of the parameters.
+    Clip the full gradient before ``step()`` instead (``torch.nn.utils.clip_grad_norm_``).
+    """
+    info = get_optimizer_info(name)
+    if kwargs.get("max_grad_norm", 0):
+        raise ValueError(f"Invalid max_grad_norm: {kwargs['max_grad_norm']!r} under ZeroRedundancyOptimizer (each "
+                         "rank sees only its share of the gradients, so the norm would not be global); use "
+                         "torch.nn.utils.clip_grad_norm_ on the model before step()")
+    kwargs = {**info.fixed_kwargs, **kwargs}
+    groups = param_groups_for_weight_decay(model_or_params, weight_decay, no_weight_decay)
+    return ZeroRedundancyOptimizer(groups, optimizer_class=info.cls, lr=info.default_lr if lr is None else lr,
+                                   **kwargs)
+
+
+def save_checkpoint(checkpoint_id: str | os.PathLike, model: nn.Module, optimizer: Optimizer,
+                    extra: Mapping[str, Any] | None = None) -> None:
+    """Save ``model`` and ``optimizer`` (sharded or not) with ``torch.distributed.checkpoint``; collective: call it
+    on every rank. ``extra``: more entries (tensors and plain types), restored by :func:`load_checkpoint`."""
+    model_state, optim_state = get_state_dict(model, optimizer)
+    dcp.save({"model": model_state, "optimizer": optim_state, **(extra or {})}, checkpoint_id=checkpoint_id)
+
+
+def load_checkpoint(checkpoint_id: str | os.PathLike, model: nn.Module, optimizer: Optimizer,
+                    extra: dict[str, Any] | None = None) -> None:
+    """Load what :func:`save_checkpoint` wrote into ``model`` and ``optimizer`` (built as before: same optimizer
+    class and parameter groups); collective. ``extra`` is filled in place (its values give the types)."""
+    model_state, optim_state = get_state_dict(model, optimizer)
+    state = {"model": model_state, "optimizer": optim_state, **(extra or {})}
+    dcp.load(state, checkpoint_id=checkpoint_id)
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    if extra is not None:
+        extra.update({k: state[k] for k in extra})
+
+
+__all__ = ["load_checkpoint", "save_checkpoint", "zero_redundancy_optimizer"]

@@ -1,0 +1,57 @@
+"""optarena optimizers in the Hugging Face ``transformers.Trainer``.
+
+Two ways, both by registry name:
+
+* ``Trainer(..., optimizer_cls_and_kwargs=optimizer_cls_and_kwargs("lion", lr=1e-4))``: the Trainer builds the
+  optimizer over its own decay groups (``args.weight_decay`` on all but biases and LayerNorm weights) and its
+  scheduler from ``args``. ``(optarena.Lion, {"lr": 1e-4})`` written by hand works the same.
+* ``Trainer(..., optimizers=create_optimizer_and_scheduler(model, args, "lion", num_training_steps))``: optarena's
+  factory (its decay exemptions, wrappers such as ``lookahead=True``) with the scheduler ``args`` describe.
+
+The Trainer reloads ``optimizer.pt`` with ``torch.load(weights_only=True)``; optarena's state is tensors and plain
+types, so checkpoints resume.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+from transformers import TrainingArguments, get_scheduler
+
+from ..registry import _filter_kwargs, create_optimizer, get_optimizer_info
+
+
+def optimizer_cls_and_kwargs(name: str, lr: float | None = None, **kwargs: Any) -> tuple[type[Optimizer],
+                                                                                        dict[str, Any]]:
+    """``(class, kwargs)`` for ``Trainer(optimizer_cls_and_kwargs=...)``: the registry's class, ``lr`` (``None``:
+    its documented default), its fixed arguments and ``kwargs``, checked as :func:`optarena.create_optimizer`
+    checks them. Weight decay comes from ``TrainingArguments.weight_decay`` (the Trainer sets it per group)."""
+    info = get_optimizer_info(name)
+    if "weight_decay" in kwargs:
+        raise ValueError(f"Invalid weight_decay: {kwargs['weight_decay']!r} here (the Trainer overrides it per "
+                         "parameter group); set TrainingArguments(weight_decay=...) instead")
+    return info.cls, {"lr": info.default_lr if lr is None else lr, **_filter_kwargs(info, {**info.fixed_kwargs,
+                                                                                           **kwargs})}
+
+
+def create_optimizer_and_scheduler(model: nn.Module, args: TrainingArguments, name: str, num_training_steps: int,
+                                   lr: float | None = None, **kwargs: Any) -> tuple[Optimizer, LRScheduler]:
+    """``(optimizer, scheduler)`` for ``Trainer(optimizers=...)``: :func:`optarena.create_optimizer` with
+    ``args.weight_decay`` (kept off biases and norm weights) and ``lr`` (``None``: ``args.learning_rate``), and
+    the scheduler of ``args.lr_scheduler_type`` with ``args``' warm-up over ``num_training_steps``. ``kwargs`` go
+    to the factory (optimizer arguments, ``lookahead``, ``accumulate``, ...)."""
+    if isinstance(num_training_steps, bool) or not isinstance(num_training_steps, int) or num_training_steps < 1:
+        raise ValueError(f"Invalid num_training_steps: {num_training_steps!r} (a positive integer)")
+    optimizer = create_optimizer(model, name, lr=args.learning_rate if lr is None else lr,
+                                 weight_decay=args.weight_decay, **kwargs)
+    scheduler = get_scheduler(args.lr_scheduler_type, optimizer,
+                              num_warmup_steps=args.get_warmup_steps(num_training_steps),
+                              num_training_steps=num_training_steps,
+                              scheduler_specific_kwargs=args.lr_scheduler_kwargs or {})
+    return optimizer, scheduler
+
+
+__all__ = ["create_optimizer_and_scheduler", "optimizer_cls_and_kwargs"]

@@ -1,0 +1,152 @@
+"""optarena optimizers in ultralytics (YOLOv8 and later) without editing ultralytics' ``trainer.py``.
+
+``import optarena.integrations.ultralytics`` and then ``YOLO("yolov8n.yaml").train(..., optimizer="Lion",
+lr0=1e-4)``: any optarena registry name ultralytics does not know itself ("Lion", "RLion", "Adan", "AdaX",
+"Adafactor", "lookahead_lion", "momentum", "adagrad", ...) is built by :func:`optarena.create_optimizer` over
+ultralytics' own parameter groups (conv/linear weights with decay; norm weights and biases without). Names
+ultralytics knows (SGD, Adam, AdamW, ..., auto) keep ultralytics' behaviour. Importing patches
+``BaseTrainer.build_optimizer`` and ``BaseTrainer.save_model`` (:func:`unpatch` undoes it); passing
+``trainer=OptarenaDetectionTrainer`` to ``YOLO.train`` does the same for one run without relying on the patch.
+
+Checkpoints: ultralytics rounds float32 optimizer state to fp16 in ``last.pt`` except the keys ``step``,
+``exp_avg``, ``exp_avg_sq`` and ``square_avg``. Adan's ``exp_avg_diff``/``prev_grad`` and Adafactor's factored
+second moments (means of g², often below fp16's smallest subnormal 6e-8) would lose precision or flush to zero,
+so for optarena optimizers the state is saved as is: fp32 moments and float64 step counts resume exactly.
+"""
+
+from __future__ import annotations
+
+import warnings
+from contextlib import contextmanager
+from typing import Any
+
+from torch import nn
+from torch.optim import Optimizer
+from ultralytics.engine import trainer as trainer_module
+from ultralytics.engine.trainer import BaseTrainer
+from ultralytics.models.yolo.detect import DetectionTrainer
+from ultralytics.utils import DEFAULT_CFG, LOGGER
+
+from ..guidance import TRANSLATIONS, lr_range, translate_hparams
+from ..registry import LOOKAHEAD_PREFIX, create_optimizer, get_optimizer_info, list_optimizers
+
+#: Names ultralytics' own ``build_optimizer`` handles (lower case); they are left to it.
+ULTRALYTICS_OPTIMIZERS = frozenset({"adam", "adamax", "adamw", "nadam", "radam", "rmsprop", "sgd", "musgd", "auto"})
+#: ultralytics' documented lr0 for AdamW (default.yaml: "SGD=1e-2, Adam/AdamW=1e-3"): the reference from which the
+#: authors' lr ratios (optarena.guidance) give each optimizer's recommended lr0 range.
+ADAMW_LR0 = 1e-3
+
+_ORIGINAL: dict[str, Any] = {}
+
+
+def base_name(name: str) -> str:
+    """The registry name under an optional ``lookahead_`` prefix, lower case."""
+    name = str(name).lower()
+    return name[len(LOOKAHEAD_PREFIX):] if name.startswith(LOOKAHEAD_PREFIX) else name
+
+
+def is_optarena_name(name: str) -> bool:
+    """Whether ``optimizer=name`` is built by optarena (a registry name that ultralytics does not handle)."""
+    lowered = str(name).lower()
+    return lowered not in ULTRALYTICS_OPTIMIZERS and base_name(lowered) in list_optimizers()
+
+
+def check_lr0(name: str, lr0: float) -> None:
+    """Warn when ``lr0`` is ultralytics' SGD default or outside the authors' range for ``name``."""
+    rule = TRANSLATIONS.get(base_name(name))
+    if rule is None:
+        return
+    low, high = lr_range(base_name(name), ADAMW_LR0)
+    is_default = lr0 == DEFAULT_CFG.lr0
+    if low <= lr0 <= high and not (is_default and rule.absolute_lr is None):
+        return
+    why = (f"lr0={lr0:g} is ultralytics' default, tuned for SGD" if is_default
+           else f"lr0={lr0:g} is outside the recommended range")
+    start = translate_hparams(base_name(name), lr=ADAMW_LR0)["lr"]
+    cls_name = get_optimizer_info(base_name(name)).cls.__name__
+    warnings.warn(f"optarena: {why}; for {cls_name} the recommended lr0 is {low:g} to {high:g} (the authors' ratio "
+                  f"to AdamW's lr0={ADAMW_LR0:g}); try lr0={start:g}", UserWarning, stacklevel=3)
+
+
+@contextmanager
+def _quiet_logger():
+    disabled, LOGGER.disabled = LOGGER.disabled, True
+    try:
+        yield
+    finally:
+        LOGGER.disabled = disabled
+
+
+def build_optimizer(self: BaseTrainer, model: nn.Module, name: str = "auto", lr: float = 0.001,
+                    momentum: float = 0.9, decay: float = 1e-5, iterations: float = 1e5) -> Optimizer:
+    """``BaseTrainer.build_optimizer`` that builds optarena names with ultralytics' own parameter groups."""
+    original = _ORIGINAL.get("build_optimizer", BaseTrainer.build_optimizer)
+    if not is_optarena_name(name):
+        self._optarena_optimizer = False
+        return original(self, model, name, lr, momentum, decay, iterations)
+    # Reuse ultralytics' grouping (weights with decay, norm weights and biases without, "param_group" tags that its
+    # warm-up reads) by letting it build SGD, and keep only the groups.
+    with _quiet_logger():
+        template = original(self, model, "SGD", lr, momentum, decay, iterations)
+    groups = [{"params": g["params"], "weight_decay": g["weight_decay"], "param_group": g["param_group"]}
+              for g in template.param_groups]
+    check_lr0(name, lr)
+    if self.args.warmup_bias_lr > lr:
+        # ultralytics starts the bias lr of its warm-up at 0.1 (an SGD value: 1000x Lion's lr); its optimizer=auto
+        # sets 0 for AdamW, and so does this
+        LOGGER.warning(f"optarena: warmup_bias_lr={self.args.warmup_bias_lr:g} > lr0={lr:g}; starting the bias "
+                       "warm-up at 0 as ultralytics does for optimizer=auto")
+        self.args.warmup_bias_lr = 0.0
+    optimizer = create_optimizer(groups, name, lr=lr)
+    self._optarena_optimizer = True
+    summary = ", ".join(f"{len(g['params'])} {g['param_group']}(decay={g['weight_decay']:g})" for g in groups)
+    LOGGER.info(f"optimizer: optarena {name} -> {type(optimizer).__name__}(lr={lr:g}) with parameter groups "
+                f"{summary}; momentum={momentum:g} is not used (optarena's defaults for betas/momentum are)")
+    return optimizer
+
+
+def save_model(self: BaseTrainer) -> Any:
+    """``BaseTrainer.save_model`` that keeps an optarena optimizer's state at full precision in the checkpoint."""
+    original = _ORIGINAL.get("save_model", BaseTrainer.save_model)
+    if not getattr(self, "_optarena_optimizer", False):
+        return original(self)
+    convert = trainer_module.convert_optimizer_state_dict_to_fp16
+    trainer_module.convert_optimizer_state_dict_to_fp16 = lambda state_dict: state_dict
+    try:
+        return original(self)
+    finally:
+        trainer_module.convert_optimizer_state_dict_to_fp16 = convert
+
+
+class OptarenaTrainerMixin:
+    """Mix into any ultralytics trainer: ``class MyTrainer(OptarenaTrainerMixin, SegmentationTrainer)``."""
+
+    build_optimizer = build_optimizer
+    save_model = save_model
+
+
+class OptarenaDetectionTrainer(OptarenaTrainerMixin, DetectionTrainer):
+    """ultralytics' detection trainer with optarena optimizers: ``model.train(trainer=OptarenaDetectionTrainer)``."""
+
+
+def patch() -> None:
+    """Route optarena names through every ultralytics trainer (idempotent; done on import)."""
+    if _ORIGINAL:
+        return
+    _ORIGINAL["build_optimizer"] = BaseTrainer.build_optimizer
+    _ORIGINAL["save_model"] = BaseTrainer.save_model
+    BaseTrainer.build_optimizer = build_optimizer
+    BaseTrainer.save_model = save_model
+
+
+def unpatch() -> None:
+    """Restore ultralytics' own ``build_optimizer`` and ``save_model``."""
+    if _ORIGINAL:
+        BaseTrainer.build_optimizer = _ORIGINAL.pop("build_optimizer")
+        BaseTrainer.save_model = _ORIGINAL.pop("save_model")
+
+
+patch()
+
+__all__ = ["OptarenaDetectionTrainer", "OptarenaTrainerMixin", "build_optimizer", "check_lr0", "is_optarena_name",
+           "patch", "save_model", "unpatch"]

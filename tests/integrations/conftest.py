@@ -1,0 +1,21 @@
+"""Set-up for the framework integration tests: offline, every framework's files under a temporary directory, and
+a pure-PyTorch CPU nms for torchvision (its registry wheel's C++ ops do not load next to the CPU torch pin)."""
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+_HOME = Path(tempfile.mkdtemp(prefix="optarena-integrations-"))
+# Before any framework is imported: where they would write settings, caches and logs, and no network.
+for key, value in {
+    "YOLO_OFFLINE": "1", "YOLO_CONFIG_DIR": _HOME / "ultralytics", "MPLCONFIGDIR": _HOME / "matplotlib",
+    "HF_HOME": _HOME / "huggingface", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+    "WANDB_DISABLED": "true", "WANDB_MODE": "disabled", "TORCHINDUCTOR_CACHE_DIR": _HOME / "inductor",
+}.items():
+    os.environ[key] = str(value)
+
+sys.path.insert(0, str(Path(__file__).parent))
+import torchvision_cpu_nms  # noqa: E402
+
+torchvision_cpu_nms.install()
