@@ -4,7 +4,6 @@ suite (every built-in task, AdamW as the baseline), writing its report to ``./op
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Sequence
 
 from .registry import get_optimizer_info, list_optimizers
@@ -34,10 +33,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from .arena import CompareConfig, run_compare
 
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip()) if args.tasks else ()
+    workers = {} if args.workers is None else {"workers": args.workers}
     config = CompareConfig(optimizers=tuple(args.optimizers or ()), tasks=tasks + tuple(args.task), budget=args.budget,
                            seeds=args.seeds, batch_sizes=args.batch_sizes, out=args.out, storage=args.storage,
-                           workers=args.workers, device=args.device, threads=args.threads,
-                           stale_after=args.stale_after)
+                           device=args.device, threads=args.threads, stale_after=args.stale_after, **workers)
     try:
         run_compare(config)
     except KeyboardInterrupt:
@@ -103,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--storage", default=None,
                          help="Optuna storage URL shared by all workers and machines "
                               "(default: sqlite:///OUT/arena.db; e.g. postgresql://user@host/db)")
-    compare.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 8),
+    compare.add_argument("--workers", type=int, default=None,
                          help="worker processes on this machine (default: one per core, at most 8)")
     compare.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: cores/workers)")
     compare.add_argument("--device", default="cpu", help="torch device for training (default: cpu)")

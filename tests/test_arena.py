@@ -25,7 +25,8 @@ USER_TASKS = str(ROOT / "tests" / "arena_user_tasks.py")
 
 
 def _config(tmp_path: Path, tasks: tuple[str, ...], optimizers: tuple[str, ...], **kw) -> CompareConfig:
-    return CompareConfig(optimizers=optimizers, tasks=tasks, budget="tiny", out=tmp_path / "out", workers=1, **kw)
+    return CompareConfig(optimizers=optimizers, tasks=tasks, budget="tiny", out=tmp_path / "out", workers=1, threads=1,
+                         **kw)
 
 
 def _keys(out: Path) -> list[tuple[str, str, str, str]]:
@@ -38,7 +39,7 @@ def _keys(out: Path) -> list[tuple[str, str, str, str]]:
 def builtin_run(tmp_path_factory):
     """Every built-in task, AdamW against Lion, one seed: the report must cover all of them."""
     out = tmp_path_factory.mktemp("builtin")
-    config = CompareConfig(optimizers=("adamw", "lion"), budget="tiny", seeds=1, out=out / "out", workers=1)
+    config = CompareConfig(optimizers=("adamw", "lion"), budget="tiny", seeds=1, out=out / "out", workers=1, threads=1)
     return config, run_compare(config, show_progress=False)
 
 
@@ -68,7 +69,7 @@ def test_rerunning_a_finished_comparison_runs_nothing(builtin_run, monkeypatch):
     import optarena.arena.compare as compare
 
     monkeypatch.setattr(compare, "train_once", lambda *a, **k: pytest.fail("a finished point ran again"))
-    again = run_compare(CompareConfig(optimizers=config.optimizers, budget="tiny", seeds=1, out=config.out),
+    again = run_compare(CompareConfig(optimizers=config.optimizers, budget="tiny", seeds=1, out=config.out, threads=1),
                         show_progress=False)
     assert len(again.records) == len(results.records)
 
@@ -195,3 +196,13 @@ def test_tasks_command_lists_every_builtin_task(capsys):
     printed = capsys.readouterr().out
     for name in builtin_tasks():
         assert name in printed
+
+
+def test_the_readme_user_task_example_is_the_shipped_file_and_runs():
+    from optarena.arena import load_task, train_once
+
+    example = (ROOT / "examples" / "user_task.py").read_text()
+    assert example.split('"""', 2)[2].strip() in (ROOT / "README.md").read_text()
+    task = load_task(f"{ROOT / 'examples' / 'user_task.py'}:make_task", "tiny")
+    result = train_once(task, "adamw", 3e-3, seed=0)
+    assert result.steps == 20 and not result.diverged and 0.0 <= result.final_metric <= 1.0
