@@ -208,8 +208,7 @@ def run_compare(config: CompareConfig, *, show_progress: bool = True):
     config.out.mkdir(parents=True, exist_ok=True)
     config.load_tasks()
     store = ArenaStorage(config.storage, stale_after=config.stale_after)
-    config.cells()  # create the studies before workers race to do it
-    for cell in config.cells():
+    for cell in config.cells():  # create the studies before workers race to do it
         store.study_id(cell)
 
     started = time.perf_counter()
@@ -227,6 +226,7 @@ def run_compare(config: CompareConfig, *, show_progress: bool = True):
             _run_children(config, refresh)
         # one worker works here; after several, this finishes whatever a crashed child left behind
         work(config, on_progress=refresh)
+        update(*progress_counts(config, store))
     elapsed = time.perf_counter() - started
     results = ResultSet.load(config, store)
     paths = write_report(results, config.out, wall_seconds=elapsed)
