@@ -6,14 +6,15 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from .registry import get_optimizer_info, list_optimizers
+from .arena.task import BUDGETS
+from .registry import base_optimizer_info, get_optimizer_info, list_optimizers
 
 
 def _names(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     for name in names:
         try:
-            get_optimizer_info(name)
+            base_optimizer_info(name)
         except ValueError as err:  # argparse shows an ArgumentTypeError's message, not a ValueError's
             raise argparse.ArgumentTypeError(str(err)) from None
     return names
@@ -94,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "(default: every built-in task)")
     compare.add_argument("--task", action="append", default=[], metavar="MODULE:FUNCTION",
                          help="a user task (repeatable): package.module:function or path/to/file.py:function")
-    compare.add_argument("--budget", choices=["tiny", "quick", "full"], default="quick")
+    compare.add_argument("--budget", choices=BUDGETS, default="quick")
     compare.add_argument("--seeds", type=int, default=None, help="seeds per chosen setting (quick 3, full 5)")
     compare.add_argument("--batch-sizes", type=_ints, default=None,
                          help="comma-separated batch sizes for every task (default: each task's own)")
@@ -111,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.set_defaults(func=_cmd_compare)
 
     tasks = commands.add_parser("tasks", help="list the built-in tasks")
-    tasks.add_argument("--budget", choices=["tiny", "quick", "full"], default="quick")
+    tasks.add_argument("--budget", choices=BUDGETS, default="quick")
     tasks.set_defaults(func=_cmd_tasks)
     return parser
 

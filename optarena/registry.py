@@ -73,6 +73,11 @@ def get_optimizer_info(name: str) -> OptimizerInfo:
     return _REGISTRY[key]
 
 
+def base_optimizer_info(name: str) -> OptimizerInfo:
+    """The entry behind a factory name, which may carry the ``lookahead_`` prefix (``"lookahead_lion"``)."""
+    return get_optimizer_info(name.lower().removeprefix(LOOKAHEAD_PREFIX) if isinstance(name, str) else name)
+
+
 def _matches(name: str, patterns: Iterable[str]) -> bool:
     return any(name == pat or name.startswith(pat + ".") for pat in patterns)
 
@@ -223,5 +228,5 @@ def state_bytes(optimizer: Optimizer) -> int:
                if isinstance(v, torch.Tensor))
 
 
-__all__ = ["OptimizerInfo", "create_optimizer", "get_optimizer_info", "list_optimizers",
+__all__ = ["OptimizerInfo", "base_optimizer_info", "create_optimizer", "get_optimizer_info", "list_optimizers",
            "param_groups_for_weight_decay", "register_optimizer", "state_bytes"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -60,7 +62,7 @@ _calls = itertools.count()
 
 
 def _broken_calls() -> bool:
-    return next(_calls) >= 1  # the evaluation before training passes, the first one after it raises
+    return next(_calls) >= 1  # in a fresh process the evaluation before training passes; every later one raises
 
 
 def killed_after(budget: str = "quick") -> Task:
@@ -81,6 +83,35 @@ def killed_after(budget: str = "quick") -> Task:
         return make_model()
 
     task.make_model = counting_make_model
+    return task
+
+
+def rendezvous(budget: str = "quick") -> Task:
+    """Like ``linear``, but a worker's first run waits (at most 120 s) until a second worker process has started
+    one too (pids listed in the file OPTARENA_TEST_RENDEZVOUS), so two workers provably share the comparison."""
+    task = linear(budget)
+    task.name = "rendezvous"
+    make_model = task.make_model
+
+    def waiting_make_model() -> nn.Module:
+        path = Path(os.environ["OPTARENA_TEST_RENDEZVOUS"])
+        with open(path, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        deadline = time.monotonic() + 120
+        while len(set(path.read_text().split())) < 2:
+            if time.monotonic() > deadline:
+                raise TimeoutError("no second worker started a run within 120 s")
+            time.sleep(0.05)
+        return make_model()
+
+    task.make_model = waiting_make_model
+    return task
+
+
+def renamed_linear(budget: str = "quick") -> Task:
+    """A different task that reuses the name ``linear``."""
+    task = linear(budget)
+    task.steps = 7
     return task
 
 

@@ -79,3 +79,11 @@ def test_lion_and_rlion_also_run_at_adamw_sized_learning_rates():
     # a stress lr that is also a grid lr runs once
     plan = plan_cell(_cell("lion"), BUDGET_PRESETS["full"], seeds=2, finished={}, stress=True)
     assert len(plan.missing) == len(set(plan.missing))
+
+
+def test_ties_go_to_the_point_nearest_the_default_and_never_grow_the_grid():
+    finished: dict = {}
+    for lr in (3.162e-4, 1e-3, 3.162e-3):
+        _finish(finished, lr, 0, 1.0)  # a saturated accuracy: every lr ties
+    plan = plan_cell(_cell(), QUICK, seeds=2, finished=finished, stress=False)
+    assert plan.chosen_lr == 1e-3 and not plan.at_edge and plan.missing == [(1e-3, 1)]

@@ -7,13 +7,15 @@ import multiprocessing
 import os
 import time
 import traceback
+import uuid
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
-from ..registry import LOOKAHEAD_PREFIX, get_optimizer_info
+from ..registry import base_optimizer_info
 from .plan import BUDGET_PRESETS, DEFAULT_OPTIMIZERS, Cell, CellPlan, cells_for, plan_cell, point_key
 from .runner import train_once
 from .storage import HEARTBEAT_SECONDS, ArenaStorage, default_storage_url
@@ -21,6 +23,11 @@ from .task import BUDGETS, Task, builtin_tasks, load_task
 
 POLL_SECONDS = 1.0
 """How often a worker with nothing to do looks again while other workers finish the points it waits for."""
+
+
+def _check_positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"Invalid {name}: {value!r} (must be a positive integer)")
 
 
 def default_workers() -> int:
@@ -50,32 +57,56 @@ class CompareConfig:
     """Torch threads per worker; ``None``: the cores divided among the workers (small models run several times
     faster on one thread per process than on several threads in one process)."""
     stale_after: float = 600.0
+    """Seconds without a heartbeat after which another machine's running trial is taken over."""
+    invocation: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    """Identifies this command; its worker processes share it (see :class:`ArenaStorage`)."""
     tasks_loaded: dict[str, Task] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.budget not in BUDGETS:
             raise ValueError(f"Invalid budget: {self.budget!r} (expected one of {', '.join(BUDGETS)})")
-        self.optimizers = tuple(self.optimizers) or DEFAULT_OPTIMIZERS[self.budget]
-        for name in self.optimizers:
-            get_optimizer_info(name.lower().removeprefix(LOOKAHEAD_PREFIX))  # ValueError naming the unknown one
-        self.optimizers = tuple(n.lower() for n in self.optimizers)
-        self.tasks = tuple(self.tasks) or tuple(builtin_tasks())
+        names = tuple(self.optimizers) or DEFAULT_OPTIMIZERS[self.budget]
+        for name in names:
+            base_optimizer_info(name)  # ValueError naming the unknown one
+        self.optimizers = tuple(dict.fromkeys(n.lower() for n in names))
+        self.tasks = tuple(dict.fromkeys(self.tasks)) or tuple(builtin_tasks())
         if self.seeds is None:
             self.seeds = BUDGET_PRESETS[self.budget].seeds
-        if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 1:
-            raise ValueError(f"Invalid seeds: {self.seeds!r} (a positive number of seeds)")
-        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
-            raise ValueError(f"Invalid workers: {self.workers!r} (a positive number of processes)")
-        if self.batch_sizes is not None and (not self.batch_sizes or any(
-                isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in self.batch_sizes)):
-            raise ValueError(f"Invalid batch_sizes: {self.batch_sizes!r} (positive integers)")
+        _check_positive_int("seeds", self.seeds)
+        _check_positive_int("workers", self.workers)
+        if self.threads is not None:
+            _check_positive_int("threads", self.threads)
+        if self.batch_sizes is not None:
+            if not self.batch_sizes:
+                raise ValueError(f"Invalid batch_sizes: {self.batch_sizes!r} (positive integers)")
+            for size in self.batch_sizes:
+                _check_positive_int("batch size", size)
+        if isinstance(self.stale_after, bool) or not isinstance(self.stale_after, (int, float)) or \
+                not self.stale_after >= 2 * HEARTBEAT_SECONDS:
+            raise ValueError(f"Invalid stale_after: {self.stale_after!r} (seconds, at least "
+                             f"{2 * HEARTBEAT_SECONDS:g}: twice the heartbeat interval)")
+        try:
+            device = torch.device(self.device)
+        except (RuntimeError, TypeError) as err:
+            raise ValueError(f"Invalid device: {self.device!r} ({err})") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"Invalid device: {self.device!r} (CUDA is not available here)")
         self.out = Path(self.out)
         self.storage = self.storage or default_storage_url(self.out)
 
     def load_tasks(self) -> dict[str, Task]:
         if not self.tasks_loaded:
-            self.tasks_loaded = {spec: load_task(spec, self.budget) for spec in self.tasks}
+            tasks = {spec: load_task(spec, self.budget) for spec in self.tasks}
+            names: dict[str, str] = {}
+            for spec, task in tasks.items():  # the name keys the studies: two tasks must not share one
+                if names.setdefault(task.name, spec) != spec:
+                    raise ValueError(f"Invalid tasks: {names[task.name]!r} and {spec!r} are both named "
+                                     f"{task.name!r}")
+            self.tasks_loaded = tasks
         return self.tasks_loaded
+
+    def open_storage(self) -> ArenaStorage:
+        return ArenaStorage(self.storage, stale_after=self.stale_after, invocation=self.invocation)
 
     def batch_sizes_for(self, task: Task) -> tuple[int, ...]:
         return tuple(sorted(set(self.batch_sizes))) if self.batch_sizes else task.all_batch_sizes
@@ -127,7 +158,7 @@ def _run_point(store: ArenaStorage, config: CompareConfig, cell: Cell, trial_id:
 def work(config: CompareConfig, on_progress: Callable[[], None] | None = None) -> None:
     """Run points until every cell is complete; safe to run in many processes and on many machines at once."""
     _configure_process(config)
-    store = ArenaStorage(config.storage, stale_after=config.stale_after)
+    store = config.open_storage()
     cells = config.cells()
     while True:
         progressed = waiting = False
@@ -187,6 +218,10 @@ def _run_children(config: CompareConfig, refresh: Callable[[], None]) -> None:
             while child.is_alive():
                 child.join(POLL_SECONDS)
                 refresh()
+        for child in children:
+            if child.exitcode != 0:  # whatever it left unfinished is done by the caller's own worker
+                warnings.warn(f"optarena compare: worker process {child.pid} exited with code {child.exitcode}",
+                              RuntimeWarning, stacklevel=2)
     except KeyboardInterrupt:  # the children got the same SIGINT: let them record their interrupted runs
         for child in children:
             child.join(10)
@@ -207,7 +242,7 @@ def run_compare(config: CompareConfig, *, show_progress: bool = True):
 
     config.out.mkdir(parents=True, exist_ok=True)
     config.load_tasks()
-    store = ArenaStorage(config.storage, stale_after=config.stale_after)
+    store = config.open_storage()
     for cell in config.cells():  # create the studies before workers race to do it
         store.study_id(cell)
 

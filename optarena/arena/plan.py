@@ -20,7 +20,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from ..registry import LOOKAHEAD_PREFIX, get_optimizer_info
+from ..registry import base_optimizer_info
 
 STRESS_OPTIMIZERS = ("lion", "rlion")
 STRESS_STEPS = (0, 1, 2)
@@ -56,7 +56,12 @@ def grid_lr(default_lr: float, k: int) -> float:
 
 
 def default_lr(optimizer: str) -> float:
-    return get_optimizer_info(optimizer.lower().removeprefix(LOOKAHEAD_PREFIX)).default_lr
+    return base_optimizer_info(optimizer).default_lr
+
+
+def stress_lrs() -> list[float]:
+    """The AdamW-sized learning rates Lion and RLion also run at."""
+    return [grid_lr(default_lr("adamw"), k) for k in STRESS_STEPS]
 
 
 def point_key(lr: float, seed: int) -> str:
@@ -117,8 +122,7 @@ def plan_cell(cell: Cell, budget: Budget, seeds: int, finished: Mapping[str, Out
     low, high = min(budget.grid), max(budget.grid)
     plan = CellPlan()
     if stress and cell.optimizer in STRESS_OPTIMIZERS:
-        adamw = default_lr("adamw")
-        plan.missing += [(grid_lr(adamw, k), 0) for k in STRESS_STEPS]
+        plan.missing += [(lr, 0) for lr in stress_lrs()]
     while True:
         ks = range(low, high + 1)
         plan.tuning_lrs = [grid_lr(base, k) for k in ks]
@@ -128,7 +132,7 @@ def plan_cell(cell: Cell, budget: Budget, seeds: int, finished: Mapping[str, Out
             plan.blocked = True
             break
         best_k, best = None, None
-        for k in ks:
+        for k in sorted(ks, key=abs):  # on a tie the point nearer the default wins, so ties never grow the grid
             metric = finished[point_key(grid_lr(base, k), 0)].metric
             if metric is not None and math.isfinite(metric) and (best is None or
                                                                  _better(metric, best, cell.higher_is_better)):

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from .claims import ClaimResult, evaluate_claims
+from .plan import point_key
 from .results import CellSummary, ResultSet, median
 
 
@@ -38,7 +39,9 @@ def _num(value: float | None, fmt: str = ".4g") -> str:
 
 def _metric(summary: CellSummary) -> str:
     if summary.metric_median is None:
-        return "diverged" if summary.finals or summary.tuning_diverged else "–"
+        if summary.diverged or (summary.plan.chosen_lr is None and summary.tuning_diverged):
+            return "diverged"
+        return "error" if summary.finals else "–"
     text = _num(summary.metric_median)
     if summary.runs > 1:
         text += f" [{_num(summary.metric_min)}, {_num(summary.metric_max)}]"
@@ -79,7 +82,7 @@ def tasks_table(results: ResultSet) -> Table:
 def write_csv(results: ResultSet, path: Path) -> None:
     fields = ["task", "batch_size", "optimizer", "lr", "seed", "state", "chosen", "final_metric", "best_metric",
               "diverged_at", "steps", "steps_to_target", "seconds_to_target", "train_seconds", "opt_step_ms",
-              "fwd_bwd_ms", "state_bytes", "params", "peak_memory_mb", "trial", "worker", "error"]
+              "fwd_bwd_ms", "state_bytes", "params", "peak_memory_mb", "trial", "worker", "host", "error"]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
@@ -87,8 +90,8 @@ def write_csv(results: ResultSet, path: Path) -> None:
             chosen = results.summaries[record.cell.study_name].plan.chosen_lr
             row = {"task": results.task(record.cell).name, "batch_size": record.cell.batch_size,
                    "optimizer": record.cell.optimizer, "lr": record.lr, "seed": record.seed, "state": record.state,
-                   "chosen": chosen is not None and f"{record.lr:.4g}" == f"{chosen:.4g}", "trial": record.trial_number,
-                   "worker": record.worker,
+                   "chosen": chosen is not None and point_key(record.lr, 0) == point_key(chosen, 0),
+                   "trial": record.trial_number, "worker": record.worker, "host": record.host,
                    "error": record.error.strip().splitlines()[-1] if record.error else ""}
             if record.result is not None:
                 r = record.result
@@ -152,7 +155,7 @@ def _plots(results: ResultSet, out: Path) -> list[tuple[str, Path]]:
                 y = ax.get_ylim()[0] if ok else 0
                 ax.plot(bad, [y] * len(bad), "x", color=colours[cell.optimizer], markersize=9)
             chosen = results.summaries[cell.study_name].plan.chosen_lr
-            match = [m for lr, m in ok if chosen is not None and f"{lr:.4g}" == f"{chosen:.4g}"]
+            match = [m for lr, m in ok if chosen is not None and point_key(lr, 0) == point_key(chosen, 0)]
             if match:
                 ax.plot([chosen], match, "*", color=colours[cell.optimizer], markersize=14)
         ax.set(xscale="log", xlabel="peak learning rate", ylabel=task.metric,

@@ -95,7 +95,7 @@ class ResultSet:
         records = self.records_of(cell)
         finished = {point_key(r.lr, r.seed): Outcome(r.lr, r.seed, r.metric) for r in records}
         plan = self.config.plan(cell, finished)
-        finals = sorted((r for r in records if plan.chosen_lr is not None
+        finals = sorted((r for r in records if plan.chosen_lr is not None and r.seed < self.config.seeds
                          and point_key(r.lr, 0) == point_key(plan.chosen_lr, 0)), key=lambda r: r.seed)
         tuning = {point_key(lr, 0) for lr in plan.tuning_lrs}
         results = [r.result for r in finals if r.result is not None]
@@ -122,15 +122,15 @@ class ResultSet:
 
     def median_curve(self, cell: Cell, attr_steps: str, attr_values: str
                      ) -> tuple[list[int], list[float], list[float], list[float]]:
-        """Median, min and max over the final seeds of a per-step curve, on the steps every seed reached."""
-        curves = [(getattr(r.result, attr_steps), getattr(r.result, attr_values))
-                  for r in self.summaries[cell.study_name].finals if r.result is not None]
-        if not curves:
-            return [], [], [], []
-        length = min(len(steps) for steps, _ in curves)
-        steps = curves[0][0][:length]
-        columns = [[v[i] for _, v in curves] for i in range(length)]
-        columns = [[x for x in column if x is not None and math.isfinite(x)] for column in columns]
-        keep = [i for i, column in enumerate(columns) if column]
-        return ([steps[i] for i in keep], [statistics.median(columns[i]) for i in keep],
-                [min(columns[i]) for i in keep], [max(columns[i]) for i in keep])
+        """Median, min and max over the final seeds of a per-step curve, step by step (a seed that stopped early,
+        diverged, counts only up to where it got)."""
+        by_step: dict[int, list[float]] = {}
+        for record in self.summaries[cell.study_name].finals:
+            if record.result is None:
+                continue
+            for step, value in zip(getattr(record.result, attr_steps), getattr(record.result, attr_values)):
+                if value is not None and math.isfinite(value):
+                    by_step.setdefault(step, []).append(value)
+        steps = sorted(by_step)
+        return (steps, [statistics.median(by_step[s]) for s in steps], [min(by_step[s]) for s in steps],
+                [max(by_step[s]) for s in steps])

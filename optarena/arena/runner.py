@@ -7,9 +7,13 @@ it ``diverged``. Exceptions from the task's own code do propagate (the caller re
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import gc
 import math
 import statistics
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -19,7 +23,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from ..guidance import TRANSLATIONS, translate_hparams
-from ..registry import LOOKAHEAD_PREFIX, create_optimizer, get_optimizer_info, state_bytes
+from ..registry import base_optimizer_info, create_optimizer, get_optimizer_info, state_bytes
 from .task import Task
 
 DIVERGENCE_FACTOR = 10.0
@@ -41,8 +45,9 @@ class RunResult:
     steps: int
     """Optimizer steps completed."""
     steps_to_target: int | None
+    """The first evaluation step at which the metric met the task's target (resolution: ``eval_every``)."""
     seconds_to_target: float | None
-    """Training seconds (forward, backward and step; evaluation excluded) until the metric first met the target."""
+    """Training seconds (forward, backward and step; evaluation excluded) up to that evaluation."""
     train_seconds: float
     opt_step_ms: float
     """Median wall time of ``optimizer.step()`` (with the LR scheduler's step), per step."""
@@ -71,8 +76,7 @@ class RunResult:
 def arena_weight_decay(optimizer: str, task_weight_decay: float) -> dict[str, Any]:
     """Weight-decay kwargs for ``optimizer`` given a task's AdamW-scale decay: the published translation where one
     exists (Lion's decay is 5× AdamW's because its lr is smaller), otherwise the same value."""
-    name = optimizer.lower().removeprefix(LOOKAHEAD_PREFIX)
-    base = get_optimizer_info(name).name
+    base = base_optimizer_info(optimizer).name
     if task_weight_decay == 0 or base not in TRANSLATIONS:
         return {"weight_decay": task_weight_decay}
     translated = translate_hparams(base, lr=get_optimizer_info("adamw").default_lr, weight_decay=task_weight_decay)
@@ -89,9 +93,28 @@ def total_state_bytes(optimizer: Optimizer) -> int:
     return total
 
 
+@functools.cache
+def _libc_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+def _malloc_trim() -> None:
+    trim = _libc_malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 class _PeakMemory:
     """Peak memory of this process during a run: CUDA's allocator peak, or on Linux the resident-set high-water
-    mark, which ``/proc/self/clear_refs`` resets (so each run gets its own peak, not the worker's lifetime one)."""
+    mark, which ``/proc/self/clear_refs`` resets (so each run gets its own peak, not the worker's lifetime one).
+
+    On CPU, memory freed by earlier runs is first handed back to the OS (``malloc_trim``); otherwise a run that
+    reuses it would show no growth at all. The first run in a worker still includes one-time allocations (lazy
+    imports, thread pools); medians over seeds absorb that.
+    """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -101,6 +124,8 @@ class _PeakMemory:
             torch.cuda.reset_peak_memory_stats(device)
             self.baseline = torch.cuda.memory_allocated(device) / 2**20
         else:
+            gc.collect()
+            _malloc_trim()
             try:
                 with open("/proc/self/clear_refs", "w") as f:
                     f.write("5")
@@ -160,7 +185,8 @@ def train_once(task: Task, optimizer_name: str, lr: float, seed: int, batch_size
     """Train ``task`` from the seed's initial weights with ``optimizer_name`` at peak learning rate ``lr``.
 
     The schedule is a cosine decay from ``lr`` to 0 over ``task.steps`` with no warm-up, the same for every
-    optimizer. ``heartbeat`` is called at every evaluation, so a long run can show it is alive.
+    optimizer. ``heartbeat`` is called after every step (it should throttle itself), so a long run shows it is
+    alive.
     """
     device = torch.device(device)
     batch_size = task.batch_size if batch_size is None else batch_size
@@ -182,7 +208,8 @@ def train_once(task: Task, optimizer_name: str, lr: float, seed: int, batch_size
     train_loss: list[float] = []
     opt_times: list[float] = []
     fwd_times: list[float] = []
-    window: list[float] = []
+    window: list[float] = []  # losses since the last curve point
+    recent: deque[float] = deque(maxlen=10)  # the divergence check's smoothing, independent of eval_every
     first_loss: float | None = None
     diverged_at: int | None = None
     steps_to_target = 0 if _meets(task, eval_metric[0]) else None
@@ -208,12 +235,14 @@ def train_once(task: Task, optimizer_name: str, lr: float, seed: int, batch_size
         value = loss.item()
         first_loss = value if first_loss is None else first_loss
         window.append(value)
+        recent.append(value)
         if position:
             trajectory.append(list(position(model)))
-        smoothed = statistics.fmean(window[-10:]) if all(map(math.isfinite, window[-10:])) else math.inf
-        if not math.isfinite(value) or smoothed > DIVERGENCE_FACTOR * max(abs(first_loss), 1e-12) and step > 1:
+        if not math.isfinite(value) or statistics.fmean(recent) > DIVERGENCE_FACTOR * max(abs(first_loss), 1e-12):
             diverged_at = step
             break
+        if heartbeat is not None:
+            heartbeat()
         if step % task.eval_every == 0 or step == steps:
             loss_steps.append(step)
             train_loss.append(statistics.fmean(window))
@@ -226,8 +255,6 @@ def train_once(task: Task, optimizer_name: str, lr: float, seed: int, batch_size
             eval_metric.append(metric)
             if steps_to_target is None and _meets(task, metric):
                 steps_to_target, seconds_to_target = step, train_seconds
-            if heartbeat is not None:
-                heartbeat()
 
     diverged = diverged_at is not None
     finite = [m for m in eval_metric if math.isfinite(m)]

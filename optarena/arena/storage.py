@@ -4,14 +4,18 @@ Any SQLAlchemy URL Optuna accepts works: SQLite in the output folder by default,
 machines share one comparison. Each run is a trial whose user attribute ``key`` names its (lr, seed) point, so
 workers on different machines agree on what is done:
 
-* a worker *claims* a point by creating a RUNNING trial for it; if an older live trial already holds the key, the
-  newer one steps back (marked FAIL, ``duplicate``). Two workers that claim in the same instant may both run the
-  point — wasted time, never a wrong result, since the earliest finished trial for a key is the one that counts;
-* a finished run is COMPLETE (value = final validation metric), PRUNED (diverged: the run blew up) or FAIL with an
-  ``error`` attribute (the task's code raised). None of those is run again;
-* a RUNNING trial whose worker is gone — same host and its process no longer exists, or no heartbeat for
-  ``stale_after`` seconds — is marked FAIL (``stale``) and its point is run again. Ctrl-C marks the running
-  trial FAIL (``interrupted``) on the way out.
+* a worker *claims* a point by creating a RUNNING trial that carries the key from the start. Optuna numbers trials
+  under a lock on the study, so of two claims the later one always sees the earlier and steps back (marked FAIL,
+  ``duplicate``);
+* a finished run is COMPLETE (value = final validation metric) or PRUNED (diverged: the run blew up), and is never
+  run again. A run whose task code raised is FAIL with an ``error`` attribute: not retried within the same
+  ``optarena compare`` invocation, retried once by the next one (the task may have been fixed);
+* a RUNNING trial whose worker is gone — on the same machine (hostname and boot id) its process no longer exists,
+  or no heartbeat for ``stale_after`` seconds — is marked FAIL (``stale``) and its point is run again. A worker
+  that finds its own trial marked stale drops its result: the point belongs to whoever took it over. Ctrl-C
+  marks the running trial FAIL (``interrupted``) on the way out.
+
+Of several finished trials for one key (possible only after a stale takeover), the lowest-numbered counts.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any
 import optuna
 import sqlalchemy
 from optuna.distributions import FloatDistribution, IntDistribution
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from .plan import Cell, Outcome, point_key
@@ -37,13 +42,22 @@ from .runner import RunResult
 LR_DISTRIBUTION = FloatDistribution(1e-9, 1e3, log=True)
 SEED_DISTRIBUTION = IntDistribution(0, 2**31 - 1)
 HEARTBEAT_SECONDS = 30.0
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+"""A running trial's heartbeat is refreshed this often; ``stale_after`` must be at least twice as long."""
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def default_storage_url(out_dir: str | os.PathLike[str]) -> str:
     return f"sqlite:///{Path(out_dir).resolve() / 'arena.db'}"
+
+
+def _machine_id() -> str:
+    """Hostname plus boot id: containers that share a hostname do not share process ids."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f"{socket.gethostname()}/{f.read().strip()}"
+    except OSError:
+        return socket.gethostname()
 
 
 @dataclass
@@ -58,8 +72,8 @@ class Record:
     result: RunResult | None
     error: str | None
     trial_number: int
-    duration_s: float | None
     worker: str
+    host: str
 
     @property
     def metric(self) -> float | None:
@@ -73,20 +87,14 @@ def _sqlite_pragmas(connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _finished_kind(trial: FrozenTrial) -> str | None:
-    if trial.state == TrialState.COMPLETE:
-        return "complete"
-    if trial.state == TrialState.PRUNED:
-        return "diverged"
-    if trial.state == TrialState.FAIL and "error" in trial.user_attrs:
-        return "error"
-    return None  # running, or failed for a reason that calls for a re-run (stale, interrupted, duplicate)
-
-
 class ArenaStorage:
-    """The arena's view of an Optuna storage."""
+    """The arena's view of an Optuna storage.
 
-    def __init__(self, url: str, *, stale_after: float = 600.0) -> None:
+    ``invocation`` identifies one ``optarena compare`` command (shared by its worker processes): runs that raised
+    count as finished for the invocation that recorded them, and are retried by a later one.
+    """
+
+    def __init__(self, url: str, *, stale_after: float = 600.0, invocation: str | None = None) -> None:
         engine_kwargs: dict[str, Any] = {}
         if url.startswith("sqlite"):
             # several local worker processes write to one file: wait for the lock instead of failing
@@ -101,7 +109,8 @@ class ArenaStorage:
                     raise
                 time.sleep(0.5 + random.random())
             except Exception as err:  # SQLAlchemy raises several types for a bad URL or an unreachable server
-                raise ValueError(f"Invalid storage: {url!r} ({type(err).__name__}: {err})") from err
+                shown = sqlalchemy.engine.make_url(url).render_as_string(hide_password=True) if "://" in url else url
+                raise ValueError(f"Invalid storage: {shown!r} ({type(err).__name__})") from None
         if url.startswith("sqlite"):
             # WAL lets readers run beside the writer, and NORMAL syncs at checkpoints, not at every commit:
             # a commit drops from ~10 ms to well under 1 ms; a power cut may lose the last runs, a crash cannot.
@@ -109,7 +118,8 @@ class ArenaStorage:
             self.storage.engine.dispose()
         self.url = url
         self.stale_after = stale_after
-        self.host = socket.gethostname()
+        self.invocation = invocation
+        self.host = _machine_id()
         self.worker_id = uuid.uuid4().hex[:12]
         self._study_ids: dict[str, int] = {}
 
@@ -128,40 +138,50 @@ class ArenaStorage:
         return self.storage.get_all_trials(self.study_id(cell), deepcopy=False)
 
     # ---------------------------------------------------------------------------------------- reading results
+    def _kind(self, trial: FrozenTrial, any_invocation: bool = False) -> str | None:
+        """How a trial finished, or ``None`` if its point is still open (running, stale, interrupted, duplicate,
+        or an error from an earlier invocation, which this one retries)."""
+        if trial.state == TrialState.COMPLETE:
+            return "complete"
+        if trial.state == TrialState.PRUNED:
+            return "diverged"
+        if trial.state == TrialState.FAIL and "error" in trial.user_attrs and (
+                any_invocation or trial.user_attrs.get("invocation") == self.invocation):
+            return "error"
+        return None
+
+    def _by_key(self, trials: list[FrozenTrial], any_invocation: bool = False) -> dict[str, tuple[str, FrozenTrial]]:
+        """Per key, the trial that stands for it: the lowest-numbered completed or diverged one, else the latest
+        error (a retried run that raised again replaces the older error)."""
+        chosen: dict[str, tuple[str, FrozenTrial]] = {}
+        for trial in sorted(trials, key=lambda t: t.number):
+            kind, key = self._kind(trial, any_invocation), trial.user_attrs.get("key")
+            if kind is not None and key is not None and chosen.get(key, ("error",))[0] == "error":
+                chosen[key] = (kind, trial)
+        return chosen
+
     def finished(self, cell: Cell, trials: list[FrozenTrial] | None = None) -> dict[str, Outcome]:
-        """The finished points of ``cell`` by key: the earliest finished trial per key counts."""
-        outcomes: dict[str, Outcome] = {}
-        for trial in sorted(self.trials(cell) if trials is None else trials, key=lambda t: t.number):
-            kind = _finished_kind(trial)
-            key = trial.user_attrs.get("key")
-            if kind is None or key is None or key in outcomes:
-                continue
-            metric = trial.value if kind == "complete" else None
-            outcomes[key] = Outcome(trial.params["lr"], trial.params["seed"], metric)
-        return outcomes
+        """The finished points of ``cell`` by key, as this invocation sees them."""
+        by_key = self._by_key(self.trials(cell) if trials is None else trials)
+        return {key: Outcome(t.params["lr"], t.params["seed"], t.value if kind == "complete" else None)
+                for key, (kind, t) in by_key.items()}
 
     def records(self, cells: Iterable[Cell]) -> list[Record]:
+        """Every finished run of ``cells``; errors from any invocation are included, so the report shows them."""
         records = []
         for cell in cells:
-            seen: set[str] = set()
-            for trial in sorted(self.trials(cell), key=lambda t: t.number):
-                kind = _finished_kind(trial)
-                key = trial.user_attrs.get("key")
-                if kind is None or key is None or key in seen:
-                    continue
-                seen.add(key)
+            for kind, trial in self._by_key(self.trials(cell), any_invocation=True).values():
                 raw = trial.user_attrs.get("result")
-                duration = (trial.datetime_complete - trial.datetime_start).total_seconds() \
-                    if trial.datetime_complete and trial.datetime_start else None
                 records.append(Record(cell, trial.params["lr"], trial.params["seed"], kind,
                                       RunResult.from_dict(raw) if raw else None, trial.user_attrs.get("error"),
-                                      trial.number, duration, trial.user_attrs.get("worker", "")))
+                                      trial.number, trial.user_attrs.get("worker", ""),
+                                      trial.user_attrs.get("host", "")))
         return records
 
     # ----------------------------------------------------------------------------------------- claiming work
     def _alive(self, trial: FrozenTrial) -> bool:
         attrs = trial.user_attrs
-        if attrs.get("host") == self.host:
+        if attrs.get("host") == self.host and os.name == "posix":
             pid = attrs.get("pid")
             if pid == os.getpid():
                 return attrs.get("worker") == self.worker_id
@@ -182,53 +202,63 @@ class ArenaStorage:
             if self._alive(trial):
                 keys.add(trial.user_attrs.get("key"))
             else:
-                trial_id = self._trial_id(cell, trial.number)
-                try:
-                    self.storage.set_trial_user_attr(trial_id, "stale", True)
-                    self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
-                except RuntimeError:  # another worker finished or failed it first
-                    pass
+                self.abandon(self._trial_id(cell, trial.number), "stale")
         return keys
 
     def _trial_id(self, cell: Cell, number: int) -> int:
         return self.storage.get_trial_id_from_study_id_trial_number(self.study_id(cell), number)
 
     def claim(self, cell: Cell, lr: float, seed: int) -> int | None:
-        """Create a RUNNING trial for the point; ``None`` if an older live trial holds it already."""
+        """Create a RUNNING trial for the point; ``None`` if another live or finished trial holds it already."""
         key = point_key(lr, seed)
         template = FrozenTrial(
             number=-1, state=TrialState.RUNNING, value=None, datetime_start=None, datetime_complete=None,
             params={"lr": lr, "seed": seed}, distributions={"lr": LR_DISTRIBUTION, "seed": SEED_DISTRIBUTION},
             user_attrs={"key": key, "host": self.host, "pid": os.getpid(), "worker": self.worker_id,
-                        "heartbeat": time.time()},
+                        "invocation": self.invocation, "heartbeat": time.time()},
             system_attrs={}, intermediate_values={}, trial_id=-1)
         trial_id = self.storage.create_new_trial(self.study_id(cell), template_trial=template)
         number = self.storage.get_trial_number_from_id(trial_id)
         for trial in self.trials(cell):
             if trial.number == number or trial.user_attrs.get("key") != key:
                 continue
-            holds = _finished_kind(trial) is not None or (trial.state == TrialState.RUNNING
-                                                          and trial.number < number and self._alive(trial))
-            if holds:
+            if self._kind(trial) is not None or (trial.state == TrialState.RUNNING and trial.number < number
+                                                 and self._alive(trial)):
                 self.abandon(trial_id, "duplicate")
                 return None
         return trial_id
 
+    # ------------------------------------------------------------------------------- writing a trial's end
+    # Each of these is a no-op on a trial that is finished already: another worker judged it stale and took the
+    # point over, so this result is dropped rather than crashing the worker.
     def heartbeat(self, trial_id: int) -> None:
-        self.storage.set_trial_user_attr(trial_id, "heartbeat", time.time())
+        try:
+            self.storage.set_trial_user_attr(trial_id, "heartbeat", time.time())
+        except UpdateFinishedTrialError:
+            pass
 
     def finish(self, trial_id: int, result: RunResult) -> None:
-        self.storage.set_trial_user_attr(trial_id, "result", result.to_dict())
-        if result.diverged:
-            self.storage.set_trial_state_values(trial_id, TrialState.PRUNED)
-        else:
-            self.storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [result.final_metric])
+        try:
+            self.storage.set_trial_user_attr(trial_id, "result", result.to_dict())
+            if result.diverged:
+                self.storage.set_trial_state_values(trial_id, TrialState.PRUNED)
+            else:
+                self.storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [result.final_metric])
+        except UpdateFinishedTrialError:
+            pass
 
     def fail(self, trial_id: int, error: str) -> None:
-        self.storage.set_trial_user_attr(trial_id, "error", error[-4000:])
-        self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        """FAIL with the traceback: finished for this invocation, retried by the next."""
+        try:
+            self.storage.set_trial_user_attr(trial_id, "error", error[-4000:])
+            self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        except UpdateFinishedTrialError:
+            pass
 
     def abandon(self, trial_id: int, reason: str) -> None:
         """FAIL without an ``error``: the point stays open and will be run again."""
-        self.storage.set_trial_user_attr(trial_id, reason, True)
-        self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        try:
+            self.storage.set_trial_user_attr(trial_id, reason, True)
+            self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        except UpdateFinishedTrialError:
+            pass

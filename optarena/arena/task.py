@@ -10,10 +10,11 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,9 @@ class Task:
         surface: for 2-D problems, ``(x, y) -> z`` on tensors, drawn under the optimizer trajectories.
         position: for 2-D problems, ``model -> (x, y)``; the runner records it after every step.
         description: one line for ``optarena tasks`` and the report.
+
+    The runner moves the model and each batch (tensors, or lists/tuples/dicts of them) to the comparison's device;
+    ``loss`` and ``evaluate`` get the model there, so fixed data they hold must follow it (``x.to(device)``).
     """
 
     name: str
@@ -65,7 +69,6 @@ class Task:
     surface: Callable[[Tensor, Tensor], Tensor] | None = None
     position: Callable[[nn.Module], tuple[float, float]] | None = None
     description: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.name or any(c in self.name for c in "/\\: "):
@@ -80,6 +83,13 @@ class Task:
                 raise ValueError(f"Task {self.name!r}: invalid batch size: {bs!r} (must be a positive int)")
         if self.eval_every is None:
             self.eval_every = max(1, self.steps // 20)
+        if isinstance(self.eval_every, bool) or not isinstance(self.eval_every, int) or self.eval_every < 1:
+            raise ValueError(f"Task {self.name!r}: invalid eval_every: {self.eval_every!r} (must be a positive int)")
+        if isinstance(self.weight_decay, bool) or not isinstance(self.weight_decay, (int, float)) or not (
+                0 <= self.weight_decay < math.inf):
+            raise ValueError(f"Task {self.name!r}: invalid weight_decay: {self.weight_decay!r} (must be >= 0)")
+        if self.target is not None and not (isinstance(self.target, (int, float)) and math.isfinite(self.target)):
+            raise ValueError(f"Task {self.name!r}: invalid target: {self.target!r} (a finite number or None)")
 
     @property
     def all_batch_sizes(self) -> tuple[int, ...]:

@@ -41,9 +41,17 @@ def _classification_loss(model: nn.Module, batch: Batch) -> Tensor:
     return F.cross_entropy(model(batch[0]), batch[1])
 
 
+def _device(model: nn.Module) -> torch.device:
+    """Where the runner put the model: fixed data captured by a task moves there when used."""
+    return next(model.parameters()).device
+
+
 def _accuracy(x: Tensor, y: Tensor) -> Callable[[nn.Module], float]:
     """``evaluate`` for a classifier: accuracy on the fixed validation set ``(x, y)``."""
-    return lambda model: (model(x).argmax(dim=1) == y).float().mean().item()
+    def evaluate(model: nn.Module) -> float:
+        device = _device(model)
+        return (model(x.to(device)).argmax(dim=1) == y.to(device)).float().mean().item()
+    return evaluate
 
 
 def _sample_epochs(x: Tensor, y: Tensor, generator: torch.Generator, batch_size: int) -> Iterator[Batch]:
@@ -87,15 +95,15 @@ def make_noisy_quadratic(budget: str = "quick") -> Task:
             yield torch.randn(_NQM_DIM, generator=generator) * scale
 
     def loss(model: nn.Module, shift: Tensor) -> Tensor:
-        return 0.5 * (h * (model.theta - shift).square()).sum()
+        return 0.5 * (h.to(model.theta.device) * (model.theta - shift).square()).sum()
 
     def evaluate(model: nn.Module) -> float:
-        return 0.5 * (h * model.theta.square()).sum().item()
+        return 0.5 * (h.to(model.theta.device) * model.theta.square()).sum().item()
 
     return Task(
         name="noisy_quadratic", make_model=lambda: _Vector(torch.randn(_NQM_DIM)), make_batches=make_batches,
         loss=loss, evaluate=evaluate, metric="val_loss", higher_is_better=False, target=0.02,
-        steps=_pick(budget, 50, 500, 4000), batch_size=64, batch_sizes=(16, 64, 256), extra={"curvatures": h},
+        steps=_pick(budget, 50, 500, 4000), batch_size=64, batch_sizes=(16, 64, 256),
         description="Noisy quadratic (Zhang et al. 2019), 100-D, curvatures 1/i, gradient noise ~ 1/batch: "
                     "which optimizer wins at which batch size (e.g. 'Lion needs batch >= 64').")
 
@@ -274,7 +282,7 @@ def make_char_lm(budget: str = "quick") -> Task:
 
     return Task(
         name="char_lm", make_model=lambda: TinyTransformer(len(vocab), _CHAR_CONTEXT), make_batches=make_batches,
-        loss=loss, evaluate=lambda model: loss(model, val_windows).item(), metric="val_loss",
+        loss=loss, evaluate=lambda model: loss(model, val_windows.to(_device(model))).item(), metric="val_loss",
         higher_is_better=False, target=2.7, steps=_pick(budget, 10, 120, 1000), batch_size=16, weight_decay=0.1,
         description="Character-level transformer LM (2 layers, d 64) on Python's bundled docs, val loss in "
                     "nats/char: attention, embeddings and layer norm, as in the LLM claims.")
