@@ -45,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
     listing = commands.add_parser("list", help="list the registered optimizers")
     listing.set_defaults(func=_cmd_list)
+    from . import speed
+
+    speed_cmd = commands.add_parser("speed", help="time every optimizer and path against torch's AdamW")
+    speed.add_arguments(speed_cmd)
+    speed_cmd.set_defaults(func=speed.run)
     return parser
 
 

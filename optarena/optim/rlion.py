@@ -52,10 +52,12 @@ class RLion(Lion):
 
     def __init__(self, params: ParamsT, lr: float = 3e-3, betas: tuple[float, float] = (0.9, 0.99),
                  weight_decay: float = 0.0, *, alpha: float = 300.0, bound: str = "arctan", maximize: bool = False,
-                 foreach: bool | None = None) -> None:
+                 foreach: bool | None = None, fused: bool | None = None,
+                 state_dtype: torch.dtype | None = None, stochastic_rounding: bool = False) -> None:
         # Lion.__init__ would fix the defaults dict; build it here with RLion's extra keys.
         defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, alpha=alpha, bound=bound,
-                        maximize=maximize, foreach=foreach)
+                        maximize=maximize, foreach=foreach,
+                        fused=fused, state_dtype=state_dtype, stochastic_rounding=stochastic_rounding)
         super(Lion, self).__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:
