@@ -449,7 +449,9 @@ def _kernel(opt: OptarenaOptimizer, key: tuple[Any, ...], consts: dict[str, Any]
         # Dynamo caches (and limits recompiles) per code object: each key gets its own copy of the body.
         code = body.__code__.replace(co_name=f"fused_step_{len(_kernels)}")
         body = types.FunctionType(code, body.__globals__, code.co_name, None, body.__closure__)
-        options = dict(_INDUCTOR_OPTIONS)
+        # the thread count is compiled into the C++ kernel; naming it keeps inductor's on-disk cache from handing a
+        # kernel built for another thread count (e.g. a 1-thread test run) to this process
+        options = {**_INDUCTOR_OPTIONS, "cpp.threads": torch.get_num_threads()}
         if flatten:
             # Guards would cost ~1 µs per tensor per call. Safe to drop: ``key`` pins everything they would check
             # (count, dtypes, device, constants), shapes are dynamic 1-D and the kernel was compiled on distinct odd
@@ -499,7 +501,7 @@ def _fused_step(opt: OptarenaOptimizer, group: dict[str, Any], params: list[Tens
                 idx = members[start:start + chunk]
                 start += chunk
                 key = (type(opt), chunk, device, dtype, state_dtypes, keys, kind, const_key, wd_t is None,
-                       factor_t is None, stochastic)
+                       factor_t is None, stochastic, torch.get_num_threads())
                 kernel = _kernel(opt, key, consts, keys, work_dtype, stochastic, flatten)
                 calls.append((kernel, _fused_args(params, states, idx, keys, flatten), lr, wd_t, factor_t))
     try:  # compile everything first, so that a failure leaves this step to the foreach path untouched

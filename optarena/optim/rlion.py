@@ -18,6 +18,14 @@ def bounded_direction(alpha: float, bound: str) -> Direction:
     """``c ↦ (2/π)·arctan(α·c)`` or ``c ↦ tanh(α·c)``: continuous, odd, bounded by 1, → sign(c) as α → ∞."""
 
     def direction(c: list[Tensor]) -> list[Tensor]:
+        if torch.compiler.is_compiling():  # inductor fuses per-tensor atan/tanh; _foreach_atan would be a fallback
+            for x in c:
+                x.mul_(alpha)
+                if bound == "arctan":
+                    x.atan_().mul_(2 / math.pi)
+                else:
+                    x.tanh_()
+            return c
         torch._foreach_mul_(c, alpha)
         if bound == "arctan":
             torch._foreach_atan_(c)
