@@ -114,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     tasks = commands.add_parser("tasks", help="list the built-in tasks")
     tasks.add_argument("--budget", choices=BUDGETS, default="quick")
     tasks.set_defaults(func=_cmd_tasks)
+
+    from . import speed
+
+    speed_cmd = commands.add_parser("speed", help="time every optimizer and path against torch's AdamW")
+    speed.add_arguments(speed_cmd)
+    speed_cmd.set_defaults(func=speed.run)
     return parser
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import types
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeAlias
@@ -57,11 +59,19 @@ def math_dtype(p: Tensor) -> torch.dtype:
     return torch.float32 if p.dtype in LOW_PRECISION else p.dtype
 
 
-def zeros_state(p: Tensor, shape: Sequence[int] | None = None) -> Tensor:
-    """A zero buffer for ``p``'s optimizer state, in the math dtype (fp32 for bf16/fp16 params)."""
+def state_dtype_for(p: Tensor, group: dict[str, Any] | None = None) -> torch.dtype:
+    """The dtype of ``p``'s state buffers: the group's ``state_dtype``, or the math dtype when it is ``None``."""
+    chosen = None if group is None else group.get("state_dtype")
+    return math_dtype(p) if chosen is None else chosen
+
+
+def zeros_state(p: Tensor, shape: Sequence[int] | None = None, group: dict[str, Any] | None = None) -> Tensor:
+    """A zero buffer for ``p``'s optimizer state, in the group's ``state_dtype`` (default: the math dtype, fp32
+    for bf16/fp16 params)."""
+    dtype = state_dtype_for(p, group)
     if shape is None:
-        return torch.zeros_like(p, dtype=math_dtype(p), memory_format=torch.preserve_format)
-    return torch.zeros(shape, dtype=math_dtype(p), device=p.device)
+        return torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
+    return torch.zeros(shape, dtype=dtype, device=p.device)
 
 
 def step_counter() -> Tensor:
@@ -90,8 +100,16 @@ class OptarenaOptimizer(Optimizer):
 
     #: Whether the algorithm keeps a per-parameter ``state["step"]`` (advanced before ``_update`` runs).
     counts_steps: bool = True
+    #: Whether the math is elementwise, so that the fused step may see every tensor as 1-D (one kernel serves all
+    #: shapes); Adafactor's factored moments need the real shapes.
+    fused_flatten: bool = True
+    #: Tensors per compiled call of the fused step, largest first (see FUSED_CHUNKS).
+    fused_chunks: tuple[int, ...] = (64, 8, 1)
 
     def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
+        #: Seconds spent compiling fused kernels by this optimizer (0 when they came from an earlier optimizer).
+        self.fused_compile_seconds = 0.0
+        self._fused_kernels_made = 0
         super().__init__(params, defaults)
 
     # -- hooks for the algorithms -------------------------------------------------------------------------------
@@ -119,6 +137,11 @@ class OptarenaOptimizer(Optimizer):
             self._check_group(group)
             check_choice("maximize", group["maximize"], (False, True))
             check_choice("foreach", group["foreach"], (None, False, True))
+            check_choice("fused", group["fused"], (None, False, True))
+            if group["fused"] and group["foreach"]:
+                raise ValueError("Invalid fused=True with foreach=True: choose one execution path")
+            check_choice("state_dtype", group["state_dtype"], (None, torch.float32, torch.bfloat16))
+            check_choice("stochastic_rounding", group["stochastic_rounding"], (False, True))
             for p in group["params"]:
                 if p.is_complex():
                     raise ValueError(
@@ -139,18 +162,25 @@ class OptarenaOptimizer(Optimizer):
                 group.setdefault(key, value)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """As torch.optim, but state of bf16/fp16 parameters stays in fp32 (torch would round it to the param's
-        dtype, silently losing the moments' precision on every resume)."""
+        """As torch.optim, but state keeps the group's state dtype: fp32 for bf16/fp16 parameters (torch would round
+        it to the param's dtype, silently losing the moments' precision on every resume), bf16 with
+        ``state_dtype=torch.bfloat16``."""
         super().load_state_dict(state_dict)
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
-        params = [p for g in self.param_groups for p in g["params"]]
-        for saved_id, p in zip(saved_ids, params):
+        owners = [(p, g) for g in self.param_groups for p in g["params"]]
+        for saved_id, (p, group) in zip(saved_ids, owners):
             saved = state_dict["state"].get(saved_id)
-            if saved is None or p.dtype not in LOW_PRECISION:
+            if saved is None:
                 continue
+            dtype = state_dtype_for(p, group)
             for key, value in saved.items():
-                if key != "step" and isinstance(value, Tensor) and value.is_floating_point():
-                    self.state[p][key] = value.to(device=p.device, dtype=math_dtype(p))
+                if key == "step" and isinstance(value, Tensor):
+                    # torch casts "step" to float32 on the param's device for groups with fused=True (its own
+                    # fused kernels' convention); ours stays a float64 CPU count
+                    self.state[p][key] = value.to(device="cpu", dtype=torch.float64)
+                elif isinstance(value, Tensor) and value.is_floating_point():
+                    if self.state[p][key].dtype != dtype:
+                        self.state[p][key] = value.to(device=p.device, dtype=dtype)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -182,14 +212,17 @@ class OptarenaOptimizer(Optimizer):
             state = self.state[p]
             if not state:
                 state.update(self._init_state(p, group))
-            if self.counts_steps:
-                state["step"] += 1
             states.append(state)
 
+        if resolve_fused(group, params) and _fused_step(self, group, params, states, scale):
+            return  # the compiled kernel also advanced the step counters
+        if self.counts_steps:
+            for state in states:
+                state["step"] += 1
         foreach = group["foreach"]
         if foreach is None:
             foreach = default_to_foreach(params)
-        if foreach:
+        if foreach or group["fused"]:  # fused=True that could not compile runs foreach
             for bucket in group_by_device_and_dtype(params):
                 self._run([params[i] for i in bucket], [states[i] for i in bucket], group, scale)
         else:
@@ -198,17 +231,334 @@ class OptarenaOptimizer(Optimizer):
 
     def _run(self, params: list[Tensor], states: list[dict[str, Tensor]], group: dict[str, Any],
              scale: float) -> None:
-        """Run the algorithm's core on same-dtype ``params``: through an fp32 copy for bf16/fp16 parameters, and on
-        effective gradients (maximize's sign and the gradient scale folded in, the user's ``p.grad`` untouched)."""
+        """Run the algorithm's core on same-dtype ``params``: through fp32 copies for bf16/fp16 parameters and
+        bf16 state, and on effective gradients (maximize's sign and the gradient scale folded in, the user's
+        ``p.grad`` untouched)."""
         work_dtype = math_dtype(params[0])
         grads = [p.grad if p.grad.dtype == work_dtype else p.grad.to(work_dtype) for p in params]
         factor = -scale if group["maximize"] else scale
         if factor != 1.0:
             grads = torch._foreach_mul(grads, factor)
-        if params[0].dtype == work_dtype:
-            self._update(group, params, grads, states)
-            return
-        work = [p.to(work_dtype) for p in params]
-        self._update(group, work, grads, states)
-        torch._foreach_copy_(params, work)
+        work_states = states
+        if any(k != "step" and v.dtype != work_dtype for s in states for k, v in s.items()):
+            work_states = [{k: v if k == "step" else v.to(work_dtype) for k, v in s.items()} for s in states]
+        work = params if params[0].dtype == work_dtype else [p.to(work_dtype) for p in params]
+        self._update(group, work, grads, work_states)
+        if work is not params:
+            round_into(params, work, group.get("stochastic_rounding", False))
+        if work_states is not states:
+            dst, src = [], []
+            for state, work_state in zip(states, work_states):
+                for key, value in work_state.items():
+                    if key not in state:  # created by _update (Adafactor's late exp_avg)
+                        state[key] = value.to(state_dtype_for(params[0], group))
+                    elif state[key] is not value:
+                        dst.append(state[key])
+                        src.append(value)
+            torch._foreach_copy_(dst, src)
 
+
+def round_into(dst: list[Tensor], src: list[Tensor], stochastic: bool = False) -> None:
+    """Write fp32 ``src`` into low-precision ``dst``: round to nearest, or for bf16 with ``stochastic`` round up
+    with probability equal to the dropped fraction, so that updates smaller than a bf16 ulp still move the
+    parameter on average."""
+    if not stochastic or dst[0].dtype != torch.bfloat16:
+        torch._foreach_copy_(dst, src)
+        return
+    for d, s in zip(dst, src):
+        d.copy_(stochastic_round_to_bf16(s))
+
+
+def stochastic_round_to_bf16(x: Tensor) -> Tensor:
+    """fp32 → bf16 rounding that keeps the mean: add uniform noise below the 16 dropped mantissa bits, truncate."""
+    bits = x.contiguous().view(torch.int32)
+    noise = torch.randint_like(bits, 0, 1 << 16)
+    return ((bits + noise) & -65536).view(torch.float32).to(torch.bfloat16)
+
+
+# --------------------------------------------------------------------------------------------- traceable scalars
+# The cores run eagerly with Python-number hyper-parameters (torch._foreach_* ops take those) and, inside the
+# compiled fused step, with 0-d tensors for lr, weight decay and step counts (so that a schedule does not
+# recompile). These helpers take either: Python numbers go to the foreach kernels unchanged (so the eager paths keep
+# their exact results), tensors to per-tensor ops, which the compiler fuses into one loop anyway.
+Scalar: TypeAlias = float | Tensor
+Scalars: TypeAlias = Scalar | list[float] | list[Tensor]
+
+
+def _traced(value: Any) -> bool:
+    return isinstance(value, Tensor) or (isinstance(value, list) and bool(value) and isinstance(value[0], Tensor))
+
+
+def _each(value: Scalars, n: int) -> list[Scalar]:
+    return value if isinstance(value, list) else [value] * n
+
+
+def is_nonzero(value: Scalar) -> bool:
+    """``value != 0`` for a Python number; always True for a tensor (the fused step passes decay as a tensor only
+    when it is nonzero)."""
+    return isinstance(value, Tensor) or value != 0
+
+
+def scalar_fn(value: Scalar, tensor_fn: Callable[[Tensor], Tensor], number_fn: Callable[[float], float]) -> Scalar:
+    return tensor_fn(value) if isinstance(value, Tensor) else number_fn(value)
+
+
+def as_number(value: Tensor) -> Scalar:
+    """A 0-d result as a Python float eagerly; the tensor itself inside the compiled step (no device sync)."""
+    return value if torch.compiler.is_compiling() else float(value)
+
+
+def smin(a: Scalar, b: Scalar) -> Scalar:
+    """``min`` for numbers or 0-d tensors."""
+    if isinstance(a, Tensor) and isinstance(b, Tensor):
+        return torch.minimum(a, b)
+    if isinstance(a, Tensor):
+        return a.clamp(max=b)
+    return b.clamp(max=a) if isinstance(b, Tensor) else min(a, b)
+
+
+def smax(a: Scalar, b: Scalar) -> Scalar:
+    """``max`` for numbers or 0-d tensors."""
+    if isinstance(a, Tensor) and isinstance(b, Tensor):
+        return torch.maximum(a, b)
+    if isinstance(a, Tensor):
+        return a.clamp(min=b)
+    return b.clamp(min=a) if isinstance(b, Tensor) else max(a, b)
+
+
+def mul_(xs: list[Tensor], value: Scalars) -> None:
+    """xs ← xs·value."""
+    if not _traced(value):
+        torch._foreach_mul_(xs, value)
+        return
+    for x, v in zip(xs, _each(value, len(xs))):
+        x.mul_(v)
+
+
+def div_(xs: list[Tensor], value: Scalars) -> None:
+    """xs ← xs/value."""
+    if not _traced(value):
+        torch._foreach_div_(xs, value)
+        return
+    for x, v in zip(xs, _each(value, len(xs))):
+        x.div_(v)
+
+
+def add_scaled_(xs: list[Tensor], ys: list[Tensor], value: Scalar) -> None:
+    """xs ← xs + value·ys."""
+    if not _traced(value):
+        torch._foreach_add_(xs, ys, alpha=value)
+        return
+    for x, y in zip(xs, ys):
+        x.add_(y * value)
+
+
+def addcmul_(xs: list[Tensor], a: list[Tensor], b: list[Tensor], value: Scalars) -> None:
+    """xs ← xs + value·a·b."""
+    if not _traced(value):
+        torch._foreach_addcmul_(xs, a, b, value)
+        return
+    for x, u, w, v in zip(xs, a, b, _each(value, len(xs))):
+        x.add_(u * w * v)
+
+
+def addcdiv_(xs: list[Tensor], a: list[Tensor], b: list[Tensor], value: Scalars) -> None:
+    """xs ← xs + value·a/b."""
+    if not _traced(value):
+        torch._foreach_addcdiv_(xs, a, b, value)
+        return
+    for x, u, w, v in zip(xs, a, b, _each(value, len(xs))):
+        x.add_(u / w * v)
+
+
+def step_values(states: list[dict[str, Tensor]]) -> list[Scalar]:
+    """Each state's step count: a Python float eagerly, the 0-d tensor itself inside the compiled fused step."""
+    if torch.compiler.is_compiling():
+        return [s["step"] for s in states]
+    return [float(s["step"]) for s in states]
+
+
+# --------------------------------------------------------------------------------------------- the fused step
+#: Tensors per compiled call (``OptarenaOptimizer.fused_chunks``; Lion's). A kernel is compiled once per chunk size
+#: and configuration: compile work is bounded by 64 + 8 + 1 tensors however many the model has, and one call
+#: covers up to 64 tensors. Algorithms with more math per tensor use smaller chunks (compile time grows with it).
+FUSED_CHUNKS = (64, 8, 1)
+#: Options of every fused kernel: no per-call size asserts (their cost grows with the tensor count and the inputs
+#: are checked here once).
+_INDUCTOR_OPTIONS: dict[str, Any] = {"size_asserts": False}
+_kernels: dict[tuple[Any, ...], Callable[..., None]] = {}
+#: Tensors with fewer elements are updated by serial loops: a parallel region per tiny tensor costs more than it
+#: saves. Larger ones are compiled on large stand-in sizes, so that inductor emits OpenMP-parallel loops.
+SMALL_TENSOR = 1 << 15
+_compile_error: list[str] = []  # the first failure, if torch.compile cannot work here
+
+
+def default_to_fused(params: Sequence[Tensor]) -> bool:
+    """``fused=None`` resolves to False everywhere. On this project's CPU the fused step is 2–10× faster per step,
+    but its first step compiles for 10–60 s, which only pays off after hundreds of steps; no GPU was measured."""
+    return False
+
+
+def resolve_fused(group: dict[str, Any], params: Sequence[Tensor]) -> bool:
+    fused = group["fused"]
+    if fused is None:
+        fused = default_to_fused(params)
+    return bool(fused) and not _compile_error
+
+
+def _fused_body(update: Callable[..., None], consts: dict[str, Any], keys: tuple[str, ...], work_dtype: torch.dtype,
+                counts_steps: bool, stochastic: bool) -> Callable[..., None]:
+    """The step that ``torch.compile`` fuses: casts in, the algorithm's own ``_update``, casts and copies out."""
+
+    def fused_step(params: list[Tensor], grads: list[Tensor], buffers: list[list[Tensor]], steps: list[Tensor],
+                   lr: Tensor, weight_decay: Tensor | None, factor: Tensor | None) -> None:
+        group = dict(consts)
+        group["lr"] = lr
+        if weight_decay is not None:
+            group["weight_decay"] = weight_decay
+        work = [p.to(work_dtype) for p in params]
+        work_grads = [g.to(work_dtype) for g in grads]
+        if factor is not None:
+            work_grads = [g * factor for g in work_grads]
+        states = []
+        for i in range(len(params)):
+            state = {key: buffers[j][i].to(work_dtype) for j, key in enumerate(keys)}
+            if counts_steps:
+                state["step"] = steps[i][0] + 1
+            states.append(state)
+        update(group, work, work_grads, states)
+        for p, w in zip(params, work):
+            p.copy_(stochastic_round_to_bf16(w) if stochastic else w)
+        for j, key in enumerate(keys):
+            for i in range(len(params)):
+                buffers[j][i].copy_(states[i][key])
+        if counts_steps:
+            for i in range(len(params)):
+                steps[i].copy_(states[i]["step"])
+
+    return fused_step
+
+
+def _kernel(opt: OptarenaOptimizer, key: tuple[Any, ...], consts: dict[str, Any], keys: tuple[str, ...],
+            work_dtype: torch.dtype, stochastic: bool, flatten: bool) -> Callable[..., None]:
+    kernel = _kernels.get(key)
+    if kernel is None:
+        # an uninitialised instance: the kernel needs the class's math, not this optimizer (nor to keep it alive)
+        bare = object.__new__(type(opt))
+        body = _fused_body(bare._update, consts, keys, work_dtype, opt.counts_steps, stochastic)
+        # Dynamo caches (and limits recompiles) per code object: each key gets its own copy of the body.
+        code = body.__code__.replace(co_name=f"fused_step_{len(_kernels)}")
+        body = types.FunctionType(code, body.__globals__, code.co_name, None, body.__closure__)
+        # the thread count is compiled into the C++ kernel; naming it keeps inductor's on-disk cache from handing a
+        # kernel built for another thread count (e.g. a 1-thread test run) to this process
+        options = {**_INDUCTOR_OPTIONS, "cpp.threads": torch.get_num_threads()}
+        if flatten:
+            # Guards would cost ~1 µs per tensor per call. Safe to drop: ``key`` pins everything they would check
+            # (count, dtypes, device, constants), shapes are dynamic 1-D and the kernel was compiled on distinct odd
+            # sizes, so no size was specialised.
+            options["guard_filter_fn"] = torch.compiler.skip_all_guards_unsafe
+        kernel = torch.compile(body, fullgraph=True, dynamic=True, options=options)
+        _kernels[key] = kernel
+        opt._fused_kernels_made += 1
+        if opt._fused_kernels_made == 32:
+            warnings.warn(f"{type(opt).__name__}(fused=True) has compiled 32 kernels: a hyper-parameter other than lr "
+                          "and weight_decay (e.g. betas cycled by OneCycleLR) seems to change between steps, and "
+                          "each new value compiles again; keep it constant or use fused=False", RuntimeWarning,
+                          stacklevel=5)
+    return kernel
+
+
+def _fused_step(opt: OptarenaOptimizer, group: dict[str, Any], params: list[Tensor], states: list[dict[str, Tensor]],
+                scale: float) -> bool:
+    """Run the group's step through compiled kernels; False (nothing changed) if it cannot, after one warning."""
+    factor = -scale if group["maximize"] else scale
+    wd = group.get("weight_decay", 0.0)
+    consts = {k: v for k, v in group.items() if k not in ("params", "lr")}
+    # lr and a nonzero weight decay are kernel inputs: their values are not part of the kernel's identity
+    const_key = tuple((k, repr(v)) for k, v in sorted(consts.items()) if k != "weight_decay")
+    flatten = opt.fused_flatten
+    eager: list[int] = []
+    plan: dict[tuple[Any, ...], list[int]] = defaultdict(list)
+    for i, p in enumerate(params):
+        if flatten and not p.is_contiguous():
+            eager.append(i)  # a strided view cannot be flattened without a copy; rare in models
+            continue
+        # size class: small tensors get serial loops, large ones OpenMP-parallel loops (see _compile)
+        kind = (p.numel() >= SMALL_TENSOR) if flatten else p.dim()
+        plan[(p.device, p.dtype, tuple(states[i]), kind)].append(i)
+    calls = []
+    for (device, dtype, state_keys, kind), members in plan.items():
+        work_dtype = torch.float32 if dtype in LOW_PRECISION else dtype
+        keys = tuple(k for k in state_keys if k != "step")
+        stochastic = bool(group.get("stochastic_rounding")) and dtype == torch.bfloat16
+        lr = torch.tensor(group["lr"], dtype=work_dtype, device=device)
+        wd_t = torch.tensor(wd, dtype=work_dtype, device=device) if wd != 0 else None
+        factor_t = torch.tensor(factor, dtype=work_dtype, device=device) if factor != 1.0 else None
+        state_dtypes = tuple(states[members[0]][k].dtype for k in keys)
+        start = 0
+        for chunk in opt.fused_chunks:
+            while len(members) - start >= chunk:
+                idx = members[start:start + chunk]
+                start += chunk
+                key = (type(opt), chunk, device, dtype, state_dtypes, keys, kind, const_key, wd_t is None,
+                       factor_t is None, stochastic, torch.get_num_threads())
+                kernel = _kernel(opt, key, consts, keys, work_dtype, stochastic, flatten)
+                calls.append((kernel, _fused_args(params, states, idx, keys, flatten), lr, wd_t, factor_t))
+    try:  # compile everything first, so that a failure leaves this step to the foreach path untouched
+        for kernel, args, lr, wd_t, factor_t in calls:
+            if not getattr(kernel, "_optarena_ready", False):
+                _compile(opt, kernel, args, lr, wd_t, factor_t, flatten)
+    except Exception as err:  # noqa: BLE001 - whatever the compiler raised, foreach still works
+        _compile_error.append(f"{type(err).__name__}: {err}")
+        warnings.warn(f"{type(opt).__name__}(fused=True): torch.compile failed ({_compile_error[0][:500]}); "
+                      "using foreach instead", RuntimeWarning, stacklevel=4)
+        return False
+    for kernel, args, lr, wd_t, factor_t in calls:
+        kernel(*args, lr, wd_t, factor_t)
+    if eager:
+        if opt.counts_steps:
+            for i in eager:
+                states[i]["step"] += 1
+        for i in eager:
+            opt._run([params[i]], [states[i]], group, scale)
+    return True
+
+
+def _fused_args(params: list[Tensor], states: list[dict[str, Tensor]], idx: list[int], keys: tuple[str, ...],
+                flatten: bool) -> tuple[Any, ...]:
+    if flatten:
+        ps = [params[i].view(-1) for i in idx]
+        gs = [params[i].grad.reshape(-1) for i in idx]  # a strided grad is copied (it is only read)
+        bufs = [[states[i][k].view(-1) for i in idx] for k in keys]
+    else:
+        ps = [params[i] for i in idx]
+        gs = [params[i].grad for i in idx]
+        bufs = [[states[i][k] for i in idx] for k in keys]
+    # 1-element views: torch 2.13's compiled code drops in-place updates of 0-d float64 CPU inputs
+    steps = [states[i]["step"].view(1) for i in idx] if "step" in states[idx[0]] else []
+    return ps, gs, bufs, steps
+
+
+def _compile(opt: OptarenaOptimizer, kernel: Callable[..., None], args: tuple[Any, ...], lr: Tensor,
+             wd: Tensor | None, factor: Tensor | None, flatten: bool) -> None:
+    """Compile ``kernel`` on stand-in tensors (the real ones stay untouched if compilation fails), of distinct odd
+    sizes so that no size is specialised to 0, 1 or another tensor's size; the sizes are inductor's hints for
+    whether to parallelise, so they are large for the large-tensor kernels."""
+    import time
+
+    ps, gs, bufs, steps = args
+    start = time.perf_counter()
+    if flatten:
+        base = 37 if all(p.numel() < SMALL_TENSOR for p in ps) else SMALL_TENSOR * 2 + 1
+        sizes = [base + 2 * i for i in range(len(ps))]
+        fake = [torch.randn(n, dtype=p.dtype, device=p.device) for n, p in zip(sizes, ps)]
+        fake_grads = [torch.randn(n, dtype=g.dtype, device=g.device) for n, g in zip(sizes, gs)]
+        fake_bufs = [[torch.rand(n, dtype=b.dtype, device=b.device) for n, b in zip(sizes, row)] for row in bufs]
+    else:
+        fake = [p.detach().clone() for p in ps]
+        fake_grads = [g.detach().clone() for g in gs]
+        fake_bufs = [[b.detach().clone() for b in row] for row in bufs]
+    fake_steps = [s.detach().clone() for s in steps]
+    kernel(fake, fake_grads, fake_bufs, fake_steps, lr, wd, factor)
+    opt.fused_compile_seconds += time.perf_counter() - start
+    kernel._optarena_ready = True  # type: ignore[attr-defined]

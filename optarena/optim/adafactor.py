@@ -8,21 +8,37 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._base import OptarenaOptimizer, ParamsT, check_choice, check_number, step_counter, zeros_state
+from ._base import (
+    OptarenaOptimizer,
+    ParamsT,
+    Scalar,
+    as_number,
+    check_choice,
+    check_number,
+    div_,
+    is_nonzero,
+    mul_,
+    scalar_fn,
+    smax,
+    smin,
+    step_counter,
+    step_values,
+    zeros_state,
+)
 
 
-def relative_step_size(t: float, lr: float, relative_step: bool, warmup_init: bool) -> float:
+def relative_step_size(t: Scalar, lr: Scalar, relative_step: bool, warmup_init: bool) -> Scalar:
     """ρ_t: ``min(lr, 1/sqrt(t))`` (also ``≤ 1e-6·t`` with warm-up), or the constant ``lr``."""
     if not relative_step:
         return lr
-    rho = min(lr, 1 / math.sqrt(t))
-    return min(rho, 1e-6 * t) if warmup_init else rho
+    rho = smin(lr, 1 / scalar_fn(t, torch.sqrt, math.sqrt))
+    return smin(rho, 1e-6 * t) if warmup_init else rho
 
 
 def adafactor_update(params: list[Tensor], grads: list[Tensor], row_vars: list[Tensor | None],
                      col_vars: list[Tensor | None], variances: list[Tensor | None], exp_avgs: list[Tensor | None],
-                     *, steps: list[float], lr: float, beta2_decay: float, eps1: float | None, eps2: float,
-                     clip_threshold: float, weight_decay: float, beta1: float | None, relative_step: bool,
+                     *, steps: list[Scalar], lr: Scalar, beta2_decay: float, eps1: float | None, eps2: float,
+                     clip_threshold: float, weight_decay: Scalar, beta1: float | None, relative_step: bool,
                      scale_parameter: bool, warmup_init: bool) -> None:
     """The Adafactor rule on lists of tensors. Second moments are factored over the last two dims of tensors
     with ≥ 2 dims (``row_vars``/``col_vars``), kept whole otherwise (``variances``)::
@@ -36,13 +52,13 @@ def adafactor_update(params: list[Tensor], grads: list[Tensor], row_vars: list[T
     """
     numels = [p.numel() for p in params]
     if scale_parameter:
-        param_rms = [float(n) / math.sqrt(k) for n, k in zip(torch._foreach_norm(params), numels)]
+        param_rms = [as_number(n) / math.sqrt(k) for n, k in zip(torch._foreach_norm(params), numels)]
     else:
         param_rms = [1.0] * len(params)
-    step_sizes = [relative_step_size(t, lr, relative_step, warmup_init) * (max(eps2, r) if scale_parameter else 1)
+    step_sizes = [relative_step_size(t, lr, relative_step, warmup_init) * (smax(eps2, r) if scale_parameter else 1)
                   for t, r in zip(steps, param_rms)]
-    if weight_decay != 0:
-        torch._foreach_mul_(params, 1 - lr * weight_decay)
+    if is_nonzero(weight_decay):
+        mul_(params, 1 - lr * weight_decay)
 
     updates = []
     for grad, row_var, col_var, variance, t in zip(grads, row_vars, col_vars, variances, steps):
@@ -60,14 +76,17 @@ def adafactor_update(params: list[Tensor], grads: list[Tensor], row_vars: list[T
             estimate = variance
         updates.append(estimate.clamp(min=tiny * tiny).rsqrt_().mul_(grad))
 
-    clip_divisors = [max(1.0, float(n) / (math.sqrt(k) * clip_threshold))
+    clip_divisors = [smax(1.0, as_number(n) / (math.sqrt(k) * clip_threshold))
                      for n, k in zip(torch._foreach_norm(updates), numels)]
     if beta1 is not None:
-        torch._foreach_div_(updates, clip_divisors)
+        div_(updates, clip_divisors)
         torch._foreach_lerp_(exp_avgs, updates, 1 - beta1)
-        updates = torch._foreach_mul(exp_avgs, [-a for a in step_sizes])
+        if torch.compiler.is_compiling():
+            updates = [m * -a for m, a in zip(exp_avgs, step_sizes)]
+        else:
+            updates = torch._foreach_mul(exp_avgs, [-a for a in step_sizes])
     else:
-        torch._foreach_mul_(updates, [-a / c for a, c in zip(step_sizes, clip_divisors)])
+        mul_(updates, [-a / c for a, c in zip(step_sizes, clip_divisors)])
     torch._foreach_add_(params, updates)
 
 
@@ -93,17 +112,23 @@ class Adafactor(OptarenaOptimizer):
         relative_step: use ``ρ_t``; ``False`` uses ``lr`` as is.
         scale_parameter: multiply the step by ``max(eps2, RMS(θ))``.
         warmup_init: the paper's warm-up, ``ρ_t = min(lr, 1e-6·t, 1/sqrt(t))``; needs ``relative_step``.
-        maximize, foreach: as :class:`optarena.Lion`.
+        maximize, foreach, fused, state_dtype, stochastic_rounding: as :class:`optarena.Lion`.
     """
+
+    fused_flatten = False  # the factored moments need each tensor's real shape
+
+    fused_chunks = (8, 1)  # compile time grows with the tensors per kernel and the math per tensor
 
     def __init__(self, params: ParamsT, lr: float = 1e-2, beta2_decay: float = -0.8,
                  eps: tuple[float | None, float] = (None, 1e-3), clip_threshold: float = 1.0,
                  weight_decay: float = 0.0, *, beta1: float | None = None, relative_step: bool = True,
                  scale_parameter: bool = True, warmup_init: bool = False, maximize: bool = False,
-                 foreach: bool | None = None) -> None:
+                 foreach: bool | None = None, fused: bool | None = None,
+                 state_dtype: torch.dtype | None = None, stochastic_rounding: bool = False) -> None:
         defaults = dict(lr=lr, beta2_decay=beta2_decay, eps=eps, clip_threshold=clip_threshold,
                         weight_decay=weight_decay, beta1=beta1, relative_step=relative_step,
-                        scale_parameter=scale_parameter, warmup_init=warmup_init, maximize=maximize, foreach=foreach)
+                        scale_parameter=scale_parameter, warmup_init=warmup_init, maximize=maximize, foreach=foreach,
+                        fused=fused, state_dtype=state_dtype, stochastic_rounding=stochastic_rounding)
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:
@@ -136,12 +161,12 @@ class Adafactor(OptarenaOptimizer):
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         state = {"step": step_counter()}
         if p.dim() >= 2:
-            state["row_var"] = zeros_state(p, (*p.shape[:-1], 1))
-            state["col_var"] = zeros_state(p, (*p.shape[:-2], 1, p.shape[-1]))
+            state["row_var"] = zeros_state(p, (*p.shape[:-1], 1), group)
+            state["col_var"] = zeros_state(p, (*p.shape[:-2], 1, p.shape[-1]), group)
         else:
-            state["variance"] = zeros_state(p)
+            state["variance"] = zeros_state(p, group=group)
         if group["beta1"] is not None:
-            state["exp_avg"] = zeros_state(p)
+            state["exp_avg"] = zeros_state(p, group=group)
         return state
 
     def _update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
@@ -151,11 +176,11 @@ class Adafactor(OptarenaOptimizer):
         if beta1 is not None:
             for p, state in zip(params, states):
                 # beta1 may be switched on for a group after it has already taken steps
-                state.setdefault("exp_avg", zeros_state(p))
+                state.setdefault("exp_avg", zeros_state(p, group=group))
         adafactor_update(
             params, grads, [s.get("row_var") for s in states], [s.get("col_var") for s in states],
             [s.get("variance") for s in states], [s.get("exp_avg") for s in states],
-            steps=[float(s["step"]) for s in states], lr=group["lr"], beta2_decay=group["beta2_decay"],
+            steps=step_values(states), lr=group["lr"], beta2_decay=group["beta2_decay"],
             eps1=eps1, eps2=eps2, clip_threshold=group["clip_threshold"], weight_decay=group["weight_decay"],
             beta1=beta1, relative_step=group["relative_step"], scale_parameter=group["scale_parameter"],
             warmup_init=group["warmup_init"])

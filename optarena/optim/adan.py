@@ -8,12 +8,27 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._base import LOW_PRECISION, OptarenaOptimizer, ParamsT, check_betas, check_number, step_counter, zeros_state
+from ._base import (
+    LOW_PRECISION,
+    OptarenaOptimizer,
+    ParamsT,
+    Scalar,
+    addcdiv_,
+    check_betas,
+    check_number,
+    div_,
+    is_nonzero,
+    mul_,
+    scalar_fn,
+    step_counter,
+    step_values,
+    zeros_state,
+)
 
 
 def adan_update(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_diffs: list[Tensor],
-                exp_avg_sqs: list[Tensor], prev_grads: list[Tensor], *, steps: list[float], lr: float,
-                beta1: float, beta2: float, beta3: float, eps: float, weight_decay: float, no_prox: bool) -> None:
+                exp_avg_sqs: list[Tensor], prev_grads: list[Tensor], *, steps: list[Scalar], lr: Scalar,
+                beta1: float, beta2: float, beta3: float, eps: float, weight_decay: Scalar, no_prox: bool) -> None:
     """The Adan rule on lists of tensors; ``steps`` holds each tensor's step count t (already advanced)::
 
         diff ← g − g_prev  (0 at t = 1);   m ← β1·m + (1−β1)·g;   d ← β2·d + (1−β2)·diff
@@ -22,7 +37,9 @@ def adan_update(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor
         θ ← (θ − step)/(1 + lr·wd)   or, with no_prox,   θ ← θ·(1 − lr·wd) − step;      g_prev ← g
     """
     for prev, grad, t in zip(prev_grads, grads, steps):
-        if t == 1:
+        if isinstance(t, Tensor):  # inside the fused step: no branching on a tensor's value
+            prev.copy_(torch.where(t == 1, grad, prev))
+        elif t == 1:
             prev.copy_(grad)
     diffs = torch._foreach_sub(grads, prev_grads)
     torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
@@ -34,14 +51,14 @@ def adan_update(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor
     torch._foreach_addcmul_(exp_avg_sqs, nesterov_grads, nesterov_grads, value=1 - beta3)
 
     denoms = torch._foreach_sqrt(exp_avg_sqs)
-    torch._foreach_div_(denoms, [math.sqrt(1 - beta3**t) for t in steps])
+    div_(denoms, [scalar_fn(1 - beta3**t, torch.sqrt, math.sqrt) for t in steps])
     torch._foreach_add_(denoms, eps)
-    if no_prox and weight_decay != 0:
-        torch._foreach_mul_(params, 1 - lr * weight_decay)
-    torch._foreach_addcdiv_(params, exp_avgs, denoms, [-lr / (1 - beta1**t) for t in steps])
-    torch._foreach_addcdiv_(params, exp_avg_diffs, denoms, [-lr * beta2 / (1 - beta2**t) for t in steps])
-    if not no_prox and weight_decay != 0:
-        torch._foreach_div_(params, 1 + lr * weight_decay)
+    if no_prox and is_nonzero(weight_decay):
+        mul_(params, 1 - lr * weight_decay)
+    addcdiv_(params, exp_avgs, denoms, [-lr / (1 - beta1**t) for t in steps])
+    addcdiv_(params, exp_avg_diffs, denoms, [-lr * beta2 / (1 - beta2**t) for t in steps])
+    if not no_prox and is_nonzero(weight_decay):
+        div_(params, 1 + lr * weight_decay)
     if hasattr(prev_grads[0], "placements"):  # DTensor (FSDP2) has no sharding rule for _foreach_copy_
         for prev, grad in zip(prev_grads, grads):
             prev.copy_(grad)
@@ -64,19 +81,23 @@ class Adan(OptarenaOptimizer):
         no_prox: use AdamW-style decoupled decay instead of the proximal form.
         max_grad_norm: if > 0, every gradient is scaled by ``min(1, max_grad_norm/(‖g‖ + eps))`` where ``‖g‖``
             is the global norm over all parameter groups (as the official code; ``p.grad`` is not modified).
-        maximize, foreach: as :class:`optarena.Lion`.
+        maximize, foreach, fused, state_dtype, stochastic_rounding: as :class:`optarena.Lion`.
 
     Step counts are kept per parameter (the official code keeps one per group); they differ only for parameters
     that miss gradients on some steps. :meth:`restart` resets all state (the official ``restart_opt``).
     """
 
+    fused_chunks = (16, 4, 1)  # compile time grows with the tensors per kernel and the math per tensor
+
     def __init__(self, params: ParamsT, lr: float = 1e-3, betas: tuple[float, float, float] = (0.98, 0.92, 0.99),
                  eps: float = 1e-8, weight_decay: float = 0.0, *, no_prox: bool = False, max_grad_norm: float = 0.0,
-                 maximize: bool = False, foreach: bool | None = None) -> None:
+                 maximize: bool = False, foreach: bool | None = None, fused: bool | None = None,
+                 state_dtype: torch.dtype | None = None, stochastic_rounding: bool = False) -> None:
         # max_grad_norm is global (one norm over every group), so it is checked once here, not per group.
         check_number("max_grad_norm", max_grad_norm)
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, no_prox=no_prox,
-                        max_grad_norm=max_grad_norm, maximize=maximize, foreach=foreach)
+                        max_grad_norm=max_grad_norm, maximize=maximize, foreach=foreach,
+                        fused=fused, state_dtype=state_dtype, stochastic_rounding=stochastic_rounding)
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:
@@ -89,8 +110,9 @@ class Adan(OptarenaOptimizer):
                              "is global over all groups; set it once in the Adan constructor)")
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
-        return {"step": step_counter(), "exp_avg": zeros_state(p), "exp_avg_diff": zeros_state(p),
-                "exp_avg_sq": zeros_state(p), "prev_grad": zeros_state(p)}
+        return {"step": step_counter(), "exp_avg": zeros_state(p, group=group),
+                "exp_avg_diff": zeros_state(p, group=group), "exp_avg_sq": zeros_state(p, group=group),
+                "prev_grad": zeros_state(p, group=group)}
 
     @torch.no_grad()
     def restart(self) -> None:
@@ -111,5 +133,5 @@ class Adan(OptarenaOptimizer):
         beta1, beta2, beta3 = group["betas"]
         adan_update(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_diff"] for s in states],
                     [s["exp_avg_sq"] for s in states], [s["prev_grad"] for s in states],
-                    steps=[float(s["step"]) for s in states], lr=group["lr"], beta1=beta1, beta2=beta2,
+                    steps=step_values(states), lr=group["lr"], beta1=beta1, beta2=beta2,
                     beta3=beta3, eps=group["eps"], weight_decay=group["weight_decay"], no_prox=group["no_prox"])

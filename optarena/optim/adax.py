@@ -8,10 +8,24 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._base import OptarenaOptimizer, ParamsT, check_betas, check_number, step_counter, zeros_state
+from ._base import (
+    OptarenaOptimizer,
+    ParamsT,
+    Scalar,
+    addcdiv_,
+    addcmul_,
+    check_betas,
+    check_number,
+    is_nonzero,
+    mul_,
+    scalar_fn,
+    step_counter,
+    step_values,
+    zeros_state,
+)
 
 
-def adax_new_weight(t: float, beta2: float) -> float:
+def adax_new_weight(t: Scalar, beta2: float) -> Scalar:
     """Weight of g² in the bias-corrected second moment at step t: ``β2 / ((1 + β2)^t − 1)``.
 
     AdaX's raw moment ``v ← (1 + β2)·v + β2·g²`` grows like ``(1 + β2)^t`` and overflows float32 near t ≈ 9e5;
@@ -19,29 +33,31 @@ def adax_new_weight(t: float, beta2: float) -> float:
     ``exp(−x)`` (x = t·log1p(β2)) it never overflows: at t = 1 it is exactly 1, for huge t it underflows to 0.
     """
     x = t * math.log1p(beta2)
-    return beta2 * math.exp(-x) / -math.expm1(-x)
+    return beta2 * scalar_fn(-x, torch.exp, math.exp) / -scalar_fn(-x, torch.expm1, math.expm1)
 
 
 def adax_update(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor], *,
-                steps: list[float], lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
+                steps: list[Scalar], lr: Scalar, beta1: float, beta2: float, eps: float, weight_decay: Scalar,
                 decoupled_weight_decay: bool) -> None:
     """The AdaX rule on lists of tensors, with ``exp_avg_sqs`` holding the bias-corrected ``v̂``::
 
         g ← g + wd·θ (L2)   or   θ ← θ·(1 − lr·wd) (decoupled)
         m ← β1·m + (1 − β1)·g;   v̂ ← (1 − w_t)·v̂ + w_t·g²;   θ ← θ − lr·m/(sqrt(v̂) + eps)
     """
-    if weight_decay != 0:
+    if is_nonzero(weight_decay):
         if decoupled_weight_decay:
-            torch._foreach_mul_(params, 1 - lr * weight_decay)
+            mul_(params, 1 - lr * weight_decay)
+        elif isinstance(weight_decay, Tensor):
+            grads = [g + weight_decay * p for g, p in zip(grads, params)]
         else:
             grads = torch._foreach_add(grads, params, alpha=weight_decay)
     torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
     weights = [adax_new_weight(t, beta2) for t in steps]
-    torch._foreach_mul_(exp_avg_sqs, [1 - w for w in weights])
-    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, weights)
+    mul_(exp_avg_sqs, [1 - w for w in weights])
+    addcmul_(exp_avg_sqs, grads, grads, weights)
     denoms = torch._foreach_sqrt(exp_avg_sqs)
     torch._foreach_add_(denoms, eps)
-    torch._foreach_addcdiv_(params, exp_avgs, denoms, value=-lr)
+    addcdiv_(params, exp_avgs, denoms, -lr)
 
 
 class AdaX(OptarenaOptimizer):
@@ -62,14 +78,18 @@ class AdaX(OptarenaOptimizer):
         eps: added to ``sqrt(v̂)``.
         weight_decay: L2 penalty added to the gradient, or decoupled decay with ``decoupled_weight_decay``.
         decoupled_weight_decay: AdaX-W: ``θ ← θ·(1 − lr·wd)`` instead of L2.
-        maximize, foreach: as :class:`optarena.Lion`.
+        maximize, foreach, fused, state_dtype, stochastic_rounding: as :class:`optarena.Lion`.
     """
+
+    fused_chunks = (32, 4, 1)  # compile time grows with the tensors per kernel and the math per tensor
 
     def __init__(self, params: ParamsT, lr: float = 1.5e-3, betas: tuple[float, float] = (0.9, 1e-4),
                  eps: float = 1e-8, weight_decay: float = 0.0, *, decoupled_weight_decay: bool = False,
-                 maximize: bool = False, foreach: bool | None = None) -> None:
+                 maximize: bool = False, foreach: bool | None = None, fused: bool | None = None,
+                 state_dtype: torch.dtype | None = None, stochastic_rounding: bool = False) -> None:
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                        decoupled_weight_decay=decoupled_weight_decay, maximize=maximize, foreach=foreach)
+                        decoupled_weight_decay=decoupled_weight_decay, maximize=maximize, foreach=foreach,
+                        fused=fused, state_dtype=state_dtype, stochastic_rounding=stochastic_rounding)
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:
@@ -80,12 +100,13 @@ class AdaX(OptarenaOptimizer):
         check_number("weight_decay", group["weight_decay"])
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
-        return {"step": step_counter(), "exp_avg": zeros_state(p), "exp_avg_sq": zeros_state(p)}
+        return {"step": step_counter(), "exp_avg": zeros_state(p, group=group),
+                "exp_avg_sq": zeros_state(p, group=group)}
 
     def _update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
                 states: list[dict[str, Tensor]]) -> None:
         beta1, beta2 = group["betas"]
         adax_update(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-                    steps=[float(s["step"]) for s in states], lr=group["lr"], beta1=beta1, beta2=beta2,
+                    steps=step_values(states), lr=group["lr"], beta1=beta1, beta2=beta2,
                     eps=group["eps"], weight_decay=group["weight_decay"],
                     decoupled_weight_decay=group["decoupled_weight_decay"])

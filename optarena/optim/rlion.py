@@ -18,6 +18,14 @@ def bounded_direction(alpha: float, bound: str) -> Direction:
     """``c ↦ (2/π)·arctan(α·c)`` or ``c ↦ tanh(α·c)``: continuous, odd, bounded by 1, → sign(c) as α → ∞."""
 
     def direction(c: list[Tensor]) -> list[Tensor]:
+        if torch.compiler.is_compiling():  # inductor fuses per-tensor atan/tanh; _foreach_atan would be a fallback
+            for x in c:
+                x.mul_(alpha)
+                if bound == "arctan":
+                    x.atan_().mul_(2 / math.pi)
+                else:
+                    x.tanh_()
+            return c
         torch._foreach_mul_(c, alpha)
         if bound == "arctan":
             torch._foreach_atan_(c)
@@ -52,10 +60,12 @@ class RLion(Lion):
 
     def __init__(self, params: ParamsT, lr: float = 3e-3, betas: tuple[float, float] = (0.9, 0.99),
                  weight_decay: float = 0.0, *, alpha: float = 300.0, bound: str = "arctan", maximize: bool = False,
-                 foreach: bool | None = None) -> None:
+                 foreach: bool | None = None, fused: bool | None = None,
+                 state_dtype: torch.dtype | None = None, stochastic_rounding: bool = False) -> None:
         # Lion.__init__ would fix the defaults dict; build it here with RLion's extra keys.
         defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, alpha=alpha, bound=bound,
-                        maximize=maximize, foreach=foreach)
+                        maximize=maximize, foreach=foreach,
+                        fused=fused, state_dtype=state_dtype, stochastic_rounding=stochastic_rounding)
         super(Lion, self).__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:

@@ -1,0 +1,271 @@
+"""``optarena speed``: time every optimizer and execution path against torch's AdamW on this machine.
+
+One run measures the in-place memory bandwidth (``a += b`` over a large buffer), then, per layout, builds one set of
+parameters and gradients shared by every candidate (each keeps its own state), and times the candidates interleaved
+round by round so that load from other processes hits all of them alike. Reported per candidate: median ms per
+``step()``, effective GB/s from the minimal bytes the algorithm must move per parameter, its share of the measured
+bandwidth, measured state bytes per parameter, peak extra memory allocated during one step, and the first step's
+compile time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import optim as oa
+from .registry import state_bytes
+
+#: name → shapes. The three layouts of issue 6: one big tensor, 200 medium ones, 2000 small ones.
+LAYOUTS: dict[str, list[tuple[int, ...]]] = {
+    "1x16M": [(4096, 4096)],
+    "200x82K": [(256, 320)] * 200,
+    "2000x1K": [(32, 32)] * 2000,
+}
+#: ``--quick``: the same three kinds, small enough for a smoke test.
+QUICK_LAYOUTS: dict[str, list[tuple[int, ...]]] = {
+    "1x64K": [(256, 256)],
+    "20x2K": [(32, 64)] * 20,
+    "200x64": [(8, 8)] * 200,
+}
+
+OPTARENA = {"lion": oa.Lion, "rlion": oa.RLion, "adan": oa.Adan, "adax": oa.AdaX, "adafactor": oa.Adafactor}
+PATHS = ("loop", "foreach", "fused", "fused-bf16")
+#: Bytes each algorithm must read and write per parameter element per step (fp32 params and grads; state in fp32,
+#: or bf16 where named): params read+write 8, grad read 4, each state buffer read+write.
+MIN_BYTES = {"lion": 20, "rlion": 20, "adan": 44, "adax": 28, "adafactor": 12, "adamw": 28}
+MIN_BYTES_BF16_STATE = {"lion": 16, "rlion": 16, "adan": 28, "adax": 20, "adafactor": 12}
+
+
+@dataclass
+class Candidate:
+    label: str
+    algorithm: str  # key of MIN_BYTES
+    build: Callable[[list[Tensor]], torch.optim.Optimizer]
+    min_bytes: float
+    source: str = "optarena"
+
+
+@dataclass
+class Result:
+    layout: str
+    label: str
+    source: str
+    ms_per_step: float
+    gb_per_s: float
+    bandwidth_pct: float
+    state_bytes_per_param: float
+    peak_extra_mb: float
+    compile_s: float
+    vs_adamw_fused: float | None = None
+    samples_ms: list[float] = field(default_factory=list)
+
+
+def candidates(optimizers: list[str], paths: list[str], peers: bool) -> list[Candidate]:
+    out = []
+    for name in optimizers:
+        cls = OPTARENA[name]
+        for path in paths:
+            kwargs: dict[str, Any] = {
+                "loop": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True),
+                "fused-bf16": dict(fused=True, state_dtype=torch.bfloat16)}[path]
+            extra = dict(weight_decay=0.01) if name != "adafactor" else {}
+            table = MIN_BYTES_BF16_STATE if path == "fused-bf16" else MIN_BYTES
+            out.append(Candidate(f"{name} {path}", name, lambda ps, c=cls, k={**kwargs, **extra}: c(ps, **k),
+                                 table[name]))
+    for path, kwargs in (("for-loop", dict(foreach=False)), ("foreach", dict(foreach=True)),
+                         ("fused", dict(fused=True))):
+        out.append(Candidate(f"torch AdamW {path}", "adamw",
+                             lambda ps, k=kwargs: torch.optim.AdamW(ps, lr=1e-3, weight_decay=0.01, **k),
+                             MIN_BYTES["adamw"], "torch"))
+    if peers:
+        out.extend(_peer_candidates(optimizers))
+    return out
+
+
+def _peer_candidates(optimizers: list[str]) -> list[Candidate]:
+    out = []
+    try:
+        import lion_pytorch
+
+        if "lion" in optimizers:
+            out.append(Candidate("lion-pytorch Lion", "lion",
+                                 lambda ps: lion_pytorch.Lion(ps, lr=1e-4, weight_decay=0.01), 20, "lion-pytorch"))
+    except ImportError:
+        pass
+    try:
+        import pytorch_optimizer as po
+
+        if "lion" in optimizers:
+            out.append(Candidate("pytorch-optimizer Lion", "lion",
+                                 lambda ps: po.Lion(ps, lr=1e-4, weight_decay=0.01), 20, "pytorch-optimizer"))
+        if "adan" in optimizers:
+            out.append(Candidate("pytorch-optimizer Adan", "adan",
+                                 lambda ps: po.Adan(ps, lr=1e-3, weight_decay=0.02), 44, "pytorch-optimizer"))
+    except ImportError:
+        pass
+    return out
+
+
+def measure_bandwidth(numel: int, repeats: int = 9) -> float:
+    """GB/s of ``a += b`` (reads 2, writes 1 element) over two ``numel`` fp32 buffers: the in-place ceiling."""
+    a, b = torch.ones(numel), torch.ones(numel)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a.add_(b)
+        times.append(time.perf_counter() - start)
+    return 12 * numel / statistics.median(times) / 1e9
+
+
+def peak_extra_bytes(step: Callable[[], Any]) -> int:
+    """Peak of (allocated − freed) bytes during one call, from the profiler's memory events (CPU and GPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities, profile_memory=True) as prof:
+        step()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    live = peak = 0
+    for e in events:  # +bytes for an allocation, -bytes for a free
+        live += e.nbytes()
+        peak = max(peak, live)
+    return peak
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_layout(layout: str, shapes: list[tuple[int, ...]], cands: list[Candidate], *, steps: int, rounds: int,
+               bandwidth: float, device: torch.device, log: Callable[[str], None]) -> list[Result]:
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(s, generator=gen).mul_(0.02).to(device)) for s in shapes]
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen).mul_(1e-3).to(device)
+    numel = sum(p.numel() for p in params)
+    built: list[tuple[Candidate, torch.optim.Optimizer, float]] = []
+    for cand in cands:
+        opt = cand.build(params)
+        _sync(device)
+        start = time.perf_counter()
+        opt.step()  # creates state; compiles a fused step
+        _sync(device)
+        first = time.perf_counter() - start
+        compile_s = getattr(opt, "fused_compile_seconds", 0.0) or (first if "fused" in cand.label else 0.0)
+        opt.step()
+        built.append((cand, opt, compile_s))
+        log(f"  {layout}: built {cand.label} (first step {first:.2f} s)")
+    samples: dict[str, list[float]] = {c.label: [] for c in cands}
+    for r in range(rounds):
+        order = built[r % len(built):] + built[:r % len(built)]  # rotate so no candidate always runs first
+        for cand, opt, _ in order:
+            _sync(device)
+            start = time.perf_counter()
+            for _ in range(steps):
+                opt.step()
+            _sync(device)
+            samples[cand.label].append((time.perf_counter() - start) / steps * 1e3)
+    results = []
+    for cand, opt, compile_s in built:
+        ms = statistics.median(samples[cand.label])
+        gbs = cand.min_bytes * numel / (ms / 1e3) / 1e9
+        results.append(Result(layout, cand.label, cand.source, ms, gbs, 100 * gbs / bandwidth,
+                              state_bytes(opt) / numel, peak_extra_bytes(opt.step) / 2**20, compile_s,
+                              samples_ms=samples[cand.label]))
+    base = next((r.ms_per_step for r in results if r.label == "torch AdamW fused"), None)
+    for res in results:
+        res.vs_adamw_fused = res.ms_per_step / base if base else None
+    return results
+
+
+def format_table(results: list[Result]) -> str:
+    head = (f"{'layout':<9} {'optimizer / path':<26} {'ms/step':>9} {'×AdamW-f':>8} {'GB/s':>6} {'% bw':>5} "
+            f"{'state B/p':>9} {'peak MB':>8} {'compile s':>9}")
+    lines = [head, "-" * len(head)]
+    for r in results:
+        ratio = f"{r.vs_adamw_fused:.2f}" if r.vs_adamw_fused is not None else "—"
+        lines.append(f"{r.layout:<9} {r.label:<26} {r.ms_per_step:>9.2f} {ratio:>8} {r.gb_per_s:>6.1f} "
+                     f"{r.bandwidth_pct:>5.0f} {r.state_bytes_per_param:>9.2f} {r.peak_extra_mb:>8.1f} "
+                     f"{r.compile_s:>9.1f}")
+    return "\n".join(lines)
+
+
+def _csv(choices: tuple[str, ...] | list[str]) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        names = [n.strip() for n in text.split(",") if n.strip()]
+        bad = [n for n in names if n not in choices]
+        if bad:
+            raise argparse.ArgumentTypeError(f"unknown {', '.join(bad)} (choose from {', '.join(choices)})")
+        return names
+
+    return parse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--optimizers", type=_csv(list(OPTARENA)), default=list(OPTARENA),
+                        help="comma-separated optarena optimizers (default: all)")
+    parser.add_argument("--paths", type=_csv(PATHS), default=list(PATHS),
+                        help=f"comma-separated paths (default: {','.join(PATHS)})")
+    parser.add_argument("--layouts", default=None,
+                        help=f"comma-separated layouts (default: {','.join(LAYOUTS)}; --quick: "
+                             f"{','.join(QUICK_LAYOUTS)})")
+    parser.add_argument("--quick", action="store_true", help="small layouts and few steps: a smoke test")
+    parser.add_argument("--steps", type=int, default=None, help="steps per timed sample (default 3; --quick 2)")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5; --quick 2)")
+    parser.add_argument("--no-peers", action="store_true", help="leave out lion-pytorch and pytorch-optimizer")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", metavar="PATH", default=None, help="also write the results as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    threads = torch.get_num_threads()
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads)
+        torch.set_flush_denormal(False)
+
+
+def _run(args: argparse.Namespace) -> int:
+    torch.set_flush_denormal(True)  # AdamW's moments drift into subnormals; that would time the FPU, not the step
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    available = QUICK_LAYOUTS if args.quick else LAYOUTS
+    layouts = _csv(list(available))(args.layouts) if args.layouts else list(available)
+    steps = args.steps or (2 if args.quick else 3)
+    rounds = args.rounds or (2 if args.quick else 5)
+    device = torch.device(args.device)
+    cands = candidates(args.optimizers, args.paths, peers=not args.no_peers)
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    bandwidth = measure_bandwidth(2**20 if args.quick else 2**25)
+    log(f"in-place bandwidth (a += b, {'4 MiB' if args.quick else '128 MiB'} fp32): {bandwidth:.1f} GB/s; "
+        f"{torch.get_num_threads()} threads; torch {torch.__version__}")
+    results: list[Result] = []
+    for layout in layouts:
+        results.extend(run_layout(layout, available[layout], cands, steps=steps, rounds=rounds,
+                                  bandwidth=bandwidth, device=device, log=log))
+    print(format_table(results))
+    if args.json:
+        meta = dict(bandwidth_gb_s=bandwidth, threads=torch.get_num_threads(), torch=torch.__version__,
+                    device=str(device), machine=platform.machine(), processor=platform.processor(),
+                    cpu_count=os.cpu_count(), steps=steps, rounds=rounds,
+                    layouts={k: [list(s) for s in available[k][:1]] + [len(available[k])] for k in layouts})
+        with open(args.json, "w") as fh:
+            json.dump({"meta": meta, "results": [asdict(r) for r in results]}, fh, indent=1)
+    return 0

@@ -1,0 +1,208 @@
+"""``fused=True``: the compiled step equals the per-tensor loop within fp32 rounding, for every optimizer.
+
+Compilation is slow, so every test uses the same few small tensors (one kernel per configuration and chunk size,
+shared by all tests of a configuration through optarena's kernel cache and inductor's on-disk cache).
+Each step is compared from identical starting states (the fused optimizer is re-synchronised with the loop after
+every step), so differences are the rounding of one step, not a drift of trajectories.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import optarena
+from optarena.optim import _base
+from optarena.speed import peak_extra_bytes
+
+try:
+    from cases import CASES, build
+except ImportError:  # tests/ is a package
+    from tests.cases import CASES, build
+
+# 0-d, 1-d, 2-d, 3-d; 15 flat tensors (chunks of 8 or 4 and single ones); one non-contiguous view (loop path;
+# Adafactor: its own 2-D kernel)
+SHAPES = [(), (7,), (5, 6), (3, 4, 2)] + [(9,)] * 11
+STEPS = 4
+RTOL, ATOL = 2e-5, 1e-6  # one fp32 step; the compiler may contract a·b + c into an FMA or reorder scalar math
+
+
+def make_params(seed: int = 0) -> list[torch.nn.Parameter]:
+    gen = torch.Generator().manual_seed(seed)
+    params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in SHAPES]
+    params.append(torch.nn.Parameter(torch.randn(6, 4, generator=gen).t()))  # non-contiguous
+    return params
+
+
+def set_grads(params: list[torch.Tensor], step: int) -> None:
+    gen = torch.Generator().manual_seed(1000 + step)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen)
+
+
+def sync(dst_opt: torch.optim.Optimizer, dst: list[torch.Tensor], src_opt: torch.optim.Optimizer,
+         src: list[torch.Tensor]) -> None:
+    with torch.no_grad():
+        for d, s in zip(dst, src):
+            d.copy_(s)
+            for key, value in src_opt.state[s].items():
+                dst_opt.state[d][key].copy_(value)
+
+
+def lion_c(opt: torch.optim.Optimizer, p: torch.Tensor) -> torch.Tensor:
+    """Lion's interpolated momentum c for the coming step (the argument of sign)."""
+    beta1 = opt.param_groups[0]["betas"][0]
+    return beta1 * opt.state[p]["exp_avg"] + (1 - beta1) * p.grad
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_fused_equals_loop(case: str) -> None:
+    loop_params, fused_params = make_params(), make_params()
+    loop = build(case, loop_params, foreach=False)
+    fused = build(case, fused_params, fused=True)
+    # a schedule changes lr every step: the kernels take it as a tensor
+    scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: 1 / (1 + s)) for o in (loop, fused)]
+    is_lion = isinstance(loop, optarena.Lion) and not isinstance(loop, optarena.RLion)
+    flips = total = 0
+    for step in range(STEPS):
+        set_grads(loop_params, step)
+        set_grads(fused_params, step)
+        near_zero = [lion_c(loop, p).abs() < 1e-6 for p in loop_params] if is_lion and step else None
+        loop.step()
+        fused.step()
+        for i, (a, b) in enumerate(zip(loop_params, fused_params)):
+            if near_zero is not None:
+                lr = loop.param_groups[0]["lr"]
+                # sign(c) may differ only where c is within rounding of 0; elsewhere equal within fp32
+                bad = ~torch.isclose(a, b, rtol=RTOL, atol=ATOL)
+                assert not (bad & ~near_zero[i]).any(), f"{case}: sign differs away from c ≈ 0"
+                assert ((a - b).abs() <= 2 * lr * 1.001 + ATOL).all()
+                flips += int(bad.sum())
+                total += a.numel()
+            else:
+                torch.testing.assert_close(b, a, rtol=RTOL, atol=ATOL, msg=lambda m, s=step: f"{case}, step {s}: {m}")
+            for key, value in loop.state[a].items():
+                torch.testing.assert_close(fused.state[b][key], value, rtol=RTOL, atol=ATOL)
+        sync(fused, fused_params, loop, loop_params)
+        for s in scheds:
+            s.step()
+    assert flips <= max(1, total // 1000)  # observed: 0 on these random values
+
+
+def test_no_recompiles_over_100_steps_with_a_changing_lr() -> None:
+    """lr and weight decay are kernel inputs, not constants: a schedule of either compiles nothing new."""
+    params = make_params()
+    opt = optarena.Lion(params, lr=1e-3, weight_decay=0.1, fused=True)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (1 + s) / (1 + s * s))
+    set_grads(params, 0)
+    opt.step()
+    sched.step()
+    frames = dict(torch._dynamo.utils.counters["frames"])
+    kernels = len(_base._kernels)
+    lrs = set()
+    for step in range(100):
+        opt.param_groups[0]["weight_decay"] = 0.1 / (1 + step)
+        opt.step()
+        sched.step()
+        lrs.add(opt.param_groups[0]["lr"])
+    assert len(lrs) == 100
+    assert dict(torch._dynamo.utils.counters["frames"]) == frames
+    assert len(_base._kernels) == kernels
+
+
+def test_bf16_params_fused_equal_loop_rounding() -> None:
+    loop_params = [torch.nn.Parameter(p.detach().bfloat16()) for p in make_params()]
+    fused_params = [torch.nn.Parameter(p.detach().clone()) for p in loop_params]
+    loop = optarena.AdaX(loop_params, lr=1e-2, foreach=False)
+    fused = optarena.AdaX(fused_params, lr=1e-2, fused=True)
+    for step in range(2):
+        gen = torch.Generator().manual_seed(step)
+        for a, b in zip(loop_params, fused_params):
+            a.grad = torch.randn(a.shape, generator=gen).bfloat16()
+            b.grad = a.grad.clone()
+        loop.step()
+        fused.step()
+        for a, b in zip(loop_params, fused_params):
+            assert b.dtype == torch.bfloat16
+            torch.testing.assert_close(b.float(), a.float(), rtol=8e-3, atol=1e-5)  # one bf16 ulp
+            assert fused.state[b]["exp_avg"].dtype == torch.float32
+
+
+def test_state_dict_round_trip_continues_identically() -> None:
+    ref_params, params = make_params(), make_params()
+    ref = optarena.Adan(ref_params, lr=1e-2, weight_decay=0.02, fused=True)
+    opt = optarena.Adan(params, lr=1e-2, weight_decay=0.02, fused=True)
+    for step in range(2):
+        set_grads(ref_params, step)
+        set_grads(params, step)
+        ref.step()
+        opt.step()
+    resumed = optarena.Adan(params, lr=1e-2, weight_decay=0.02, fused=True)
+    resumed.load_state_dict(opt.state_dict())
+    for step in range(2, 4):
+        set_grads(ref_params, step)
+        set_grads(params, step)
+        ref.step()
+        resumed.step()
+    for a, b in zip(ref_params, params):
+        assert torch.equal(a, b)
+    assert float(resumed.state[params[0]]["step"]) == 4
+
+
+def test_grads_untouched_and_maximize() -> None:
+    params = make_params()
+    opt = optarena.Lion(params, lr=1e-2, fused=True, maximize=True)
+    set_grads(params, 0)
+    grads = [p.grad.clone() for p in params]
+    before = [p.detach().clone() for p in params]
+    opt.step()
+    for p, g, b in zip(params, grads, before):
+        assert torch.equal(p.grad, g)
+        torch.testing.assert_close(p.detach(), b + 1e-2 * torch.sign(0.1 * g))  # first step: c = (1 − β1)·g
+
+
+def test_no_step_temporaries_larger_than_the_largest_param() -> None:
+    params = make_params()
+    opt = optarena.Lion(params, lr=1e-3, fused=True)
+    set_grads(params, 0)
+    opt.step()
+    largest = max(p.numel() * p.element_size() for p in params)
+    assert peak_extra_bytes(opt.step) <= largest
+
+
+def test_compile_failure_falls_back_to_foreach_with_one_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args, **kwargs):
+        def fail(*a, **k):
+            raise RuntimeError("no compiler here")
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setattr(_base, "_kernels", {})
+    monkeypatch.setattr(_base, "_compile_error", [])
+    fused_params, ref_params = make_params(), make_params()
+    fused = optarena.RLion(fused_params, lr=1e-2, fused=True)
+    ref = optarena.RLion(ref_params, lr=1e-2, foreach=True)
+    with pytest.warns(RuntimeWarning, match="no compiler here"):
+        set_grads(fused_params, 0)
+        fused.step()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        set_grads(fused_params, 1)
+        fused.step()
+    for step in range(2):
+        set_grads(ref_params, step)
+        ref.step()
+    for a, b in zip(ref_params, fused_params):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(fused=True, foreach=True), "fused=True with foreach=True"),
+    (dict(fused="yes"), "Invalid fused: 'yes'"),
+    (dict(fused=1), "Invalid fused: 1"),
+])
+def test_fused_argument_validation(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        optarena.Lion([torch.nn.Parameter(torch.zeros(2))], **kwargs)

@@ -1,0 +1,36 @@
+"""``optarena speed`` smoke test: the quick layouts, two eager paths, a JSON file with every reported column."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from optarena.cli import main
+
+
+def test_speed_quick_writes_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "speed.json"
+    threads = torch.get_num_threads()
+    assert main(["speed", "--quick", "--optimizers", "lion,adan", "--paths", "loop,foreach", "--no-peers",
+                 "--layouts", "20x2K,200x64", "--json", str(out)]) == 0
+    assert torch.get_num_threads() == threads  # restored
+    text = capsys.readouterr().out
+    assert "in-place bandwidth" in text and "torch AdamW fused" in text and "lion foreach" in text
+    data = json.loads(out.read_text())
+    assert data["meta"]["bandwidth_gb_s"] > 0
+    rows = data["results"]
+    assert {r["layout"] for r in rows} == {"20x2K", "200x64"}
+    assert {r["label"] for r in rows} >= {"lion loop", "adan foreach", "torch AdamW fused", "torch AdamW foreach"}
+    for r in rows:
+        assert r["ms_per_step"] > 0 and r["gb_per_s"] > 0 and r["vs_adamw_fused"] > 0
+    lion = next(r for r in rows if r["label"] == "lion loop")
+    assert lion["state_bytes_per_param"] == pytest.approx(4.0)
+    assert next(r for r in rows if r["label"] == "adan loop")["state_bytes_per_param"] == pytest.approx(16, abs=0.2)
+
+
+def test_speed_rejects_unknown_names() -> None:
+    with pytest.raises(SystemExit):
+        main(["speed", "--optimizers", "lino"])
