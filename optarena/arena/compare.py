@@ -9,14 +9,14 @@ import time
 import traceback
 import uuid
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from ..registry import base_optimizer_info
-from .plan import BUDGET_PRESETS, DEFAULT_OPTIMIZERS, Cell, CellPlan, cells_for, plan_cell, point_key
+from .plan import BUDGET_PRESETS, DEFAULT_OPTIMIZERS, Cell, CellPlan, Outcome, cells_for, plan_cell, point_key
 from .runner import train_once
 from .storage import HEARTBEAT_SECONDS, ArenaStorage, default_storage_url
 from .task import BUDGETS, Task, builtin_tasks, load_task
@@ -50,7 +50,7 @@ class CompareConfig:
     out: Path = Path("optarena-report")
     storage: str | None = None
     """Optuna storage URL; ``None``: SQLite in ``out``."""
-    workers: int = field(default_factory=lambda: default_workers())
+    workers: int = field(default_factory=default_workers)
     """Worker processes on this machine; default one per core (at most 8)."""
     device: str = "cpu"
     threads: int | None = None
@@ -121,7 +121,7 @@ class CompareConfig:
         return cells_for([(spec, t.name, self.batch_sizes_for(t), t.higher_is_better) for spec, t in tasks.items()],
                          self.optimizers, self.budget)
 
-    def plan(self, cell: Cell, finished) -> CellPlan:
+    def plan(self, cell: Cell, finished: Mapping[str, Outcome]) -> CellPlan:
         task = self.load_tasks()[cell.task]
         stress = "adamw" in self.optimizers and cell.batch_size == self.default_batch_size(task)
         return plan_cell(cell, BUDGET_PRESETS[self.budget], self.seeds, finished, stress=stress)
