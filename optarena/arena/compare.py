@@ -19,15 +19,10 @@ from ..registry import base_optimizer_info
 from .plan import BUDGET_PRESETS, DEFAULT_OPTIMIZERS, Cell, CellPlan, Outcome, cells_for, plan_cell, point_key
 from .runner import train_once
 from .storage import HEARTBEAT_SECONDS, ArenaStorage, default_storage_url
-from .task import BUDGETS, Task, builtin_tasks, load_task
+from .task import BUDGETS, Task, builtin_tasks, check_positive_int, load_task
 
 POLL_SECONDS = 1.0
 """How often a worker with nothing to do looks again while other workers finish the points it waits for."""
-
-
-def _check_positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"Invalid {name}: {value!r} (must be a positive integer)")
 
 
 def default_workers() -> int:
@@ -72,15 +67,15 @@ class CompareConfig:
         self.tasks = tuple(dict.fromkeys(self.tasks)) or tuple(builtin_tasks())
         if self.seeds is None:
             self.seeds = BUDGET_PRESETS[self.budget].seeds
-        _check_positive_int("seeds", self.seeds)
-        _check_positive_int("workers", self.workers)
+        check_positive_int("seeds", self.seeds)
+        check_positive_int("workers", self.workers)
         if self.threads is not None:
-            _check_positive_int("threads", self.threads)
+            check_positive_int("threads", self.threads)
         if self.batch_sizes is not None:
             if not self.batch_sizes:
                 raise ValueError(f"Invalid batch_sizes: {self.batch_sizes!r} (positive integers)")
             for size in self.batch_sizes:
-                _check_positive_int("batch size", size)
+                check_positive_int("batch size", size)
         if isinstance(self.stale_after, bool) or not isinstance(self.stale_after, (int, float)) or \
                 not self.stale_after >= 2 * HEARTBEAT_SECONDS:
             raise ValueError(f"Invalid stale_after: {self.stale_after!r} (seconds, at least "

@@ -105,7 +105,6 @@ class ResultSet:
             return median(getattr(r, attr) for r in source)
 
         reached = [r for r in results if r.steps_to_target is not None and not r.diverged]
-        params = [r.params for r in results if r.params]
         return CellSummary(
             cell=cell, plan=plan, finals=finals,
             metric_median=median(metrics), metric_min=min(metrics, default=None),
@@ -116,7 +115,7 @@ class ResultSet:
             # runs that never reached the target do not enter the median: the count ``reached`` says how many did
             steps_to_target=med("steps_to_target", reached), seconds_to_target=med("seconds_to_target", reached),
             opt_step_ms=med("opt_step_ms"), fwd_bwd_ms=med("fwd_bwd_ms"),
-            state_bytes_per_param=statistics.median(r.state_bytes / r.params for r in results) if params else None,
+            state_bytes_per_param=median(r.state_bytes / r.params for r in results if r.params),
             peak_memory_mb=med("peak_memory_mb"),
         )
 

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..optim._base import check_number
+
 BUDGETS = ("tiny", "quick", "full")
 """``tiny`` exists for tests and smoke runs; ``quick`` is the default suite; ``full`` is the longer one."""
 
@@ -76,24 +78,25 @@ class Task:
         for attr in ("make_model", "make_batches", "loss", "evaluate"):
             if not callable(getattr(self, attr)):
                 raise TypeError(f"Task {self.name!r}: {attr} must be callable, got {getattr(self, attr)!r}")
-        if not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"Task {self.name!r}: invalid steps: {self.steps!r} (must be a positive int)")
+        check_positive_int(f"steps of task {self.name!r}", self.steps)
         for bs in (self.batch_size, *self.batch_sizes):
-            if not isinstance(bs, int) or bs < 1:
-                raise ValueError(f"Task {self.name!r}: invalid batch size: {bs!r} (must be a positive int)")
+            check_positive_int(f"batch size of task {self.name!r}", bs)
         if self.eval_every is None:
             self.eval_every = max(1, self.steps // 20)
-        if isinstance(self.eval_every, bool) or not isinstance(self.eval_every, int) or self.eval_every < 1:
-            raise ValueError(f"Task {self.name!r}: invalid eval_every: {self.eval_every!r} (must be a positive int)")
-        if isinstance(self.weight_decay, bool) or not isinstance(self.weight_decay, (int, float)) or not (
-                0 <= self.weight_decay < math.inf):
-            raise ValueError(f"Task {self.name!r}: invalid weight_decay: {self.weight_decay!r} (must be >= 0)")
-        if self.target is not None and not (isinstance(self.target, (int, float)) and math.isfinite(self.target)):
-            raise ValueError(f"Task {self.name!r}: invalid target: {self.target!r} (a finite number or None)")
+        check_positive_int(f"eval_every of task {self.name!r}", self.eval_every)
+        check_number(f"weight_decay of task {self.name!r}", self.weight_decay)
+        if self.target is not None:
+            check_number(f"target of task {self.name!r}", self.target, low=-math.inf)
 
     @property
     def all_batch_sizes(self) -> tuple[int, ...]:
         return tuple(sorted({self.batch_size, *self.batch_sizes}))
+
+
+def check_positive_int(name: str, value: Any) -> None:
+    """Raise ``ValueError`` naming ``name`` and ``value`` unless ``value`` is an int ≥ 1 (bools refused)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"Invalid {name}: {value!r} (must be a positive integer)")
 
 
 def builtin_tasks() -> dict[str, Callable[..., Task]]:
