@@ -151,6 +151,44 @@ def test_state_dict_round_trip_continues_identically() -> None:
     assert float(resumed.state[params[0]]["step"]) == 4
 
 
+def test_reused_plan_follows_what_changes_between_steps() -> None:
+    """The fused step keeps its views between steps; each kind of replacement must still reach the kernel."""
+    loop_params, fused_params = make_params(), make_params()
+    loop = optarena.Adan(loop_params, lr=1e-2, weight_decay=0.02, foreach=False)
+    fused = optarena.Adan(fused_params, lr=1e-2, weight_decay=0.02, fused=True)
+
+    def replace_param_data(opt, params):
+        params[2].data = torch.full_like(params[2], 0.5)
+
+    def reload_state(opt, params):
+        opt.load_state_dict(opt.state_dict())  # new state tensors, same values
+
+    def drop_a_grad(opt, params):
+        params[5].grad = None
+
+    def restart(opt, params):
+        opt.restart()
+
+    def change_betas(opt, params):
+        opt.param_groups[0]["betas"] = (0.9, 0.9, 0.9)
+
+    changes = [None, replace_param_data, reload_state, drop_a_grad, restart, change_betas]
+    for step, change in enumerate(changes):
+        set_grads(loop_params, step)
+        set_grads(fused_params, step)
+        if change is not None:
+            change(loop, loop_params)
+            change(fused, fused_params)
+        loop.step()
+        fused.step()
+        for a, b in zip(loop_params, fused_params):
+            name = getattr(change, "__name__", "the first step")
+            torch.testing.assert_close(b, a, rtol=RTOL, atol=ATOL, msg=lambda m, n=name: f"after {n}: {m}")
+            for key, value in loop.state[a].items():
+                torch.testing.assert_close(fused.state[b][key], value, rtol=RTOL, atol=ATOL)
+        sync(fused, fused_params, loop, loop_params)
+
+
 def test_grads_untouched_and_maximize() -> None:
     params = make_params()
     opt = optarena.Lion(params, lr=1e-2, fused=True, maximize=True)

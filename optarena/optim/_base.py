@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 import types
 import warnings
 from collections import defaultdict
@@ -103,13 +104,19 @@ class OptarenaOptimizer(Optimizer):
     #: Whether the math is elementwise, so that the fused step may see every tensor as 1-D (one kernel serves all
     #: shapes); Adafactor's factored moments need the real shapes.
     fused_flatten: bool = True
-    #: Tensors per compiled call of the fused step, largest first (see FUSED_CHUNKS).
-    fused_chunks: tuple[int, ...] = (64, 8, 1)
+    #: Tensors per compiled call of the fused step, largest first. A kernel is compiled once per chunk size and
+    #: configuration, so compile work is bounded by the chunk sizes however many tensors the model has. Compile time
+    #: grows faster than the tensors per kernel and with the math per tensor, fastest for the OpenMP-parallel loops
+    #: of large tensors; tensors under SMALL_TENSOR elements (serial loops) use ``fused_small_chunks``, larger to
+    #: spread the per-call overhead that dominates their step. Algorithms with more math use smaller chunks.
+    fused_chunks: tuple[int, ...] = (32, 4, 1)
+    fused_small_chunks: tuple[int, ...] = (64, 8, 1)
 
     def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
         #: Seconds spent compiling fused kernels by this optimizer (0 when they came from an earlier optimizer).
         self.fused_compile_seconds = 0.0
         self._fused_kernels_made = 0
+        self._fused_plans: dict[int, _FusedPlan] = {}  # id(group) → its fused step, reused while it serves
         super().__init__(params, defaults)
 
     # -- hooks for the algorithms -------------------------------------------------------------------------------
@@ -157,6 +164,7 @@ class OptarenaOptimizer(Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Also runs at the end of load_state_dict: groups saved by an older version get the newer keys' defaults.
         super().__setstate__(state)
+        self._fused_plans = {}
         for group in self.param_groups:
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
@@ -371,6 +379,30 @@ def addcdiv_(xs: list[Tensor], a: list[Tensor], b: list[Tensor], value: Scalars)
         x.add_(u / w * v)
 
 
+@torch.library.custom_op("optarena::computed_once", mutates_args=())
+def _computed_once(values: Tensor) -> Tensor:
+    return values.clone()
+
+
+@_computed_once.register_fake
+def _(values: Tensor) -> Tensor:
+    return torch.empty_like(values)
+
+
+def hoisted(*lists: list[Scalar]) -> tuple[list[Scalar], ...]:
+    """Per-tensor scalars (bias corrections, step sizes), computed once per call of the fused step.
+
+    Eagerly they are Python numbers and come back unchanged. Inside the compiled step inductor would otherwise inline
+    their ``pow``/``exp`` into every iteration of the element loop (libm calls set errno, so the C++ compiler may not
+    hoist them): Adan's step ran 3× slower so. Passing them through one opaque op makes inductor store them first.
+    """
+    if not lists or not lists[0] or not isinstance(lists[0][0], Tensor):
+        return lists
+    table = _computed_once(torch.stack([torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in values])
+                                        for values in lists]))
+    return tuple(list(row.unbind()) for row in table.unbind())
+
+
 def step_values(states: list[dict[str, Tensor]]) -> list[Scalar]:
     """Each state's step count: a Python float eagerly, the 0-d tensor itself inside the compiled fused step."""
     if torch.compiler.is_compiling():
@@ -379,10 +411,6 @@ def step_values(states: list[dict[str, Tensor]]) -> list[Scalar]:
 
 
 # --------------------------------------------------------------------------------------------- the fused step
-#: Tensors per compiled call (``OptarenaOptimizer.fused_chunks``; Lion's). A kernel is compiled once per chunk size
-#: and configuration: compile work is bounded by 64 + 8 + 1 tensors however many the model has, and one call
-#: covers up to 64 tensors. Algorithms with more math per tensor use smaller chunks (compile time grows with it).
-FUSED_CHUNKS = (64, 8, 1)
 #: Options of every fused kernel: no per-call size asserts (their cost grows with the tensor count and the inputs
 #: are checked here once).
 _INDUCTOR_OPTIONS: dict[str, Any] = {"size_asserts": False}
@@ -468,6 +496,31 @@ def _kernel(opt: OptarenaOptimizer, key: tuple[Any, ...], consts: dict[str, Any]
     return kernel
 
 
+class _FusedPlan:
+    """A group's fused step, kept between steps: which kernel runs on which tensors, with the 1-D views of the
+    parameters and state that it takes. Building it costs several µs per tensor (views, grouping); reusing it leaves
+    only a check that nothing was replaced and one view per gradient (gradients are new tensors every step after
+    ``zero_grad()``)."""
+
+    def __init__(self, key: tuple[Any, ...], params: list[Tensor], states: list[dict[str, Tensor]]) -> None:
+        self.key = key
+        self.params = params
+        self.states = states
+        self.data_ptrs = [p.data_ptr() for p in params]
+        self.state_tensors = [t for s in states for t in s.values()]
+        #: per (device, math dtype): the calls, each ``(kernel, indices, param views, state views, step views)``
+        self.buckets: list[tuple[torch.device, torch.dtype, list[tuple[Any, ...]]]] = []
+        self.eager: list[int] = []  # non-contiguous params: the per-tensor loop
+
+    def serves(self, key: tuple[Any, ...], params: list[Tensor], states: list[dict[str, Tensor]]) -> bool:
+        """Whether this plan is still right: same configuration, parameters, state dicts and state tensors, and no
+        parameter re-pointed (``p.data = ...``) since it was made."""
+        return (key == self.key and len(params) == len(self.params)
+                and all(map(operator.is_, params, self.params)) and all(map(operator.is_, states, self.states))
+                and list(map(Tensor.data_ptr, params)) == self.data_ptrs
+                and all(map(operator.is_, (t for s in states for t in s.values()), self.state_tensors)))
+
+
 def _fused_step(opt: OptarenaOptimizer, group: dict[str, Any], params: list[Tensor], states: list[dict[str, Tensor]],
                 scale: float) -> bool:
     """Run the group's step through compiled kernels; False (nothing changed) if it cannot, after one warning."""
@@ -476,67 +529,91 @@ def _fused_step(opt: OptarenaOptimizer, group: dict[str, Any], params: list[Tens
     consts = {k: v for k, v in group.items() if k not in ("params", "lr")}
     # lr and a nonzero weight decay are kernel inputs: their values are not part of the kernel's identity
     const_key = tuple((k, repr(v)) for k, v in sorted(consts.items()) if k != "weight_decay")
+    key = (const_key, wd != 0, factor != 1.0, torch.get_num_threads())
+    plan = opt._fused_plans.get(id(group))
+    if plan is None or not plan.serves(key, params, states):
+        plan = _make_plan(opt, key, consts, params, states)
+        if plan is None:
+            return False
+        opt._fused_plans[id(group)] = plan
     flatten = opt.fused_flatten
-    eager: list[int] = []
-    plan: dict[tuple[Any, ...], list[int]] = defaultdict(list)
-    for i, p in enumerate(params):
-        if flatten and not p.is_contiguous():
-            eager.append(i)  # a strided view cannot be flattened without a copy; rare in models
-            continue
-        # size class: small tensors get serial loops, large ones OpenMP-parallel loops (see _compile)
-        kind = (p.numel() >= SMALL_TENSOR) if flatten else p.dim()
-        plan[(p.device, p.dtype, tuple(states[i]), kind)].append(i)
-    calls = []
-    for (device, dtype, state_keys, kind), members in plan.items():
-        work_dtype = torch.float32 if dtype in LOW_PRECISION else dtype
-        keys = tuple(k for k in state_keys if k != "step")
-        stochastic = bool(group.get("stochastic_rounding")) and dtype == torch.bfloat16
+    for device, work_dtype, calls in plan.buckets:
         lr = torch.tensor(group["lr"], dtype=work_dtype, device=device)
         wd_t = torch.tensor(wd, dtype=work_dtype, device=device) if wd != 0 else None
         factor_t = torch.tensor(factor, dtype=work_dtype, device=device) if factor != 1.0 else None
-        state_dtypes = tuple(states[members[0]][k].dtype for k in keys)
-        start = 0
-        for chunk in opt.fused_chunks:
-            while len(members) - start >= chunk:
-                idx = members[start:start + chunk]
-                start += chunk
-                key = (type(opt), chunk, device, dtype, state_dtypes, keys, kind, const_key, wd_t is None,
-                       factor_t is None, stochastic, torch.get_num_threads())
-                kernel = _kernel(opt, key, consts, keys, work_dtype, stochastic, flatten)
-                calls.append((kernel, _fused_args(params, states, idx, keys, flatten), lr, wd_t, factor_t))
-    try:  # compile everything first, so that a failure leaves this step to the foreach path untouched
-        for kernel, args, lr, wd_t, factor_t in calls:
-            if not getattr(kernel, "_optarena_ready", False):
-                _compile(opt, kernel, args, lr, wd_t, factor_t, flatten)
-    except Exception as err:  # noqa: BLE001 - whatever the compiler raised, foreach still works
-        _compile_error.append(f"{type(err).__name__}: {err}")
-        warnings.warn(f"{type(opt).__name__}(fused=True): torch.compile failed ({_compile_error[0][:500]}); "
-                      "using foreach instead", RuntimeWarning, stacklevel=4)
-        return False
-    for kernel, args, lr, wd_t, factor_t in calls:
-        kernel(*args, lr, wd_t, factor_t)
-    if eager:
+        for kernel, idx, ps, bufs, steps in calls:
+            # a strided grad is copied by ravel (it is only read)
+            gs = [params[i].grad.ravel() for i in idx] if flatten else [params[i].grad for i in idx]
+            kernel(ps, gs, bufs, steps, lr, wd_t, factor_t)
+    if plan.eager:
         if opt.counts_steps:
-            for i in eager:
+            for i in plan.eager:
                 states[i]["step"] += 1
-        for i in eager:
+        for i in plan.eager:
             opt._run([params[i]], [states[i]], group, scale)
     return True
 
 
+def _make_plan(opt: OptarenaOptimizer, key: tuple[Any, ...], consts: dict[str, Any], params: list[Tensor],
+               states: list[dict[str, Tensor]]) -> _FusedPlan | None:
+    """Assign the tensors to kernels (compiling those not yet made); None if compilation fails."""
+    const_key, with_wd, with_factor, threads = key
+    flatten = opt.fused_flatten
+    plan = _FusedPlan(key, params, states)
+    groups: dict[tuple[Any, ...], list[int]] = defaultdict(list)
+    for i, p in enumerate(params):
+        if flatten and not p.is_contiguous():
+            plan.eager.append(i)  # a strided view cannot be flattened without a copy; rare in models
+            continue
+        # size class: small tensors get serial loops, large ones OpenMP-parallel loops (see _compile)
+        kind = (p.numel() >= SMALL_TENSOR) if flatten else p.dim()
+        groups[(p.device, p.dtype, tuple(states[i]), kind)].append(i)
+    buckets: dict[tuple[torch.device, torch.dtype], list[tuple[Any, ...]]] = defaultdict(list)
+    for (device, dtype, state_keys, kind), members in groups.items():
+        work_dtype = torch.float32 if dtype in LOW_PRECISION else dtype
+        keys = tuple(k for k in state_keys if k != "step")
+        stochastic = bool(consts.get("stochastic_rounding")) and dtype == torch.bfloat16
+        state_dtypes = tuple(states[members[0]][k].dtype for k in keys)
+        start = 0
+        for chunk in opt.fused_small_chunks if flatten and not kind else opt.fused_chunks:
+            while len(members) - start >= chunk:
+                idx = members[start:start + chunk]
+                start += chunk
+                kernel_key = (type(opt), chunk, device, dtype, state_dtypes, keys, kind, const_key, with_wd,
+                              with_factor, stochastic, threads)
+                kernel = _kernel(opt, kernel_key, consts, keys, work_dtype, stochastic, flatten)
+                buckets[(device, work_dtype)].append((kernel, idx, *_fused_args(params, states, idx, keys, flatten)))
+    plan.buckets = [(device, work_dtype, calls) for (device, work_dtype), calls in buckets.items()]
+    try:  # compile everything first, so that a failure leaves this step to the foreach path untouched
+        for (device, work_dtype, calls) in plan.buckets:
+            # three distinct tensors: the same one passed thrice would compile a kernel that assumes they alias
+            lr, wd, factor = (torch.tensor(v, dtype=work_dtype, device=device) for v in (1e-3, 0.1, 1.0))
+            wd = wd if with_wd else None
+            factor = factor if with_factor else None
+            for kernel, idx, ps, bufs, steps in calls:
+                if not getattr(kernel, "_optarena_ready", False):
+                    gs = [params[i].grad for i in idx]
+                    _compile(opt, kernel, (ps, gs, bufs, steps), lr, wd, factor, flatten)
+    except Exception as err:  # noqa: BLE001 - whatever the compiler raised, foreach still works
+        _compile_error.append(f"{type(err).__name__}: {err}")
+        warnings.warn(f"{type(opt).__name__}(fused=True): torch.compile failed ({_compile_error[0][:500]}); "
+                      "using foreach instead", RuntimeWarning, stacklevel=5)
+        return None
+    return plan
+
+
 def _fused_args(params: list[Tensor], states: list[dict[str, Tensor]], idx: list[int], keys: tuple[str, ...],
-                flatten: bool) -> tuple[Any, ...]:
+                flatten: bool) -> tuple[list[Tensor], list[list[Tensor]], list[Tensor]]:
+    """The kernel's parameter, state and step arguments for ``params[idx]`` (the gradients are added per step)."""
     if flatten:
         ps = [params[i].view(-1) for i in idx]
-        gs = [params[i].grad.reshape(-1) for i in idx]  # a strided grad is copied (it is only read)
         bufs = [[states[i][k].view(-1) for i in idx] for k in keys]
     else:
         ps = [params[i] for i in idx]
-        gs = [params[i].grad for i in idx]
         bufs = [[states[i][k] for i in idx] for k in keys]
     # 1-element views: torch 2.13's compiled code drops in-place updates of 0-d float64 CPU inputs
     steps = [states[i]["step"].view(1) for i in idx] if "step" in states[idx[0]] else []
-    return ps, gs, bufs, steps
+    return ps, bufs, steps
 
 
 def _compile(opt: OptarenaOptimizer, kernel: Callable[..., None], args: tuple[Any, ...], lr: Tensor,

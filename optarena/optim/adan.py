@@ -17,6 +17,7 @@ from ._base import (
     check_betas,
     check_number,
     div_,
+    hoisted,
     is_nonzero,
     mul_,
     scalar_fn,
@@ -50,13 +51,16 @@ def adan_update(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor
     torch._foreach_mul_(exp_avg_sqs, beta3)
     torch._foreach_addcmul_(exp_avg_sqs, nesterov_grads, nesterov_grads, value=1 - beta3)
 
+    sqrt_bias3, step1, step2 = hoisted([scalar_fn(1 - beta3**t, torch.sqrt, math.sqrt) for t in steps],
+                                       [-lr / (1 - beta1**t) for t in steps],
+                                       [-lr * beta2 / (1 - beta2**t) for t in steps])
     denoms = torch._foreach_sqrt(exp_avg_sqs)
-    div_(denoms, [scalar_fn(1 - beta3**t, torch.sqrt, math.sqrt) for t in steps])
+    div_(denoms, sqrt_bias3)
     torch._foreach_add_(denoms, eps)
     if no_prox and is_nonzero(weight_decay):
         mul_(params, 1 - lr * weight_decay)
-    addcdiv_(params, exp_avgs, denoms, [-lr / (1 - beta1**t) for t in steps])
-    addcdiv_(params, exp_avg_diffs, denoms, [-lr * beta2 / (1 - beta2**t) for t in steps])
+    addcdiv_(params, exp_avgs, denoms, step1)
+    addcdiv_(params, exp_avg_diffs, denoms, step2)
     if not no_prox and is_nonzero(weight_decay):
         div_(params, 1 + lr * weight_decay)
     if hasattr(prev_grads[0], "placements"):  # DTensor (FSDP2) has no sharding rule for _foreach_copy_
@@ -87,7 +91,7 @@ class Adan(OptarenaOptimizer):
     that miss gradients on some steps. :meth:`restart` resets all state (the official ``restart_opt``).
     """
 
-    fused_chunks = (16, 4, 1)  # compile time grows with the tensors per kernel and the math per tensor
+    fused_chunks = fused_small_chunks = (16, 4, 1)  # more math per tensor: smaller kernels compile in time
 
     def __init__(self, params: ParamsT, lr: float = 1e-3, betas: tuple[float, float, float] = (0.98, 0.92, 0.99),
                  eps: float = 1e-8, weight_decay: float = 0.0, *, no_prox: bool = False, max_grad_norm: float = 0.0,

@@ -16,6 +16,7 @@ from ._base import (
     addcmul_,
     check_betas,
     check_number,
+    hoisted,
     is_nonzero,
     mul_,
     scalar_fn,
@@ -53,7 +54,8 @@ def adax_update(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor
             grads = torch._foreach_add(grads, params, alpha=weight_decay)
     torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
     weights = [adax_new_weight(t, beta2) for t in steps]
-    mul_(exp_avg_sqs, [1 - w for w in weights])
+    keeps, weights = hoisted([1 - w for w in weights], weights)
+    mul_(exp_avg_sqs, keeps)
     addcmul_(exp_avg_sqs, grads, grads, weights)
     denoms = torch._foreach_sqrt(exp_avg_sqs)
     torch._foreach_add_(denoms, eps)
@@ -81,7 +83,7 @@ class AdaX(OptarenaOptimizer):
         maximize, foreach, fused, state_dtype, stochastic_rounding: as :class:`optarena.Lion`.
     """
 
-    fused_chunks = (32, 4, 1)  # compile time grows with the tensors per kernel and the math per tensor
+    fused_chunks = fused_small_chunks = (32, 4, 1)  # more math per tensor: smaller kernels compile in time
 
     def __init__(self, params: ParamsT, lr: float = 1.5e-3, betas: tuple[float, float] = (0.9, 1e-4),
                  eps: float = 1e-8, weight_decay: float = 0.0, *, decoupled_weight_decay: bool = False,
