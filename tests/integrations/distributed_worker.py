@@ -135,6 +135,9 @@ def main() -> None:
         results = run(case, rank, world, out)
         if rank == 0:
             torch.save(results, out / f"{case}.pt")
+        # both ranks done with every collective before either tears gloo down: a rank that destroys the group
+        # while its peer still sends aborted with "terminate called without an active exception" (2 runs in ~10)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
