@@ -16,13 +16,16 @@ from ._base import (
     check_choice,
     check_number,
     div_,
+    hoisted,
     is_nonzero,
     mul_,
+    norms,
     scalar_fn,
     smax,
     smin,
     step_counter,
     step_values,
+    stored,
     zeros_state,
 )
 
@@ -33,6 +36,18 @@ def relative_step_size(t: Scalar, lr: Scalar, relative_step: bool, warmup_init: 
         return lr
     rho = smin(lr, 1 / scalar_fn(t, torch.sqrt, math.sqrt))
     return smin(rho, 1e-6 * t) if warmup_init else rho
+
+
+def column_square_means(grad: Tensor) -> Tensor:
+    """The mean of g² over dim −2, summed in blocks of rows so that ``grad`` is read in row-major order.
+
+    A plain reduction over dim −2 strides through memory: 84 ms eagerly and 7.8 ms compiled for a 4096×4096
+    gradient on this project's CPU, against 23 and 2.4 ms so (and 20× less rounding error than vector_norm's).
+    """
+    rows, cols = grad.shape[-2:]
+    block = next(b for b in (64, 32, 16, 8, 4, 2, 1) if rows % b == 0)
+    blocks = grad.reshape(*grad.shape[:-2], rows // block, block, cols)
+    return blocks.square().sum(dim=-2).sum(dim=-2, keepdim=True).div_(rows)
 
 
 def adafactor_update(params: list[Tensor], grads: list[Tensor], row_vars: list[Tensor | None],
@@ -52,7 +67,7 @@ def adafactor_update(params: list[Tensor], grads: list[Tensor], row_vars: list[T
     """
     numels = [p.numel() for p in params]
     if scale_parameter:
-        param_rms = [as_number(n) / math.sqrt(k) for n, k in zip(torch._foreach_norm(params), numels)]
+        param_rms = [as_number(n) / math.sqrt(k) for n, k in zip(norms(params), numels)]
     else:
         param_rms = [1.0] * len(params)
     step_sizes = [relative_step_size(t, lr, relative_step, warmup_init) * (smax(eps2, r) if scale_parameter else 1)
@@ -60,33 +75,44 @@ def adafactor_update(params: list[Tensor], grads: list[Tensor], row_vars: list[T
     if is_nonzero(weight_decay):
         mul_(params, 1 - lr * weight_decay)
 
-    updates = []
+    # second moments, and for factored ones the row and column factors of rsqrt(V̂):
+    # rsqrt(max(r_i·c_j/mean(r), tiny²)) = min(rsqrt(r_i/mean(r))·rsqrt(c_j), 1/tiny), so that the rsqrt and
+    # divisions run on R + C numbers and the element loop does two products
+    factors = []
     for grad, row_var, col_var, variance, t in zip(grads, row_vars, col_vars, variances, steps):
-        tiny = torch.finfo(grad.dtype).eps if eps1 is None else eps1
         new_weight = t**beta2_decay  # 1 − β̂_t
-        if row_var is not None and col_var is not None:
+        if variance is None:
             # mean of g² over a dim, without materialising g²: ‖g‖²/n
             row_var.lerp_(torch.linalg.vector_norm(grad, dim=-1, keepdim=True).square_().div_(grad.size(-1)),
                           new_weight)
-            col_var.lerp_(torch.linalg.vector_norm(grad, dim=-2, keepdim=True).square_().div_(grad.size(-2)),
-                          new_weight)
-            estimate = (row_var @ col_var).div_(row_var.mean(dim=-2, keepdim=True).clamp_(min=tiny))
+            col_var.lerp_(column_square_means(grad), new_weight)
+            tiny = torch.finfo(grad.dtype).eps if eps1 is None else eps1
+            factors += [row_var.div(row_var.mean(dim=-2, keepdim=True).clamp_(min=tiny)).rsqrt_(), col_var.rsqrt()]
         else:
             variance.lerp_(grad * grad, new_weight)
-            estimate = variance
-        updates.append(estimate.clamp(min=tiny * tiny).rsqrt_().mul_(grad))
+    factors_left = iter(stored(factors))
+    updates = []
+    for grad, variance in zip(grads, variances):
+        tiny = torch.finfo(grad.dtype).eps if eps1 is None else eps1
+        if variance is None:
+            scale = (next(factors_left) * next(factors_left)).clamp_(max=1 / tiny)
+        else:
+            scale = variance.clamp(min=tiny * tiny).rsqrt_()
+        updates.append(scale.mul_(grad))
 
     clip_divisors = [smax(1.0, as_number(n) / (math.sqrt(k) * clip_threshold))
-                     for n, k in zip(torch._foreach_norm(updates), numels)]
+                     for n, k in zip(norms(updates), numels)]
     if beta1 is not None:
+        clip_divisors, steps_down = hoisted(clip_divisors, [-a for a in step_sizes])
         div_(updates, clip_divisors)
         torch._foreach_lerp_(exp_avgs, updates, 1 - beta1)
         if torch.compiler.is_compiling():
-            updates = [m * -a for m, a in zip(exp_avgs, step_sizes)]
+            updates = [m * a for m, a in zip(exp_avgs, steps_down)]
         else:
-            updates = torch._foreach_mul(exp_avgs, [-a for a in step_sizes])
+            updates = torch._foreach_mul(exp_avgs, steps_down)
     else:
-        mul_(updates, [-a / c for a, c in zip(step_sizes, clip_divisors)])
+        (steps_down,) = hoisted([-a / c for a, c in zip(step_sizes, clip_divisors)])
+        mul_(updates, steps_down)
     torch._foreach_add_(params, updates)
 
 
