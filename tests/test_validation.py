@@ -34,6 +34,7 @@ BAD_ARGUMENTS = [
     (optarena.Adafactor, {"beta2_decay": 0.5}, "beta2_decay"),
     (optarena.Adafactor, {"eps": (None, -1e-3)}, "eps[1]"),
     (optarena.Adafactor, {"eps": (-1e-30, 1e-3)}, "eps[0]"),
+    (optarena.Adafactor, {"eps": (0.0, 1e-3)}, "eps[0]"),
     (optarena.Adafactor, {"eps": 1e-3}, "eps"),
     (optarena.Adafactor, {"clip_threshold": 0.0}, "clip_threshold"),
     (optarena.Adafactor, {"beta1": 1.0}, "beta1"),

@@ -163,8 +163,8 @@ class Adafactor(OptarenaOptimizer):
         eps = group["eps"]
         if not isinstance(eps, (tuple, list)) or len(eps) != 2:
             raise ValueError(f"Invalid eps: {eps!r} (expected a tuple (eps1 or None, eps2))")
-        if eps[0] is not None:
-            check_number("eps[0]", eps[0])
+        if eps[0] is not None:  # 0 would make rsqrt(V̂) infinite wherever a gradient entry is 0: 0·inf = NaN
+            check_number("eps[0]", eps[0], low=0.0, low_open=True)
         check_number("eps[1]", eps[1])
         check_number("clip_threshold", group["clip_threshold"], low=0.0, low_open=True)
         check_number("weight_decay", group["weight_decay"])
