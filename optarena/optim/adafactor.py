@@ -78,6 +78,7 @@ def adafactor_update(params: list[Tensor], grads: list[Tensor], row_vars: list[T
     # second moments, and for factored ones the row and column factors of rsqrt(V̂):
     # rsqrt(max(r_i·c_j/mean(r), tiny²)) = min(rsqrt(r_i/mean(r))·rsqrt(c_j), 1/tiny), so that the rsqrt and
     # divisions run on R + C numbers and the element loop does two products
+    tiny = torch.finfo(grads[0].dtype).eps if eps1 is None else eps1  # the lists share one (math) dtype
     factors = []
     for grad, row_var, col_var, variance, t in zip(grads, row_vars, col_vars, variances, steps):
         new_weight = t**beta2_decay  # 1 − β̂_t
@@ -86,14 +87,12 @@ def adafactor_update(params: list[Tensor], grads: list[Tensor], row_vars: list[T
             row_var.lerp_(torch.linalg.vector_norm(grad, dim=-1, keepdim=True).square_().div_(grad.size(-1)),
                           new_weight)
             col_var.lerp_(column_square_means(grad), new_weight)
-            tiny = torch.finfo(grad.dtype).eps if eps1 is None else eps1
             factors += [row_var.div(row_var.mean(dim=-2, keepdim=True).clamp_(min=tiny)).rsqrt_(), col_var.rsqrt()]
         else:
             variance.lerp_(grad * grad, new_weight)
     factors_left = iter(stored(factors))
     updates = []
     for grad, variance in zip(grads, variances):
-        tiny = torch.finfo(grad.dtype).eps if eps1 is None else eps1
         if variance is None:
             scale = (next(factors_left) * next(factors_left)).clamp_(max=1 / tiny)
         else:
