@@ -183,8 +183,10 @@ def run_layout(layout: str, shapes: list[tuple[int, ...]], cands: list[Candidate
     for cand, opt, compile_s in built:
         ms = statistics.median(samples[cand.label])
         gbs = cand.min_bytes * numel / (ms / 1e3) / 1e9
+        # the fused step's scratch for packed small tensors is allocated once, not per step: counted here
+        extra = peak_extra_bytes(opt.step) + getattr(opt, "fused_scratch_bytes", 0)
         results.append(Result(layout, cand.label, cand.source, ms, gbs, 0.0,
-                              state_bytes(opt) / numel, peak_extra_bytes(opt.step) / 2**20, compile_s,
+                              state_bytes(opt) / numel, extra / 2**20, compile_s,
                               samples_ms=samples[cand.label]))
     base = next((r.ms_per_step for r in results if r.label == "torch AdamW fused"), None)
     for res in results:

@@ -15,7 +15,7 @@ if __name__ == "__main__":
     out = {}
     for case, item in payload.items():
         params = [p.clone() for p in item["params"]]
-        optimizer = build(case, params, foreach=item["foreach"])
+        optimizer = build(case, params, **item["path"])
         optimizer.load_state_dict(item["state_dict"])
         for grads in item["grads"]:
             for p, g in zip(params, grads):

@@ -201,13 +201,67 @@ def test_grads_untouched_and_maximize() -> None:
         torch.testing.assert_close(p.detach(), b + 1e-2 * torch.sign(0.1 * g))  # first step: c = (1 − β1)·g
 
 
-def test_no_step_temporaries_larger_than_the_largest_param() -> None:
+def test_no_step_temporaries_larger_than_the_largest_param(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing is allocated per step; the packs' scratch buffers, kept between steps, hold at most PACK_ELEMENTS
+    elements each however many small tensors there are."""
+    monkeypatch.setattr(_base, "PACK_ELEMENTS", 40)  # the 150 small elements of make_params make several packs
     params = make_params()
     opt = optarena.Lion(params, lr=1e-3, fused=True)
     set_grads(params, 0)
     opt.step()
     largest = max(p.numel() * p.element_size() for p in params)
     assert peak_extra_bytes(opt.step) <= largest
+    assert 0 < opt.fused_scratch_bytes <= 2 * 40 * 4
+
+
+@pytest.mark.parametrize("case", ["adan", "lion"])
+def test_packs_follow_diverging_step_counts_and_path_changes(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small tensors are stepped in packs that share one step count. A parameter that misses a step, or steps on
+    the other paths, must end up in a pack of its own count, and its state must stay its own."""
+    monkeypatch.setattr(_base, "PACK_ELEMENTS", 40)
+    loop_params, fused_params = make_params(), make_params()
+    loop = build(case, loop_params, foreach=False)
+    fused = build(case, fused_params, fused=True)
+
+    def drop_grads(params):
+        params[1].grad = params[6].grad = None
+
+    def foreach_path(params):
+        fused.param_groups[0]["fused"] = False
+        params[7].grad = None
+
+    def fused_path(params):
+        fused.param_groups[0]["fused"] = True
+
+    for step, change in enumerate([None, drop_grads, None, foreach_path, fused_path, None]):
+        set_grads(loop_params, step)
+        set_grads(fused_params, step)
+        if change is not None:
+            change(loop_params)
+            change(fused_params)
+        loop.step()
+        fused.step()
+        for a, b in zip(loop_params, fused_params):
+            torch.testing.assert_close(b, a, rtol=RTOL, atol=ATOL, msg=lambda m, s=step: f"step {s}: {m}")
+            for key, value in loop.state[a].items():
+                torch.testing.assert_close(fused.state[b][key], value, rtol=RTOL, atol=ATOL)
+        sync(fused, fused_params, loop, loop_params)
+
+
+def test_packed_state_is_saved_once() -> None:
+    """Packed state entries are views of shared buffers: a checkpoint must hold each element once."""
+    import io
+
+    sizes = {}
+    for path in (dict(foreach=False), dict(fused=True)):
+        params = make_params()
+        opt = optarena.AdaX(params, lr=1e-2, **path)
+        set_grads(params, 0)
+        opt.step()
+        buffer = io.BytesIO()
+        torch.save(opt.state_dict(), buffer)
+        sizes[str(path)] = buffer.tell()
+    assert sizes["{'fused': True}"] <= sizes["{'foreach': False}"] * 1.05
 
 
 def test_compile_failure_falls_back_to_foreach_with_one_warning(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -107,10 +107,9 @@ class OptarenaOptimizer(Optimizer):
     #: Tensors per compiled call of the fused step, largest first. A kernel is compiled once per chunk size and
     #: configuration, so compile work is bounded by the chunk sizes however many tensors the model has. Compile time
     #: grows faster than the tensors per kernel and with the math per tensor, fastest for the OpenMP-parallel loops
-    #: of large tensors; tensors under SMALL_TENSOR elements (serial loops) use ``fused_small_chunks``, larger to
-    #: spread the per-call overhead that dominates their step. Algorithms with more math use smaller chunks.
+    #: of large tensors; algorithms with more math use smaller chunks. (With ``fused_flatten``, tensors under
+    #: SMALL_TENSOR elements are not chunked but packed: see ``_Pack``.)
     fused_chunks: tuple[int, ...] = (32, 4, 1)
-    fused_small_chunks: tuple[int, ...] = (64, 8, 1)
 
     def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
         #: Seconds spent compiling fused kernels by this optimizer (0 when they came from an earlier optimizer).
@@ -118,6 +117,12 @@ class OptarenaOptimizer(Optimizer):
         self._fused_kernels_made = 0
         self._fused_plans: dict[int, _FusedPlan] = {}  # id(group) → its fused step, reused while it serves
         super().__init__(params, defaults)
+
+    @property
+    def fused_scratch_bytes(self) -> int:
+        """Bytes of the scratch buffers that the fused step keeps for packed small tensors (at most two of
+        PACK_ELEMENTS elements per parameter group and dtype)."""
+        return sum(plan.scratch_bytes for plan in self._fused_plans.values())
 
     # -- hooks for the algorithms -------------------------------------------------------------------------------
     def _check_group(self, group: dict[str, Any]) -> None:
@@ -224,6 +229,8 @@ class OptarenaOptimizer(Optimizer):
 
         if resolve_fused(group, params) and _fused_step(self, group, params, states, scale):
             return  # the compiled kernel also advanced the step counters
+        # the step counts of a pack may diverge on the other paths; the fused step, if it comes back, repacks
+        self._fused_plans.pop(id(group), None)
         if self.counts_steps:
             for state in states:
                 state["step"] += 1
@@ -433,6 +440,10 @@ _kernels: dict[tuple[Any, ...], Callable[..., None]] = {}
 #: Tensors with fewer elements are updated by serial loops: a parallel region per tiny tensor costs more than it
 #: saves. Larger ones are compiled on large stand-in sizes, so that inductor emits OpenMP-parallel loops.
 SMALL_TENSOR = 1 << 15
+#: Elements per pack of small tensors (see ``_Pack``): the two scratch buffers of a plan hold at most this many each
+#: (2 MiB for fp32). Smaller packs cost a kernel call and three foreach calls more per step: 2000 Lion tensors of 1K
+#: took 21, 10, 8.7 and 7.4 ms per step in packs of 8K, 32K, 64K and 256K elements, and 7.4 ms in one pack.
+PACK_ELEMENTS = 1 << 18
 _compile_error: list[str] = []  # the first failure, if torch.compile cannot work here
 
 
@@ -511,21 +522,74 @@ def _kernel(opt: OptarenaOptimizer, key: tuple[Any, ...], consts: dict[str, Any]
     return kernel
 
 
+class _Pack:
+    """Small tensors stepped as one flat tensor by the elementwise algorithms.
+
+    Their state lives in flat buffers, each state entry a view of one (``state_dict`` and the other paths still see
+    one tensor per parameter and key), with the step counts in one float64 vector; a pack only joins tensors whose
+    counts are equal, so that its kernel reads one count and writes it back to all. Each step copies the gradients
+    and parameters into two scratch buffers and the parameters back, three C++ foreach copies, and runs one kernel
+    over the flat tensors: ~1 µs per tensor, against ~3.5 µs of Python and dynamo per tensor around a compiled call
+    that takes the tensors themselves (2000 Lion tensors of 1K: 7.4 ms per step against 12.9 ms).
+    """
+
+    def __init__(self, params: list[Tensor], states: list[dict[str, Tensor]], members: list[int],
+                 keys: tuple[str, ...], scratch_params: Tensor, scratch_grads: Tensor) -> None:
+        self.members = members
+        self.params = [params[i] for i in members]
+        self.param_views = [p.view(-1) for p in self.params]
+        numels = [params[i].numel() for i in members]
+        self.numel = sum(numels)
+        offsets = [0]
+        for n in numels[:-1]:
+            offsets.append(offsets[-1] + n)
+        self.param_slots = [scratch_params[o:o + n].view(p.shape) for o, n, p in zip(offsets, numels, self.params)]
+        self.grad_slots = [scratch_grads[o:o + n].view(p.shape) for o, n, p in zip(offsets, numels, self.params)]
+        self.flat_param = scratch_params[:self.numel]
+        self.flat_grad = scratch_grads[:self.numel]
+        first = states[members[0]]
+        self.flat_state = []
+        for key in keys:
+            flat = torch.empty(self.numel, dtype=first[key].dtype, device=first[key].device)
+            views = [flat[o:o + n].view(p.shape) for o, n, p in zip(offsets, numels, self.params)]
+            torch._foreach_copy_(views, [states[i][key] for i in members])
+            for i, view in zip(members, views):
+                states[i][key] = view
+            self.flat_state.append(flat)
+        self.steps: list[Tensor] = []
+        if "step" in first:
+            counts = torch.stack([states[i]["step"] for i in members]).to(torch.float64)
+            for j, i in enumerate(members):
+                states[i]["step"] = counts[j]
+            self.steps = [counts]
+
+    def load(self) -> list[Tensor]:
+        """Copy the gradients and parameters into the scratch buffers; the flat gradient for the kernel."""
+        torch._foreach_copy_(self.grad_slots, [p.grad for p in self.params])
+        torch.cat(self.param_views, out=self.flat_param)  # 0.4 µs per tensor against 0.65 for a foreach copy
+        return [self.flat_grad]
+
+    def store(self) -> None:
+        torch._foreach_copy_(self.params, self.param_slots)
+
+
 class _FusedPlan:
     """A group's fused step, kept between steps: which kernel runs on which tensors, with the 1-D views of the
-    parameters and state that it takes. Building it costs several µs per tensor (views, grouping); reusing it leaves
-    only a check that nothing was replaced and one view per gradient (gradients are new tensors every step after
-    ``zero_grad()``)."""
+    parameters and state that it takes. Building it costs several µs per tensor (views, grouping, packing); reusing
+    it leaves only a check that nothing was replaced and one view per gradient (gradients are new tensors every step
+    after ``zero_grad()``)."""
 
     def __init__(self, key: tuple[Any, ...], params: list[Tensor], states: list[dict[str, Tensor]]) -> None:
         self.key = key
         self.params = params
         self.states = states
         self.data_ptrs = [p.data_ptr() for p in params]
-        self.state_tensors = [t for s in states for t in s.values()]
-        #: per (device, math dtype): the calls, each ``(kernel, indices, param views, state views, step views)``
+        self.state_tensors: list[Tensor] = []  # set once packing has put its views into the states
+        #: per (device, math dtype): the calls, each ``(kernel, indices, param views, state views, step views, pack
+        #: or None)``
         self.buckets: list[tuple[torch.device, torch.dtype, list[tuple[Any, ...]]]] = []
-        self.eager: list[int] = []  # non-contiguous params: the per-tensor loop
+        self.eager: list[int] = []  # non-contiguous and DTensor params: the per-tensor loop
+        self.scratch_bytes = 0
 
     def serves(self, key: tuple[Any, ...], params: list[Tensor], states: list[dict[str, Tensor]]) -> bool:
         """Whether this plan is still right: same configuration, parameters, state dicts and state tensors, and no
@@ -556,7 +620,11 @@ def _fused_step(opt: OptarenaOptimizer, group: dict[str, Any], params: list[Tens
         lr = torch.tensor(group["lr"], dtype=work_dtype, device=device)
         wd_t = torch.tensor(wd, dtype=work_dtype, device=device) if wd != 0 else None
         factor_t = torch.tensor(factor, dtype=work_dtype, device=device) if factor != 1.0 else None
-        for kernel, idx, ps, bufs, steps in calls:
+        for kernel, idx, ps, bufs, steps, pack in calls:
+            if pack is not None:
+                kernel(ps, pack.load(), bufs, steps, lr, wd_t, factor_t)
+                pack.store()
+                continue
             # a strided grad is copied by ravel (it is only read)
             gs = [params[i].grad.ravel() for i in idx] if flatten else [params[i].grad for i in idx]
             kernel(ps, gs, bufs, steps, lr, wd_t, factor_t)
@@ -571,50 +639,83 @@ def _fused_step(opt: OptarenaOptimizer, group: dict[str, Any], params: list[Tens
 
 def _make_plan(opt: OptarenaOptimizer, key: tuple[Any, ...], consts: dict[str, Any], params: list[Tensor],
                states: list[dict[str, Tensor]]) -> _FusedPlan | None:
-    """Assign the tensors to kernels (compiling those not yet made); None if compilation fails."""
+    """Assign the tensors to kernels (compiling those not yet made) and pack the small ones; None if compilation
+    fails."""
     const_key, with_wd, with_factor, threads = key
     flatten = opt.fused_flatten
     plan = _FusedPlan(key, params, states)
     groups: dict[tuple[Any, ...], list[int]] = defaultdict(list)
     for i, p in enumerate(params):
-        if flatten and not p.is_contiguous():
-            plan.eager.append(i)  # a strided view cannot be flattened without a copy; rare in models
+        if (flatten and not p.is_contiguous()) or hasattr(p, "placements"):
+            plan.eager.append(i)  # a strided view cannot be flattened without a copy; a DTensor's shard is local
             continue
-        # size class: small tensors get serial loops, large ones OpenMP-parallel loops (see _compile)
-        kind = (p.numel() >= SMALL_TENSOR) if flatten else p.dim()
-        groups[(p.device, p.dtype, tuple(states[i]), kind)].append(i)
+        state = states[i]
+        # size class: small tensors are packed (flat ones) or get serial loops, large ones OpenMP-parallel loops
+        small = p.numel() < SMALL_TENSOR
+        kind = ("packed", float(state["step"]) if "step" in state else None) if flatten and small else (
+            not small if flatten else p.dim())
+        state_dtypes = tuple((k, v.dtype) for k, v in state.items() if k != "step")
+        groups[(p.device, p.dtype, tuple(state), state_dtypes, kind)].append(i)
     buckets: dict[tuple[torch.device, torch.dtype], list[tuple[Any, ...]]] = defaultdict(list)
-    for (device, dtype, state_keys, kind), members in groups.items():
+    for (device, dtype, state_keys, state_dtypes, kind), members in groups.items():
         work_dtype = torch.float32 if dtype in LOW_PRECISION else dtype
         keys = tuple(k for k in state_keys if k != "step")
         stochastic = bool(consts.get("stochastic_rounding")) and dtype == torch.bfloat16
-        state_dtypes = tuple(states[members[0]][k].dtype for k in keys)
+
+        config = (type(opt), device, dtype, state_dtypes, const_key, with_wd, with_factor, stochastic, threads)
+        calls = buckets[(device, work_dtype)]
+        if isinstance(kind, tuple):
+            for pack in _packs(params, states, members, keys, plan):
+                kernel = _kernel(opt, (*config, 1, ("packed", pack.numel >= SMALL_TENSOR)), consts, keys, work_dtype,
+                                 stochastic, flatten)
+                calls.append((kernel, pack.members, [pack.flat_param], [[flat] for flat in pack.flat_state],
+                              pack.steps, pack))
+            continue
         start = 0
-        for chunk in opt.fused_small_chunks if flatten and not kind else opt.fused_chunks:
+        for chunk in opt.fused_chunks:
             while len(members) - start >= chunk:
                 idx = members[start:start + chunk]
                 start += chunk
-                kernel_key = (type(opt), chunk, device, dtype, state_dtypes, keys, kind, const_key, with_wd,
-                              with_factor, stochastic, threads)
-                kernel = _kernel(opt, kernel_key, consts, keys, work_dtype, stochastic, flatten)
-                buckets[(device, work_dtype)].append((kernel, idx, *_fused_args(params, states, idx, keys, flatten)))
+                kernel = _kernel(opt, (*config, chunk, kind), consts, keys, work_dtype, stochastic, flatten)
+                calls.append((kernel, idx, *_fused_args(params, states, idx, keys, flatten), None))
     plan.buckets = [(device, work_dtype, calls) for (device, work_dtype), calls in buckets.items()]
+    plan.state_tensors = [t for s in states for t in s.values()]
     try:  # compile everything first, so that a failure leaves this step to the foreach path untouched
         for (device, work_dtype, calls) in plan.buckets:
             # three distinct tensors: the same one passed thrice would compile a kernel that assumes they alias
             lr, wd, factor = (torch.tensor(v, dtype=work_dtype, device=device) for v in (1e-3, 0.1, 1.0))
             wd = wd if with_wd else None
             factor = factor if with_factor else None
-            for kernel, idx, ps, bufs, steps in calls:
+            for kernel, idx, ps, bufs, steps, pack in calls:
                 if not getattr(kernel, "_optarena_ready", False):
-                    gs = [params[i].grad for i in idx]
-                    _compile(opt, kernel, (ps, gs, bufs, steps), lr, wd, factor, flatten)
+                    gs = [pack.flat_grad] if pack is not None else [params[i].grad for i in idx]
+                    _compile(opt, kernel, (ps, gs, bufs, steps), lr, wd, factor, flatten, pack is not None)
     except Exception as err:  # noqa: BLE001 - whatever the compiler raised, foreach still works
         _compile_error.append(f"{type(err).__name__}: {err}")
         warnings.warn(f"{type(opt).__name__}(fused=True): torch.compile failed ({_compile_error[0][:500]}); "
                       "using foreach instead", RuntimeWarning, stacklevel=5)
         return None
     return plan
+
+
+def _packs(params: list[Tensor], states: list[dict[str, Tensor]], members: list[int], keys: tuple[str, ...],
+           plan: _FusedPlan) -> list[_Pack]:
+    """``params[members]`` (small, same device, dtype, state layout and step count) in packs of at most
+    PACK_ELEMENTS elements, in order; their scratch buffers are the plan's, allocated here."""
+    runs: list[list[int]] = [[]]
+    total = 0
+    for i in members:
+        n = params[i].numel()
+        if total + n > PACK_ELEMENTS:
+            runs.append([])
+            total = 0
+        runs[-1].append(i)
+        total += n
+    largest = max(sum(params[i].numel() for i in run) for run in runs)
+    first = params[members[0]]
+    scratch_params, scratch_grads = (torch.empty(largest, dtype=first.dtype, device=first.device) for _ in range(2))
+    plan.scratch_bytes += 2 * largest * first.element_size()
+    return [_Pack(params, states, run, keys, scratch_params, scratch_grads) for run in runs]
 
 
 def _fused_args(params: list[Tensor], states: list[dict[str, Tensor]], idx: list[int], keys: tuple[str, ...],
@@ -632,7 +733,7 @@ def _fused_args(params: list[Tensor], states: list[dict[str, Tensor]], idx: list
 
 
 def _compile(opt: OptarenaOptimizer, kernel: Callable[..., None], args: tuple[Any, ...], lr: Tensor,
-             wd: Tensor | None, factor: Tensor | None, flatten: bool) -> None:
+             wd: Tensor | None, factor: Tensor | None, flatten: bool, packed: bool) -> None:
     """Compile ``kernel`` on stand-in tensors (the real ones stay untouched if compilation fails), of distinct odd
     sizes so that no size is specialised to 0, 1 or another tensor's size; the sizes are inductor's hints for
     whether to parallelise, so they are large for the large-tensor kernels."""
@@ -650,7 +751,8 @@ def _compile(opt: OptarenaOptimizer, kernel: Callable[..., None], args: tuple[An
         fake = [p.detach().clone() for p in ps]
         fake_grads = [g.detach().clone() for g in gs]
         fake_bufs = [[b.detach().clone() for b in row] for row in bufs]
-    fake_steps = [s.detach().clone() for s in steps]
+    # a pack's step vector has one entry per member: 3 so that its length is not specialised to 1
+    fake_steps = [torch.zeros(3 if packed else 1, dtype=s.dtype, device=s.device) for s in steps]
     kernel(fake, fake_grads, fake_bufs, fake_steps, lr, wd, factor)
     opt.fused_compile_seconds += time.perf_counter() - start
     kernel._optarena_ready = True  # type: ignore[attr-defined]

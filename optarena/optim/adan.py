@@ -91,9 +91,8 @@ class Adan(OptarenaOptimizer):
     that miss gradients on some steps. :meth:`restart` resets all state (the official ``restart_opt``).
     """
 
-    # more math per tensor: smaller kernels compile in time (16 large tensors: 29 s cold for 200 tensors; 24 small:
-    # 43 s cold for 2000, where 32 took 57 s and 64 took 102 s)
-    fused_chunks, fused_small_chunks = (16, 4, 1), (24, 4, 1)
+    # more math per tensor: smaller kernels compile in time (16 large tensors: 29 s cold for 200 tensors)
+    fused_chunks = (16, 4, 1)
 
     def __init__(self, params: ParamsT, lr: float = 1e-3, betas: tuple[float, float, float] = (0.98, 0.92, 0.99),
                  eps: float = 1e-8, weight_decay: float = 0.0, *, no_prox: bool = False, max_grad_norm: float = 0.0,

@@ -83,8 +83,6 @@ class AdaX(OptarenaOptimizer):
         maximize, foreach, fused, state_dtype, stochastic_rounding: as :class:`optarena.Lion`.
     """
 
-    fused_chunks = fused_small_chunks = (32, 4, 1)  # more math per tensor: smaller kernels compile in time
-
     def __init__(self, params: ParamsT, lr: float = 1.5e-3, betas: tuple[float, float] = (0.9, 1e-4),
                  eps: float = 1e-8, weight_decay: float = 0.0, *, decoupled_weight_decay: bool = False,
                  maximize: bool = False, foreach: bool | None = None, fused: bool | None = None,
