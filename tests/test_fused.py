@@ -22,9 +22,10 @@ try:
 except ImportError:  # tests/ is a package
     from tests.cases import CASES, build
 
-# 0-d, 1-d, 2-d, 3-d; 15 flat tensors (chunks of 8 or 4 and single ones); one non-contiguous view (loop path;
-# Adafactor: its own 2-D kernel)
-SHAPES = [(), (7,), (5, 6), (3, 4, 2)] + [(9,)] * 11
+# 0-d, 1-d, 2-d, 3-d; 15 flat tensors and four 4×3 matrices (the elementwise algorithms pack all of these small
+# tensors into flat kernels; Adafactor stacks the 11 same-shape vectors and the four matrices, and calls kernels on
+# the others in chunks); one non-contiguous view (loop path; Adafactor: a chunked 2-D kernel)
+SHAPES = [(), (7,), (5, 6), (3, 4, 2)] + [(9,)] * 11 + [(4, 3)] * 4
 STEPS = 4
 RTOL, ATOL = 2e-5, 1e-6  # one fp32 step; the compiler may contract a·b + c into an FMA or reorder scalar math
 
@@ -204,7 +205,7 @@ def test_grads_untouched_and_maximize() -> None:
 def test_no_step_temporaries_larger_than_the_largest_param(monkeypatch: pytest.MonkeyPatch) -> None:
     """Nothing is allocated per step; the packs' scratch buffers, kept between steps, hold at most PACK_ELEMENTS
     elements each however many small tensors there are."""
-    monkeypatch.setattr(_base, "PACK_ELEMENTS", 40)  # the 150 small elements of make_params make several packs
+    monkeypatch.setattr(_base, "PACK_ELEMENTS", 40)  # the 198 small elements of make_params make several packs
     params = make_params()
     opt = optarena.Lion(params, lr=1e-3, fused=True)
     set_grads(params, 0)
@@ -214,7 +215,7 @@ def test_no_step_temporaries_larger_than_the_largest_param(monkeypatch: pytest.M
     assert 0 < opt.fused_scratch_bytes <= 2 * 40 * 4
 
 
-@pytest.mark.parametrize("case", ["adan", "lion"])
+@pytest.mark.parametrize("case", ["adan", "lion", "adafactor-momentum"])
 def test_packs_follow_diverging_step_counts_and_path_changes(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Small tensors are stepped in packs that share one step count. A parameter that misses a step, or steps on
     the other paths, must end up in a pack of its own count, and its state must stay its own."""
@@ -224,7 +225,7 @@ def test_packs_follow_diverging_step_counts_and_path_changes(case: str, monkeypa
     fused = build(case, fused_params, fused=True)
 
     def drop_grads(params):
-        params[1].grad = params[6].grad = None
+        params[1].grad = params[6].grad = params[16].grad = None
 
     def foreach_path(params):
         fused.param_groups[0]["fused"] = False

@@ -9,6 +9,7 @@ run it. Low-precision parameters are up-cast to float32 around the core, so the 
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import operator
@@ -413,9 +414,11 @@ def hoisted(*lists: list[Scalar]) -> tuple[list[Scalar], ...]:
     """
     if not lists or not lists[0] or not isinstance(lists[0][0], Tensor):
         return lists
-    (table,) = _computed_once([torch.stack([torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in values])
-                                            for values in lists])])
-    return tuple(list(row.unbind()) for row in table.unbind())
+    # one table (values of a stacked call broadcast to its per-entry shape): one opaque op, one buffer
+    cells = torch.broadcast_tensors(*(torch.as_tensor(v, dtype=torch.float64) for values in lists for v in values))
+    (table,) = _computed_once([torch.stack(cells)])
+    rows = iter(table.unbind())
+    return tuple([next(rows) for _ in values] for values in lists)
 
 
 def stored(tensors: list[Tensor]) -> list[Tensor]:
@@ -444,6 +447,8 @@ SMALL_TENSOR = 1 << 15
 #: (2 MiB for fp32). Smaller packs cost a kernel call and three foreach calls more per step: 2000 Lion tensors of 1K
 #: took 21, 10, 8.7 and 7.4 ms per step in packs of 8K, 32K, 64K and 256K elements, and 7.4 ms in one pack.
 PACK_ELEMENTS = 1 << 18
+#: Fewest same-shape small tensors that Adafactor-like algorithms stack into one pack (fewer: chunked calls).
+MIN_STACK = 4
 _compile_error: list[str] = []  # the first failure, if torch.compile cannot work here
 
 
@@ -494,12 +499,13 @@ def _fused_body(update: Callable[..., None], consts: dict[str, Any], keys: tuple
 
 
 def _kernel(opt: OptarenaOptimizer, key: tuple[Any, ...], consts: dict[str, Any], keys: tuple[str, ...],
-            work_dtype: torch.dtype, stochastic: bool, flatten: bool) -> Callable[..., None]:
+            work_dtype: torch.dtype, stochastic: bool, flatten: bool, stacked: bool = False) -> Callable[..., None]:
     kernel = _kernels.get(key)
     if kernel is None:
         # an uninitialised instance: the kernel needs the class's math, not this optimizer (nor to keep it alive)
         bare = object.__new__(type(opt))
-        body = _fused_body(bare._update, consts, keys, work_dtype, opt.counts_steps, stochastic)
+        update = functools.partial(bare._update, stacked=True) if stacked else bare._update
+        body = _fused_body(update, consts, keys, work_dtype, opt.counts_steps, stochastic)
         # Dynamo caches (and limits recompiles) per code object: each key gets its own copy of the body.
         code = body.__code__.replace(co_name=f"fused_step_{len(_kernels)}")
         body = types.FunctionType(code, body.__globals__, code.co_name, None, body.__closure__)
@@ -523,54 +529,63 @@ def _kernel(opt: OptarenaOptimizer, key: tuple[Any, ...], consts: dict[str, Any]
 
 
 class _Pack:
-    """Small tensors stepped as one flat tensor by the elementwise algorithms.
+    """Small tensors stepped as one by a single kernel call.
 
-    Their state lives in flat buffers, each state entry a view of one (``state_dict`` and the other paths still see
-    one tensor per parameter and key), with the step counts in one float64 vector; a pack only joins tensors whose
-    counts are equal, so that its kernel reads one count and writes it back to all. Each step copies the gradients
-    and parameters into two scratch buffers and the parameters back, three C++ foreach copies, and runs one kernel
-    over the flat tensors: ~1 µs per tensor, against ~3.5 µs of Python and dynamo per tensor around a compiled call
-    that takes the tensors themselves (2000 Lion tensors of 1K: 7.4 ms per step against 12.9 ms).
+    Elementwise algorithms see them as one flat tensor (any shapes); algorithms with per-tensor reductions
+    (Adafactor) see same-shape tensors stacked along a new dim 0, with ``stacked=True``. Their state lives in
+    buffers laid out so, each state entry a view of one (``state_dict`` and the other paths still see one tensor per
+    parameter and key), with the step counts in one float64 vector; a pack only joins tensors whose counts are
+    equal, so that its kernel reads one count and writes it back to all. Each step copies the gradients and
+    parameters into two scratch buffers and the parameters back (C++ ops, ~0.4–1 µs per tensor) around one kernel
+    call, against ~3.5 µs of Python and dynamo per tensor around a compiled call that takes the tensors themselves
+    (2000 Lion tensors of 1K: 10 against 13 ms per step).
     """
 
     def __init__(self, params: list[Tensor], states: list[dict[str, Tensor]], members: list[int],
-                 keys: tuple[str, ...], scratch_params: Tensor, scratch_grads: Tensor) -> None:
+                 keys: tuple[str, ...], scratch_params: Tensor, scratch_grads: Tensor, stacked: bool) -> None:
         self.members = members
         self.params = [params[i] for i in members]
         self.param_views = [p.view(-1) for p in self.params]
-        numels = [params[i].numel() for i in members]
-        self.numel = sum(numels)
-        offsets = [0]
-        for n in numels[:-1]:
-            offsets.append(offsets[-1] + n)
-        self.param_slots = [scratch_params[o:o + n].view(p.shape) for o, n, p in zip(offsets, numels, self.params)]
-        self.grad_slots = [scratch_grads[o:o + n].view(p.shape) for o, n, p in zip(offsets, numels, self.params)]
-        self.flat_param = scratch_params[:self.numel]
-        self.flat_grad = scratch_grads[:self.numel]
-        first = states[members[0]]
+        self.numel = sum(p.numel() for p in self.params)
+        # a stack has one more dim than its entries; a flat pack is 1-D
+        shape = (len(members), *self.params[0].shape) if stacked else (self.numel,)
+        self.flat_param = scratch_params[:self.numel].view(shape)
+        self.flat_grad = scratch_grads[:self.numel].view(shape)
+        self.param_slots = _segments(scratch_params, self.params)
+        self.grad_slots = _segments(scratch_grads, self.params)
         self.flat_state = []
         for key in keys:
-            flat = torch.empty(self.numel, dtype=first[key].dtype, device=first[key].device)
-            views = [flat[o:o + n].view(p.shape) for o, n, p in zip(offsets, numels, self.params)]
-            torch._foreach_copy_(views, [states[i][key] for i in members])
+            values = [states[i][key] for i in members]
+            flat = torch.empty(sum(v.numel() for v in values), dtype=values[0].dtype, device=values[0].device)
+            views = _segments(flat, values)
+            torch._foreach_copy_(views, values)
             for i, view in zip(members, views):
                 states[i][key] = view
-            self.flat_state.append(flat)
+            self.flat_state.append(flat.view(len(members), *values[0].shape) if stacked else flat)
         self.steps: list[Tensor] = []
-        if "step" in first:
+        if "step" in states[members[0]]:
             counts = torch.stack([states[i]["step"] for i in members]).to(torch.float64)
             for j, i in enumerate(members):
                 states[i]["step"] = counts[j]
             self.steps = [counts]
 
     def load(self) -> list[Tensor]:
-        """Copy the gradients and parameters into the scratch buffers; the flat gradient for the kernel."""
+        """Copy the gradients and parameters into the scratch buffers; the gradient argument of the kernel."""
         torch._foreach_copy_(self.grad_slots, [p.grad for p in self.params])
-        torch.cat(self.param_views, out=self.flat_param)  # 0.4 µs per tensor against 0.65 for a foreach copy
+        torch.cat(self.param_views, out=self.flat_param.view(-1))  # 0.4 µs per tensor against 0.65 for a copy_
         return [self.flat_grad]
 
     def store(self) -> None:
         torch._foreach_copy_(self.params, self.param_slots)
+
+
+def _segments(flat: Tensor, like: list[Tensor]) -> list[Tensor]:
+    """Consecutive views of ``flat`` shaped like ``like``."""
+    views, offset = [], 0
+    for t in like:
+        views.append(flat[offset:offset + t.numel()].view(t.shape))
+        offset += t.numel()
+    return views
 
 
 class _FusedPlan:
@@ -650,34 +665,55 @@ def _make_plan(opt: OptarenaOptimizer, key: tuple[Any, ...], consts: dict[str, A
             plan.eager.append(i)  # a strided view cannot be flattened without a copy; a DTensor's shard is local
             continue
         state = states[i]
-        # size class: small tensors are packed (flat ones) or get serial loops, large ones OpenMP-parallel loops
-        small = p.numel() < SMALL_TENSOR
-        kind = ("packed", float(state["step"]) if "step" in state else None) if flatten and small else (
-            not small if flatten else p.dim())
+        step = float(state["step"]) if "step" in state else None
+        # small tensors are packed; the others are chunked by size class (for flat ones: whether inductor should
+        # emit OpenMP-parallel loops)
+        small = p.numel() < SMALL_TENSOR and p.is_contiguous()
+        kind = (("flat", step) if flatten else ("stacked", tuple(p.shape), step)) if small else (
+            "chunked", p.numel() >= SMALL_TENSOR if flatten else p.dim())
         state_dtypes = tuple((k, v.dtype) for k, v in state.items() if k != "step")
         groups[(p.device, p.dtype, tuple(state), state_dtypes, kind)].append(i)
+    for group_key in list(groups):  # too few of one shape to be worth a stack of their own
+        if group_key[-1][0] == "stacked" and len(groups[group_key]) < MIN_STACK:
+            groups[(*group_key[:-1], ("chunked", len(group_key[-1][1])))].extend(groups.pop(group_key))
     buckets: dict[tuple[torch.device, torch.dtype], list[tuple[Any, ...]]] = defaultdict(list)
+    packs: list[tuple[list[tuple[Any, ...]], Callable[[_Pack], Callable[..., None]], tuple[str, ...], list[int]]] = []
     for (device, dtype, state_keys, state_dtypes, kind), members in groups.items():
         work_dtype = torch.float32 if dtype in LOW_PRECISION else dtype
         keys = tuple(k for k in state_keys if k != "step")
         stochastic = bool(consts.get("stochastic_rounding")) and dtype == torch.bfloat16
-
         config = (type(opt), device, dtype, state_dtypes, const_key, with_wd, with_factor, stochastic, threads)
         calls = buckets[(device, work_dtype)]
-        if isinstance(kind, tuple):
-            for pack in _packs(params, states, members, keys, plan):
-                kernel = _kernel(opt, (*config, 1, ("packed", pack.numel >= SMALL_TENSOR)), consts, keys, work_dtype,
-                                 stochastic, flatten)
-                calls.append((kernel, pack.members, [pack.flat_param], [[flat] for flat in pack.flat_state],
-                              pack.steps, pack))
+        if kind[0] == "chunked":
+            start = 0
+            for chunk in opt.fused_chunks:
+                while len(members) - start >= chunk:
+                    idx = members[start:start + chunk]
+                    start += chunk
+                    kernel = _kernel(opt, (*config, chunk, kind), consts, keys, work_dtype, stochastic, flatten)
+                    calls.append((kernel, idx, *_fused_args(params, states, idx, keys, flatten), None))
             continue
-        start = 0
-        for chunk in opt.fused_chunks:
-            while len(members) - start >= chunk:
-                idx = members[start:start + chunk]
-                start += chunk
-                kernel = _kernel(opt, (*config, chunk, kind), consts, keys, work_dtype, stochastic, flatten)
-                calls.append((kernel, idx, *_fused_args(params, states, idx, keys, flatten), None))
+
+        def kernel_for(pack: _Pack, config: tuple[Any, ...] = config, keys: tuple[str, ...] = keys,
+                       work_dtype: torch.dtype = work_dtype, stochastic: bool = stochastic) -> Callable[..., None]:
+            size_class = ("packed", pack.numel >= SMALL_TENSOR, pack.flat_param.dim())
+            return _kernel(opt, (*config, 1, size_class), consts, keys, work_dtype, stochastic, flatten,
+                           stacked=not flatten)
+
+        packs.extend((calls, kernel_for, keys, run) for run in _pack_runs(params, members, flatten))
+    # one pair of scratch buffers per (device, dtype), for the largest pack
+    scratch: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
+    for run in sorted((run for *_, run in packs), key=lambda run: -sum(params[i].numel() for i in run)):
+        p = params[run[0]]
+        if (p.device, p.dtype) not in scratch:
+            numel = sum(params[i].numel() for i in run)
+            scratch[(p.device, p.dtype)] = tuple(torch.empty(numel, dtype=p.dtype, device=p.device) for _ in range(2))
+            plan.scratch_bytes += 2 * numel * p.element_size()
+    for calls, kernel_for, keys, run in packs:
+        pack = _Pack(params, states, run, keys, *scratch[(params[run[0]].device, params[run[0]].dtype)],
+                     stacked=not flatten)
+        calls.append((kernel_for(pack), run, [pack.flat_param], [[flat] for flat in pack.flat_state], pack.steps,
+                      pack))
     plan.buckets = [(device, work_dtype, calls) for (device, work_dtype), calls in buckets.items()]
     plan.state_tensors = [t for s in states for t in s.values()]
     try:  # compile everything first, so that a failure leaves this step to the foreach path untouched
@@ -698,24 +734,23 @@ def _make_plan(opt: OptarenaOptimizer, key: tuple[Any, ...], consts: dict[str, A
     return plan
 
 
-def _packs(params: list[Tensor], states: list[dict[str, Tensor]], members: list[int], keys: tuple[str, ...],
-           plan: _FusedPlan) -> list[_Pack]:
-    """``params[members]`` (small, same device, dtype, state layout and step count) in packs of at most
-    PACK_ELEMENTS elements, in order; their scratch buffers are the plan's, allocated here."""
+def _pack_runs(params: list[Tensor], members: list[int], flat: bool) -> list[list[int]]:
+    """``members`` split, in order, into packs of at most PACK_ELEMENTS elements (or one tensor). Stacks are split
+    evenly, so that none has a single entry, a size the compiler would specialise."""
+    if not flat:
+        per = max(1, PACK_ELEMENTS // params[members[0]].numel())
+        count = -(-len(members) // per)
+        return [members[k * len(members) // count:(k + 1) * len(members) // count] for k in range(count)]
     runs: list[list[int]] = [[]]
     total = 0
     for i in members:
         n = params[i].numel()
-        if total + n > PACK_ELEMENTS:
+        if runs[-1] and total + n > PACK_ELEMENTS:
             runs.append([])
             total = 0
         runs[-1].append(i)
         total += n
-    largest = max(sum(params[i].numel() for i in run) for run in runs)
-    first = params[members[0]]
-    scratch_params, scratch_grads = (torch.empty(largest, dtype=first.dtype, device=first.device) for _ in range(2))
-    plan.scratch_bytes += 2 * largest * first.element_size()
-    return [_Pack(params, states, run, keys, scratch_params, scratch_grads) for run in runs]
+    return runs
 
 
 def _fused_args(params: list[Tensor], states: list[dict[str, Tensor]], idx: list[int], keys: tuple[str, ...],

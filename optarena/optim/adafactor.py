@@ -50,11 +50,19 @@ def column_square_means(grad: Tensor) -> Tensor:
     return blocks.square().sum(dim=-2).sum(dim=-2, keepdim=True).div_(rows)
 
 
+def rms(xs: list[Tensor], stacked: bool) -> list[Scalar]:
+    """Each tensor's root mean square; with ``stacked``, each entry's along dim 0, shaped to broadcast against it."""
+    if stacked:
+        return [torch.linalg.vector_norm(x, dim=tuple(range(1, x.dim())), keepdim=True) / math.sqrt(x[0].numel())
+                for x in xs]
+    return [as_number(n) / math.sqrt(x.numel()) for n, x in zip(norms(xs), xs)]
+
+
 def adafactor_update(params: list[Tensor], grads: list[Tensor], row_vars: list[Tensor | None],
                      col_vars: list[Tensor | None], variances: list[Tensor | None], exp_avgs: list[Tensor | None],
                      *, steps: list[Scalar], lr: Scalar, beta2_decay: float, eps1: float | None, eps2: float,
                      clip_threshold: float, weight_decay: Scalar, beta1: float | None, relative_step: bool,
-                     scale_parameter: bool, warmup_init: bool) -> None:
+                     scale_parameter: bool, warmup_init: bool, stacked: bool = False) -> None:
     """The Adafactor rule on lists of tensors. Second moments are factored over the last two dims of tensors
     with ≥ 2 dims (``row_vars``/``col_vars``), kept whole otherwise (``variances``)::
 
@@ -63,13 +71,11 @@ def adafactor_update(params: list[Tensor], grads: list[Tensor], row_vars: list[T
         m ← beta1·m + (1 − beta1)·Û  (if beta1);   θ ← θ·(1 − lr·wd) − α_t·(m or Û)
         α_t = ρ_t·max(eps2, RMS(θ)) with scale_parameter, else ρ_t
 
-    The per-tensor reductions run in a loop; the elementwise work over all tensors uses foreach ops.
+    The per-tensor reductions run in a loop; the elementwise work over all tensors uses foreach ops. With
+    ``stacked`` each tensor (and its state) holds several same-shape parameters along dim 0, all at one step count
+    (the fused step's packs of small tensors): the factors and RMS are then per entry.
     """
-    numels = [p.numel() for p in params]
-    if scale_parameter:
-        param_rms = [as_number(n) / math.sqrt(k) for n, k in zip(norms(params), numels)]
-    else:
-        param_rms = [1.0] * len(params)
+    param_rms = rms(params, stacked) if scale_parameter else [1.0] * len(params)
     step_sizes = [relative_step_size(t, lr, relative_step, warmup_init) * (smax(eps2, r) if scale_parameter else 1)
                   for t, r in zip(steps, param_rms)]
     if is_nonzero(weight_decay):
@@ -99,8 +105,7 @@ def adafactor_update(params: list[Tensor], grads: list[Tensor], row_vars: list[T
             scale = variance.clamp(min=tiny * tiny).rsqrt_()
         updates.append(scale.mul_(grad))
 
-    clip_divisors = [smax(1.0, as_number(n) / (math.sqrt(k) * clip_threshold))
-                     for n, k in zip(norms(updates), numels)]
+    clip_divisors = [smax(1.0, r / clip_threshold) for r in rms(updates, stacked)]
     if beta1 is not None:
         clip_divisors, steps_down = hoisted(clip_divisors, [-a for a in step_sizes])
         div_(updates, clip_divisors)
@@ -140,7 +145,7 @@ class Adafactor(OptarenaOptimizer):
         maximize, foreach, fused, state_dtype, stochastic_rounding: as :class:`optarena.Lion`.
     """
 
-    fused_flatten = False  # the factored moments need each tensor's real shape
+    fused_flatten = False  # the factored moments need each tensor's real shape; same-shape ones are stacked
 
     fused_chunks = (8, 1)  # compile time grows with the tensors per kernel and the math per tensor
 
@@ -195,7 +200,7 @@ class Adafactor(OptarenaOptimizer):
         return state
 
     def _update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-                states: list[dict[str, Tensor]]) -> None:
+                states: list[dict[str, Tensor]], stacked: bool = False) -> None:
         eps1, eps2 = group["eps"]
         beta1 = group["beta1"]
         if beta1 is not None:
@@ -208,4 +213,4 @@ class Adafactor(OptarenaOptimizer):
             steps=step_values(states), lr=group["lr"], beta2_decay=group["beta2_decay"],
             eps1=eps1, eps2=eps2, clip_threshold=group["clip_threshold"], weight_decay=group["weight_decay"],
             beta1=beta1, relative_step=group["relative_step"], scale_parameter=group["scale_parameter"],
-            warmup_init=group["warmup_init"])
+            warmup_init=group["warmup_init"], stacked=stacked)
