@@ -22,10 +22,11 @@ try:
 except ImportError:  # tests/ is a package
     from tests.cases import CASES, build
 
-# 0-d, 1-d, 2-d, 3-d; 15 flat tensors and four 4×3 matrices (the elementwise algorithms pack all of these small
-# tensors into flat kernels; Adafactor stacks the 11 same-shape vectors and the four matrices, and calls kernels on
-# the others in chunks); one non-contiguous view (loop path; Adafactor: a chunked 2-D kernel)
-SHAPES = [(), (7,), (5, 6), (3, 4, 2)] + [(9,)] * 11 + [(4, 3)] * 4
+# 0-d, 1-d, 2-d, 3-d; 15 flat tensors, four 4×3 matrices and four more scalars (the elementwise algorithms pack all
+# of these small tensors into flat kernels; Adafactor stacks the 11 same-shape vectors, the four matrices and the
+# five scalars, and calls kernels on the others in chunks); one non-contiguous view (loop path; Adafactor: a chunked
+# 2-D kernel)
+SHAPES = [(), (7,), (5, 6), (3, 4, 2)] + [(9,)] * 11 + [(4, 3)] * 4 + [()] * 4
 STEPS = 4
 RTOL, ATOL = 2e-5, 1e-6  # one fp32 step; the compiler may contract a·b + c into an FMA or reorder scalar math
 
@@ -205,7 +206,7 @@ def test_grads_untouched_and_maximize() -> None:
 def test_no_step_temporaries_larger_than_the_largest_param(monkeypatch: pytest.MonkeyPatch) -> None:
     """Nothing is allocated per step; the packs' scratch buffers, kept between steps, hold at most PACK_ELEMENTS
     elements each however many small tensors there are."""
-    monkeypatch.setattr(_base, "PACK_ELEMENTS", 40)  # the 198 small elements of make_params make several packs
+    monkeypatch.setattr(_base, "PACK_ELEMENTS", 40)  # the 202 small elements of make_params make several packs
     params = make_params()
     opt = optarena.Lion(params, lr=1e-3, fused=True)
     set_grads(params, 0)

@@ -52,9 +52,9 @@ def column_square_means(grad: Tensor) -> Tensor:
 
 def rms(xs: list[Tensor], stacked: bool) -> list[Scalar]:
     """Each tensor's root mean square; with ``stacked``, each entry's along dim 0, shaped to broadcast against it."""
-    if stacked:
+    if stacked:  # a stack of scalars is 1-D: its entries' RMS is |x| (vector_norm over dim=() would reduce all)
         return [torch.linalg.vector_norm(x, dim=tuple(range(1, x.dim())), keepdim=True) / math.sqrt(x[0].numel())
-                for x in xs]
+                if x.dim() > 1 else x.abs() for x in xs]
     return [as_number(n) / math.sqrt(x.numel()) for n, x in zip(norms(xs), xs)]
 
 
