@@ -114,6 +114,37 @@ def test_no_recompiles_over_100_steps_with_a_changing_lr() -> None:
     assert len(_base._kernels) == kernels
 
 
+@pytest.mark.parametrize("name", ["Adafactor", "Lion"])
+def test_kernels_compile_only_on_stand_ins(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every graph is compiled by the stand-in call in ``_compile`` (timed, with its compile settings): the real
+    steps compile nothing. Adafactor keeps dynamo's guards, which a Parameter (against a plain stand-in) or sizes
+    that were equal only among the stand-ins once failed on the first real step."""
+    def graphs() -> int:
+        return torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+    inside = []
+    compile_on_stand_ins = _base._compile
+
+    def counted(*args, **kwargs):
+        before = graphs()
+        compile_on_stand_ins(*args, **kwargs)
+        inside.append(graphs() - before)
+
+    monkeypatch.setattr(_base, "_compile", counted)
+    params = make_params()
+    # hyper-parameters no other test uses: kernels of their own, compiled in this test
+    if name == "Adafactor":
+        opt = optarena.Adafactor(params, eps=(1.25e-30, 1.25e-3), fused=True)
+    else:
+        opt = optarena.Lion(params, betas=(0.875, 0.99), fused=True)
+    before = graphs()
+    for step in range(3):
+        set_grads(params, step)
+        opt.step()
+    assert sum(inside) > 0
+    assert graphs() - before == sum(inside)
+
+
 def test_bf16_params_fused_equal_loop_rounding() -> None:
     loop_params = [torch.nn.Parameter(p.detach().bfloat16()) for p in make_params()]
     fused_params = [torch.nn.Parameter(p.detach().clone()) for p in loop_params]

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeAlias
 
 import torch
+import torch.fx.experimental._config as fx_config
 from torch import Tensor
 from torch.optim import Optimizer
 
@@ -439,8 +440,10 @@ def step_values(states: list[dict[str, Tensor]]) -> list[Scalar]:
 
 # --------------------------------------------------------------------------------------------- the fused step
 #: Options of every fused kernel: no per-call size asserts (their cost grows with the tensor count and the inputs
-#: are checked here once).
-_INDUCTOR_OPTIONS: dict[str, Any] = {"size_asserts": False}
+#: are checked here once); ``hoisted``'s table written by one loop (on CPU inductor otherwise writes each of its
+#: cells into its own alias of the table, one Python ``reinterpret_tensor`` call per cell per kernel call: 48 for
+#: Adan's 16-tensor kernel, a quarter of its 126 µs of fixed cost per call).
+_INDUCTOR_OPTIONS: dict[str, Any] = {"size_asserts": False, "force_pointwise_cat": True}
 _kernels: dict[tuple[Any, ...], Callable[..., None]] = {}
 #: Tensors with fewer elements are updated by serial loops: a parallel region per tiny tensor costs more than it
 #: saves. Larger ones are compiled on large stand-in sizes, so that inductor emits OpenMP-parallel loops.
@@ -721,7 +724,9 @@ def _make_plan(opt: OptarenaOptimizer, key: tuple[Any, ...], consts: dict[str, A
             wd = wd if with_wd else None
             factor = factor if with_factor else None
             for kernel, idx, ps, bufs, steps, pack in calls:
-                if not getattr(kernel, "_optarena_ready", False):
+                # a kernel that keeps its guards is run on stand-ins of each call's tensors: one whose shapes it was
+                # not compiled for compiles here, not in the step
+                if not flatten or not getattr(kernel, "_optarena_ready", False):
                     gs = [pack.flat_grad] if pack is not None else [params[i].grad for i in idx]
                     _compile(opt, kernel, (ps, gs, bufs, steps), lr, wd, factor, flatten, pack is not None)
     except Exception as err:  # noqa: BLE001 - whatever the compiler raised, foreach still works
@@ -758,7 +763,7 @@ def _fused_args(params: list[Tensor], states: list[dict[str, Tensor]], idx: list
         ps = [params[i].view(-1) for i in idx]
         bufs = [[states[i][k].view(-1) for i in idx] for k in keys]
     else:
-        ps = [params[i] for i in idx]
+        ps = [params[i].detach() for i in idx]  # a plain tensor, as the stand-ins it is compiled on (guards check types)
         bufs = [[states[i][k] for i in idx] for k in keys]
     # 1-element views: torch 2.13's compiled code drops in-place updates of 0-d float64 CPU inputs
     steps = [states[i]["step"].view(1) for i in idx] if "step" in states[idx[0]] else []
@@ -786,6 +791,11 @@ def _compile(opt: OptarenaOptimizer, kernel: Callable[..., None], args: tuple[An
         fake_bufs = [[b.detach().clone() for b in row] for row in bufs]
     # a pack's step vector has one entry per member: 3 so that its length is not specialised to 1
     fake_steps = [torch.zeros(3 if packed else 1, dtype=s.dtype, device=s.device) for s in steps]
-    kernel(fake, fake_grads, fake_bufs, fake_steps, lr, wd, factor)
+    # Dynamo would first trace the group's floats (betas, eps) as symbolic inputs, find that they must be constants
+    # and trace again from the start (a quarter of a cold compile); they are constants of the kernel's key anyway.
+    # Without duck shapes, sizes that happen to be equal here (a stack's length and the step vector's) get no
+    # equality guard that the real tensors would fail.
+    with torch._dynamo.config.patch(specialize_float=True), fx_config.patch(use_duck_shape=False):
+        kernel(fake, fake_grads, fake_bufs, fake_steps, lr, wd, factor)
     opt.fused_compile_seconds += time.perf_counter() - start
     kernel._optarena_ready = True  # type: ignore[attr-defined]
