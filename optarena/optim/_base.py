@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeAlias
 
 import torch
-import torch.fx.experimental._config as fx_config
 from torch import Tensor
 from torch.optim import Optimizer
 
@@ -789,13 +788,13 @@ def _compile(opt: OptarenaOptimizer, kernel: Callable[..., None], args: tuple[An
         fake = [p.detach().clone() for p in ps]
         fake_grads = [g.detach().clone() for g in gs]
         fake_bufs = [[b.detach().clone() for b in row] for row in bufs]
-    # a pack's step vector has one entry per member: 3 so that its length is not specialised to 1
-    fake_steps = [torch.zeros(3 if packed else 1, dtype=s.dtype, device=s.device) for s in steps]
+    # A flat pack's step vector has one entry per member: 3 so that its length is not specialised to 1. Guarded
+    # kernels get the real lengths: a stand-in length equal to some size of the stand-ins by chance (dynamo then
+    # assumes they are equal) would fail a guard on the first real step.
+    fake_steps = [torch.zeros(3 if packed and flatten else s.numel(), dtype=s.dtype, device=s.device) for s in steps]
     # Dynamo would first trace the group's floats (betas, eps) as symbolic inputs, find that they must be constants
     # and trace again from the start (a quarter of a cold compile); they are constants of the kernel's key anyway.
-    # Without duck shapes, sizes that happen to be equal here (a stack's length and the step vector's) get no
-    # equality guard that the real tensors would fail.
-    with torch._dynamo.config.patch(specialize_float=True), fx_config.patch(use_duck_shape=False):
+    with torch._dynamo.config.patch(specialize_float=True):
         kernel(fake, fake_grads, fake_bufs, fake_steps, lr, wd, factor)
     opt.fused_compile_seconds += time.perf_counter() - start
     kernel._optarena_ready = True  # type: ignore[attr-defined]
