@@ -322,11 +322,14 @@ def scalar_fn(value: Scalar, tensor_fn: Callable[[Tensor], Tensor], number_fn: C
 
 
 def norms(xs: list[Tensor]) -> list[Tensor]:
-    """Each tensor's 2-norm: one foreach kernel eagerly; inside the compiled step per-tensor reductions, which
+    """Each tensor's 2-norm: one foreach kernel eagerly. Inside the compiled step per-tensor reductions, which
     inductor parallelises and fuses with the loops that produce their input (``_foreach_norm`` is opaque to it: a
-    single-threaded call, with its input written out in full first)."""
+    single-threaded call, with its input written out in full first); a matrix's rows are summed first, so that its
+    row sums share the kernel's OpenMP region (a reduction to one number opens a region of its own per tensor;
+    Adafactor's step on 200 tensors of 256×320 went from 26.3 to 25.3 ms, on one of 4096² from 20.4–23.3 to
+    18.3–19.6 ms)."""
     if torch.compiler.is_compiling():
-        return [torch.linalg.vector_norm(x) for x in xs]
+        return [x.square().sum(-1).sum().sqrt() if x.dim() >= 2 else torch.linalg.vector_norm(x) for x in xs]
     return torch._foreach_norm(xs)
 
 
@@ -762,7 +765,7 @@ def _fused_args(params: list[Tensor], states: list[dict[str, Tensor]], idx: list
         ps = [params[i].view(-1) for i in idx]
         bufs = [[states[i][k].view(-1) for i in idx] for k in keys]
     else:
-        ps = [params[i].detach() for i in idx]  # a plain tensor, as the stand-ins it is compiled on (guards check types)
+        ps = [params[i].detach() for i in idx]  # a plain tensor, as the stand-ins (guards check types)
         bufs = [[states[i][k] for i in idx] for k in keys]
     # 1-element views: torch 2.13's compiled code drops in-place updates of 0-d float64 CPU inputs
     steps = [states[i]["step"].view(1) for i in idx] if "step" in states[idx[0]] else []
