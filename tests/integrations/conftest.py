@@ -1,10 +1,15 @@
 """Set-up for the framework integration tests: offline, every framework's files under a temporary directory, and
 a pure-PyTorch CPU nms for torchvision (its registry wheel's C++ ops do not load next to the CPU torch pin)."""
 
+import importlib.util
 import os
 import sys
 import tempfile
 from pathlib import Path
+
+if importlib.util.find_spec("torchvision") is None:  # fail loudly, with the fix, rather than skip these tests
+    raise ModuleNotFoundError('the integration tests need the "integrations" extra (torchvision is missing): '
+                              'pip install -c constraints.txt -e ".[dev,integrations]"')
 
 _HOME = Path(tempfile.mkdtemp(prefix="optarena-integrations-"))
 # Before any framework is imported: where they would write settings, caches and logs, and no network.
