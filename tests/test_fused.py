@@ -145,6 +145,24 @@ def test_kernels_compile_only_on_stand_ins(name: str, monkeypatch: pytest.Monkey
     assert graphs() - before == sum(inside)
 
 
+def test_guarded_kernels_take_chunks_of_one_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Adafactor's kernels see real shapes and keep their guards: a chunk of mixed shapes would compile again for
+    each pattern of equal sizes in it, so chunks are cut per shape (the 4- and 2-tensor kernels take what is left
+    of a shape)."""
+    monkeypatch.setattr(_base, "SMALL_TENSOR", 16)  # these matrices are chunked, not stacked
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in [(5, 6), (6, 5), (4, 4)] * 5 + [(5, 6)] * 3]
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen)
+    opt = optarena.Adafactor(params, eps=(1.5e-30, 1.5e-3), fused=True)  # kernels of this test's own
+    opt.step()
+    (plan,) = opt._fused_plans.values()
+    calls = [idx for _, _, bucket in plan.buckets for _, idx, *_ in bucket]
+    assert sorted(i for idx in calls for i in idx) == list(range(len(params)))
+    assert all(len({params[i].shape for i in idx}) == 1 for idx in calls)
+    assert sorted(len(idx) for idx in calls) == [1, 1, 4, 4, 8]  # 8 of (5, 6); 4 + 1 of each of the others
+
+
 def test_bf16_params_fused_equal_loop_rounding() -> None:
     loop_params = [torch.nn.Parameter(p.detach().bfloat16()) for p in make_params()]
     fused_params = [torch.nn.Parameter(p.detach().clone()) for p in loop_params]

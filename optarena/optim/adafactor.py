@@ -147,7 +147,10 @@ class Adafactor(OptarenaOptimizer):
 
     fused_flatten = False  # the factored moments need each tensor's real shape; same-shape ones are stacked
 
-    fused_chunks = (8, 1)  # compile time grows with the tensors per kernel and the math per tensor
+    # Compile time grows with the tensors per kernel and the math per tensor. Chunks hold tensors of one shape: the
+    # 4 and 2 keep the calls few where a shape has fewer than 8 tensors (a 6-layer model of 25 matrices: 6.7 ms per
+    # step against 9.9 ms with single calls)
+    fused_chunks = (8, 4, 2, 1)
 
     def __init__(self, params: ParamsT, lr: float = 1e-2, beta2_decay: float = -0.8,
                  eps: tuple[float | None, float] = (None, 1e-3), clip_threshold: float = 1.0,
