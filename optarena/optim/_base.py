@@ -733,11 +733,14 @@ def _make_plan(opt: OptarenaOptimizer, key: tuple[Any, ...], consts: dict[str, A
             wd = wd if with_wd else None
             factor = factor if with_factor else None
             for kernel, idx, ps, bufs, steps, pack in calls:
-                # a kernel that keeps its guards is run on stand-ins of each call's tensors: one whose shapes it was
-                # not compiled for compiles here, not in the step
-                if not flatten or not getattr(kernel, "_optarena_ready", False):
+                # A kernel without guards runs whatever it was compiled on; one that keeps them (real shapes) is
+                # run on stand-ins of each new shape, so that a shape it was not compiled for compiles here, not in
+                # the step.
+                shapes = None if flatten else tuple(p.shape for p in ps)
+                if shapes not in kernel.__dict__.setdefault("_optarena_shapes", set()):
                     gs = [pack.flat_grad] if pack is not None else [params[i].grad for i in idx]
                     _compile(opt, kernel, (ps, gs, bufs, steps), lr, wd, factor, flatten, pack is not None)
+                    kernel._optarena_shapes.add(shapes)
     except Exception as err:  # noqa: BLE001 - whatever the compiler raised, foreach still works
         _compile_error.append(f"{type(err).__name__}: {err}")
         warnings.warn(f"{type(opt).__name__}(fused=True): torch.compile failed ({_compile_error[0][:500]}); "
@@ -781,9 +784,10 @@ def _fused_args(params: list[Tensor], states: list[dict[str, Tensor]], idx: list
 
 def _compile(opt: OptarenaOptimizer, kernel: Callable[..., None], args: tuple[Any, ...], lr: Tensor,
              wd: Tensor | None, factor: Tensor | None, flatten: bool, packed: bool) -> None:
-    """Compile ``kernel`` on stand-in tensors (the real ones stay untouched if compilation fails), of distinct odd
-    sizes so that no size is specialised to 0, 1 or another tensor's size; the sizes are inductor's hints for
-    whether to parallelise, so they are large for the large-tensor kernels."""
+    """Compile ``kernel`` on stand-in tensors (the real ones stay untouched if compilation fails). A 1-D kernel's
+    are of distinct odd sizes, so that no size is specialised to 0, 1 or another tensor's size (the sizes are
+    inductor's hints for whether to parallelise, so they are large for the large-tensor kernels); a kernel with real
+    shapes gets clones of its arguments."""
     import time
 
     ps, gs, bufs, steps = args
@@ -807,4 +811,3 @@ def _compile(opt: OptarenaOptimizer, kernel: Callable[..., None], args: tuple[An
     with torch._dynamo.config.patch(specialize_float=True):
         kernel(fake, fake_grads, fake_bufs, fake_steps, lr, wd, factor)
     opt.fused_compile_seconds += time.perf_counter() - start
-    kernel._optarena_ready = True  # type: ignore[attr-defined]
