@@ -8,6 +8,7 @@ every step), so differences are the rounding of one step, not a drift of traject
 
 from __future__ import annotations
 
+import types
 import warnings
 
 import pytest
@@ -59,11 +60,14 @@ def lion_c(opt: torch.optim.Optimizer, p: torch.Tensor) -> torch.Tensor:
     return beta1 * opt.state[p]["exp_avg"] + (1 - beta1) * p.grad
 
 
+@pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16], ids=["fp32-state", "bf16-state"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_fused_equals_loop(case: str) -> None:
+def test_fused_equals_loop(case: str, state_dtype: torch.dtype) -> None:
     loop_params, fused_params = make_params(), make_params()
-    loop = build(case, loop_params, foreach=False)
-    fused = build(case, fused_params, fused=True)
+    loop = build(case, loop_params, foreach=False, state_dtype=state_dtype)
+    fused = build(case, fused_params, fused=True, state_dtype=state_dtype)
+    # bf16 state: both paths round fp32 moments that may differ in their last bits: at most one bf16 ulp apart
+    state_tol = dict(rtol=RTOL, atol=ATOL) if state_dtype == torch.float32 else dict(rtol=2**-7, atol=ATOL)
     # a schedule changes lr every step: the kernels take it as a tensor
     scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: 1 / (1 + s)) for o in (loop, fused)]
     is_lion = isinstance(loop, optarena.Lion) and not isinstance(loop, optarena.RLion)
@@ -86,7 +90,7 @@ def test_fused_equals_loop(case: str) -> None:
             else:
                 torch.testing.assert_close(b, a, rtol=RTOL, atol=ATOL, msg=lambda m, s=step: f"{case}, step {s}: {m}")
             for key, value in loop.state[a].items():
-                torch.testing.assert_close(fused.state[b][key], value, rtol=RTOL, atol=ATOL)
+                torch.testing.assert_close(fused.state[b][key], value, **state_tol)
         sync(fused, fused_params, loop, loop_params)
         for s in scheds:
             s.step()
@@ -161,6 +165,50 @@ def test_guarded_kernels_take_chunks_of_one_shape(monkeypatch: pytest.MonkeyPatc
     assert sorted(i for idx in calls for i in idx) == list(range(len(params)))
     assert all(len({params[i].shape for i in idx}) == 1 for idx in calls)
     assert sorted(len(idx) for idx in calls) == [1, 1, 4, 4, 8]  # 8 of (5, 6); 4 + 1 of each of the others
+
+
+def test_kernels_mixing_fp32_and_bf16_are_vectorised_at_the_bf16_width(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inductor alone vectorises this kernel at float32's width, since one of its loops (the float32 parameter
+    copied back) has no bf16 tensor; its bf16 loads and stores are then half-width masked ones, which cost more than
+    the bytes they save. Under ``low_precision_tiling`` every loop takes bf16's width."""
+    from torch._inductor import cpu_vec_isa
+    from torch._inductor.codegen import cpp
+
+    from optarena.optim import _codegen
+
+    isa = cpu_vec_isa.pick_vec_isa()
+    if not isa:
+        pytest.skip("inductor finds no vector instruction set on this CPU")
+    widths: list[int] = []
+    select_tiling = cpp.TilingSelect.select_tiling
+
+    def recorded(self, fn_list, var_sizes_list):
+        factors, indices, stats = select_tiling(self, fn_list, var_sizes_list)
+        widths.extend(factors)
+        return factors, indices, stats
+
+    monkeypatch.setattr(cpp.TilingSelect, "select_tiling", recorded)
+
+    def lion_like(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor) -> None:
+        m_fp32 = m.float()
+        p.add_(torch.sign(0.9 * m_fp32 + 0.1 * g), alpha=-1e-3)
+        m.copy_(m_fp32 + 0.01 * (g - m_fp32))
+
+    def compile_and_run(name: str) -> list[int]:
+        widths.clear()
+        # a code object of its own: dynamo caches compiled frames per code object
+        fn = types.FunctionType(lion_like.__code__.replace(co_name=name), globals())
+        p, g, m = torch.randn(1000), torch.randn(1000), torch.randn(1000).bfloat16()
+        torch.compile(fn, fullgraph=True)(p, g, m)
+        return list(widths)
+
+    with torch._inductor.config.patch(force_disable_caches=True):
+        plain = compile_and_run("lion_like_plain")
+        with _codegen.low_precision_tiling():
+            adjusted = compile_and_run("lion_like_adjusted")
+    assert plain == [isa.nelements(torch.float32)]
+    assert adjusted == [isa.nelements(torch.bfloat16)]
+    assert cpp.TilingSelect.select_tiling is recorded  # restored on exit
 
 
 def test_bf16_params_fused_equal_loop_rounding() -> None:

@@ -509,6 +509,7 @@ def _kernel(opt: OptarenaOptimizer, key: tuple[Any, ...], consts: dict[str, Any]
             work_dtype: torch.dtype, stochastic: bool, flatten: bool, stacked: bool = False) -> Callable[..., None]:
     kernel = _kernels.get(key)
     if kernel is None:
+        from . import _codegen
         # an uninitialised instance: the kernel needs the class's math, not this optimizer (nor to keep it alive)
         bare = object.__new__(type(opt))
         update = functools.partial(bare._update, stacked=True) if stacked else bare._update
@@ -518,7 +519,8 @@ def _kernel(opt: OptarenaOptimizer, key: tuple[Any, ...], consts: dict[str, Any]
         body = types.FunctionType(code, body.__globals__, code.co_name, None, body.__closure__)
         # the thread count is compiled into the C++ kernel; naming it keeps inductor's on-disk cache from handing a
         # kernel built for another thread count (e.g. a 1-thread test run) to this process
-        options = {**_INDUCTOR_OPTIONS, "cpp.threads": torch.get_num_threads()}
+        options = {**_INDUCTOR_OPTIONS, "cpp.threads": torch.get_num_threads(),
+                   "post_grad_custom_post_pass": _codegen.CACHE_KEY}
         if flatten:
             # Guards would cost ~1 µs per tensor per call. Safe to drop: ``key`` pins everything they would check
             # (count, dtypes, device, constants), shapes are dynamic 1-D and the kernel was compiled on distinct odd
@@ -790,6 +792,8 @@ def _compile(opt: OptarenaOptimizer, kernel: Callable[..., None], args: tuple[An
     shapes gets clones of its arguments."""
     import time
 
+    from . import _codegen
+
     ps, gs, bufs, steps = args
     start = time.perf_counter()
     if flatten:
@@ -808,6 +812,6 @@ def _compile(opt: OptarenaOptimizer, kernel: Callable[..., None], args: tuple[An
     fake_steps = [torch.zeros(3 if packed and flatten else s.numel(), dtype=s.dtype, device=s.device) for s in steps]
     # Dynamo would first trace the group's floats (betas, eps) as symbolic inputs, find that they must be constants
     # and trace again from the start (a quarter of a cold compile); they are constants of the kernel's key anyway.
-    with torch._dynamo.config.patch(specialize_float=True):
+    with torch._dynamo.config.patch(specialize_float=True), _codegen.low_precision_tiling():
         kernel(fake, fake_grads, fake_bufs, fake_steps, lr, wd, factor)
     opt.fused_compile_seconds += time.perf_counter() - start
