@@ -527,7 +527,7 @@ def _kernel(opt: OptarenaOptimizer, key: tuple[Any, ...], consts: dict[str, Any]
             # sizes, so no size was specialised.
             options["guard_filter_fn"] = torch.compiler.skip_all_guards_unsafe
             # Each tensor's last < 32 elements take a scalar loop: a vectorised tail restates the whole body with
-            # masks, which doubled gcc's time (Adan's 16-tensor kernel with bf16 state: 10.5 -> 5.6 s).
+            # masks, which doubled gcc's time (Adan's 16-tensor kernel with bf16 state: 10.4–11.7 -> 4.2–4.3 s).
             options["cpp.enable_loop_tail_vec"] = False
         kernel = torch.compile(body, fullgraph=True, dynamic=True, options=options)
         _kernels[key] = kernel
