@@ -519,7 +519,8 @@ def _kernel(opt: OptarenaOptimizer, key: tuple[Any, ...], consts: dict[str, Any]
         code = body.__code__.replace(co_name=f"fused_step_{len(_kernels)}")
         body = types.FunctionType(code, body.__globals__, code.co_name, None, body.__closure__)
         # the thread count is compiled into the C++ kernel; naming it keeps inductor's on-disk cache from handing a
-        # kernel built for another thread count (e.g. a 1-thread test run) to this process
+        # kernel built for another thread count (e.g. a 1-thread test run) to this process. CACHE_KEY does the same
+        # for kernels generated without ``_codegen``'s adjustment.
         options = {**_INDUCTOR_OPTIONS, "cpp.threads": torch.get_num_threads(),
                    "post_grad_custom_post_pass": _codegen.CACHE_KEY}
         if flatten:
