@@ -211,6 +211,31 @@ def test_kernels_mixing_fp32_and_bf16_are_vectorised_at_the_bf16_width(monkeypat
     assert cpp.TilingSelect.select_tiling is recorded  # restored on exit
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fast_arctan_is_within_4_ulp(dtype: torch.dtype) -> None:
+    """RLion's float32 arctan takes Sleef's 3.5-ulp variant on AVX-512 (also in the 2-vector form that bf16 kernels
+    use): the result stays within 4 float32 ulp of float64's."""
+    from torch._inductor import cpu_vec_isa
+    from torch._inductor.utils import run_and_get_code
+
+    from optarena.optim import _codegen
+
+    def scaled_arctan(x: torch.Tensor, out: torch.Tensor) -> None:
+        out.copy_(torch.atan(x.float() * 300.0))
+
+    fn = types.FunctionType(scaled_arctan.__code__.replace(co_name=f"scaled_arctan_{dtype}".replace(".", "_")),
+                            globals())
+    x = (torch.randn(5000, generator=torch.Generator().manual_seed(0)) * 0.1).to(dtype)
+    out = torch.empty(5000)
+    with torch._inductor.config.patch(force_disable_caches=True), _codegen.adjusted_codegen():
+        _, code = run_and_get_code(torch.compile(fn, fullgraph=True), x, out)
+    expected = torch.atan(x.double() * 300.0)
+    ulp = torch.finfo(torch.float32).eps * expected.abs()
+    assert ((out.double() - expected).abs() <= 4 * ulp).all()
+    isa = cpu_vec_isa.pick_vec_isa()
+    assert ("Sleef_atanf16_u35" in "\n".join(code)) == bool(isa and isa.bit_width() == 512)
+
+
 def test_bf16_params_fused_equal_loop_rounding() -> None:
     loop_params = [torch.nn.Parameter(p.detach().bfloat16()) for p in make_params()]
     fused_params = [torch.nn.Parameter(p.detach().clone()) for p in loop_params]

@@ -520,7 +520,7 @@ def _kernel(opt: OptarenaOptimizer, key: tuple[Any, ...], consts: dict[str, Any]
         body = types.FunctionType(code, body.__globals__, code.co_name, None, body.__closure__)
         # the thread count is compiled into the C++ kernel; naming it keeps inductor's on-disk cache from handing a
         # kernel built for another thread count (e.g. a 1-thread test run) to this process. CACHE_KEY does the same
-        # for kernels generated without ``_codegen``'s adjustment.
+        # for kernels generated without ``_codegen``'s adjustments.
         options = {**_INDUCTOR_OPTIONS, "cpp.threads": torch.get_num_threads(),
                    "post_grad_custom_post_pass": _codegen.CACHE_KEY}
         if flatten:
@@ -817,6 +817,6 @@ def _compile(opt: OptarenaOptimizer, kernel: Callable[..., None], args: tuple[An
     fake_steps = [torch.zeros(3 if packed and flatten else s.numel(), dtype=s.dtype, device=s.device) for s in steps]
     # Dynamo would first trace the group's floats (betas, eps) as symbolic inputs, find that they must be constants
     # and trace again from the start (a quarter of a cold compile); they are constants of the kernel's key anyway.
-    with torch._dynamo.config.patch(specialize_float=True), _codegen.low_precision_tiling():
+    with torch._dynamo.config.patch(specialize_float=True), _codegen.adjusted_codegen():
         kernel(fake, fake_grads, fake_bufs, fake_steps, lr, wd, factor)
     opt.fused_compile_seconds += time.perf_counter() - start
