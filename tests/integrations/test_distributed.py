@@ -43,7 +43,12 @@ def launch(case: str, out: Path) -> dict[str, Any]:
             for p in procs:
                 p.kill()
             raise
-    assert all(p.returncode == 0 for p in procs), "\n".join(logs)[-6000:]
+    for rank, (proc, log) in enumerate(zip(procs, logs)):
+        # Even after the final barrier, gloo's teardown aborted once in ~10 full-suite runs ("terminate called
+        # without an active exception", the rank's work all done): that is gloo's exit, not the code under test.
+        finished = (out / f"{case}.rank{rank}.done").exists()
+        teardown_abort = finished and "terminate called without an active exception" in log
+        assert proc.returncode == 0 or teardown_abort, "\n".join(logs)[-6000:]
     return torch.load(out / f"{case}.pt", weights_only=True)
 
 
