@@ -167,6 +167,12 @@ def test_guarded_kernels_take_chunks_of_one_shape(monkeypatch: pytest.MonkeyPatc
     assert sorted(len(idx) for idx in calls) == [1, 1, 4, 4, 8]  # 8 of (5, 6); 4 + 1 of each of the others
 
 
+def with_own_code(fn, name: str):
+    """``fn`` with a code object of its own, so that dynamo (which caches compiled frames per code object) compiles
+    it afresh."""
+    return types.FunctionType(fn.__code__.replace(co_name=name), fn.__globals__)
+
+
 def test_kernels_mixing_fp32_and_bf16_are_vectorised_at_the_bf16_width(monkeypatch: pytest.MonkeyPatch) -> None:
     """Inductor alone vectorises this kernel at float32's width, since one of its loops (the float32 parameter
     copied back) has no bf16 tensor; its bf16 loads and stores are then half-width masked ones, which cost more than
@@ -196,8 +202,7 @@ def test_kernels_mixing_fp32_and_bf16_are_vectorised_at_the_bf16_width(monkeypat
 
     def compile_and_run(name: str) -> list[int]:
         widths.clear()
-        # a code object of its own: dynamo caches compiled frames per code object
-        fn = types.FunctionType(lion_like.__code__.replace(co_name=name), globals())
+        fn = with_own_code(lion_like, name)
         p, g, m = torch.randn(1000), torch.randn(1000), torch.randn(1000).bfloat16()
         torch.compile(fn, fullgraph=True)(p, g, m)
         return list(widths)
@@ -223,8 +228,7 @@ def test_fast_arctan_is_within_4_ulp(dtype: torch.dtype) -> None:
     def scaled_arctan(x: torch.Tensor, out: torch.Tensor) -> None:
         out.copy_(torch.atan(x.float() * 300.0))
 
-    fn = types.FunctionType(scaled_arctan.__code__.replace(co_name=f"scaled_arctan_{dtype}".replace(".", "_")),
-                            globals())
+    fn = with_own_code(scaled_arctan, f"scaled_arctan_{dtype}".replace(".", "_"))
     x = (torch.randn(5000, generator=torch.Generator().manual_seed(0)) * 0.1).to(dtype)
     out = torch.empty(5000)
     with torch._inductor.config.patch(force_disable_caches=True), _codegen.adjusted_codegen():
