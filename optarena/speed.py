@@ -42,9 +42,11 @@ QUICK_LAYOUTS: dict[str, list[tuple[int, ...]]] = {
 OPTARENA = {"lion": oa.Lion, "rlion": oa.RLion, "adan": oa.Adan, "adax": oa.AdaX, "adafactor": oa.Adafactor}
 PATHS = ("loop", "foreach", "fused", "fused-bf16")
 #: Bytes each algorithm must read and write per parameter element per step (fp32 params and grads; state in fp32,
-#: or bf16 where named): params read+write 8, grad read 4, each state buffer read+write.
-MIN_BYTES = {"lion": 20, "rlion": 20, "adan": 44, "adax": 28, "adafactor": 12, "adamw": 28}
-MIN_BYTES_BF16_STATE = {"lion": 16, "rlion": 16, "adan": 28, "adax": 20, "adafactor": 12}
+#: or bf16 where named): params read+write 8, grad read 4, each state buffer read+write. Adafactor's state is O(R + C)
+#: but its update needs three whole-tensor reductions first (the factors from g², RMS(θ), and RMS of the update, which
+#: needs the factors): g is read three times and θ twice before θ is written, 24 bytes.
+MIN_BYTES = {"lion": 20, "rlion": 20, "adan": 44, "adax": 28, "adafactor": 24, "adamw": 28}
+MIN_BYTES_BF16_STATE = {"lion": 16, "rlion": 16, "adan": 28, "adax": 20, "adafactor": 24}
 
 
 @dataclass
