@@ -32,6 +32,29 @@ LAYOUTS: dict[str, list[tuple[int, ...]]] = {
     "200x82K": [(256, 320)] * 200,
     "2000x1K": [(32, 32)] * 2000,
 }
+
+
+def yolov8n_shapes() -> list[tuple[int, ...]]:
+    """The trained parameters' shapes of ultralytics' YOLOv8n detector (built from its yaml; no weights are
+    loaded)."""
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    try:
+        from ultralytics.nn.tasks import DetectionModel
+    except ImportError as exc:
+        raise SystemExit(f"the yolov8n layout needs ultralytics ({exc}); pip install ultralytics") from exc
+    model = DetectionModel("yolov8n.yaml", nc=80, verbose=False)
+    return [tuple(p.shape) for p in model.parameters() if p.requires_grad]  # the DFL layer's weight is frozen
+
+
+def vit_s_shapes() -> list[tuple[int, ...]]:
+    """The parameter shapes of a ViT-S encoder: 12 torch.nn.TransformerEncoderLayer(384, 6 heads, MLP 1536)."""
+    layer = torch.nn.TransformerEncoderLayer(384, 6, 1536, batch_first=True)
+    return [tuple(p.shape) for _ in range(12) for p in layer.parameters()]
+
+
+#: name → shapes of a real model's parameters, made on request (``--layouts``; not run by default): YOLOv8n has
+#: 183 tensors of 35 shapes (3.2M elements; 147 under 32K elements), the ViT-S encoder 144 tensors (21.3M).
+MODEL_LAYOUTS: dict[str, Callable[[], list[tuple[int, ...]]]] = {"yolov8n": yolov8n_shapes, "vit-s": vit_s_shapes}
 #: ``--quick``: the same three kinds, small enough for a smoke test.
 QUICK_LAYOUTS: dict[str, list[tuple[int, ...]]] = {
     "1x64K": [(256, 256)],
@@ -226,7 +249,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"comma-separated paths (default: {','.join(PATHS)})")
     parser.add_argument("--layouts", default=None,
                         help=f"comma-separated layouts (default: {','.join(LAYOUTS)}; --quick: "
-                             f"{','.join(QUICK_LAYOUTS)})")
+                             f"{','.join(QUICK_LAYOUTS)}); also the parameter shapes of a real model: "
+                             f"{','.join(MODEL_LAYOUTS)}")
     parser.add_argument("--quick", action="store_true", help="small layouts and few steps: a smoke test")
     parser.add_argument("--steps", type=int, default=None, help="steps per timed sample (default 3; --quick 2)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5; --quick 2)")
@@ -248,8 +272,9 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     torch.set_flush_denormal(True)  # AdamW's moments drift into subnormals; that would time the FPU, not the step
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
-    available = QUICK_LAYOUTS if args.quick else LAYOUTS
-    layouts = _csv(list(available))(args.layouts) if args.layouts else list(available)
+    default = QUICK_LAYOUTS if args.quick else LAYOUTS
+    layouts = _csv([*default, *MODEL_LAYOUTS])(args.layouts) if args.layouts else list(default)
+    shapes = {name: default[name] if name in default else MODEL_LAYOUTS[name]() for name in layouts}
     steps = args.steps or (2 if args.quick else 3)
     rounds = args.rounds or (2 if args.quick else 5)
     device = torch.device(args.device)
@@ -265,7 +290,7 @@ def _run(args: argparse.Namespace) -> int:
     log(f"{torch.get_num_threads()} threads; torch {torch.__version__}")
     results: list[Result] = []
     for layout in layouts:
-        results.extend(run_layout(layout, available[layout], cands, steps=steps, rounds=rounds, device=device,
+        results.extend(run_layout(layout, shapes[layout], cands, steps=steps, rounds=rounds, device=device,
                                   log=log))
         bandwidths.append(measure_bandwidth(buffer_numel))
     bandwidth = max(bandwidths)
@@ -279,7 +304,7 @@ def _run(args: argparse.Namespace) -> int:
                     torch=torch.__version__,
                     device=str(device), machine=platform.machine(), processor=platform.processor(),
                     cpu_count=os.cpu_count(), steps=steps, rounds=rounds,
-                    layouts={k: [list(s) for s in available[k][:1]] + [len(available[k])] for k in layouts})
+                    layouts={k: [list(s) for s in v[:1]] + [len(v)] for k, v in shapes.items()})
         with open(args.json, "w") as fh:
             json.dump({"meta": meta, "results": [asdict(r) for r in results]}, fh, indent=1)
     return 0

@@ -34,3 +34,20 @@ def test_speed_quick_writes_table_and_json(tmp_path: Path, capsys: pytest.Captur
 def test_speed_rejects_unknown_names() -> None:
     with pytest.raises(SystemExit):
         main(["speed", "--optimizers", "lino"])
+
+
+def test_model_layouts_are_opt_in_and_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from optarena import speed
+
+    vit = speed.vit_s_shapes()
+    assert len(vit) == 144 and sum(torch.Size(s).numel() for s in vit) == 21_293_568
+    monkeypatch.setitem(speed.MODEL_LAYOUTS, "tiny-model", lambda: [(3, 5), (5,), (2, 2, 2)])
+    out = tmp_path / "speed.json"
+    assert main(["speed", "--quick", "--optimizers", "lion", "--paths", "foreach", "--no-peers",
+                 "--layouts", "tiny-model", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["meta"]["layouts"] == {"tiny-model": [[3, 5], 3]}
+    assert {r["layout"] for r in data["results"]} == {"tiny-model"}
+    pytest.importorskip("ultralytics")  # installed with the integrations extra, as CI does
+    yolo = speed.yolov8n_shapes()
+    assert len(yolo) == 183 and sum(torch.Size(s).numel() for s in yolo) == 3_157_184
