@@ -55,6 +55,7 @@ def vit_s_shapes() -> list[tuple[int, ...]]:
 #: name → shapes of a real model's parameters, made on request (``--layouts``; not run by default): YOLOv8n has
 #: 183 tensors of 35 shapes (3.2M elements; 147 under 32K elements), the ViT-S encoder 144 tensors (21.3M).
 MODEL_LAYOUTS: dict[str, Callable[[], list[tuple[int, ...]]]] = {"yolov8n": yolov8n_shapes, "vit-s": vit_s_shapes}
+
 #: ``--quick``: the same three kinds, small enough for a smoke test.
 QUICK_LAYOUTS: dict[str, list[tuple[int, ...]]] = {
     "1x64K": [(256, 256)],
