@@ -18,6 +18,7 @@ import optarena
 from optarena.optim import _base
 from optarena.speed import peak_extra_bytes
 from optarena.wrappers import GradientAccumulation, LayerAdaptation, Lazy, Lookahead
+from optarena.wrappers.lookahead import innermost
 
 try:
     from cases import CASES, build
@@ -279,9 +280,7 @@ def test_wrappers_over_a_fused_base_equal_them_over_the_loop(case: str) -> None:
     loop_params, fused_params = make_params(), make_params()
     loop = WRAPPED[case](loop_params, foreach=False)
     fused = WRAPPED[case](fused_params, fused=True)
-    base = fused
-    while hasattr(base, "base"):
-        base = base.base
+    base = innermost(fused)
     for step in range(6):
         for params in (loop_params, fused_params):
             set_grads(params, step)
