@@ -461,7 +461,7 @@ _compile_error: list[str] = []  # the first failure, if torch.compile cannot wor
 
 def default_to_fused(params: Sequence[Tensor]) -> bool:
     """``fused=None`` resolves to False everywhere. On this project's CPU the fused step is 2–10× faster per step,
-    but its first step compiles for 11–21 s cold on 200 tensors, which only pays off after hundreds of steps; no GPU
+    but its first step compiles for 11–22 s cold on 200 tensors, which only pays off after hundreds of steps; no GPU
     was measured."""
     return False
 
