@@ -169,6 +169,32 @@ def test_guarded_kernels_take_chunks_of_one_shape(monkeypatch: pytest.MonkeyPatc
     assert sorted(len(idx) for idx in calls) == [1, 1, 4, 4, 8]  # 8 of (5, 6); 4 + 1 of each of the others
 
 
+def test_guarded_kernels_are_keyed_by_their_small_trailing_sizes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sizes below STATIC_SIZE in the last two dims (a conv weight's 3×3) are compiled into Adafactor's kernels. Each
+    combination gets kernels of its own: in one shared kernel, a model with more combinations than dynamo's
+    recompile limit would fail to compile (fullgraph) and fall back to foreach. The results still equal the loop's."""
+    monkeypatch.setattr(_base, "SMALL_TENSOR", 16)  # chunked, not stacked
+    monkeypatch.setattr(_base, "_compile_error", [])  # a failure here must not switch fused off for later tests
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)
+    shapes = [(20, 2, 3), (20, 3, 3), (20, 3, 5), (20, 3, 3)]
+    gen = torch.Generator().manual_seed(0)
+    loop_params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
+    fused_params = [torch.nn.Parameter(p.detach().clone()) for p in loop_params]
+    kwargs = dict(eps=(2.5e-30, 1.5e-3), beta1=0.5)  # kernels of this test's own
+    loop = optarena.Adafactor(loop_params, foreach=False, **kwargs)
+    fused = optarena.Adafactor(fused_params, fused=True, **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback to foreach
+        for step in range(3):
+            set_grads(loop_params, step)
+            set_grads(fused_params, step)
+            loop.step()
+            fused.step()
+    assert fused._fused_plans and not _base._compile_error
+    for a, b in zip(fused_params, loop_params):
+        torch.testing.assert_close(a, b, rtol=RTOL, atol=ATOL)
+
+
 def with_own_code(fn, name: str):
     """``fn`` with a code object of its own, so that dynamo (which caches compiled frames per code object) compiles
     it afresh."""

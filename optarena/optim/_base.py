@@ -456,6 +456,16 @@ SMALL_TENSOR = 1 << 15
 PACK_ELEMENTS = 1 << 18
 #: Fewest same-shape small tensors that Adafactor-like algorithms stack into one pack (fewer: chunked calls).
 MIN_STACK = 4
+#: A guarded kernel (real shapes) is compiled for the sizes below this among its tensors' last two dims, and keyed by
+#: them. Inductor vectorises along the last dim: a symbolic one (a conv weight's 3×3) got masked 16-lane vectors for 3
+#: elements per row and vector-at-a-time reductions; compiled in, its row sums unroll. Adafactor on 4 weights of
+#: 128×128×3×3: 5.9 -> 3.7 ms per step, against 0.45 for torch's fused AdamW.
+STATIC_SIZE = 16
+
+
+def _static_sizes(shape: Sequence[int]) -> tuple[int | None, ...]:
+    """The sizes among the last two of ``shape`` that a guarded kernel is compiled for (None: symbolic)."""
+    return tuple(size if size < STATIC_SIZE else None for size in shape[-2:])
 _compile_error: list[str] = []  # the first failure, if torch.compile cannot work here
 
 
@@ -684,12 +694,13 @@ def _make_plan(opt: OptarenaOptimizer, key: tuple[Any, ...], consts: dict[str, A
         # emit OpenMP-parallel loops)
         small = p.numel() < SMALL_TENSOR and p.is_contiguous()
         kind = (("flat", step) if flatten else ("stacked", tuple(p.shape), step)) if small else (
-            "chunked", p.numel() >= SMALL_TENSOR if flatten else p.dim())
+            "chunked", p.numel() >= SMALL_TENSOR if flatten else (p.dim(), _static_sizes(p.shape)))
         state_dtypes = tuple((k, v.dtype) for k, v in state.items() if k != "step")
         groups[(p.device, p.dtype, tuple(state), state_dtypes, kind)].append(i)
     for group_key in list(groups):  # too few of one shape to be worth a stack of their own
         if group_key[-1][0] == "stacked" and len(groups[group_key]) < MIN_STACK:
-            groups[(*group_key[:-1], ("chunked", len(group_key[-1][1])))].extend(groups.pop(group_key))
+            shape = group_key[-1][1]
+            groups[(*group_key[:-1], ("chunked", (len(shape), _static_sizes(shape))))].extend(groups.pop(group_key))
     buckets: dict[tuple[torch.device, torch.dtype], list[tuple[Any, ...]]] = defaultdict(list)
     packs: list[tuple[Any, ...]] = []  # made once the scratch size is known
     for (device, dtype, state_keys, state_dtypes, kind), members in groups.items():
@@ -727,7 +738,8 @@ def _make_plan(opt: OptarenaOptimizer, key: tuple[Any, ...], consts: dict[str, A
     for calls, config, keys, work_dtype, stochastic, run in packs:
         pack = _Pack(params, states, run, keys, *scratch[(params[run[0]].device, params[run[0]].dtype)],
                      stacked=not flatten)
-        size_class = ("packed", pack.numel >= SMALL_TENSOR, pack.flat_param.dim())
+        size_class = ("packed", pack.numel >= SMALL_TENSOR, pack.flat_param.dim(),
+                      None if flatten else _static_sizes(pack.params[0].shape))
         kernel = _kernel(opt, (*config, 1, size_class), consts, keys, work_dtype, stochastic, flatten,
                          stacked=not flatten)
         calls.append((kernel, run, [pack.flat_param], [[flat] for flat in pack.flat_state], pack.steps, pack))
@@ -794,7 +806,7 @@ def _compile(opt: OptarenaOptimizer, kernel: Callable[..., None], args: tuple[An
     """Compile ``kernel`` on stand-in tensors (the real ones stay untouched if compilation fails). A 1-D kernel's
     are of distinct odd sizes, so that no size is specialised to 0, 1 or another tensor's size (the sizes are
     inductor's hints for whether to parallelise, so they are large for the large-tensor kernels); a kernel with real
-    shapes gets clones of its arguments."""
+    shapes gets clones of its arguments, with their small trailing sizes (``STATIC_SIZE``) compiled in."""
     import time
 
     from . import _codegen
@@ -811,6 +823,11 @@ def _compile(opt: OptarenaOptimizer, kernel: Callable[..., None], args: tuple[An
         fake = [p.detach().clone() for p in ps]
         fake_grads = [g.detach().clone() for g in gs]
         fake_bufs = [[b.detach().clone() for b in row] for row in bufs]
+        first = 1 if packed else 0  # a stack's dim 0 counts its entries: symbolic
+        for t in (*fake, *fake_grads, *(b for row in fake_bufs for b in row)):
+            for dim in range(max(first, t.dim() - 2), t.dim()):
+                if t.shape[dim] < STATIC_SIZE:
+                    torch._dynamo.mark_static(t, dim)
     # A flat pack's step vector has one entry per member: 3 so that its length is not specialised to 1. Guarded
     # kernels get the real lengths: a stand-in length equal to some size of the stand-ins by chance (dynamo then
     # assumes they are equal) would fail a guard on the first real step.

@@ -86,8 +86,8 @@ def adafactor_update(params: list[Tensor], grads: list[Tensor], row_vars: list[T
     # divisions run on R + C numbers and the element loop does two products
     tiny = torch.finfo(grads[0].dtype).eps if eps1 is None else eps1  # the lists share one (math) dtype
     factors = []
-    for grad, row_var, col_var, variance, t in zip(grads, row_vars, col_vars, variances, steps):
-        new_weight = t**beta2_decay  # 1 − β̂_t
+    (new_weights,) = hoisted([t**beta2_decay for t in steps])  # 1 − β̂_t
+    for grad, row_var, col_var, variance, new_weight in zip(grads, row_vars, col_vars, variances, new_weights):
         if variance is None:
             # mean of g² over a dim, without materialising g²: ‖g‖²/n
             row_var.lerp_(torch.linalg.vector_norm(grad, dim=-1, keepdim=True).square_().div_(grad.size(-1)),
