@@ -473,6 +473,8 @@ def _scalar_loops(shape: Sequence[int]) -> bool:
     vectorises along it anyway, in masked vectors of that many lanes, and gcc's scalar loops ran 3× faster (the
     update θ − α·g·r·c over a 128×128×3×3 weight: 0.24 -> 0.08 ms)."""
     return len(shape) > 0 and 1 < shape[-1] < STATIC_SIZE
+
+
 _compile_error: list[str] = []  # the first failure, if torch.compile cannot work here
 
 
