@@ -175,7 +175,6 @@ def test_guarded_kernels_are_keyed_by_their_small_trailing_sizes(monkeypatch: py
     recompile limit would fail to compile (fullgraph) and fall back to foreach. The results still equal the loop's."""
     monkeypatch.setattr(_base, "SMALL_TENSOR", 16)  # chunked, not stacked
     monkeypatch.setattr(_base, "_compile_error", [])  # a failure here must not switch fused off for later tests
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)
     shapes = [(20, 2, 3), (20, 3, 3), (20, 3, 5), (20, 3, 3)]
     gen = torch.Generator().manual_seed(0)
     loop_params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
@@ -183,7 +182,8 @@ def test_guarded_kernels_are_keyed_by_their_small_trailing_sizes(monkeypatch: py
     kwargs = dict(eps=(2.5e-30, 1.5e-3), beta1=0.5)  # kernels of this test's own
     loop = optarena.Adafactor(loop_params, foreach=False, **kwargs)
     fused = optarena.Adafactor(fused_params, fused=True, **kwargs)
-    with warnings.catch_warnings():
+    # (monkeypatch would delete the config entry on undo: it is not in the module's __dict__)
+    with torch._dynamo.config.patch(recompile_limit=2), warnings.catch_warnings():
         warnings.simplefilter("error")  # no fallback to foreach
         for step in range(3):
             set_grads(loop_params, step)
