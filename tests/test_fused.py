@@ -195,6 +195,36 @@ def test_guarded_kernels_are_keyed_by_their_small_trailing_sizes(monkeypatch: py
         torch.testing.assert_close(a, b, rtol=RTOL, atol=ATOL)
 
 
+@pytest.mark.parametrize("beta1", [None, 0.9], ids=["adafactor", "adafactor-momentum"])
+def test_small_tensors_with_the_same_last_two_dims_share_one_pack(beta1: float | None) -> None:
+    """Adafactor packs small tensors of any shape with the same last two dims (conv weights of several channel
+    counts; vectors of any length, with 0-d and empty tensors) end to end into one kernel call. Their RMS(θ), RMS of
+    the update and step sizes stay per tensor: the tensors' scales differ by up to 10⁴, so values mixed between them
+    would show against the per-tensor loop. An empty tensor first in a pack once shifted every member's sum."""
+    shapes = [(0, 3, 3), (4, 2, 3, 3), (3, 3, 3), (2, 5, 3, 3), (0,), (7,), (), (16,), (5,), (2, 1, 1), (6, 4, 1, 1)]
+    scales = [1.0, 1.0, 1e-2, 30.0, 1.0, 1e-3, 5.0, 0.1, 40.0, 1e-2, 3.0]
+    gen = torch.Generator().manual_seed(0)
+    loop_params = [torch.nn.Parameter(torch.randn(s, generator=gen) * c) for s, c in zip(shapes, scales)]
+    fused_params = [torch.nn.Parameter(p.detach().clone()) for p in loop_params]
+    kwargs = dict(eps=(3.5e-30, 1e-3), beta1=beta1, weight_decay=0.1)  # kernels of this test's own
+    loop = optarena.Adafactor(loop_params, foreach=False, **kwargs)
+    fused = optarena.Adafactor(fused_params, fused=True, **kwargs)
+    for step in range(STEPS):
+        gen = torch.Generator().manual_seed(100 + step)
+        for a, b, c in zip(loop_params, fused_params, scales):
+            a.grad = torch.randn(a.shape, generator=gen) * c
+            b.grad = a.grad.clone()
+        loop.step()
+        fused.step()
+        for i, (a, b) in enumerate(zip(loop_params, fused_params)):
+            torch.testing.assert_close(b, a, rtol=RTOL, atol=ATOL, msg=lambda m, s=step, i=i: f"{shapes[i]}, {s}: {m}")
+            for key, value in loop.state[a].items():
+                torch.testing.assert_close(fused.state[b][key], value, rtol=RTOL, atol=ATOL)
+    (plan,) = fused._fused_plans.values()
+    packs = sorted(tuple(pack.flat_param.shape[1:]) for _, _, bucket in plan.buckets for *_, pack in bucket)
+    assert packs == [(), (1, 1), (3, 3)]  # one call each; nothing chunked
+
+
 def with_own_code(fn, name: str):
     """``fn`` with a code object of its own, so that dynamo (which caches compiled frames per code object) compiles
     it afresh."""

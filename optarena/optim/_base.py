@@ -9,7 +9,6 @@ run it. Low-precision parameters are up-cast to float32 around the core, so the 
 
 from __future__ import annotations
 
-import functools
 import math
 import numbers
 import operator
@@ -17,7 +16,7 @@ import types
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeAlias
+from typing import Any, NamedTuple, TypeAlias
 
 import torch
 from torch import Tensor
@@ -135,8 +134,8 @@ class OptarenaOptimizer(Optimizer):
     def _update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
                 states: list[dict[str, Tensor]]) -> None:
         """Apply one step to ``params`` (same device and dtype, fp32/fp64). ``grads`` are read-only. Algorithms with
-        ``fused_flatten = False`` also take ``stacked: bool``: the fused step may pass same-shape tensors stacked
-        along dim 0, their per-tensor reductions then per entry (see ``_Pack``)."""
+        ``fused_flatten = False`` also take ``segments: Segments | None``: the fused step may pass several tensors
+        packed end to end along dim 0, their per-tensor reductions then per member (see ``Segments``)."""
         raise NotImplementedError
 
     def _grad_scale(self, params: list[Tensor]) -> float:
@@ -419,7 +418,7 @@ def hoisted(*lists: list[Scalar]) -> tuple[list[Scalar], ...]:
     """
     if not lists or not lists[0] or not isinstance(lists[0][0], Tensor):
         return lists
-    # one table (values of a stacked call broadcast to its per-entry shape): one opaque op, one buffer
+    # one table (a pack's per-member vectors and scalars broadcast together): one opaque op, one buffer
     cells = torch.broadcast_tensors(*(torch.as_tensor(v, dtype=torch.float64) for values in lists for v in values))
     (table,) = _computed_once([torch.stack(cells)])
     rows = iter(table.unbind())
@@ -454,8 +453,9 @@ SMALL_TENSOR = 1 << 15
 #: (2 MiB for fp32). Smaller packs cost a kernel call and three foreach calls more per step: a prototype Lion step on
 #: 2000 tensors of 1K took 21, 10, 8.7 and 7.4 ms in packs of 8K, 32K, 64K and 256K elements, and 7.4 ms in one pack.
 PACK_ELEMENTS = 1 << 18
-#: Fewest same-shape small tensors that Adafactor-like algorithms stack into one pack (fewer: chunked calls).
-MIN_STACK = 4
+#: Fewest small tensors with the same last two dims that Adafactor-like algorithms pack together (a lone one is
+#: chunked: a pack of one would specialise the kernel to one member).
+MIN_SEGMENTED = 2
 #: A guarded kernel (real shapes) is compiled for the sizes below this among its tensors' last two dims, and keyed by
 #: them. Inductor vectorises along the last dim: a symbolic one (a conv weight's 3×3) got masked 16-lane vectors for 3
 #: elements per row and vector-at-a-time reductions; compiled in, its row sums unroll. Adafactor on 4 weights of
@@ -497,7 +497,8 @@ def _fused_body(update: Callable[..., None], consts: dict[str, Any], keys: tuple
     """The step that ``torch.compile`` fuses: casts in, the algorithm's own ``_update``, casts and copies out."""
 
     def fused_step(params: list[Tensor], grads: list[Tensor], buffers: list[list[Tensor]], steps: list[Tensor],
-                   lr: Tensor, weight_decay: Tensor | None, factor: Tensor | None) -> None:
+                   lr: Tensor, weight_decay: Tensor | None, factor: Tensor | None,
+                   segments: tuple[Tensor, ...] | None = None) -> None:
         group = dict(consts)
         group["lr"] = lr
         if weight_decay is not None:
@@ -512,7 +513,10 @@ def _fused_body(update: Callable[..., None], consts: dict[str, Any], keys: tuple
             if counts_steps:
                 state["step"] = steps[i][0] + 1
             states.append(state)
-        update(group, work, work_grads, states)
+        if segments is None:
+            update(group, work, work_grads, states)
+        else:
+            update(group, work, work_grads, states, segments=Segments(*segments))
         for p, w in zip(params, work):
             p.copy_(stochastic_round_to_bf16(w) if stochastic else w)
         for j, key in enumerate(keys):
@@ -526,18 +530,16 @@ def _fused_body(update: Callable[..., None], consts: dict[str, Any], keys: tuple
 
 
 def _kernel(opt: OptarenaOptimizer, key: tuple[Any, ...], consts: dict[str, Any], keys: tuple[str, ...],
-            work_dtype: torch.dtype, stochastic: bool, flatten: bool, stacked: bool = False,
-            scalar: bool = False) -> Callable[..., None]:
+            work_dtype: torch.dtype, stochastic: bool, flatten: bool, scalar: bool = False) -> Callable[..., None]:
     kernel = _kernels.get(key)
     if kernel is None:
         from . import _codegen
         # an uninitialised instance: the kernel needs the class's math, not this optimizer (nor to keep it alive)
         bare = object.__new__(type(opt))
-        update = functools.partial(bare._update, stacked=True) if stacked else bare._update
-        body = _fused_body(update, consts, keys, work_dtype, opt.counts_steps, stochastic)
+        body = _fused_body(bare._update, consts, keys, work_dtype, opt.counts_steps, stochastic)
         # Dynamo caches (and limits recompiles) per code object: each key gets its own copy of the body.
         code = body.__code__.replace(co_name=f"fused_step_{len(_kernels)}")
-        body = types.FunctionType(code, body.__globals__, code.co_name, None, body.__closure__)
+        body = types.FunctionType(code, body.__globals__, code.co_name, body.__defaults__, body.__closure__)
         # the thread count is compiled into the C++ kernel; naming it keeps inductor's on-disk cache from handing a
         # kernel built for another thread count (e.g. a 1-thread test run) to this process. CACHE_KEY does the same
         # for kernels generated without ``_codegen``'s adjustments.
@@ -564,29 +566,64 @@ def _kernel(opt: OptarenaOptimizer, key: tuple[Any, ...], consts: dict[str, Any]
     return kernel
 
 
+def slice_shape(shape: Sequence[int]) -> tuple[int, ...]:
+    """The last two dims, over which Adafactor-like algorithms reduce per slice (none for 0-d and 1-D tensors)."""
+    return tuple(shape[-2:]) if len(shape) >= 2 else ()
+
+
+class Segments(NamedTuple):
+    """Where the members of a pack lie along its dim 0. A pack for algorithms with per-tensor reductions holds its
+    members end to end as slices of their last two dims (``slice_shape``; a 1-D pack holds their elements), so that
+    tensors of different shapes share one kernel call: a 64×32×3×3 and a 16×16×3×3 weight are 2048 + 256 slices of
+    3×3. Per-tensor reductions sum per block of slices (the block size divides every member's slice count), then
+    per member; per-member values meet the elements through each slice's member index."""
+
+    member_of: Tensor  #: the member of each slice (int64)
+    block_member: Tensor  #: the member of each block of slices (int64; its length is the block count)
+    block_ends: Tensor  #: the blocks up to each member's end (int64)
+    numels: Tensor  #: elements per member (int64; 1 for an empty one, whose RMS is then 0)
+
+    def rms(self, x: Tensor) -> Tensor:
+        """Each member's root mean square of its slices of ``x`` (one value per member)."""
+        # per slice first: summed over the blocks' flat index, the loop divided every element's index by the slice
+        # and block sizes (a pack of six 64×64×3×3 weights: 1.2 ms)
+        per_slice = x.square().sum(dim=tuple(range(1, x.dim()))) if x.dim() > 1 else x.square()
+        per_block = per_slice.view(self.block_member.shape[0], -1).sum(-1)
+        # member sums as differences of a float64 running sum over the blocks (torch.segment_reduce took 115 µs per
+        # call on YOLOv8n's packs); its rounding, relative to the sum up to the member, is below float32's
+        zero = per_block.new_zeros(1, dtype=torch.float64)
+        running = torch.cat([zero, per_block.to(torch.float64).cumsum(0)])[self.block_ends]
+        sums = running.diff(prepend=zero)
+        return (sums / self.numels).sqrt().to(x.dtype)
+
+    def spread(self, values: list[Tensor], xs: list[Tensor]) -> list[Tensor]:
+        """Per-member values (vectors, as from ``rms``) repeated over each member's slices, shaped to broadcast
+        against ``xs``."""
+        return [v[self.member_of].to(x.dtype).view(-1, *[1] * (x.dim() - 1)) for v, x in zip(values, xs)]
+
+
 class _Pack:
     """Small tensors stepped as one by a single kernel call.
 
     Elementwise algorithms see them as one flat tensor (any shapes); algorithms with per-tensor reductions
-    (Adafactor) see same-shape tensors stacked along a new dim 0, with ``stacked=True``. Their state lives in
-    buffers laid out so, each state entry a view of one (``state_dict`` and the other paths still see one tensor per
-    parameter and key), with the step counts in one float64 vector; a pack only joins tensors whose counts are
-    equal, so that its kernel reads one count and writes it back to all. Each step copies the gradients and
-    parameters into two scratch buffers and the parameters back (C++ ops, ~0.4–1 µs per tensor) around one kernel
-    call, against ~3.5 µs of Python and dynamo per tensor around a compiled call that takes the tensors themselves
-    (2000 tensors of 1K: Adan's step 15 against 28 ms, Adafactor's 15 against 64 ms).
+    (Adafactor) see tensors with the same last two dims packed along dim 0, with their ``Segments``. Their state
+    lives in buffers laid out so, each state entry a view of one (``state_dict`` and the other paths still see one
+    tensor per parameter and key), with the step counts in one float64 vector; a pack only joins tensors whose
+    counts are equal, so that its kernel reads one count and writes it back to all. Each step copies the gradients
+    and parameters into two scratch buffers and the parameters back (C++ ops, ~0.4–1 µs per tensor) around one
+    kernel call, against ~3.5 µs of Python and dynamo per tensor around a compiled call that takes the tensors
+    themselves (2000 tensors of 1K: Adan's step 15 against 28 ms, Adafactor's 15 against 64 ms).
     """
 
     def __init__(self, params: list[Tensor], states: list[dict[str, Tensor]], members: list[int],
-                 keys: tuple[str, ...], scratch_params: Tensor, scratch_grads: Tensor, stacked: bool) -> None:
+                 keys: tuple[str, ...], scratch_params: Tensor, scratch_grads: Tensor, segmented: bool) -> None:
         self.members = members
         self.params = [params[i] for i in members]
         self.param_views = [p.view(-1) for p in self.params]
         self.numel = sum(p.numel() for p in self.params)
-        # a stack has one more dim than its entries; a flat pack is 1-D
-        shape = (len(members), *self.params[0].shape) if stacked else (self.numel,)
-        self.flat_param = scratch_params[:self.numel].view(shape)
-        self.flat_grad = scratch_grads[:self.numel].view(shape)
+        shape = slice_shape(self.params[0].shape) if segmented else ()
+        self.flat_param = scratch_params[:self.numel].view(-1, *shape)
+        self.flat_grad = scratch_grads[:self.numel].view(-1, *shape)
         self.param_slots = _segments(scratch_params, self.params)
         self.grad_slots = _segments(scratch_grads, self.params)
         self.flat_state = []
@@ -597,7 +634,18 @@ class _Pack:
             torch._foreach_copy_(views, values)
             for i, view in zip(members, views):
                 states[i][key] = view
-            self.flat_state.append(flat.view(len(members), *values[0].shape) if stacked else flat)
+            self.flat_state.append(flat.view(-1, *slice_shape(values[0].shape)) if segmented else flat)
+        self.segments: tuple[Tensor, ...] | None = None
+        if segmented:
+            device = self.flat_param.device
+            numels = torch.tensor([max(1, p.numel()) for p in self.params], device=device)
+            lengths = torch.tensor([p.numel() // max(1, math.prod(shape)) for p in self.params], device=device)
+            # blocks that no member boundary splits keep the running sum short (1×1 conv weights and vectors have
+            # one element per slice)
+            blocks = lengths // (math.gcd(*lengths.tolist()) or 1)
+            member = torch.arange(len(members), device=device)
+            self.segments = (member.repeat_interleave(lengths), member.repeat_interleave(blocks), blocks.cumsum(0),
+                             numels)
         self.steps: list[Tensor] = []
         if "step" in states[members[0]]:
             counts = torch.stack([states[i]["step"] for i in members]).to(torch.float64)
@@ -673,7 +721,7 @@ def _fused_step(opt: OptarenaOptimizer, group: dict[str, Any], params: list[Tens
         factor_t = torch.tensor(factor, dtype=work_dtype, device=device) if factor != 1.0 else None
         for kernel, idx, ps, bufs, steps, pack in calls:
             if pack is not None:
-                kernel(ps, pack.load(), bufs, steps, lr, wd_t, factor_t)
+                kernel(ps, pack.load(), bufs, steps, lr, wd_t, factor_t, pack.segments)
                 pack.store()
                 continue
             # a strided grad is copied by ravel (it is only read)
@@ -705,14 +753,15 @@ def _make_plan(opt: OptarenaOptimizer, key: tuple[Any, ...], consts: dict[str, A
         # small tensors are packed; the others are chunked by size class (for flat ones: whether inductor should
         # emit OpenMP-parallel loops)
         small = p.numel() < SMALL_TENSOR and p.is_contiguous()
-        kind = (("flat", step) if flatten else ("stacked", tuple(p.shape), step)) if small else (
+        kind = (("flat", step) if flatten else ("segmented", slice_shape(p.shape), step)) if small else (
             "chunked", p.numel() >= SMALL_TENSOR if flatten else (p.dim(), _static_sizes(p.shape)))
         state_dtypes = tuple((k, v.dtype) for k, v in state.items() if k != "step")
         groups[(p.device, p.dtype, tuple(state), state_dtypes, kind)].append(i)
-    for group_key in list(groups):  # too few of one shape to be worth a stack of their own
-        if group_key[-1][0] == "stacked" and len(groups[group_key]) < MIN_STACK:
-            shape = group_key[-1][1]
-            groups[(*group_key[:-1], ("chunked", (len(shape), _static_sizes(shape))))].extend(groups.pop(group_key))
+    for group_key in list(groups):
+        if group_key[-1][0] == "segmented" and len(groups[group_key]) < MIN_SEGMENTED:
+            for i in groups.pop(group_key):
+                shape = params[i].shape
+                groups[(*group_key[:-1], ("chunked", (len(shape), _static_sizes(shape))))].append(i)
     buckets: dict[tuple[torch.device, torch.dtype], list[tuple[Any, ...]]] = defaultdict(list)
     packs: list[tuple[Any, ...]] = []  # made once the scratch size is known
     for (device, dtype, state_keys, state_dtypes, kind), members in groups.items():
@@ -750,11 +799,12 @@ def _make_plan(opt: OptarenaOptimizer, key: tuple[Any, ...], consts: dict[str, A
     plan.scratch_bytes = sum(2 * n * dtype.itemsize for (_, dtype), n in sizes.items())
     for calls, config, keys, work_dtype, stochastic, run in packs:
         pack = _Pack(params, states, run, keys, *scratch[(params[run[0]].device, params[run[0]].dtype)],
-                     stacked=not flatten)
+                     segmented=not flatten)
+        slices = pack.flat_param.shape[1:]
         size_class = ("packed", pack.numel >= SMALL_TENSOR, pack.flat_param.dim(),
-                      None if flatten else _static_sizes(pack.params[0].shape))
+                      None if flatten else _static_sizes(slices))
         kernel = _kernel(opt, (*config, 1, size_class), consts, keys, work_dtype, stochastic, flatten,
-                         stacked=not flatten, scalar=not flatten and _scalar_loops(pack.params[0].shape))
+                         scalar=not flatten and _scalar_loops(slices))
         calls.append((kernel, run, [pack.flat_param], [[flat] for flat in pack.flat_state], pack.steps, pack))
     plan.buckets = [(device, work_dtype, calls) for (device, work_dtype), calls in buckets.items()]
     plan.state_tensors = [t for s in states for t in s.values()]
@@ -768,10 +818,12 @@ def _make_plan(opt: OptarenaOptimizer, key: tuple[Any, ...], consts: dict[str, A
                 # A kernel without guards runs whatever it was compiled on; one that keeps them (real shapes) is
                 # run on stand-ins of each new shape, so that a shape it was not compiled for compiles here, not in
                 # the step.
-                shapes = None if flatten else tuple(p.shape for p in ps)
+                segments = pack.segments if pack is not None else None
+                shapes = None if flatten else (*(p.shape for p in ps), segments and segments[0].shape)
                 if shapes not in kernel.__dict__.setdefault("_optarena_shapes", set()):
                     gs = [pack.flat_grad] if pack is not None else [params[i].grad for i in idx]
-                    _compile(opt, kernel, (ps, gs, bufs, steps), lr, wd, factor, flatten, pack is not None)
+                    _compile(opt, kernel, (ps, gs, bufs, steps, segments), lr, wd, factor, flatten,
+                             pack is not None)
                     kernel._optarena_shapes.add(shapes)
     except Exception as err:  # noqa: BLE001 - whatever the compiler raised, foreach still works
         _compile_error.append(f"{type(err).__name__}: {err}")
@@ -782,12 +834,9 @@ def _make_plan(opt: OptarenaOptimizer, key: tuple[Any, ...], consts: dict[str, A
 
 
 def _pack_runs(params: list[Tensor], members: list[int], flat: bool) -> list[list[int]]:
-    """``members`` split, in order, into packs of at most PACK_ELEMENTS elements (or one tensor). Stacks are split
-    evenly, so that none has a single entry, a size the compiler would specialise."""
-    if not flat:
-        per = max(1, PACK_ELEMENTS // params[members[0]].numel())
-        count = -(-len(members) // per)
-        return [members[k * len(members) // count:(k + 1) * len(members) // count] for k in range(count)]
+    """``members`` split, in order, into packs of at most PACK_ELEMENTS elements (or one tensor). A segmented pack
+    of one member would specialise its kernel to that count: it joins the pack before (exceeding PACK_ELEMENTS by
+    less than SMALL_TENSOR)."""
     runs: list[list[int]] = [[]]
     total = 0
     for i in members:
@@ -797,6 +846,8 @@ def _pack_runs(params: list[Tensor], members: list[int], flat: bool) -> list[lis
             total = 0
         runs[-1].append(i)
         total += n
+    if not flat and len(runs) > 1 and len(runs[-1]) == 1:
+        runs[-2].extend(runs.pop())
     return runs
 
 
@@ -824,7 +875,7 @@ def _compile(opt: OptarenaOptimizer, kernel: Callable[..., None], args: tuple[An
 
     from . import _codegen
 
-    ps, gs, bufs, steps = args
+    ps, gs, bufs, steps, segments = args
     start = time.perf_counter()
     if flatten:
         base = 37 if all(p.numel() < SMALL_TENSOR for p in ps) else SMALL_TENSOR * 2 + 1
@@ -836,7 +887,7 @@ def _compile(opt: OptarenaOptimizer, kernel: Callable[..., None], args: tuple[An
         fake = [p.detach().clone() for p in ps]
         fake_grads = [g.detach().clone() for g in gs]
         fake_bufs = [[b.detach().clone() for b in row] for row in bufs]
-        first = 1 if packed else 0  # a stack's dim 0 counts its entries: symbolic
+        first = 1 if packed else 0  # a pack's dim 0 counts its members' slices: symbolic
         for t in (*fake, *fake_grads, *(b for row in fake_bufs for b in row)):
             for dim in range(max(first, t.dim() - 2), t.dim()):
                 if t.shape[dim] < STATIC_SIZE:
@@ -848,5 +899,5 @@ def _compile(opt: OptarenaOptimizer, kernel: Callable[..., None], args: tuple[An
     # Dynamo would first trace the group's floats (betas, eps) as symbolic inputs, find that they must be constants
     # and trace again from the start (a quarter of a cold compile); they are constants of the kernel's key anyway.
     with torch._dynamo.config.patch(specialize_float=True), _codegen.adjusted_codegen():
-        kernel(fake, fake_grads, fake_bufs, fake_steps, lr, wd, factor)
+        kernel(fake, fake_grads, fake_bufs, fake_steps, lr, wd, factor, segments)
     opt.fused_compile_seconds += time.perf_counter() - start

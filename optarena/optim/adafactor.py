@@ -12,6 +12,7 @@ from ._base import (
     OptarenaOptimizer,
     ParamsT,
     Scalar,
+    Segments,
     as_number,
     check_choice,
     check_number,
@@ -50,19 +51,18 @@ def column_square_means(grad: Tensor) -> Tensor:
     return blocks.square().sum(dim=-2).sum(dim=-2, keepdim=True).div_(rows)
 
 
-def rms(xs: list[Tensor], stacked: bool) -> list[Scalar]:
-    """Each tensor's root mean square; with ``stacked``, each entry's along dim 0, shaped to broadcast against it."""
-    if stacked:  # a stack of scalars is 1-D: its entries' RMS is |x| (vector_norm over dim=() would reduce all)
-        return [torch.linalg.vector_norm(x, dim=tuple(range(1, x.dim())), keepdim=True) / math.sqrt(x[0].numel())
-                if x.dim() > 1 else x.abs() for x in xs]
-    return [as_number(n) / math.sqrt(x.numel()) for n, x in zip(norms(xs), xs)]
+def rms(xs: list[Tensor], segments: Segments | None) -> list[Scalar]:
+    """Each tensor's root mean square; with ``segments``, a vector of its members'."""
+    if segments is not None:
+        return [segments.rms(x) for x in xs]
+    return [as_number(n) / math.sqrt(max(1, x.numel())) for n, x in zip(norms(xs), xs)]  # an empty one's: 0
 
 
 def adafactor_update(params: list[Tensor], grads: list[Tensor], row_vars: list[Tensor | None],
                      col_vars: list[Tensor | None], variances: list[Tensor | None], exp_avgs: list[Tensor | None],
                      *, steps: list[Scalar], lr: Scalar, beta2_decay: float, eps1: float | None, eps2: float,
                      clip_threshold: float, weight_decay: Scalar, beta1: float | None, relative_step: bool,
-                     scale_parameter: bool, warmup_init: bool, stacked: bool = False) -> None:
+                     scale_parameter: bool, warmup_init: bool, segments: Segments | None = None) -> None:
     """The Adafactor rule on lists of tensors. Second moments are factored over the last two dims of tensors
     with ≥ 2 dims (``row_vars``/``col_vars``), kept whole otherwise (``variances``)::
 
@@ -72,10 +72,10 @@ def adafactor_update(params: list[Tensor], grads: list[Tensor], row_vars: list[T
         α_t = ρ_t·max(eps2, RMS(θ)) with scale_parameter, else ρ_t
 
     The per-tensor reductions run in a loop; the elementwise work over all tensors uses foreach ops. With
-    ``stacked`` each tensor (and its state) holds several same-shape parameters along dim 0, all at one step count
-    (the fused step's packs of small tensors): the factors and RMS are then per entry.
+    ``segments`` each tensor (and its state) holds several parameters end to end along dim 0, all at one step count
+    (the fused step's packs of small tensors): the factors are per slice, the RMS and step sizes per member.
     """
-    param_rms = rms(params, stacked) if scale_parameter else [1.0] * len(params)
+    param_rms = rms(params, segments) if scale_parameter else [1.0] * len(params)
     step_sizes = [relative_step_size(t, lr, relative_step, warmup_init) * (smax(eps2, r) if scale_parameter else 1)
                   for t, r in zip(steps, param_rms)]
     if is_nonzero(weight_decay):
@@ -105,18 +105,20 @@ def adafactor_update(params: list[Tensor], grads: list[Tensor], row_vars: list[T
             scale = variance.clamp(min=tiny * tiny).rsqrt_()
         updates.append(scale.mul_(grad))
 
-    clip_divisors = [smax(1.0, r / clip_threshold) for r in rms(updates, stacked)]
+    clip_divisors = [smax(1.0, r / clip_threshold) for r in rms(updates, segments)]
+    # a pack's step sizes and clip divisors are per member, repeated over its slices where they meet the elements
+    spread = segments.spread if segments is not None else lambda values, _: values
     if beta1 is not None:
         clip_divisors, steps_down = hoisted(clip_divisors, [-a for a in step_sizes])
-        div_(updates, clip_divisors)
+        div_(updates, spread(clip_divisors, updates))
         torch._foreach_lerp_(exp_avgs, updates, 1 - beta1)
         if torch.compiler.is_compiling():
-            updates = [m * a for m, a in zip(exp_avgs, steps_down)]
+            updates = [m * a for m, a in zip(exp_avgs, spread(steps_down, exp_avgs))]
         else:
             updates = torch._foreach_mul(exp_avgs, steps_down)
     else:
         (steps_down,) = hoisted([-a / c for a, c in zip(step_sizes, clip_divisors)])
-        mul_(updates, steps_down)
+        mul_(updates, spread(steps_down, updates))
     torch._foreach_add_(params, updates)
 
 
@@ -145,7 +147,7 @@ class Adafactor(OptarenaOptimizer):
         maximize, foreach, fused, state_dtype, stochastic_rounding: as :class:`optarena.Lion`.
     """
 
-    fused_flatten = False  # the factored moments need each tensor's real shape; same-shape ones are stacked
+    fused_flatten = False  # the factored moments need the real last two dims; small tensors are packed by them
 
     # Compile time grows with the tensors per kernel and the math per tensor. Chunks hold tensors of one shape: the
     # 4 and 2 keep the calls few where a shape has fewer than 8 tensors (a 6-layer model of 25 matrices: 6.7 ms per
@@ -203,7 +205,7 @@ class Adafactor(OptarenaOptimizer):
         return state
 
     def _update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-                states: list[dict[str, Tensor]], stacked: bool = False) -> None:
+                states: list[dict[str, Tensor]], segments: Segments | None = None) -> None:
         eps1, eps2 = group["eps"]
         beta1 = group["beta1"]
         if beta1 is not None:
@@ -216,4 +218,4 @@ class Adafactor(OptarenaOptimizer):
             steps=step_values(states), lr=group["lr"], beta2_decay=group["beta2_decay"],
             eps1=eps1, eps2=eps2, clip_threshold=group["clip_threshold"], weight_decay=group["weight_decay"],
             beta1=beta1, relative_step=group["relative_step"], scale_parameter=group["scale_parameter"],
-            warmup_init=group["warmup_init"], stacked=stacked)
+            warmup_init=group["warmup_init"], segments=segments)
