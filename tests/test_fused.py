@@ -200,7 +200,7 @@ def test_small_tensors_with_the_same_last_two_dims_share_one_pack(beta1: float |
     """Adafactor packs small tensors of any shape with the same last two dims (conv weights of several channel
     counts; vectors of any length, with 0-d and empty tensors) end to end into one kernel call. Their RMS(θ), RMS of
     the update and step sizes stay per tensor: the tensors' scales differ by up to 10⁴, so values mixed between them
-    would show against the per-tensor loop. An empty tensor first in a pack once shifted every member's sum."""
+    would show against the per-tensor loop. Empty tensors take the loop."""
     shapes = [(0, 3, 3), (4, 2, 3, 3), (3, 3, 3), (2, 5, 3, 3), (0,), (7,), (), (16,), (5,), (2, 1, 1), (6, 4, 1, 1)]
     scales = [1.0, 1.0, 1e-2, 30.0, 1.0, 1e-3, 5.0, 0.1, 40.0, 1e-2, 3.0]
     gen = torch.Generator().manual_seed(0)
@@ -223,6 +223,7 @@ def test_small_tensors_with_the_same_last_two_dims_share_one_pack(beta1: float |
     (plan,) = fused._fused_plans.values()
     packs = sorted(tuple(pack.flat_param.shape[1:]) for _, _, bucket in plan.buckets for *_, pack in bucket)
     assert packs == [(), (1, 1), (3, 3)]  # one call each; nothing chunked
+    assert [shapes[i] for i in plan.eager] == [(0, 3, 3), (0,)]
 
 
 def with_own_code(fn, name: str):
