@@ -639,10 +639,11 @@ class _Pack:
         if segmented:
             device = self.flat_param.device
             numels = torch.tensor([p.numel() for p in self.params], device=device)
-            lengths = torch.tensor([p.numel() // max(1, math.prod(shape)) for p in self.params], device=device)
+            slices = [p.numel() // math.prod(shape) for p in self.params]
+            lengths = torch.tensor(slices, device=device)
             # blocks that no member boundary splits keep the running sum short (1×1 conv weights and vectors have
             # one element per slice)
-            blocks = lengths // math.gcd(*lengths.tolist())
+            blocks = lengths // math.gcd(*slices)
             member = torch.arange(len(members), device=device)
             self.segments = (member.repeat_interleave(lengths), member.repeat_interleave(blocks), blocks.cumsum(0),
                              numels)
