@@ -468,6 +468,11 @@ def _static_sizes(shape: Sequence[int]) -> tuple[int | None, ...]:
     return tuple(size if size < STATIC_SIZE else None for size in shape[-2:])
 
 
+def _guarded_class(shape: Sequence[int]) -> tuple[int, tuple[int | None, ...]]:
+    """What a guarded kernel's chunks have in common besides the configuration: the dim count and small sizes."""
+    return len(shape), _static_sizes(shape)
+
+
 def _scalar_loops(shape: Sequence[int]) -> bool:
     """Whether a guarded kernel on tensors of ``shape`` should leave its loops scalar: with a small last dim inductor
     vectorises along it anyway, in masked vectors of that many lanes, and gcc's scalar loops ran 3× faster (the
@@ -757,14 +762,13 @@ def _make_plan(opt: OptarenaOptimizer, key: tuple[Any, ...], consts: dict[str, A
         # emit OpenMP-parallel loops)
         small = p.numel() < SMALL_TENSOR and p.is_contiguous()
         kind = (("flat", step) if flatten else ("segmented", slice_shape(p.shape), step)) if small else (
-            "chunked", p.numel() >= SMALL_TENSOR if flatten else (p.dim(), _static_sizes(p.shape)))
+            "chunked", p.numel() >= SMALL_TENSOR if flatten else _guarded_class(p.shape))
         state_dtypes = tuple((k, v.dtype) for k, v in state.items() if k != "step")
         groups[(p.device, p.dtype, tuple(state), state_dtypes, kind)].append(i)
     for group_key in list(groups):
         if group_key[-1][0] == "segmented" and len(groups[group_key]) < MIN_SEGMENTED:
             for i in groups.pop(group_key):
-                shape = params[i].shape
-                groups[(*group_key[:-1], ("chunked", (len(shape), _static_sizes(shape))))].append(i)
+                groups[(*group_key[:-1], ("chunked", _guarded_class(params[i].shape)))].append(i)
     buckets: dict[tuple[torch.device, torch.dtype], list[tuple[Any, ...]]] = defaultdict(list)
     packs: list[tuple[Any, ...]] = []  # made once the scratch size is known
     for (device, dtype, state_keys, state_dtypes, kind), members in groups.items():
