@@ -26,8 +26,8 @@ except ImportError:  # tests/ is a package
     from tests.cases import CASES, build
 
 # 0-d, 1-d, 2-d, 3-d; 15 flat tensors, four 4×3 matrices and four more scalars (the elementwise algorithms pack all
-# of these small tensors into flat kernels; Adafactor stacks the 11 same-shape vectors, the four matrices and the
-# five scalars, and calls kernels on the others in chunks); one non-contiguous view (loop path; Adafactor: a chunked
+# of these small tensors into flat kernels; Adafactor packs the 12 vectors with the five scalars, and the four 4×3
+# matrices, and calls kernels on the others in chunks); one non-contiguous view (loop path; Adafactor: a chunked
 # 2-D kernel)
 SHAPES = [(), (7,), (5, 6), (3, 4, 2)] + [(9,)] * 11 + [(4, 3)] * 4 + [()] * 4
 STEPS = 4
@@ -155,7 +155,7 @@ def test_guarded_kernels_take_chunks_of_one_shape(monkeypatch: pytest.MonkeyPatc
     """Adafactor's kernels see real shapes and keep their guards: a chunk of mixed shapes would compile again for
     each pattern of equal sizes in it, so chunks are cut per shape (the 4- and 2-tensor kernels take what is left
     of a shape)."""
-    monkeypatch.setattr(_base, "SMALL_TENSOR", 16)  # these matrices are chunked, not stacked
+    monkeypatch.setattr(_base, "SMALL_TENSOR", 16)  # these matrices are chunked, not packed
     gen = torch.Generator().manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in [(5, 6), (6, 5), (4, 4)] * 5 + [(5, 6)] * 3]
     for p in params:
@@ -173,7 +173,7 @@ def test_guarded_kernels_are_keyed_by_their_small_trailing_sizes(monkeypatch: py
     """Sizes below STATIC_SIZE in the last two dims (a conv weight's 3×3) are compiled into Adafactor's kernels. Each
     combination gets kernels of its own: in one shared kernel, a model with more combinations than dynamo's
     recompile limit would fail to compile (fullgraph) and fall back to foreach. The results still equal the loop's."""
-    monkeypatch.setattr(_base, "SMALL_TENSOR", 16)  # chunked, not stacked
+    monkeypatch.setattr(_base, "SMALL_TENSOR", 16)  # chunked, not packed
     monkeypatch.setattr(_base, "_compile_error", [])  # a failure here must not switch fused off for later tests
     shapes = [(20, 2, 3), (20, 3, 3), (20, 3, 5), (20, 3, 3)]
     gen = torch.Generator().manual_seed(0)
