@@ -295,7 +295,7 @@ def stochastic_round_to_bf16(x: Tensor) -> Tensor:
 
 # --------------------------------------------------------------------------------------------- traceable scalars
 # The cores run eagerly with Python-number hyper-parameters (torch._foreach_* ops take those) and, inside the
-# compiled fused step, with 0-d tensors for lr, weight decay and step counts (so that a schedule does not
+# compiled fused step, with 0-d tensors for lr, betas, weight decay and step counts (so that a schedule does not
 # recompile). These helpers take either: Python numbers go to the foreach kernels unchanged (so the eager paths keep
 # their exact results), tensors to per-tensor ops, which the compiler fuses into one loop anyway.
 Scalar: TypeAlias = float | Tensor
@@ -380,6 +380,16 @@ def add_scaled_(xs: list[Tensor], ys: list[Tensor], value: Scalar) -> None:
         return
     for x, y in zip(xs, ys):
         x.add_(y * value)
+
+
+def lerp_(xs: list[Tensor], ys: list[Tensor], weight: Scalar) -> None:
+    """xs ← xs + weight·(ys − xs)."""
+    if not _traced(weight):
+        torch._foreach_lerp_(xs, ys, weight)
+        return
+    for x, y in zip(xs, ys):
+        # lerp's own formula switches at weight 0.5 on the weight's value: a select in every loop of the kernel
+        x.add_((y - x) * weight)
 
 
 def addcmul_(xs: list[Tensor], a: list[Tensor], b: list[Tensor], value: Scalars) -> None:
@@ -480,6 +490,11 @@ def _scalar_loops(shape: Sequence[int]) -> bool:
     return len(shape) > 0 and 1 < shape[-1] < STATIC_SIZE
 
 
+#: Hyper-parameters the fused kernels take as tensor inputs, because schedules change them between steps: every LR
+#: scheduler the lr, OneCycleLR and CyclicLR (``cycle_momentum``, on by default) ``betas[0]``. A nonzero weight decay
+#: is an input too; the other hyper-parameters are compiled in.
+SCHEDULED = ("lr", "betas")
+
 _compile_error: list[str] = []  # the first failure, if torch.compile cannot work here
 
 
@@ -502,12 +517,14 @@ def _fused_body(update: Callable[..., None], consts: dict[str, Any], keys: tuple
     """The step that ``torch.compile`` fuses: casts in, the algorithm's own ``_update``, casts and copies out."""
 
     def fused_step(params: list[Tensor], grads: list[Tensor], buffers: list[list[Tensor]], steps: list[Tensor],
-                   lr: Tensor, weight_decay: Tensor | None, factor: Tensor | None,
+                   lr: Tensor, weight_decay: Tensor | None, factor: Tensor | None, betas: list[Tensor] | None,
                    segments: tuple[Tensor, ...] | None = None) -> None:
         group = dict(consts)
         group["lr"] = lr
         if weight_decay is not None:
             group["weight_decay"] = weight_decay
+        if betas is not None:
+            group["betas"] = tuple(betas)
         work = [p.to(work_dtype) for p in params]
         work_grads = [g.to(work_dtype) for g in grads]
         if factor is not None:
@@ -564,10 +581,9 @@ def _kernel(opt: OptarenaOptimizer, key: tuple[Any, ...], consts: dict[str, Any]
         _kernels[key] = kernel
         opt._fused_kernels_made += 1
         if opt._fused_kernels_made == 32:
-            warnings.warn(f"{type(opt).__name__}(fused=True) has compiled 32 kernels: a hyper-parameter other than lr "
-                          "and weight_decay (e.g. betas cycled by OneCycleLR) seems to change between steps, and "
-                          "each new value compiles again; keep it constant or use fused=False", RuntimeWarning,
-                          stacklevel=5)
+            warnings.warn(f"{type(opt).__name__}(fused=True) has compiled 32 kernels: a hyper-parameter other than lr, "
+                          "betas and weight_decay (e.g. eps) seems to change between steps, and each new value "
+                          "compiles again; keep it constant or use fused=False", RuntimeWarning, stacklevel=5)
     return kernel
 
 
@@ -694,6 +710,8 @@ class _FusedPlan:
         #: or None)``
         self.buckets: list[tuple[torch.device, torch.dtype, list[tuple[Any, ...]]]] = []
         self.eager: list[int] = []  # non-contiguous and DTensor params: the per-tensor loop
+        #: per (device, math dtype): the kernels' lr, weight decay, gradient factor and betas, refilled each step
+        self.inputs: dict[tuple[torch.device, torch.dtype], tuple[Any, ...]] = {}
         self.scratch_bytes = 0
 
     def serves(self, key: tuple[Any, ...], params: list[Tensor], states: list[dict[str, Tensor]]) -> bool:
@@ -710,29 +728,29 @@ def _fused_step(opt: OptarenaOptimizer, group: dict[str, Any], params: list[Tens
     """Run the group's step through compiled kernels; False (nothing changed) if it cannot, after one warning."""
     factor = -scale if group["maximize"] else scale
     wd = group.get("weight_decay", 0.0)
-    consts = {k: v for k, v in group.items() if k not in ("params", "lr")}
-    # lr and a nonzero weight decay are kernel inputs: their values are not part of the kernel's identity
+    consts = {k: v for k, v in group.items() if k not in ("params", *SCHEDULED)}
+    # a nonzero weight decay is a kernel input too: its value is not part of the kernel's identity
     const_key = tuple((k, repr(v)) for k, v in sorted(consts.items()) if k != "weight_decay")
     key = (const_key, wd != 0, factor != 1.0, torch.get_num_threads())
+    values = (group["lr"], wd if wd != 0 else None, factor if factor != 1.0 else None, group.get("betas"))
     plan = opt._fused_plans.get(id(group))
     if plan is None or not plan.serves(key, params, states):
-        plan = _make_plan(opt, key, consts, params, states)
+        plan = _make_plan(opt, key, consts, values, params, states)
         if plan is None:
             return False
         opt._fused_plans[id(group)] = plan
     flatten = opt.fused_flatten
     for device, work_dtype, calls in plan.buckets:
-        lr = torch.tensor(group["lr"], dtype=work_dtype, device=device)
-        wd_t = torch.tensor(wd, dtype=work_dtype, device=device) if wd != 0 else None
-        factor_t = torch.tensor(factor, dtype=work_dtype, device=device) if factor != 1.0 else None
+        hyper = plan.inputs[(device, work_dtype)]
+        _refill(hyper, values)
         for kernel, idx, ps, bufs, steps, pack in calls:
             if pack is not None:
-                kernel(ps, pack.load(), bufs, steps, lr, wd_t, factor_t, pack.segments)
+                kernel(ps, pack.load(), bufs, steps, *hyper, pack.segments)
                 pack.store()
                 continue
             # a strided grad is copied by ravel (it is only read)
             gs = [params[i].grad.ravel() for i in idx] if flatten else [params[i].grad for i in idx]
-            kernel(ps, gs, bufs, steps, lr, wd_t, factor_t)
+            kernel(ps, gs, bufs, steps, *hyper)
     if plan.eager:
         if opt.counts_steps:
             for i in plan.eager:
@@ -742,7 +760,8 @@ def _fused_step(opt: OptarenaOptimizer, group: dict[str, Any], params: list[Tens
     return True
 
 
-def _make_plan(opt: OptarenaOptimizer, key: tuple[Any, ...], consts: dict[str, Any], params: list[Tensor],
+def _make_plan(opt: OptarenaOptimizer, key: tuple[Any, ...], consts: dict[str, Any],
+               values: tuple[Any, ...], params: list[Tensor],
                states: list[dict[str, Tensor]]) -> _FusedPlan | None:
     """Assign the tensors to kernels (compiling those not yet made) and pack the small ones; None if compilation
     fails."""
@@ -817,10 +836,7 @@ def _make_plan(opt: OptarenaOptimizer, key: tuple[Any, ...], consts: dict[str, A
     plan.state_tensors = [t for s in states for t in s.values()]
     try:  # compile everything first, so that a failure leaves this step to the foreach path untouched
         for (device, work_dtype, calls) in plan.buckets:
-            # three distinct tensors: the same one passed thrice would compile a kernel that assumes they alias
-            lr, wd, factor = (torch.tensor(v, dtype=work_dtype, device=device) for v in (1e-3, 0.1, 1.0))
-            wd = wd if with_wd else None
-            factor = factor if with_factor else None
+            hyper = plan.inputs[(device, work_dtype)] = _kernel_inputs(values, device, work_dtype)
             for kernel, idx, ps, bufs, steps, pack in calls:
                 # A kernel without guards runs whatever it was compiled on; one that keeps them (real shapes) is
                 # run on stand-ins of each new shape, so that a shape it was not compiled for compiles here, not in
@@ -829,8 +845,7 @@ def _make_plan(opt: OptarenaOptimizer, key: tuple[Any, ...], consts: dict[str, A
                 shapes = None if flatten else (*(p.shape for p in ps), segments and segments[0].shape)
                 if shapes not in kernel.__dict__.setdefault("_optarena_shapes", set()):
                     gs = [pack.flat_grad] if pack is not None else [params[i].grad for i in idx]
-                    _compile(opt, kernel, (ps, gs, bufs, steps, segments), lr, wd, factor, flatten,
-                             pack is not None)
+                    _compile(opt, kernel, (ps, gs, bufs, steps, segments), hyper, flatten, pack is not None)
                     kernel._optarena_shapes.add(shapes)
     except Exception as err:  # noqa: BLE001 - whatever the compiler raised, foreach still works
         _compile_error.append(f"{type(err).__name__}: {err}")
@@ -838,6 +853,30 @@ def _make_plan(opt: OptarenaOptimizer, key: tuple[Any, ...], consts: dict[str, A
                       "using foreach instead", RuntimeWarning, stacklevel=5)
         return None
     return plan
+
+
+def _kernel_inputs(values: tuple[Any, ...], device: torch.device, work_dtype: torch.dtype) -> tuple[Any, ...]:
+    """Tensors for the values a schedule may change between steps (``SCHEDULED``, a nonzero weight decay and the
+    gradient factor; None stays None: compiled in). Distinct tensors: one passed twice would compile as aliased.
+    Betas are float64, like the Python floats of the other paths (1 − β and β^t are exact to double before they meet
+    fp32), and 0-d: a vector's length could be taken for another size of the same value (the kernels have no guards
+    to tell)."""
+    lr, wd, factor, betas = values
+
+    def scalar(value: float | None, dtype: torch.dtype) -> Tensor | None:
+        return None if value is None else torch.tensor(value, dtype=dtype, device=device)
+
+    return (scalar(lr, work_dtype), scalar(wd, work_dtype), scalar(factor, work_dtype),
+            None if betas is None else [scalar(b, torch.float64) for b in betas])
+
+
+def _refill(inputs: tuple[Any, ...], values: tuple[Any, ...]) -> None:
+    """Put this step's values into the tensors of ``_kernel_inputs`` (nothing is allocated per step)."""
+    *scalars, betas = inputs
+    *numbers, beta_values = values
+    for tensor, value in zip((*scalars, *(betas or ())), (*numbers, *(beta_values or ()))):
+        if tensor is not None:
+            tensor.fill_(value)
 
 
 def _pack_runs(params: list[Tensor], members: list[int], flat: bool) -> list[list[int]]:
@@ -872,8 +911,8 @@ def _fused_args(params: list[Tensor], states: list[dict[str, Tensor]], idx: list
     return ps, bufs, steps
 
 
-def _compile(opt: OptarenaOptimizer, kernel: Callable[..., None], args: tuple[Any, ...], lr: Tensor,
-             wd: Tensor | None, factor: Tensor | None, flatten: bool, packed: bool) -> None:
+def _compile(opt: OptarenaOptimizer, kernel: Callable[..., None], args: tuple[Any, ...],
+             hyper: tuple[Any, ...], flatten: bool, packed: bool) -> None:
     """Compile ``kernel`` on stand-in tensors (the real ones stay untouched if compilation fails). A 1-D kernel's
     are of distinct odd sizes, so that no size is specialised to 0, 1 or another tensor's size (the sizes are
     inductor's hints for whether to parallelise, so they are large for the large-tensor kernels); a kernel with real
@@ -906,5 +945,5 @@ def _compile(opt: OptarenaOptimizer, kernel: Callable[..., None], args: tuple[An
     # Dynamo would first trace the group's floats (betas, eps) as symbolic inputs, find that they must be constants
     # and trace again from the start (a quarter of a cold compile); they are constants of the kernel's key anyway.
     with torch._dynamo.config.patch(specialize_float=True), _codegen.adjusted_codegen():
-        kernel(fake, fake_grads, fake_bufs, fake_steps, lr, wd, factor, segments)
+        kernel(fake, fake_grads, fake_bufs, fake_steps, *hyper, segments)
     opt.fused_compile_seconds += time.perf_counter() - start

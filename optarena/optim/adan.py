@@ -14,11 +14,13 @@ from ._base import (
     ParamsT,
     Scalar,
     addcdiv_,
+    addcmul_,
     check_betas,
     check_number,
     div_,
     hoisted,
     is_nonzero,
+    lerp_,
     mul_,
     scalar_fn,
     step_counter,
@@ -29,7 +31,7 @@ from ._base import (
 
 def adan_update(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_diffs: list[Tensor],
                 exp_avg_sqs: list[Tensor], prev_grads: list[Tensor], *, steps: list[Scalar], lr: Scalar,
-                beta1: float, beta2: float, beta3: float, eps: float, weight_decay: Scalar, no_prox: bool) -> None:
+                beta1: Scalar, beta2: Scalar, beta3: Scalar, eps: float, weight_decay: Scalar, no_prox: bool) -> None:
     """The Adan rule on lists of tensors; ``steps`` holds each tensor's step count t (already advanced)::
 
         diff ← g − g_prev  (0 at t = 1);   m ← β1·m + (1−β1)·g;   d ← β2·d + (1−β2)·diff
@@ -43,13 +45,13 @@ def adan_update(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor
         elif t == 1:
             prev.copy_(grad)
     diffs = torch._foreach_sub(grads, prev_grads)
-    torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
-    torch._foreach_lerp_(exp_avg_diffs, diffs, 1 - beta2)
+    lerp_(exp_avgs, grads, 1 - beta1)
+    lerp_(exp_avg_diffs, diffs, 1 - beta2)
     nesterov_grads = diffs  # reuse the buffers: diffs are no longer needed
-    torch._foreach_mul_(nesterov_grads, beta2)
+    mul_(nesterov_grads, beta2)
     torch._foreach_add_(nesterov_grads, grads)
-    torch._foreach_mul_(exp_avg_sqs, beta3)
-    torch._foreach_addcmul_(exp_avg_sqs, nesterov_grads, nesterov_grads, value=1 - beta3)
+    mul_(exp_avg_sqs, beta3)
+    addcmul_(exp_avg_sqs, nesterov_grads, nesterov_grads, 1 - beta3)
 
     sqrt_bias3, step1, step2 = hoisted([scalar_fn(1 - beta3**t, torch.sqrt, math.sqrt) for t in steps],
                                        [-lr / (1 - beta1**t) for t in steps],

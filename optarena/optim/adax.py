@@ -18,6 +18,7 @@ from ._base import (
     check_number,
     hoisted,
     is_nonzero,
+    lerp_,
     mul_,
     scalar_fn,
     step_counter,
@@ -26,19 +27,19 @@ from ._base import (
 )
 
 
-def adax_new_weight(t: Scalar, beta2: float) -> Scalar:
+def adax_new_weight(t: Scalar, beta2: Scalar) -> Scalar:
     """Weight of g² in the bias-corrected second moment at step t: ``β2 / ((1 + β2)^t − 1)``.
 
     AdaX's raw moment ``v ← (1 + β2)·v + β2·g²`` grows like ``(1 + β2)^t`` and overflows float32 near t ≈ 9e5;
     its corrected value ``v̂ = v/((1 + β2)^t − 1)`` obeys ``v̂ ← (1 − w)·v̂ + w·g²`` with this ``w``. Written with
     ``exp(−x)`` (x = t·log1p(β2)) it never overflows: at t = 1 it is exactly 1, for huge t it underflows to 0.
     """
-    x = t * math.log1p(beta2)
+    x = t * scalar_fn(beta2, torch.log1p, math.log1p)
     return beta2 * scalar_fn(-x, torch.exp, math.exp) / -scalar_fn(-x, torch.expm1, math.expm1)
 
 
 def adax_update(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor], *,
-                steps: list[Scalar], lr: Scalar, beta1: float, beta2: float, eps: float, weight_decay: Scalar,
+                steps: list[Scalar], lr: Scalar, beta1: Scalar, beta2: Scalar, eps: float, weight_decay: Scalar,
                 decoupled_weight_decay: bool) -> None:
     """The AdaX rule on lists of tensors, with ``exp_avg_sqs`` holding the bias-corrected ``v̂``::
 
@@ -52,7 +53,7 @@ def adax_update(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor
             grads = [g + weight_decay * p for g, p in zip(grads, params)]
         else:
             grads = torch._foreach_add(grads, params, alpha=weight_decay)
-    torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+    lerp_(exp_avgs, grads, 1 - beta1)
     weights = [adax_new_weight(t, beta2) for t in steps]
     keeps, weights = hoisted([1 - w for w in weights], weights)
     mul_(exp_avg_sqs, keeps)

@@ -16,6 +16,7 @@ from ._base import (
     check_betas,
     check_number,
     is_nonzero,
+    lerp_,
     mul_,
     zeros_state,
 )
@@ -29,8 +30,8 @@ def sign_direction(c: list[Tensor]) -> list[Tensor]:
     return c
 
 
-def lion_update(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], *, lr: Scalar, beta1: float,
-                beta2: float, weight_decay: Scalar, direction: Direction = sign_direction) -> None:
+def lion_update(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], *, lr: Scalar, beta1: Scalar,
+                beta2: Scalar, weight_decay: Scalar, direction: Direction = sign_direction) -> None:
     """The Lion rule on lists of tensors (RLion is this rule with a bounded ``direction`` instead of sign)::
 
         θ ← θ·(1 − lr·wd);  c ← β1·m + (1 − β1)·g;  θ ← θ − lr·direction(c);  m ← β2·m + (1 − β2)·g
@@ -38,9 +39,9 @@ def lion_update(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor
     if is_nonzero(weight_decay):
         mul_(params, 1 - lr * weight_decay)
     c = torch._foreach_mul(exp_avgs, beta1)
-    torch._foreach_add_(c, grads, alpha=1 - beta1)
+    add_scaled_(c, grads, 1 - beta1)
     add_scaled_(params, direction(c), -lr)
-    torch._foreach_lerp_(exp_avgs, grads, 1 - beta2)
+    lerp_(exp_avgs, grads, 1 - beta2)
 
 
 class Lion(OptarenaOptimizer):
