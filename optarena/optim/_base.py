@@ -760,9 +760,8 @@ def _fused_step(opt: OptarenaOptimizer, group: dict[str, Any], params: list[Tens
     return True
 
 
-def _make_plan(opt: OptarenaOptimizer, key: tuple[Any, ...], consts: dict[str, Any],
-               values: tuple[Any, ...], params: list[Tensor],
-               states: list[dict[str, Tensor]]) -> _FusedPlan | None:
+def _make_plan(opt: OptarenaOptimizer, key: tuple[Any, ...], consts: dict[str, Any], values: tuple[Any, ...],
+               params: list[Tensor], states: list[dict[str, Tensor]]) -> _FusedPlan | None:
     """Assign the tensors to kernels (compiling those not yet made) and pack the small ones; None if compilation
     fails."""
     const_key, with_wd, with_factor, threads = key
@@ -942,8 +941,9 @@ def _compile(opt: OptarenaOptimizer, kernel: Callable[..., None], args: tuple[An
     # kernels get the real lengths: a stand-in length equal to some size of the stand-ins by chance (dynamo then
     # assumes they are equal) would fail a guard on the first real step.
     fake_steps = [torch.zeros(3 if packed and flatten else s.numel(), dtype=s.dtype, device=s.device) for s in steps]
-    # Dynamo would first trace the group's floats (betas, eps) as symbolic inputs, find that they must be constants
-    # and trace again from the start (a quarter of a cold compile); they are constants of the kernel's key anyway.
+    # Dynamo would first trace the group's floats (eps, RLion's α) as symbolic inputs, find that they must be
+    # constants and trace again from the start (a quarter of a cold compile); they are constants of the kernel's key
+    # anyway.
     with torch._dynamo.config.patch(specialize_float=True), _codegen.adjusted_codegen():
         kernel(fake, fake_grads, fake_bufs, fake_steps, *hyper, segments)
     opt.fused_compile_seconds += time.perf_counter() - start
