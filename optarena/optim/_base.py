@@ -570,7 +570,7 @@ def _kernel(opt: OptarenaOptimizer, key: tuple[Any, ...], consts: dict[str, Any]
         if flatten:
             # Guards would cost ~1 µs per tensor per call. Safe to drop: ``key`` pins everything they would check
             # (count, dtypes, device, constants), shapes are dynamic 1-D and the kernel was compiled on distinct odd
-            # sizes, so no size was specialised.
+            # sizes, so no size was specialised (the other inputs are 0-d, or a pack's step vector of length 3).
             options["guard_filter_fn"] = torch.compiler.skip_all_guards_unsafe
             # Each tensor's last < 32 elements take a scalar loop: a vectorised tail restates the whole body with
             # masks, which doubled gcc's time (Adan's 16-tensor kernel with bf16 state: 10.4–11.7 -> 4.2–4.3 s).
