@@ -157,8 +157,8 @@ def test_kernels_compile_only_on_stand_ins(name: str, monkeypatch: pytest.Monkey
 
 def test_guarded_kernels_take_chunks_of_one_shape(monkeypatch: pytest.MonkeyPatch) -> None:
     """Adafactor's kernels see real shapes and keep their guards: a chunk of mixed shapes would compile again for
-    each pattern of equal sizes in it, so chunks are cut per shape (the 4- and 2-tensor kernels take what is left
-    of a shape)."""
+    each pattern of equal sizes in it, so chunks are cut per shape (the 1-tensor kernel takes what is left of a
+    shape)."""
     monkeypatch.setattr(_base, "SMALL_TENSOR", 16)  # these matrices are chunked, not packed
     gen = torch.Generator().manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in [(5, 6), (6, 5), (4, 4)] * 5 + [(5, 6)] * 3]
@@ -170,7 +170,7 @@ def test_guarded_kernels_take_chunks_of_one_shape(monkeypatch: pytest.MonkeyPatc
     calls = [idx for _, _, bucket in plan.buckets for _, idx, *_ in bucket]
     assert sorted(i for idx in calls for i in idx) == list(range(len(params)))
     assert all(len({params[i].shape for i in idx}) == 1 for idx in calls)
-    assert sorted(len(idx) for idx in calls) == [1, 1, 4, 4, 8]  # 8 of (5, 6); 4 + 1 of each of the others
+    assert sorted(len(idx) for idx in calls) == [1, 1, 4, 4, 4, 4]  # 8 of (5, 6): 4 + 4; 4 + 1 of each other
 
 
 def test_guarded_kernels_are_keyed_by_their_small_trailing_sizes(monkeypatch: pytest.MonkeyPatch) -> None:

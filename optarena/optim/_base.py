@@ -410,13 +410,16 @@ def addcdiv_(xs: list[Tensor], a: list[Tensor], b: list[Tensor], value: Scalars)
         x.add_(u / w * v)
 
 
-# An opaque copy for inductor (it cannot see inside an op it does not lower), defined through the low-level
-# Library API: a call costs ~4 µs against ~14 µs for a torch.library.custom_op, and the fused step makes one or
-# two per kernel call. The composite kernel also serves fake tensors while tracing.
+# An opaque op for inductor (it cannot see inside an op it does not lower) that claims to update its tensors in
+# place and does nothing: inductor must store them before the call and read them back after it. In place, inductor
+# passes its own buffers; an op returning copies (used before) cost a second buffer and a copy per tensor
+# (Adafactor's 3×3 conv weights: their row and column factors, 2/3 of the weight). Defined through the low-level
+# Library API: a call costs ~4 µs against ~14 µs for a torch.library.custom_op, and the fused step makes one or two
+# per kernel call. The composite kernel also serves fake tensors while tracing.
 _LIBRARY = torch.library.Library("optarena", "DEF")
-_LIBRARY.define("computed_once(Tensor[] values) -> Tensor[]")
-_LIBRARY.impl("computed_once", lambda values: [v.clone() for v in values], "CompositeExplicitAutograd")
-_computed_once = torch.ops.optarena.computed_once.default
+_LIBRARY.define("keep_(Tensor(a!)[] values) -> ()")
+_LIBRARY.impl("keep_", lambda values: None, "CompositeExplicitAutograd")
+_keep = torch.ops.optarena.keep_.default
 
 
 def hoisted(*lists: list[Scalar]) -> tuple[list[Scalar], ...]:
@@ -430,7 +433,8 @@ def hoisted(*lists: list[Scalar]) -> tuple[list[Scalar], ...]:
         return lists
     # one table (a pack's per-member vectors and scalars broadcast together): one opaque op, one buffer
     cells = torch.broadcast_tensors(*(torch.as_tensor(v, dtype=torch.float64) for values in lists for v in values))
-    (table,) = _computed_once([torch.stack(cells)])
+    table = torch.stack(cells)
+    _keep([table])
     rows = iter(table.unbind())
     return tuple([next(rows) for _ in values] for values in lists)
 
@@ -439,7 +443,9 @@ def stored(tensors: list[Tensor]) -> list[Tensor]:
     """``tensors`` themselves; inside the compiled step, small tensors (per-row or per-column factors) that inductor
     stores, all in one opaque call, before the element loops that broadcast them, instead of recomputing them in
     every iteration (see ``hoisted``)."""
-    return _computed_once(tensors) if tensors and torch.compiler.is_compiling() else tensors
+    if tensors and torch.compiler.is_compiling():
+        _keep(tensors)
+    return tensors
 
 
 def step_values(states: list[dict[str, Tensor]]) -> list[Scalar]:
