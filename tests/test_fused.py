@@ -441,6 +441,22 @@ def test_no_step_temporaries_larger_than_the_largest_param(monkeypatch: pytest.M
     assert 0 < opt.fused_scratch_bytes <= 2 * 40 * 4
 
 
+def test_stored_values_are_kept_in_inductors_own_buffer() -> None:
+    """``stored`` makes inductor write per-row values once and read them back in the element loop (pointwise, they
+    would be recomputed for every element: nothing allocated). Its opaque op takes inductor's buffer in place: one
+    buffer of the values per call (an op returning a copy allocated a second one)."""
+
+    def scaled_rows(x: torch.Tensor, out: torch.Tensor) -> None:
+        (factors,) = _base.stored([x[:, :1].rsqrt()])
+        out.copy_(x * factors)
+
+    compiled = torch.compile(scaled_rows, fullgraph=True, dynamic=False)
+    x, out = torch.rand(256, 96) + 1, torch.empty(256, 96)
+    compiled(x, out)
+    torch.testing.assert_close(out, x * x[:, :1].rsqrt())
+    assert peak_extra_bytes(lambda: compiled(x, out)) == 256 * 4
+
+
 @pytest.mark.parametrize("case", ["adan", "lion", "adafactor-momentum"])
 def test_packs_follow_diverging_step_counts_and_path_changes(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Small tensors are stepped in packs that share one step count. A parameter that misses a step, or steps on
