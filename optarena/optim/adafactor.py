@@ -40,6 +40,20 @@ def relative_step_size(t: Scalar, lr: Scalar, relative_step: bool, warmup_init: 
     return smin(rho, 1e-6 * t) if warmup_init else rho
 
 
+def mean_of(total: Tensor, count: int) -> Tensor:
+    """``total / count`` in place; compiled, a product with ``1/count``: gcc keeps a division by a constant a
+    division, and the scalar loops of a conv weight's 3×3 factors were bound by divisions and square roots."""
+    return total.mul_(1 / count) if torch.compiler.is_compiling() else total.div_(count)
+
+
+def row_square_means(grad: Tensor) -> Tensor:
+    """The mean of g² over the last dim: eagerly ‖g‖²/n (without materialising g²); compiled, a sum of squares
+    inside the loop (no square root to square again)."""
+    if torch.compiler.is_compiling():
+        return mean_of(grad.square().sum(-1, keepdim=True), grad.size(-1))
+    return torch.linalg.vector_norm(grad, dim=-1, keepdim=True).square_().div_(grad.size(-1))
+
+
 def column_square_means(grad: Tensor) -> Tensor:
     """The mean of g² over dim −2, summed in blocks of rows so that ``grad`` is read in row-major order.
 
@@ -49,7 +63,7 @@ def column_square_means(grad: Tensor) -> Tensor:
     rows, cols = grad.shape[-2:]
     block = next(b for b in (64, 32, 16, 8, 4, 2, 1) if rows % b == 0)
     blocks = grad.reshape(*grad.shape[:-2], rows // block, block, cols)
-    return blocks.square().sum(dim=-2).sum(dim=-2, keepdim=True).div_(rows)
+    return mean_of(blocks.square().sum(dim=-2).sum(dim=-2, keepdim=True), rows)
 
 
 def rms(xs: list[Tensor], segments: Segments | None) -> list[Scalar]:
@@ -90,11 +104,10 @@ def adafactor_update(params: list[Tensor], grads: list[Tensor], row_vars: list[T
     (new_weights,) = hoisted([t**beta2_decay for t in steps])  # 1 − β̂_t
     for grad, row_var, col_var, variance, new_weight in zip(grads, row_vars, col_vars, variances, new_weights):
         if variance is None:
-            # mean of g² over a dim, without materialising g²: ‖g‖²/n
-            lerp_([row_var], [torch.linalg.vector_norm(grad, dim=-1, keepdim=True).square_().div_(grad.size(-1))],
-                  new_weight)
+            lerp_([row_var], [row_square_means(grad)], new_weight)
             lerp_([col_var], [column_square_means(grad)], new_weight)
-            factors += [row_var.div(row_var.mean(dim=-2, keepdim=True).clamp_(min=tiny)).rsqrt_(), col_var.rsqrt()]
+            row_mean = mean_of(row_var.sum(dim=-2, keepdim=True), row_var.size(-2)).clamp_(min=tiny)
+            factors += [row_var.div(row_mean).rsqrt_(), col_var.rsqrt()]
         else:
             lerp_([variance], [grad * grad], new_weight)
     factors_left = iter(stored(factors))
