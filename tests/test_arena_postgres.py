@@ -10,10 +10,12 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -77,15 +79,36 @@ def _has_user(name: str) -> bool:
         return False
 
 
+def _outputs_within(processes: list[subprocess.Popen], seconds: float) -> list[tuple[str, str]]:
+    """Each process's (stdout, stderr); if any runs past ``seconds``, fail with all outputs and the stacks of the
+    ones still running, their worker processes included (SIGABRT to each session; a hang would otherwise show only
+    the timeout)."""
+    deadline = time.monotonic() + seconds
+    outputs: list[tuple[str, str] | None] = [None] * len(processes)
+    try:
+        for i, p in enumerate(processes):
+            outputs[i] = p.communicate(timeout=max(0.1, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        for i, p in enumerate(processes):
+            if outputs[i] is None:
+                if p.poll() is None:
+                    os.killpg(p.pid, signal.SIGABRT)
+                outputs[i] = p.communicate(timeout=60)
+        pytest.fail(f"optarena compare did not finish within {seconds} s; outputs (stacks on stderr): {outputs}")
+    return outputs  # type: ignore[return-value]
+
+
 def test_two_machines_share_one_study_through_postgresql(postgres_url, tmp_path):
     args = ["--task", f"{USER_TASKS}:rendezvous", "--optimizers", "adamw,lion,adan", "--budget", "tiny",
             "--seeds", "2", "--workers", "1", "--storage", postgres_url]
     # two independent invocations, as on two machines, each with its own output folder
-    env = {**os.environ, "OPTARENA_TEST_RENDEZVOUS": str(tmp_path / "pids")}  # each waits for the other's first run
+    env = {**os.environ, "OPTARENA_TEST_RENDEZVOUS": str(tmp_path / "pids"),  # each waits for the other's first run
+           "PYTHONFAULTHANDLER": "1"}  # a process still running at the deadline prints its threads' stacks (below)
     processes = [subprocess.Popen([sys.executable, "-m", "optarena", "compare", *args, "--out", str(tmp_path / m)],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                  start_new_session=True)
                  for m in ("a", "b")]
-    outputs = [p.communicate(timeout=300) for p in processes]
+    outputs = _outputs_within(processes, seconds=300)
     assert [p.returncode for p in processes] == [0, 0], outputs
 
     config = CompareConfig(optimizers=("adamw", "lion", "adan"), tasks=(f"{USER_TASKS}:rendezvous",), budget="tiny",
