@@ -6,6 +6,7 @@ unless OPTARENA_REQUIRE_POSTGRES=1 (set by .ci/run, which installs them) turns t
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -91,7 +92,7 @@ def _outputs_within(processes: list[subprocess.Popen], seconds: float) -> list[t
     except subprocess.TimeoutExpired:
         for i, p in enumerate(processes):
             if outputs[i] is None:
-                if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):  # it may have ended just now
                     os.killpg(p.pid, signal.SIGABRT)
                 outputs[i] = p.communicate(timeout=60)
         pytest.fail(f"optarena compare did not finish within {seconds} s; outputs (stacks on stderr): {outputs}")
