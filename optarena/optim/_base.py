@@ -442,8 +442,7 @@ def hoisted(*lists: list[Scalar]) -> tuple[list[Scalar], ...]:
         return lists
     # one table (a pack's per-member vectors and scalars broadcast together): one opaque op, one buffer
     cells = torch.broadcast_tensors(*(torch.as_tensor(v, dtype=torch.float64) for values in lists for v in values))
-    table = torch.stack(cells)
-    _keep([table])
+    (table,) = stored([torch.stack(cells)])
     rows = iter(table.unbind())
     return tuple([next(rows) for _ in values] for values in lists)
 

@@ -50,8 +50,10 @@ def row_square_means(grad: Tensor) -> Tensor:
     """The mean of g² over the last dim: eagerly ‖g‖²/n (without materialising g²); compiled, a sum of squares
     inside the loop (no square root to square again)."""
     if torch.compiler.is_compiling():
-        return mean_of(grad.square().sum(-1, keepdim=True), grad.size(-1))
-    return torch.linalg.vector_norm(grad, dim=-1, keepdim=True).square_().div_(grad.size(-1))
+        sums = grad.square().sum(-1, keepdim=True)
+    else:
+        sums = torch.linalg.vector_norm(grad, dim=-1, keepdim=True).square_()
+    return mean_of(sums, grad.size(-1))
 
 
 def column_square_means(grad: Tensor) -> Tensor:
