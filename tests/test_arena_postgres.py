@@ -81,22 +81,25 @@ def _has_user(name: str) -> bool:
 
 
 def _outputs_within(processes: list[subprocess.Popen], seconds: float) -> list[tuple[str, str]]:
-    """Each process's (stdout, stderr); if any runs past ``seconds``, fail with all outputs and the stacks of the
-    ones still running, their worker processes included (SIGABRT to each session; a hang would otherwise show only
-    the timeout)."""
+    """Each process's (stdout, stderr). Fails, with every output and the stacks of the processes still running (their
+    workers included: SIGABRT to each session), if one runs past ``seconds`` or one fails while another still runs
+    (the other would wait at the rendezvous for a partner that is gone)."""
     deadline = time.monotonic() + seconds
     outputs: list[tuple[str, str] | None] = [None] * len(processes)
-    try:
-        for i, p in enumerate(processes):
-            outputs[i] = p.communicate(timeout=max(0.1, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
+    while None in outputs and time.monotonic() < deadline and all(p.returncode in (None, 0) for p in processes):
         for i, p in enumerate(processes):
             if outputs[i] is None:
-                with contextlib.suppress(ProcessLookupError):  # it may have ended just now
-                    os.killpg(p.pid, signal.SIGABRT)
-                outputs[i] = p.communicate(timeout=60)
-        pytest.fail(f"optarena compare did not finish within {seconds} s; outputs (stacks on stderr): {outputs}")
-    return outputs  # type: ignore[return-value]
+                with contextlib.suppress(subprocess.TimeoutExpired):  # a later call still gets all the output
+                    outputs[i] = p.communicate(timeout=0.5)
+    if None not in outputs:
+        return outputs  # type: ignore[return-value]
+    for i, p in enumerate(processes):
+        if outputs[i] is None:
+            with contextlib.suppress(ProcessLookupError):  # it may have ended just now
+                os.killpg(p.pid, signal.SIGABRT)
+            outputs[i] = p.communicate(timeout=60)
+    pytest.fail(f"optarena compare failed or hung: exit codes {[p.returncode for p in processes]} (-6: stopped by "
+                f"this test, after {seconds} s or a partner's failure); outputs (stacks on stderr): {outputs}")
 
 
 def test_two_machines_share_one_study_through_postgresql(postgres_url, tmp_path):
@@ -123,3 +126,37 @@ def test_two_machines_share_one_study_through_postgresql(postgres_url, tmp_path)
     assert len([t for t in trials if "duplicate" not in t.user_attrs]) == len(records)
     for out in ("a", "b"):  # both wrote the full report from the shared study
         assert len((tmp_path / out / "results.csv").read_text().splitlines()) == len(records) + 1
+
+
+_OPEN_STORAGE = """
+import sys
+from optarena.arena.storage import ArenaStorage
+print("ready", flush=True)
+sys.stdin.readline()
+ArenaStorage(sys.argv[1])
+"""
+
+
+def test_machines_starting_together_on_a_new_database_all_connect(postgres_url):
+    """Optuna creates its tables on first contact; processes doing so at one moment race (PostgreSQL: a unique
+    violation, or DuplicateTable once the winner has committed), and each must retry rather than stop."""
+    import psycopg2
+
+    url = postgres_url.rsplit("/", 1)[0]
+    host_port = url.rsplit("@", 1)[1]
+    host, port = host_port.split(":")
+    for attempt in range(2):
+        connection = psycopg2.connect(host=host, port=int(port), user="optarena", dbname="postgres")
+        connection.autocommit = True
+        connection.cursor().execute(f"CREATE DATABASE fresh{attempt}")
+        connection.close()
+        processes = [subprocess.Popen([sys.executable, "-c", _OPEN_STORAGE, f"{url}/fresh{attempt}"],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                     for _ in range(4)]
+        for p in processes:  # all imported: then all go at once
+            assert p.stdout.readline().strip() == "ready", p.communicate()
+        for p in processes:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        outputs = [p.communicate(timeout=120) for p in processes]
+        assert [p.returncode for p in processes] == [0] * 4, outputs

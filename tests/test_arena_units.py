@@ -188,3 +188,32 @@ def test_a_run_that_raised_is_retried_once_by_the_next_invocation(tmp_path):
     later.finish(later.claim(cell, 1e-3, 0), _result(0.2))
     (record,) = later.records([cell])
     assert record.state == "complete" and record.metric == 0.2
+
+
+def test_storage_retries_when_another_machine_creates_the_tables_first(tmp_path, monkeypatch):
+    """Processes starting together on a new database race to create Optuna's tables: the loser's error (PostgreSQL:
+    a unique violation, or DuplicateTable, a ProgrammingError) means "created meanwhile", so it tries again."""
+    import optuna
+    import sqlalchemy
+
+    from optarena.arena import storage as storage_module
+
+    errors = [sqlalchemy.exc.ProgrammingError("CREATE TABLE", None, Exception('relation "studies" already exists')),
+              sqlalchemy.exc.IntegrityError("INSERT INTO version_info", None, Exception("duplicate key value"))]
+    attempts = []
+
+    class Racing(optuna.storages.RDBStorage):
+        def __init__(self, url, **kwargs):
+            attempts.append(url)
+            if errors:
+                raise errors.pop(0)
+            super().__init__(url, **kwargs)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", Racing)
+    monkeypatch.setattr(storage_module.time, "sleep", lambda seconds: None)
+    ArenaStorage(f"sqlite:///{tmp_path / 'arena.db'}").study_id(_config(tmp_path).cells()[0])
+    assert len(attempts) == 3
+
+    errors.append(sqlalchemy.exc.OperationalError("connect", None, Exception("connection refused")))  # not a race
+    with pytest.raises(ValueError, match="Invalid storage: 'sqlite:///x.db' \\(OperationalError\\)"):
+        ArenaStorage("sqlite:///x.db")

@@ -87,6 +87,14 @@ def _sqlite_pragmas(connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _lost_creation_race(err: Exception) -> bool:
+    """Whether ``err`` is another process creating Optuna's tables (or their first rows) at the same moment: a unique
+    violation, or a table that exists by the time this one's ``CREATE TABLE`` runs (PostgreSQL's DuplicateTable, a
+    ProgrammingError: of three processes starting together on a new database, one failed so in 2 of 10 tries)."""
+    return isinstance(err, sqlalchemy.exc.IntegrityError) or (
+        isinstance(err, sqlalchemy.exc.DBAPIError) and "already exists" in str(err.orig))
+
+
 class ArenaStorage:
     """The arena's view of an Optuna storage.
 
@@ -103,12 +111,13 @@ class ArenaStorage:
             try:
                 self.storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
                 break
-            except sqlalchemy.exc.IntegrityError:
-                # machines starting together race to create Optuna's tables; the loser retries and finds them
-                if attempt == 4:
-                    raise
-                time.sleep(0.5 + random.random())
             except Exception as err:  # SQLAlchemy raises several types for a bad URL or an unreachable server
+                if _lost_creation_race(err):
+                    # machines starting together race to create Optuna's tables; the loser retries and finds them
+                    if attempt == 4:
+                        raise
+                    time.sleep(0.5 + random.random())
+                    continue
                 shown = sqlalchemy.engine.make_url(url).render_as_string(hide_password=True) if "://" in url else url
                 raise ValueError(f"Invalid storage: {shown!r} ({type(err).__name__})") from None
         if url.startswith("sqlite"):
