@@ -199,6 +199,34 @@ def test_guarded_kernels_are_keyed_by_their_small_trailing_sizes(monkeypatch: py
         torch.testing.assert_close(a, b, rtol=RTOL, atol=ATOL)
 
 
+def test_guarded_kernels_keep_only_their_shape_guards(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Adafactor's kernels drop the guards that their key pins (constants, closures, globals) but keep those on
+    shapes: one kernel (2-D, no small sizes, chunks of one) first compiled for a square matrix, where duck sizing
+    made its two sizes one, must compile again for the others, and every result must equal the loop's."""
+    monkeypatch.setattr(_base, "SMALL_TENSOR", 16)  # chunked, not packed
+    shapes = [(24, 24), (24, 40), (40, 24)]
+    gen = torch.Generator().manual_seed(0)
+    loop_params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
+    fused_params = [torch.nn.Parameter(p.detach().clone()) for p in loop_params]
+    kwargs = dict(eps=(3.5e-30, 1.5e-3))  # kernels of this test's own
+    loop = optarena.Adafactor(loop_params, foreach=False, **kwargs)
+    fused = optarena.Adafactor(fused_params, fused=True, **kwargs)
+    kept = []
+    real_filter = _base._shape_guards_only
+    monkeypatch.setattr(_base, "_shape_guards_only", lambda guards: kept.append(real_filter(guards)) or kept[-1])
+    for step in range(3):
+        set_grads(loop_params, step)
+        set_grads(fused_params, step)
+        loop.step()
+        fused.step()
+    (plan,) = fused._fused_plans.values()
+    assert len({id(kernel) for _, _, calls in plan.buckets for kernel, *_ in calls}) == 1
+    assert len(kept) >= 2  # compiled for the square matrix and again for the others
+    assert all(0 < sum(k) < len(k) for k in kept)  # some guards dropped, some kept
+    for a, b in zip(fused_params, loop_params):
+        torch.testing.assert_close(a, b, rtol=RTOL, atol=ATOL)
+
+
 @pytest.mark.parametrize("beta1", [None, 0.9], ids=["adafactor", "adafactor-momentum"])
 def test_small_tensors_with_the_same_last_two_dims_share_one_pack(beta1: float | None) -> None:
     """Adafactor packs small tensors of any shape with the same last two dims (conv weights of several channel

@@ -565,6 +565,18 @@ def _fused_body(update: Callable[..., None], consts: dict[str, Any], keys: tuple
     return fused_step
 
 
+#: The guards that a kernel with real shapes keeps: on its tensors (dtype, device, static sizes, strides), on the
+#: relations between their sizes (duck sizing, divisibility) and on its lists' lengths. A shape the kernel was not
+#: compiled for must still fail them and compile anew. The others (constants, closures, globals, global modes) are
+#: pinned by the kernel's key, as for the flat kernels that drop all guards; checked on every call, they cost
+#: Adafactor's YOLOv8n step 0.8–1.0 ms of 13–14 (27 calls).
+_SHAPE_GUARDS = frozenset({"TENSOR_MATCH", "SHAPE_ENV", "SEQUENCE_LENGTH", "DUPLICATE_INPUT"})
+
+
+def _shape_guards_only(guards: list[Any]) -> list[bool]:
+    return [guard.guard_type in _SHAPE_GUARDS for guard in guards]
+
+
 def _kernel(opt: OptarenaOptimizer, key: tuple[Any, ...], consts: dict[str, Any], keys: tuple[str, ...],
             work_dtype: torch.dtype, stochastic: bool, flatten: bool, scalar: bool = False) -> Callable[..., None]:
     kernel = _kernels.get(key)
@@ -589,6 +601,8 @@ def _kernel(opt: OptarenaOptimizer, key: tuple[Any, ...], consts: dict[str, Any]
             # Each tensor's last < 32 elements take a scalar loop: a vectorised tail restates the whole body with
             # masks, which doubled gcc's time (Adan's 16-tensor kernel with bf16 state: 10.4–11.7 -> 4.2–4.3 s).
             options["cpp.enable_loop_tail_vec"] = False
+        else:
+            options["guard_filter_fn"] = _shape_guards_only
         if scalar:
             options["cpp.simdlen"] = 1
         kernel = torch.compile(body, fullgraph=True, dynamic=True, options=options)
