@@ -141,16 +141,17 @@ def test_machines_starting_together_on_a_new_database_all_connect(postgres_url):
     """Optuna creates its tables on first contact; processes doing so at one moment race (PostgreSQL: a unique
     violation, or DuplicateTable once the winner has committed), and each must retry rather than stop."""
     import psycopg2
+    import sqlalchemy
 
-    url = postgres_url.rsplit("/", 1)[0]
-    host_port = url.rsplit("@", 1)[1]
-    host, port = host_port.split(":")
+    url = sqlalchemy.engine.make_url(postgres_url)
     for attempt in range(2):
-        connection = psycopg2.connect(host=host, port=int(port), user="optarena", dbname="postgres")
+        database = f"fresh{attempt}"
+        connection = psycopg2.connect(host=url.host, port=url.port, user=url.username, dbname="postgres")
         connection.autocommit = True
-        connection.cursor().execute(f"CREATE DATABASE fresh{attempt}")
+        connection.cursor().execute(f"CREATE DATABASE {database}")
         connection.close()
-        processes = [subprocess.Popen([sys.executable, "-c", _OPEN_STORAGE, f"{url}/fresh{attempt}"],
+        fresh_url = url.set(database=database).render_as_string(hide_password=False)
+        processes = [subprocess.Popen([sys.executable, "-c", _OPEN_STORAGE, fresh_url],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                      for _ in range(4)]
         for p in processes:  # all imported: then all go at once

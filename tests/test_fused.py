@@ -211,9 +211,14 @@ def test_guarded_kernels_keep_only_their_shape_guards(monkeypatch: pytest.Monkey
     kwargs = dict(eps=(3.5e-30, 1.5e-3))  # kernels of this test's own
     loop = optarena.Adafactor(loop_params, foreach=False, **kwargs)
     fused = optarena.Adafactor(fused_params, fused=True, **kwargs)
-    kept = []
+    kept = []  # per compiled graph, which of its guards were kept
     real_filter = _base._shape_guards_only
-    monkeypatch.setattr(_base, "_shape_guards_only", lambda guards: kept.append(real_filter(guards)) or kept[-1])
+
+    def recording_filter(guards: list) -> list[bool]:
+        kept.append(real_filter(guards))
+        return kept[-1]
+
+    monkeypatch.setattr(_base, "_shape_guards_only", recording_filter)
     for step in range(3):
         set_grads(loop_params, step)
         set_grads(fused_params, step)
