@@ -60,16 +60,20 @@ def postgres_url():
     subprocess.run([*as_user, pg_ctl, "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "start"],
                    check=True, capture_output=True)
     try:
-        import psycopg2
-
-        connection = psycopg2.connect(host="127.0.0.1", port=port, user="optarena", dbname="postgres")
-        connection.autocommit = True
-        connection.cursor().execute("CREATE DATABASE arena")
-        connection.close()
+        _create_database("127.0.0.1", port, "optarena", "arena")
         yield f"postgresql+psycopg2://optarena@127.0.0.1:{port}/arena"
     finally:
         subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _create_database(host: str, port: int, user: str, name: str) -> None:
+    import psycopg2
+
+    connection = psycopg2.connect(host=host, port=port, user=user, dbname="postgres")
+    connection.autocommit = True  # CREATE DATABASE cannot run inside a transaction
+    connection.cursor().execute(f"CREATE DATABASE {name}")
+    connection.close()
 
 
 def _has_user(name: str) -> bool:
@@ -140,16 +144,12 @@ ArenaStorage(sys.argv[1])
 def test_machines_starting_together_on_a_new_database_all_connect(postgres_url):
     """Optuna creates its tables on first contact; processes doing so at one moment race (PostgreSQL: a unique
     violation, or DuplicateTable once the winner has committed), and each must retry rather than stop."""
-    import psycopg2
     import sqlalchemy
 
     url = sqlalchemy.engine.make_url(postgres_url)
     for attempt in range(2):
         database = f"fresh{attempt}"
-        connection = psycopg2.connect(host=url.host, port=url.port, user=url.username, dbname="postgres")
-        connection.autocommit = True
-        connection.cursor().execute(f"CREATE DATABASE {database}")
-        connection.close()
+        _create_database(url.host, url.port, url.username, database)
         fresh_url = url.set(database=database).render_as_string(hide_password=False)
         processes = [subprocess.Popen([sys.executable, "-c", _OPEN_STORAGE, fresh_url],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
