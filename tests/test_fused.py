@@ -132,8 +132,8 @@ def test_kernels_compile_only_on_stand_ins(name: str, monkeypatch: pytest.Monkey
     """Every graph is compiled by the stand-in call in ``_compile`` (timed, with its compile settings): the real
     steps compile nothing. Adafactor keeps dynamo's guards, which a Parameter (against a plain stand-in) or sizes
     that were equal only among the stand-ins once failed on the first real step. And each graph is traced once:
-    0-d float64 betas made dynamo trace every Lion, RLion, Adan and AdaX kernel twice (it turned them into
-    symbolic floats it could not use, and restarted to make them constants)."""
+    0-d float64 betas made dynamo trace every Lion, RLion, Adan and AdaX kernel twice (it gave each a symbolic float
+    for its value, which the graph never used, and restarted to make that a constant)."""
     def graphs() -> int:
         return torch._dynamo.utils.counters["stats"]["unique_graphs"]
 
