@@ -13,6 +13,7 @@ import warnings
 
 import pytest
 import torch
+from torch._dynamo.symbolic_convert import TensorifyState
 
 import optarena
 from optarena.optim import _base
@@ -132,8 +133,9 @@ def test_kernels_compile_only_on_stand_ins(name: str, monkeypatch: pytest.Monkey
     """Every graph is compiled by the stand-in call in ``_compile`` (timed, with its compile settings): the real
     steps compile nothing. Adafactor keeps dynamo's guards, which a Parameter (against a plain stand-in) or sizes
     that were equal only among the stand-ins once failed on the first real step. And each graph is traced once:
-    0-d float64 betas made dynamo trace every Lion, RLion, Adan and AdaX kernel twice (it gave each a symbolic float
-    for its value, which the graph never used, and restarted to make that a constant)."""
+    0-d float64 betas made dynamo trace the first Lion, RLion, Adan or AdaX kernel of a process twice (it gave each
+    beta a symbolic float for its value, which the graph never used, and restarted to make that a constant; it
+    remembers such constants by name for the rest of the process, hence a set of this test's own)."""
     def graphs() -> int:
         return torch._dynamo.utils.counters["stats"]["unique_graphs"]
 
@@ -150,6 +152,7 @@ def test_kernels_compile_only_on_stand_ins(name: str, monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(_base, "_compile", counted)
     monkeypatch.setattr(_base, "_kernels", {})  # kernels of this test's own, compiled here
+    monkeypatch.setattr(TensorifyState, "force_specializations", set())
     params = make_params()
     opt = getattr(optarena, name)(params, fused=True)
     before, retraced = graphs(), retraces()

@@ -888,9 +888,10 @@ def _kernel_inputs(values: tuple[Any, ...], device: torch.device, work_dtype: to
     Betas are float64, like the Python floats of the other paths (1 − β and β^t are exact to double before they meet
     fp32), in vectors of length 1 (dynamo compiles a length of 1 in; a longer one could be taken for another size of
     the same value, and the kernels have no guards to tell). Not 0-d: dynamo gives a 0-d float64 input a symbolic
-    float for its value, which it cannot use in the graph, and then traces the whole kernel again to make it a
-    constant (a cold compile of AdaX's 16-tensor kernel 13.7 -> 9.7 s, Adan's 26.7 -> 16.5 s, Lion's 7.2 -> 5.6 s).
-    A kernel from inductor's on-disk cache skips that pass, so only cold compiles paid it."""
+    float for its value, which the graph never uses, and then traces the whole kernel again to make it a constant
+    (remembered by the symbol's name for the rest of the process, so it was the first kernel a process compiled:
+    AdaX's 16-tensor kernel 13.7 -> 9.7 s cold, Adan's 26.7 -> 16.5 s, Lion's 7.2 -> 5.6 s). A kernel from
+    inductor's on-disk cache skips that pass."""
     lr, wd, factor, betas = values
 
     def scalar(value: float | None, dtype: torch.dtype) -> Tensor | None:
