@@ -889,7 +889,7 @@ def _kernel_inputs(values: tuple[Any, ...], device: torch.device, work_dtype: to
     fp32), in vectors of length 1 (dynamo compiles a length of 1 in; a longer one could be taken for another size of
     the same value, and the kernels have no guards to tell). Not 0-d: dynamo gives a 0-d float64 input a symbolic
     float for its value, which the graph never uses, and then traces the whole kernel again to make it a constant
-    (remembered by the symbol's name for the rest of the process, so it was the first kernel a process compiled:
+    (remembered by the symbol's name for the rest of the process, so only the first kernel a process compiled paid:
     AdaX's 16-tensor kernel 13.7 -> 9.7 s cold, Adan's 26.7 -> 16.5 s, Lion's 7.2 -> 5.6 s). A kernel from
     inductor's on-disk cache skips that pass."""
     lr, wd, factor, betas = values
