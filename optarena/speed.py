@@ -11,12 +11,15 @@ compile time.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import statistics
+import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -154,12 +157,33 @@ def measure_bandwidth(numel: int, repeats: int = 9) -> float:
     return 12 * numel / statistics.median(times) / 1e9
 
 
+@contextlib.contextmanager
+def _without_profiler_chatter() -> Iterator[None]:
+    """Drop the ``USDT: ... profiler_start`` / ``profiler_stop`` lines that kineto (torch 2.13) writes to fd 2 for
+    every profiled region (two per candidate and layout: 156 lines in a full run), whatever its log level; any other
+    output written meanwhile is passed on."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            kept = b"".join(line for line in caught if not line.startswith(b"USDT:"))
+            if kept:
+                sys.stderr.write(kept.decode(errors="replace"))
+
+
 def peak_extra_bytes(step: Callable[[], Any]) -> int:
     """Peak of (allocated − freed) bytes during one call, from the profiler's memory events (CPU and GPU)."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
-    with profile(activities=activities, profile_memory=True) as prof:
+    with _without_profiler_chatter(), profile(activities=activities, profile_memory=True) as prof:
         step()
     events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
                     key=lambda e: e.start_ns())

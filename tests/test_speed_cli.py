@@ -51,3 +51,20 @@ def test_model_layouts_are_opt_in_and_run(tmp_path: Path, monkeypatch: pytest.Mo
     pytest.importorskip("ultralytics")  # installed with the integrations extra, as CI does
     yolo = speed.yolov8n_shapes()
     assert len(yolo) == 183 and sum(torch.Size(s).numel() for s in yolo) == 3_157_184
+
+
+def test_peak_memory_probe_keeps_stderr_clean_but_passes_other_output_on(capfd: pytest.CaptureFixture[str]) -> None:
+    """The profiler behind ``peak_extra_bytes`` prints two ``USDT:`` lines per call to fd 2 (torch 2.13's kineto);
+    the speed table must not drown in them, and nothing else written meanwhile may be lost."""
+    import os
+
+    from optarena.speed import peak_extra_bytes
+
+    def step() -> None:
+        torch.ones(1024).add_(1)
+        os.write(2, b"USDT: kineto-like chatter\nreal message\n")
+
+    assert peak_extra_bytes(step) >= 1024 * 4  # the probe still sees the step's allocation
+    err = capfd.readouterr().err
+    assert "USDT" not in err
+    assert "real message" in err
