@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import tempfile
@@ -145,6 +146,24 @@ def _peer_candidates(optimizers: list[str]) -> list[Candidate]:
         pass
     return out
 
+
+
+def cpu_description(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name, family and widest vector extension, from /proc/cpuinfo (``platform.processor()`` is
+    empty on Linux); timings are only comparable between runs on the same CPU."""
+    try:
+        with open(cpuinfo) as fh:
+            text = fh.read()
+    except OSError:
+        return platform.processor()
+    # the first processor's fields; Arm kernels call the flags line "Features"
+    fields = dict(reversed(re.findall(r"^(model name|cpu family|model|flags|Features)\s*:\s*(.*)$", text, re.M)))
+    flags = set((fields.get("flags") or fields.get("Features", "")).split())
+    vector = next((v for v in ("avx512f", "avx2", "avx", "neon", "asimd") if v in flags), "")
+    parts = [fields.get("model name", platform.processor())]
+    if "cpu family" in fields:
+        parts.append(f"family {fields['cpu family']} model {fields.get('model', '?')}")
+    return ", ".join(p for p in [*parts, vector] if p)
 
 def measure_bandwidth(numel: int, repeats: int = 9) -> float:
     """GB/s of ``a += b`` (reads 2, writes 1 element) over two ``numel`` fp32 buffers: the in-place ceiling."""
@@ -327,7 +346,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.json:
         meta = dict(bandwidth_gb_s=bandwidth, bandwidth_readings_gb_s=bandwidths, threads=torch.get_num_threads(),
                     torch=torch.__version__,
-                    device=str(device), machine=platform.machine(), processor=platform.processor(),
+                    device=str(device), machine=platform.machine(), processor=cpu_description(),
                     cpu_count=os.cpu_count(), steps=steps, rounds=rounds,
                     layouts={k: [list(s) for s in v[:1]] + [len(v)] for k, v in shapes.items()})
         with open(args.json, "w") as fh:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from optarena.cli import main
+from optarena.speed import cpu_description
 
 
 def test_speed_quick_writes_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -20,7 +21,7 @@ def test_speed_quick_writes_table_and_json(tmp_path: Path, capsys: pytest.Captur
     text = capsys.readouterr().out
     assert "in-place bandwidth" in text and "torch AdamW fused" in text and "lion foreach" in text
     data = json.loads(out.read_text())
-    assert data["meta"]["bandwidth_gb_s"] > 0
+    assert data["meta"]["bandwidth_gb_s"] > 0 and isinstance(data["meta"]["processor"], str)
     rows = data["results"]
     assert {r["layout"] for r in rows} == {"20x2K", "200x64"}
     assert {r["label"] for r in rows} >= {"lion loop", "adan foreach", "torch AdamW fused", "torch AdamW foreach"}
@@ -68,3 +69,12 @@ def test_peak_memory_probe_keeps_stderr_clean_but_passes_other_output_on(capfd: 
     err = capfd.readouterr().err
     assert "USDT" not in err
     assert "real message" in err
+
+
+def test_cpu_description_names_model_family_and_widest_vector_unit(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: AMD EPYC\n"
+                       "flags\t\t: fpu sse2 avx avx2 avx512f\n\nprocessor\t: 1\nmodel name\t: AMD EPYC\n")
+    assert cpu_description(str(cpuinfo)) == "AMD EPYC, family 26 model 2, avx512f"
+    cpuinfo.write_text("model name\t: Some ARM core\nFeatures\t: fp asimd\n")
+    assert cpu_description(str(cpuinfo)) == "Some ARM core, asimd"
