@@ -147,7 +147,6 @@ def _peer_candidates(optimizers: list[str]) -> list[Candidate]:
     return out
 
 
-
 def cpu_description(cpuinfo: str = "/proc/cpuinfo") -> str:
     """The CPU's model name, family and widest vector extension, from /proc/cpuinfo (``platform.processor()`` is
     empty on Linux); timings are only comparable between runs on the same CPU."""
@@ -164,6 +163,7 @@ def cpu_description(cpuinfo: str = "/proc/cpuinfo") -> str:
     if "cpu family" in fields:
         parts.append(f"family {fields['cpu family']} model {fields.get('model', '?')}")
     return ", ".join(p for p in [*parts, vector] if p)
+
 
 def measure_bandwidth(numel: int, repeats: int = 9) -> float:
     """GB/s of ``a += b`` (reads 2, writes 1 element) over two ``numel`` fp32 buffers: the in-place ceiling."""

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 from optarena.cli import main
-from optarena.speed import cpu_description
+from optarena.speed import cpu_description, peak_extra_bytes
 
 
 def test_speed_quick_writes_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -57,9 +58,6 @@ def test_model_layouts_are_opt_in_and_run(tmp_path: Path, monkeypatch: pytest.Mo
 def test_peak_memory_probe_keeps_stderr_clean_but_passes_other_output_on(capfd: pytest.CaptureFixture[str]) -> None:
     """The profiler behind ``peak_extra_bytes`` prints two ``USDT:`` lines per call to fd 2 (torch 2.13's kineto);
     the speed table must not drown in them, and nothing else written meanwhile may be lost."""
-    import os
-
-    from optarena.speed import peak_extra_bytes
 
     def step() -> None:
         torch.ones(1024).add_(1)
