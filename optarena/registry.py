@@ -8,74 +8,30 @@ take.
 
 from __future__ import annotations
 
-import difflib
-import inspect
+import numbers
 import warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from .optim import Adafactor, Adan, AdaX, Lion, RLion
+from . import optim as _own  # noqa: F401  (importing it registers optarena's own optimizers)
+from .info import (
+    LOOKAHEAD_PREFIX,
+    OptimizerInfo,
+    Translation,
+    base_optimizer_info,
+    get_optimizer_info,
+    list_optimizers,
+    register_optimizer,
+)
 from .wrappers import GradientAccumulation, LayerAdaptation, Lazy, Lookahead
 
 #: Arguments many optimizers share that a sweep may pass to all of them: dropped, with a warning, where unknown.
 PORTABLE_ARGS = ("betas", "eps", "momentum")
-
-
-@dataclass(frozen=True)
-class OptimizerInfo:
-    """What the factory and the arena know about one optimizer."""
-
-    name: str
-    cls: type[Optimizer]
-    default_lr: float
-    #: How many betas the ``betas`` argument holds (0: it takes none).
-    num_betas: int = 0
-    has_eps: bool = False
-    has_momentum: bool = False
-    #: Bytes of optimizer state per fp32 parameter element (Adafactor: per element of a vector; a matrix costs
-    #: only R + C numbers).
-    state_bytes_per_param: float = 0.0
-    #: Arguments always passed (``momentum=0.9`` for "momentum") unless the caller overrides them.
-    fixed_kwargs: Mapping[str, Any] = field(default_factory=dict)
-    source: str = "optarena"
-    description: str = ""
-
-    def accepted_args(self) -> list[str]:
-        """Constructor arguments beyond ``params``."""
-        return [n for n in inspect.signature(self.cls).parameters if n != "params"]
-
-
-_REGISTRY: dict[str, OptimizerInfo] = {}
-
-
-def register_optimizer(info: OptimizerInfo) -> None:
-    """Add (or replace) an optimizer under ``info.name`` (lower case)."""
-    _REGISTRY[info.name.lower()] = info
-
-
-def list_optimizers(source: str | None = None) -> list[str]:
-    """Names of the registered optimizers, optionally only those from ``source`` ("optarena" or "torch.optim")."""
-    return sorted(n for n, i in _REGISTRY.items() if source is None or i.source == source)
-
-
-def get_optimizer_info(name: str) -> OptimizerInfo:
-    """The registry entry for ``name`` (case-insensitive); an unknown name lists the known ones."""
-    key = name.lower() if isinstance(name, str) else name
-    if key not in _REGISTRY:
-        close = difflib.get_close_matches(str(key), list(_REGISTRY), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"Unknown optimizer {name!r}.{hint} Known optimizers: {', '.join(list_optimizers())}")
-    return _REGISTRY[key]
-
-
-def base_optimizer_info(name: str) -> OptimizerInfo:
-    """The entry behind a factory name, which may carry the ``lookahead_`` prefix (``"lookahead_lion"``)."""
-    return get_optimizer_info(name.lower().removeprefix(LOOKAHEAD_PREFIX) if isinstance(name, str) else name)
 
 
 def _matches(name: str, patterns: Iterable[str]) -> bool:
@@ -115,7 +71,11 @@ def _filter_kwargs(info: OptimizerInfo, kwargs: dict[str, Any]) -> dict[str, Any
     accepted = set(info.accepted_args())
     out = {}
     for key, value in kwargs.items():
-        if key in accepted:
+        if key == "eps" and info.eps == "pair" and isinstance(value, numbers.Real):
+            # a portable eps is Adam's (added to sqrt(v)); a pair's entries mean something else
+            warnings.warn(f"create_optimizer: {info.name!r} takes eps as a pair (eps1, eps2) with another meaning "
+                          f"than Adam's; ignoring eps={value!r}", stacklevel=3)
+        elif key in accepted:
             if key == "betas" and value is not None and len(value) != info.num_betas:
                 raise ValueError(f"Invalid betas for {info.name!r}: {value!r} (it takes {info.num_betas} betas)")
             out[key] = value
@@ -126,9 +86,6 @@ def _filter_kwargs(info: OptimizerInfo, kwargs: dict[str, Any]) -> dict[str, Any
             raise TypeError(f"create_optimizer: {info.name!r} does not take the argument {key!r}; it takes "
                             f"{', '.join(sorted(accepted))}")
     return out
-
-
-LOOKAHEAD_PREFIX = "lookahead_"
 
 
 def create_optimizer(model_or_params: nn.Module | Iterable[Any], name: str, lr: float | None = None,
@@ -163,6 +120,9 @@ def create_optimizer(model_or_params: nn.Module | Iterable[Any], name: str, lr: 
     info = get_optimizer_info(name)
     kwargs = _filter_kwargs(info, {**info.fixed_kwargs, **kwargs})
     groups = param_groups_for_weight_decay(model_or_params, weight_decay, no_weight_decay)
+    if not any(g["params"] if isinstance(g, dict) else True for g in groups):
+        raise ValueError(f"create_optimizer: {type(model_or_params).__name__} has no trainable parameters to "
+                         f"optimize with {name!r}")
     optimizer = info.cls(groups, lr=info.default_lr if lr is None else lr, **kwargs)
 
     if lazy:
@@ -176,50 +136,44 @@ def create_optimizer(model_or_params: nn.Module | Iterable[Any], name: str, lr: 
     return optimizer
 
 
-def _register_builtins() -> None:
-    own = [
-        OptimizerInfo("lion", Lion, 1e-4, num_betas=2, state_bytes_per_param=4,
-                      description="sign of interpolated momentum (Chen et al. 2023)"),
-        OptimizerInfo("rlion", RLion, 3e-3, num_betas=2, state_bytes_per_param=4,
-                      description="Lion with a bounded arctan/tanh map (Rong et al. 2025)"),
-        OptimizerInfo("adan", Adan, 1e-3, num_betas=3, has_eps=True, state_bytes_per_param=16,
-                      description="adaptive Nesterov momentum (Xie et al. 2022)"),
-        OptimizerInfo("adax", AdaX, 1.5e-3, num_betas=2, has_eps=True, state_bytes_per_param=8,
-                      description="exponential long-term memory of g² (Li et al. 2020)"),
-        OptimizerInfo("adafactor", Adafactor, 1e-2, has_eps=True, state_bytes_per_param=4,
-                      description="factored second moment, relative steps (Shazeer & Stern 2018)"),
-    ]
+def _register_torch_optimizers() -> None:
+    """torch.optim's classic family; optarena's own register in their modules."""
+    identity = Translation(1.0, (1.0, 1.0), 1.0, "identity")
     optim = torch.optim
     classic = [
-        OptimizerInfo("sgd", optim.SGD, 0.1, has_momentum=True, description="plain SGD"),
-        OptimizerInfo("momentum", optim.SGD, 0.01, has_momentum=True, state_bytes_per_param=4,
+        OptimizerInfo("sgd", optim.SGD, 0.1, has_momentum=True, elementwise=True, ultralytics_name="SGD",
+                      description="plain SGD"),
+        OptimizerInfo("momentum", optim.SGD, 0.01, has_momentum=True, state_bytes_per_param=4, elementwise=True,
                       fixed_kwargs={"momentum": 0.9}, description="SGD with heavy-ball momentum 0.9"),
-        OptimizerInfo("nesterov", optim.SGD, 0.01, has_momentum=True, state_bytes_per_param=4,
+        OptimizerInfo("nesterov", optim.SGD, 0.01, has_momentum=True, state_bytes_per_param=4, elementwise=True,
                       fixed_kwargs={"momentum": 0.9, "nesterov": True}, description="SGD with Nesterov momentum 0.9"),
-        OptimizerInfo("adagrad", optim.Adagrad, 1e-2, has_eps=True, state_bytes_per_param=4,
+        OptimizerInfo("adagrad", optim.Adagrad, 1e-2, eps="number", state_bytes_per_param=4, elementwise=True,
                       description="sum of squared gradients (Duchi et al. 2011)"),
-        OptimizerInfo("adadelta", optim.Adadelta, 1.0, has_eps=True, state_bytes_per_param=8,
+        OptimizerInfo("adadelta", optim.Adadelta, 1.0, eps="number", state_bytes_per_param=8, elementwise=True,
                       description="unit-corrected AdaGrad (Zeiler 2012)"),
-        OptimizerInfo("rmsprop", optim.RMSprop, 1e-3, has_eps=True, has_momentum=True, state_bytes_per_param=4,
+        OptimizerInfo("rmsprop", optim.RMSprop, 1e-3, eps="number", has_momentum=True, state_bytes_per_param=4,
+                      elementwise=True, ultralytics_name="RMSProp",
                       description="EMA of squared gradients (Hinton 2012)"),
-        OptimizerInfo("adam", optim.Adam, 1e-3, num_betas=2, has_eps=True, state_bytes_per_param=8,
+        OptimizerInfo("adam", optim.Adam, 1e-3, num_betas=2, eps="number", state_bytes_per_param=8,
+                      elementwise=True, translation=identity, ultralytics_name="Adam",
                       description="Adam with L2 weight decay (Kingma & Ba 2015)"),
-        OptimizerInfo("adamw", optim.AdamW, 1e-3, num_betas=2, has_eps=True, state_bytes_per_param=8,
+        OptimizerInfo("adamw", optim.AdamW, 1e-3, num_betas=2, eps="number", state_bytes_per_param=8,
+                      elementwise=True, translation=identity, step_bytes=28, ultralytics_name="AdamW",
                       description="Adam with decoupled weight decay (Loshchilov & Hutter 2019)"),
-        OptimizerInfo("nadam", optim.NAdam, 2e-3, num_betas=2, has_eps=True, state_bytes_per_param=8,
+        OptimizerInfo("nadam", optim.NAdam, 2e-3, num_betas=2, eps="number", state_bytes_per_param=8,
+                      elementwise=True, ultralytics_name="NAdam",
                       description="Adam with Nesterov momentum (Dozat 2016)"),
-        OptimizerInfo("radam", optim.RAdam, 1e-3, num_betas=2, has_eps=True, state_bytes_per_param=8,
-                      description="rectified Adam (Liu et al. 2020)"),
-        OptimizerInfo("adamax", optim.Adamax, 2e-3, num_betas=2, has_eps=True, state_bytes_per_param=8,
+        OptimizerInfo("radam", optim.RAdam, 1e-3, num_betas=2, eps="number", state_bytes_per_param=8,
+                      elementwise=True, ultralytics_name="RAdam", description="rectified Adam (Liu et al. 2020)"),
+        OptimizerInfo("adamax", optim.Adamax, 2e-3, num_betas=2, eps="number", state_bytes_per_param=8,
+                      elementwise=True, ultralytics_name="Adamax",
                       description="Adam with an infinity norm (Kingma & Ba 2015)"),
     ]
-    for info in own:
-        register_optimizer(info)
     for info in classic:
         register_optimizer(replace(info, source="torch.optim"))
 
 
-_register_builtins()
+_register_torch_optimizers()
 
 
 def state_bytes(optimizer: Optimizer) -> int:
@@ -228,5 +182,6 @@ def state_bytes(optimizer: Optimizer) -> int:
                if isinstance(v, torch.Tensor))
 
 
-__all__ = ["OptimizerInfo", "base_optimizer_info", "create_optimizer", "get_optimizer_info", "list_optimizers",
-           "param_groups_for_weight_decay", "register_optimizer", "state_bytes"]
+__all__ = ["LOOKAHEAD_PREFIX", "OptimizerInfo", "Translation", "base_optimizer_info", "create_optimizer",
+           "get_optimizer_info", "list_optimizers", "param_groups_for_weight_decay", "register_optimizer",
+           "state_bytes"]

@@ -27,10 +27,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import optim as oa
-from .registry import state_bytes
+from .registry import get_optimizer_info, list_optimizers, state_bytes
 
-#: name → shapes. The three layouts of issue 6: one big tensor, 200 medium ones, 2000 small ones.
+#: name → shapes: one big tensor, 200 medium ones, 2000 small ones.
 LAYOUTS: dict[str, list[tuple[int, ...]]] = {
     "1x16M": [(4096, 4096)],
     "200x82K": [(256, 320)] * 200,
@@ -67,20 +66,22 @@ QUICK_LAYOUTS: dict[str, list[tuple[int, ...]]] = {
     "200x64": [(8, 8)] * 200,
 }
 
-OPTARENA = {"lion": oa.Lion, "rlion": oa.RLion, "adan": oa.Adan, "adax": oa.AdaX, "adafactor": oa.Adafactor}
 PATHS = ("loop", "foreach", "fused", "fused-bf16")
-#: Bytes each algorithm must read and write per parameter element per step (fp32 params and grads; state in fp32,
-#: or bf16 where named): params read+write 8, grad read 4, each state buffer read+write. Adafactor's state is O(R + C)
-#: but its update needs three whole-tensor reductions first (the factors from g², RMS(θ), and RMS of the update, which
-#: needs the factors): g is read three times and θ twice before θ is written, 24 bytes.
-MIN_BYTES = {"lion": 20, "rlion": 20, "adan": 44, "adax": 28, "adafactor": 24, "adamw": 28}
-MIN_BYTES_BF16_STATE = {"lion": 16, "rlion": 16, "adan": 28, "adax": 20, "adafactor": 24}
+
+
+def step_bytes(name: str, path: str = "fused") -> int:
+    """The bytes a step of ``name`` must move per parameter element (``OptimizerInfo.step_bytes``)."""
+    info = get_optimizer_info(name)
+    value = info.step_bytes_bf16_state if path == "fused-bf16" else info.step_bytes
+    if value is None:
+        raise ValueError(f"{name!r} has no step_bytes in its OptimizerInfo")
+    return value
 
 
 @dataclass
 class Candidate:
     label: str
-    algorithm: str  # key of MIN_BYTES
+    algorithm: str  # a registry name
     build: Callable[[list[Tensor]], torch.optim.Optimizer]
     min_bytes: float
     source: str = "optarena"
@@ -104,20 +105,19 @@ class Result:
 def candidates(optimizers: list[str], paths: list[str], peers: bool) -> list[Candidate]:
     out = []
     for name in optimizers:
-        cls = OPTARENA[name]
+        cls = get_optimizer_info(name).cls
         for path in paths:
             kwargs: dict[str, Any] = {
                 "loop": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True),
                 "fused-bf16": dict(fused=True, state_dtype=torch.bfloat16)}[path]
             extra = dict(weight_decay=0.01) if name != "adafactor" else {}
-            table = MIN_BYTES_BF16_STATE if path == "fused-bf16" else MIN_BYTES
             out.append(Candidate(f"{name} {path}", name, lambda ps, c=cls, k={**kwargs, **extra}: c(ps, **k),
-                                 table[name]))
+                                 step_bytes(name, path)))
     for path, kwargs in (("for-loop", dict(foreach=False)), ("foreach", dict(foreach=True)),
                          ("fused", dict(fused=True))):
         out.append(Candidate(f"torch AdamW {path}", "adamw",
                              lambda ps, k=kwargs: torch.optim.AdamW(ps, lr=1e-3, weight_decay=0.01, **k),
-                             MIN_BYTES["adamw"], "torch"))
+                             step_bytes("adamw"), "torch"))
     if peers:
         out.extend(_peer_candidates(optimizers))
     return out
@@ -130,7 +130,8 @@ def _peer_candidates(optimizers: list[str]) -> list[Candidate]:
 
         if "lion" in optimizers:
             out.append(Candidate("lion-pytorch Lion", "lion",
-                                 lambda ps: lion_pytorch.Lion(ps, lr=1e-4, weight_decay=0.01), 20, "lion-pytorch"))
+                                 lambda ps: lion_pytorch.Lion(ps, lr=1e-4, weight_decay=0.01), step_bytes("lion"),
+                                 "lion-pytorch"))
     except ImportError:
         pass
     try:
@@ -138,10 +139,12 @@ def _peer_candidates(optimizers: list[str]) -> list[Candidate]:
 
         if "lion" in optimizers:
             out.append(Candidate("pytorch-optimizer Lion", "lion",
-                                 lambda ps: po.Lion(ps, lr=1e-4, weight_decay=0.01), 20, "pytorch-optimizer"))
+                                 lambda ps: po.Lion(ps, lr=1e-4, weight_decay=0.01), step_bytes("lion"),
+                                 "pytorch-optimizer"))
         if "adan" in optimizers:
             out.append(Candidate("pytorch-optimizer Adan", "adan",
-                                 lambda ps: po.Adan(ps, lr=1e-3, weight_decay=0.02), 44, "pytorch-optimizer"))
+                                 lambda ps: po.Adan(ps, lr=1e-3, weight_decay=0.02), step_bytes("adan"),
+                                 "pytorch-optimizer"))
     except ImportError:
         pass
     return out
@@ -287,7 +290,8 @@ def _csv(choices: tuple[str, ...] | list[str]) -> Callable[[str], list[str]]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--optimizers", type=_csv(list(OPTARENA)), default=list(OPTARENA),
+    own = list_optimizers("optarena")
+    parser.add_argument("--optimizers", type=_csv(own), default=own,
                         help="comma-separated optarena optimizers (default: all)")
     parser.add_argument("--paths", type=_csv(PATHS), default=list(PATHS),
                         help=f"comma-separated paths (default: {','.join(PATHS)})")

@@ -16,7 +16,8 @@ import torch
 from torch._dynamo.symbolic_convert import TensorifyState
 
 import optarena
-from optarena.optim import _base
+from optarena.optim import ops
+from optarena.optim.fused import codegen, kernels, pack, plan
 from optarena.speed import peak_extra_bytes
 from optarena.wrappers import GradientAccumulation, LayerAdaptation, Lazy, Lookahead
 from optarena.wrappers.lookahead import innermost
@@ -114,7 +115,7 @@ def test_no_recompiles_over_100_steps_of_one_cycle_lr(name: str) -> None:
     opt.step()
     sched.step()
     frames = dict(torch._dynamo.utils.counters["frames"])
-    kernels = len(_base._kernels)
+    kernel_count = len(kernels._KERNELS)
     lrs, betas = set(), set()
     for step in range(100):
         opt.param_groups[0]["weight_decay"] = 0.1 / (1 + step)
@@ -123,9 +124,9 @@ def test_no_recompiles_over_100_steps_of_one_cycle_lr(name: str) -> None:
         lrs.add(opt.param_groups[0]["lr"])
         betas.add(opt.param_groups[0]["betas"][0])
     assert len(lrs) >= 90 and len(betas) >= 90
-    assert opt._fused_plans and not _base._compile_error  # stepped by the kernels, not the foreach fallback
+    assert opt._fused_plans and not opt._fused_failures  # stepped by the kernels, not the foreach fallback
     assert dict(torch._dynamo.utils.counters["frames"]) == frames
-    assert len(_base._kernels) == kernels
+    assert len(kernels._KERNELS) == kernel_count
 
 
 @pytest.mark.parametrize("name", ["Adafactor", "Lion"])
@@ -143,15 +144,15 @@ def test_kernels_compile_only_on_stand_ins(name: str, monkeypatch: pytest.Monkey
         return len(torch._dynamo.utils.compilation_time_metrics.get("compile_attempt_1", []))
 
     inside = []
-    compile_on_stand_ins = _base._compile
+    compile_on_stand_ins = kernels.compile_on_stand_ins
 
     def counted(*args, **kwargs):
         before = graphs()
         compile_on_stand_ins(*args, **kwargs)
         inside.append(graphs() - before)
 
-    monkeypatch.setattr(_base, "_compile", counted)
-    monkeypatch.setattr(_base, "_kernels", {})  # kernels of this test's own, compiled here
+    monkeypatch.setattr(plan, "compile_on_stand_ins", counted)
+    monkeypatch.setattr(kernels, "_KERNELS", {})  # kernels of this test's own, compiled here
     monkeypatch.setattr(TensorifyState, "force_specializations", set())
     params = make_params()
     opt = getattr(optarena, name)(params, fused=True)
@@ -170,15 +171,15 @@ def test_guarded_kernels_take_chunks_of_one_shape(monkeypatch: pytest.MonkeyPatc
     """Adafactor's kernels see real shapes and keep their guards: a chunk of mixed shapes would compile again for
     each pattern of equal sizes in it, so chunks are cut per shape (the 1-tensor kernel takes what is left of a
     shape)."""
-    monkeypatch.setattr(_base, "SMALL_TENSOR", 16)  # these matrices are chunked, not packed
+    monkeypatch.setattr(plan, "SMALL_TENSOR", 16)  # these matrices are chunked, not packed
     gen = torch.Generator().manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in [(5, 6), (6, 5), (4, 4)] * 5 + [(5, 6)] * 3]
     for p in params:
         p.grad = torch.randn(p.shape, generator=gen)
     opt = optarena.Adafactor(params, eps=(1.5e-30, 1.5e-3), fused=True)  # kernels of this test's own
     opt.step()
-    (plan,) = opt._fused_plans.values()
-    calls = [idx for _, _, bucket in plan.buckets for _, idx, *_ in bucket]
+    (fused_plan,) = opt._fused_plans.values()
+    calls = [call.indices for bucket in fused_plan.buckets for call in bucket.calls]
     assert sorted(i for idx in calls for i in idx) == list(range(len(params)))
     assert all(len({params[i].shape for i in idx}) == 1 for idx in calls)
     assert sorted(len(idx) for idx in calls) == [1, 1, 4, 4, 4, 4]  # 8 of (5, 6): 4 + 4; 4 + 1 of each other
@@ -188,8 +189,7 @@ def test_guarded_kernels_are_keyed_by_their_small_trailing_sizes(monkeypatch: py
     """Sizes below STATIC_SIZE in the last two dims (a conv weight's 3×3) are compiled into Adafactor's kernels. Each
     combination gets kernels of its own: in one shared kernel, a model with more combinations than dynamo's
     recompile limit would fail to compile (fullgraph) and fall back to foreach. The results still equal the loop's."""
-    monkeypatch.setattr(_base, "SMALL_TENSOR", 16)  # chunked, not packed
-    monkeypatch.setattr(_base, "_compile_error", [])  # a failure here must not switch fused off for later tests
+    monkeypatch.setattr(plan, "SMALL_TENSOR", 16)  # chunked, not packed
     shapes = [(20, 2, 3), (20, 3, 3), (20, 3, 5), (20, 3, 3)]
     gen = torch.Generator().manual_seed(0)
     loop_params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
@@ -205,7 +205,7 @@ def test_guarded_kernels_are_keyed_by_their_small_trailing_sizes(monkeypatch: py
             set_grads(fused_params, step)
             loop.step()
             fused.step()
-    assert fused._fused_plans and not _base._compile_error
+    assert fused._fused_plans and not fused._fused_failures
     for a, b in zip(fused_params, loop_params):
         torch.testing.assert_close(a, b, rtol=RTOL, atol=ATOL)
 
@@ -214,7 +214,7 @@ def test_guarded_kernels_keep_only_their_shape_guards(monkeypatch: pytest.Monkey
     """Adafactor's kernels drop the guards that their key pins (constants, closures, globals) but keep those on
     shapes: one kernel (2-D, no small sizes, chunks of one) first compiled for a square matrix, where duck sizing
     made its two sizes one, must compile again for the others, and every result must equal the loop's."""
-    monkeypatch.setattr(_base, "SMALL_TENSOR", 16)  # chunked, not packed
+    monkeypatch.setattr(plan, "SMALL_TENSOR", 16)  # chunked, not packed
     shapes = [(24, 24), (24, 40), (40, 24)]
     gen = torch.Generator().manual_seed(0)
     loop_params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
@@ -223,20 +223,20 @@ def test_guarded_kernels_keep_only_their_shape_guards(monkeypatch: pytest.Monkey
     loop = optarena.Adafactor(loop_params, foreach=False, **kwargs)
     fused = optarena.Adafactor(fused_params, fused=True, **kwargs)
     kept = []  # per compiled graph, which of its guards were kept
-    real_filter = _base._shape_guards_only
+    real_filter = codegen.shape_guards_only
 
     def recording_filter(guards: list) -> list[bool]:
         kept.append(real_filter(guards))
         return kept[-1]
 
-    monkeypatch.setattr(_base, "_shape_guards_only", recording_filter)
+    monkeypatch.setattr(codegen, "shape_guards_only", recording_filter)
     for step in range(3):
         set_grads(loop_params, step)
         set_grads(fused_params, step)
         loop.step()
         fused.step()
-    (plan,) = fused._fused_plans.values()
-    assert len({id(kernel) for _, _, calls in plan.buckets for kernel, *_ in calls}) == 1
+    (fused_plan,) = fused._fused_plans.values()
+    assert len({id(call.kernel) for bucket in fused_plan.buckets for call in bucket.calls}) == 1
     assert len(kept) >= 2  # compiled for the square matrix and again for the others
     assert all(0 < sum(k) < len(k) for k in kept)  # some guards dropped, some kept
     for a, b in zip(fused_params, loop_params):
@@ -268,10 +268,10 @@ def test_small_tensors_with_the_same_last_two_dims_share_one_pack(beta1: float |
             torch.testing.assert_close(b, a, rtol=RTOL, atol=ATOL, msg=lambda m, s=step, i=i: f"{shapes[i]}, {s}: {m}")
             for key, value in loop.state[a].items():
                 torch.testing.assert_close(fused.state[b][key], value, rtol=RTOL, atol=ATOL)
-    (plan,) = fused._fused_plans.values()
-    packs = sorted(tuple(pack.flat_param.shape[1:]) for _, _, bucket in plan.buckets for *_, pack in bucket)
+    (fused_plan,) = fused._fused_plans.values()
+    packs = sorted(tuple(call.pack.flat_param.shape[1:]) for bucket in fused_plan.buckets for call in bucket.calls)
     assert packs == [(), (1, 1), (3, 3)]  # one call each; nothing chunked
-    assert [shapes[i] for i in plan.eager] == [(0, 3, 3), (0,)]
+    assert [shapes[i] for i in fused_plan.eager] == [(0, 3, 3), (0,)]
 
 
 def with_own_code(fn, name: str):
@@ -286,8 +286,6 @@ def test_kernels_mixing_fp32_and_bf16_are_vectorised_at_the_bf16_width(monkeypat
     the bytes they save. Under ``low_precision_tiling`` every loop takes bf16's width."""
     from torch._inductor import cpu_vec_isa
     from torch._inductor.codegen import cpp
-
-    from optarena.optim import _codegen
 
     isa = cpu_vec_isa.pick_vec_isa()
     if not isa:
@@ -316,7 +314,7 @@ def test_kernels_mixing_fp32_and_bf16_are_vectorised_at_the_bf16_width(monkeypat
 
     with torch._inductor.config.patch(force_disable_caches=True):
         plain = compile_and_run("lion_like_plain")
-        with _codegen.low_precision_tiling():
+        with codegen.low_precision_tiling():
             adjusted = compile_and_run("lion_like_adjusted")
     assert plain == [isa.nelements(torch.float32)]
     assert adjusted == [isa.nelements(torch.bfloat16)]
@@ -330,15 +328,13 @@ def test_fast_arctan_is_within_4_ulp(dtype: torch.dtype) -> None:
     from torch._inductor import cpu_vec_isa
     from torch._inductor.utils import run_and_get_code
 
-    from optarena.optim import _codegen
-
     def scaled_arctan(x: torch.Tensor, out: torch.Tensor) -> None:
         out.copy_(torch.atan(x.float() * 300.0))
 
     fn = with_own_code(scaled_arctan, f"scaled_arctan_{dtype}".replace(".", "_"))
     x = (torch.randn(5000, generator=torch.Generator().manual_seed(0)) * 0.1).to(dtype)
     out = torch.empty(5000)
-    with torch._inductor.config.patch(force_disable_caches=True), _codegen.adjusted_codegen():
+    with torch._inductor.config.patch(force_disable_caches=True), codegen.adjusted_codegen():
         _, code = run_and_get_code(torch.compile(fn, fullgraph=True), x, out)
     expected = torch.atan(x.double() * 300.0)
     ulp = torch.finfo(torch.float32).eps * expected.abs()
@@ -475,7 +471,7 @@ def test_grads_untouched_and_maximize() -> None:
 def test_no_step_temporaries_larger_than_the_largest_param(monkeypatch: pytest.MonkeyPatch) -> None:
     """Nothing is allocated per step; the packs' scratch buffers, kept between steps, hold at most PACK_ELEMENTS
     elements each however many small tensors there are."""
-    monkeypatch.setattr(_base, "PACK_ELEMENTS", 40)  # the 202 small elements of make_params make several packs
+    monkeypatch.setattr(pack, "PACK_ELEMENTS", 40)  # the 202 small elements of make_params make several packs
     params = make_params()
     opt = optarena.Lion(params, lr=1e-3, fused=True)
     set_grads(params, 0)
@@ -491,7 +487,7 @@ def test_stored_values_are_kept_in_inductors_own_buffer() -> None:
     buffer of the values per call (an op returning a copy allocated a second one)."""
 
     def scaled_rows(x: torch.Tensor, out: torch.Tensor) -> None:
-        (factors,) = _base.stored([x[:, :1].rsqrt()])
+        (factors,) = ops.stored([x[:, :1].rsqrt()])
         out.copy_(x * factors)
 
     compiled = torch.compile(scaled_rows, fullgraph=True, dynamic=False)
@@ -505,7 +501,7 @@ def test_stored_values_are_kept_in_inductors_own_buffer() -> None:
 def test_packs_follow_diverging_step_counts_and_path_changes(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Small tensors are stepped in packs that share one step count. A parameter that misses a step, or steps on
     the other paths, must end up in a pack of its own count, and its state must stay its own."""
-    monkeypatch.setattr(_base, "PACK_ELEMENTS", 40)
+    monkeypatch.setattr(pack, "PACK_ELEMENTS", 40)
     loop_params, fused_params = make_params(), make_params()
     loop = build(case, loop_params, foreach=False)
     fused = build(case, fused_params, fused=True)
@@ -558,8 +554,7 @@ def test_compile_failure_falls_back_to_foreach_with_one_warning(monkeypatch: pyt
         return fail
 
     monkeypatch.setattr(torch, "compile", broken)
-    monkeypatch.setattr(_base, "_kernels", {})
-    monkeypatch.setattr(_base, "_compile_error", [])
+    monkeypatch.setattr(kernels, "_KERNELS", {})
     fused_params, ref_params = make_params(), make_params()
     fused = optarena.RLion(fused_params, lr=1e-2, fused=True)
     ref = optarena.RLion(ref_params, lr=1e-2, foreach=True)

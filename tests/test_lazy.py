@@ -190,7 +190,7 @@ def test_dense_matches_reference_and_absent_rows_are_untouched(name: str, dtype:
                     assert torch.equal(torch.as_tensor(state[k]), torch.as_tensor(v)), f"step {t}: {n} state {k!r}"
     buffers = [v for p, s in optimizer.base.state.items() for v in s.values()
                if p.ndim == 2 and is_row_state(v, p.shape)]
-    if dtype is BF16 and isinstance(optimizer.base, optarena.optim._base.OptarenaOptimizer):
+    if dtype is BF16 and isinstance(optimizer.base, optarena.optim.OptarenaOptimizer):
         assert all(v.dtype == torch.float32 for v in buffers), "optarena keeps bf16 params' state in fp32"
     else:
         assert all(v.dtype == dtype for v in buffers)

@@ -109,9 +109,9 @@ def test_registering_a_new_optimizer() -> None:
         assert "my_sgd" in optarena.list_optimizers()
         assert optarena.create_optimizer(Net(), "my_sgd").param_groups[0]["lr"] == 0.05
     finally:
-        from optarena import registry
+        from optarena import info as registry_records
 
-        del registry._REGISTRY["my_sgd"]
+        del registry_records._REGISTRY["my_sgd"]
 
 
 def test_state_bytes_measures_the_state() -> None:

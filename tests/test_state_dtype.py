@@ -7,7 +7,7 @@ import torch
 
 import optarena
 from optarena.demo import train_digits
-from optarena.optim._base import stochastic_round_to_bf16
+from optarena.optim.step import stochastic_round_to_bf16
 
 try:
     from cases import CASES, build

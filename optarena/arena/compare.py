@@ -16,10 +16,11 @@ from pathlib import Path
 import torch
 
 from ..registry import base_optimizer_info
+from ..validation import check_positive_int
 from .plan import BUDGET_PRESETS, DEFAULT_OPTIMIZERS, Cell, CellPlan, Outcome, cells_for, plan_cell, point_key
 from .runner import train_once
 from .storage import HEARTBEAT_SECONDS, ArenaStorage, default_storage_url
-from .task import BUDGETS, Task, builtin_tasks, check_positive_int, load_task
+from .task import BUDGETS, Task, builtin_tasks, load_task
 
 POLL_SECONDS = 1.0
 """How often a worker with nothing to do looks again while other workers finish the points it waits for."""

@@ -9,9 +9,10 @@ For every *cell* (task × batch size × optimizer) the protocol is, after DeepOB
 2. **Select** the learning rate with the best validation metric after the last step (diverged runs never win).
 3. **Repeat** the selected setting over the remaining seeds; the report gives median and spread.
 
-Lion and RLion additionally run at AdamW-sized learning rates (seed 0, the "stress" runs) because two published
-claims are about exactly that. Every run is one (lr, seed) *point*; a plan lists the points still missing, so
-re-running a finished comparison plans nothing and an interrupted one resumes where it stopped.
+Optimizers whose ``OptimizerInfo.stress`` is set (Lion, RLion) also run at AdamW-sized learning rates (seed 0, the
+"stress" runs), because published claims are about exactly that. Every run is one (lr, seed) *point*; a plan lists
+the points still missing, so re-running a finished comparison plans nothing and an interrupted one resumes where
+it stopped.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from dataclasses import dataclass, field
 
 from ..registry import base_optimizer_info
 
-STRESS_OPTIMIZERS = ("lion", "rlion")
 STRESS_STEPS = (0, 1, 2)
 """AdamW's default lr times 10^(k/2): 1e-3, 3.2e-3, 1e-2 — AdamW-sized learning rates, no warm-up."""
 
@@ -121,7 +121,7 @@ def plan_cell(cell: Cell, budget: Budget, seeds: int, finished: Mapping[str, Out
     base = default_lr(cell.optimizer)
     low, high = min(budget.grid), max(budget.grid)
     plan = CellPlan()
-    if stress and cell.optimizer in STRESS_OPTIMIZERS:
+    if stress and base_optimizer_info(cell.optimizer).stress:
         plan.missing += [(lr, 0) for lr in stress_lrs()]
     while True:
         ks = range(low, high + 1)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from ..guidance import TRANSLATIONS, translate_hparams
+from ..guidance import translate_hparams
 from ..registry import base_optimizer_info, create_optimizer, get_optimizer_info, state_bytes
 from .task import Task
 
@@ -76,10 +76,10 @@ class RunResult:
 def arena_weight_decay(optimizer: str, task_weight_decay: float) -> dict[str, Any]:
     """Weight-decay kwargs for ``optimizer`` given a task's AdamW-scale decay: the published translation where one
     exists (Lion's decay is 5× AdamW's because its lr is smaller), otherwise the same value."""
-    base = base_optimizer_info(optimizer).name
-    if task_weight_decay == 0 or base not in TRANSLATIONS:
+    base = base_optimizer_info(optimizer)
+    if task_weight_decay == 0 or base.translation is None:
         return {"weight_decay": task_weight_decay}
-    translated = translate_hparams(base, lr=get_optimizer_info("adamw").default_lr, weight_decay=task_weight_decay)
+    translated = translate_hparams(base.name, lr=get_optimizer_info("adamw").default_lr, weight_decay=task_weight_decay)
     translated.pop("lr")
     return translated
 

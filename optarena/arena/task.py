@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..optim._base import check_number
+from ..validation import check_number, check_positive_int
 
 BUDGETS = ("tiny", "quick", "full")
 """``tiny`` exists for tests and smoke runs; ``quick`` is the default suite; ``full`` is the longer one."""
@@ -91,12 +91,6 @@ class Task:
     @property
     def all_batch_sizes(self) -> tuple[int, ...]:
         return tuple(sorted({self.batch_size, *self.batch_sizes}))
-
-
-def check_positive_int(name: str, value: Any) -> None:
-    """Raise ``ValueError`` naming ``name`` and ``value`` unless ``value`` is an int ≥ 1 (bools refused)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"Invalid {name}: {value!r} (must be a positive integer)")
 
 
 def builtin_tasks() -> dict[str, Callable[..., Task]]:

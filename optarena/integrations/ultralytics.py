@@ -27,11 +27,13 @@ from ultralytics.engine.trainer import BaseTrainer
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils import DEFAULT_CFG, LOGGER
 
-from ..guidance import TRANSLATIONS, lr_range, translate_hparams
-from ..registry import LOOKAHEAD_PREFIX, create_optimizer, get_optimizer_info, list_optimizers
+from ..guidance import lr_range, translate_hparams
+from ..info import LOOKAHEAD_PREFIX, base_optimizer_info, list_optimizers
+from ..registry import create_optimizer
 
-#: Names ultralytics' own ``build_optimizer`` handles (lower case); they are left to it.
-ULTRALYTICS_OPTIMIZERS = frozenset({"adam", "adamax", "adamw", "nadam", "radam", "rmsprop", "sgd", "musgd", "auto"})
+#: Names ultralytics' own ``build_optimizer`` handles that are not in optarena's registry (the others are the
+#: registry entries with an ``ultralytics_name``).
+ULTRALYTICS_ONLY = frozenset({"musgd", "auto"})
 #: ultralytics' documented lr0 for AdamW (default.yaml: "SGD=1e-2, Adam/AdamW=1e-3"): the reference from which the
 #: authors' lr ratios (optarena.guidance) give each optimizer's recommended lr0 range.
 ADAMW_LR0 = 1e-3
@@ -39,33 +41,30 @@ ADAMW_LR0 = 1e-3
 _ORIGINAL: dict[str, Any] = {}
 
 
-def base_name(name: str) -> str:
-    """The registry name under an optional ``lookahead_`` prefix, lower case."""
-    name = str(name).lower()
-    return name[len(LOOKAHEAD_PREFIX):] if name.startswith(LOOKAHEAD_PREFIX) else name
-
-
 def is_optarena_name(name: str) -> bool:
-    """Whether ``optimizer=name`` is built by optarena (a registry name that ultralytics does not handle)."""
+    """Whether ``optimizer=name`` is built by optarena: a registry name (``lookahead_`` prefix allowed) that
+    ultralytics does not build itself."""
     lowered = str(name).lower()
-    return lowered not in ULTRALYTICS_OPTIMIZERS and base_name(lowered) in list_optimizers()
+    if lowered in ULTRALYTICS_ONLY or lowered.removeprefix(LOOKAHEAD_PREFIX) not in list_optimizers():
+        return False
+    return lowered.startswith(LOOKAHEAD_PREFIX) or base_optimizer_info(lowered).ultralytics_name is None
 
 
 def check_lr0(name: str, lr0: float) -> None:
     """Warn when ``lr0`` is ultralytics' SGD default or outside the authors' range for ``name``."""
-    rule = TRANSLATIONS.get(base_name(name))
+    info = base_optimizer_info(name)
+    rule = info.translation
     if rule is None:
         return
-    low, high = lr_range(base_name(name), ADAMW_LR0)
+    low, high = lr_range(info.name, ADAMW_LR0)
     is_default = lr0 == DEFAULT_CFG.lr0
     if low <= lr0 <= high and not (is_default and rule.absolute_lr is None):
         return
     why = (f"lr0={lr0:g} is ultralytics' default, tuned for SGD" if is_default
            else f"lr0={lr0:g} is outside the recommended range")
-    start = translate_hparams(base_name(name), lr=ADAMW_LR0)["lr"]
-    cls_name = get_optimizer_info(base_name(name)).cls.__name__
-    warnings.warn(f"optarena: {why}; for {cls_name} the recommended lr0 is {low:g} to {high:g} (the authors' ratio "
-                  f"to AdamW's lr0={ADAMW_LR0:g}); try lr0={start:g}", UserWarning, stacklevel=3)
+    start = translate_hparams(info.name, lr=ADAMW_LR0)["lr"]
+    warnings.warn(f"optarena: {why}; for {info.cls.__name__} the recommended lr0 is {low:g} to {high:g} (the "
+                  f"authors' ratio to AdamW's lr0={ADAMW_LR0:g}); try lr0={start:g}", UserWarning, stacklevel=3)
 
 
 @contextmanager

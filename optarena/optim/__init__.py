@@ -1,9 +1,11 @@
-"""optarena's optimizers: one module per algorithm, each a functional core plus a torch.optim.Optimizer."""
+"""optarena's optimizers: one module per algorithm, each a functional core, a torch.optim.Optimizer and its
+registry entry; :mod:`.base`, :mod:`.step`, :mod:`.ops` and :mod:`.fused` are what they share."""
 
 from .adafactor import Adafactor
 from .adan import Adan
 from .adax import AdaX
+from .base import OptarenaOptimizer
 from .lion import Lion
 from .rlion import RLion
 
-__all__ = ["Adafactor", "AdaX", "Adan", "Lion", "RLion"]
+__all__ = ["Adafactor", "AdaX", "Adan", "Lion", "OptarenaOptimizer", "RLion"]

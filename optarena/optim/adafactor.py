@@ -8,78 +8,27 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._base import (
-    OptarenaOptimizer,
-    ParamsT,
-    Scalar,
-    Segments,
-    as_number,
-    check_choice,
-    check_number,
-    div_,
-    hoisted,
-    is_nonzero,
-    lerp_,
-    mul_,
-    norms,
-    scalar_fn,
-    smax,
-    smin,
-    step_counter,
-    step_values,
-    stored,
-    zeros_state,
-)
+from ..info import OptimizerInfo, Translation, register_optimizer
+from ..validation import check_choice, check_number
+from . import ops
+from .base import OptarenaOptimizer, ParamsT
+from .ops import Scalar
+from .step import step_counter, zeros_state
 
 
 def relative_step_size(t: Scalar, lr: Scalar, relative_step: bool, warmup_init: bool) -> Scalar:
     """ρ_t: ``min(lr, 1/sqrt(t))`` (also ``≤ 1e-6·t`` with warm-up), or the constant ``lr``."""
     if not relative_step:
         return lr
-    rho = smin(lr, 1 / scalar_fn(t, torch.sqrt, math.sqrt))
-    return smin(rho, 1e-6 * t) if warmup_init else rho
-
-
-def mean_of(total: Tensor, count: int) -> Tensor:
-    """``total / count`` in place; compiled, a product with ``1/count``: gcc keeps a division by a constant a
-    division, and the scalar loops of a conv weight's 3×3 factors were bound by divisions and square roots."""
-    return total.mul_(1 / count) if torch.compiler.is_compiling() else total.div_(count)
-
-
-def row_square_means(grad: Tensor) -> Tensor:
-    """The mean of g² over the last dim: eagerly ‖g‖²/n (without materialising g²); compiled, a sum of squares
-    inside the loop (no square root to square again)."""
-    if torch.compiler.is_compiling():
-        sums = grad.square().sum(-1, keepdim=True)
-    else:
-        sums = torch.linalg.vector_norm(grad, dim=-1, keepdim=True).square_()
-    return mean_of(sums, grad.size(-1))
-
-
-def column_square_means(grad: Tensor) -> Tensor:
-    """The mean of g² over dim −2, summed in blocks of rows so that ``grad`` is read in row-major order.
-
-    A plain reduction over dim −2 strides through memory: 84 ms eagerly and 7.8 ms compiled for a 4096×4096
-    gradient on this project's CPU, against 23 and 2.4 ms so (and 20× less rounding error than vector_norm's).
-    """
-    rows, cols = grad.shape[-2:]
-    block = next(b for b in (64, 32, 16, 8, 4, 2, 1) if rows % b == 0)
-    blocks = grad.reshape(*grad.shape[:-2], rows // block, block, cols)
-    return mean_of(blocks.square().sum(dim=-2).sum(dim=-2, keepdim=True), rows)
-
-
-def rms(xs: list[Tensor], segments: Segments | None) -> list[Scalar]:
-    """Each tensor's root mean square; with ``segments``, a vector of its members'."""
-    if segments is not None:
-        return [segments.rms(x) for x in xs]
-    return [as_number(n) / math.sqrt(max(1, x.numel())) for n, x in zip(norms(xs), xs)]  # an empty one's: 0
+    rho = ops.smin(lr, 1 / ops.scalar_fn(t, torch.sqrt, math.sqrt))
+    return ops.smin(rho, 1e-6 * t) if warmup_init else rho
 
 
 def adafactor_update(params: list[Tensor], grads: list[Tensor], row_vars: list[Tensor | None],
                      col_vars: list[Tensor | None], variances: list[Tensor | None], exp_avgs: list[Tensor | None],
                      *, steps: list[Scalar], lr: Scalar, beta2_decay: float, eps1: float | None, eps2: float,
                      clip_threshold: float, weight_decay: Scalar, beta1: float | None, relative_step: bool,
-                     scale_parameter: bool, warmup_init: bool, segments: Segments | None = None) -> None:
+                     scale_parameter: bool, warmup_init: bool) -> None:
     """The Adafactor rule on lists of tensors. Second moments are factored over the last two dims of tensors
     with ≥ 2 dims (``row_vars``/``col_vars``), kept whole otherwise (``variances``)::
 
@@ -88,31 +37,30 @@ def adafactor_update(params: list[Tensor], grads: list[Tensor], row_vars: list[T
         m ← beta1·m + (1 − beta1)·Û  (if beta1);   θ ← θ·(1 − lr·wd) − α_t·(m or Û)
         α_t = ρ_t·max(eps2, RMS(θ)) with scale_parameter, else ρ_t
 
-    The per-tensor reductions run in a loop; the elementwise work over all tensors uses foreach ops. With
-    ``segments`` each tensor (and its state) holds several parameters end to end along dim 0, all at one step count
-    (the fused step's packs of small tensors): the factors are per slice, the RMS and step sizes per member.
+    The per-tensor reductions run in a loop; the elementwise work over all tensors uses foreach ops.
     """
-    param_rms = rms(params, segments) if scale_parameter else [1.0] * len(params)
-    step_sizes = [relative_step_size(t, lr, relative_step, warmup_init) * (smax(eps2, r) if scale_parameter else 1)
+    param_rms = ops.tensor_rms(params) if scale_parameter else [1.0] * len(params)
+    step_sizes = [relative_step_size(t, lr, relative_step, warmup_init) * (ops.smax(eps2, r) if scale_parameter
+                                                                           else 1)
                   for t, r in zip(steps, param_rms)]
-    if is_nonzero(weight_decay):
-        mul_(params, 1 - lr * weight_decay)
+    if ops.is_nonzero(weight_decay):
+        ops.mul_(params, 1 - lr * weight_decay)
 
     # second moments, and for factored ones the row and column factors of rsqrt(V̂):
     # rsqrt(max(r_i·c_j/mean(r), tiny²)) = min(rsqrt(r_i/mean(r))·rsqrt(c_j), 1/tiny), so that the rsqrt and
     # divisions run on R + C numbers and the element loop does two products
     tiny = torch.finfo(grads[0].dtype).eps if eps1 is None else eps1  # the lists share one (math) dtype
     factors = []
-    (new_weights,) = hoisted([t**beta2_decay for t in steps])  # 1 − β̂_t
+    (new_weights,) = ops.hoisted([t**beta2_decay for t in steps])  # 1 − β̂_t
     for grad, row_var, col_var, variance, new_weight in zip(grads, row_vars, col_vars, variances, new_weights):
         if variance is None:
-            lerp_([row_var], [row_square_means(grad)], new_weight)
-            lerp_([col_var], [column_square_means(grad)], new_weight)
-            row_mean = mean_of(row_var.sum(dim=-2, keepdim=True), row_var.size(-2)).clamp_(min=tiny)
+            ops.lerp_([row_var], [ops.row_square_means(grad)], new_weight)
+            ops.lerp_([col_var], [ops.column_square_means(grad)], new_weight)
+            row_mean = ops.mean_of(row_var.sum(dim=-2, keepdim=True), row_var.size(-2)).clamp_(min=tiny)
             factors += [row_var.div(row_mean).rsqrt_(), col_var.rsqrt()]
         else:
-            lerp_([variance], [grad * grad], new_weight)
-    factors_left = iter(stored(factors))
+            ops.lerp_([variance], [grad * grad], new_weight)
+    factors_left = iter(ops.stored(factors))
     updates = []
     for grad, variance in zip(grads, variances):
         if variance is None:
@@ -121,20 +69,15 @@ def adafactor_update(params: list[Tensor], grads: list[Tensor], row_vars: list[T
             scale = variance.clamp(min=tiny * tiny).rsqrt_()
         updates.append(scale.mul_(grad))
 
-    clip_divisors = [smax(1.0, r / clip_threshold) for r in rms(updates, segments)]
-    # a pack's step sizes and clip divisors are per member, repeated over its slices where they meet the elements
-    spread = segments.spread if segments is not None else lambda values, _: values
+    clip_divisors = [ops.smax(1.0, r / clip_threshold) for r in ops.tensor_rms(updates)]
     if beta1 is not None:
-        clip_divisors, steps_down = hoisted(clip_divisors, [-a for a in step_sizes])
-        div_(updates, spread(clip_divisors, updates))
+        clip_divisors, steps_down = ops.hoisted(clip_divisors, [-a for a in step_sizes])
+        ops.div_(updates, clip_divisors)
         torch._foreach_lerp_(exp_avgs, updates, 1 - beta1)
-        if torch.compiler.is_compiling():
-            updates = [m * a for m, a in zip(exp_avgs, spread(steps_down, exp_avgs))]
-        else:
-            updates = torch._foreach_mul(exp_avgs, steps_down)
+        updates = ops.scaled(exp_avgs, steps_down)
     else:
-        (steps_down,) = hoisted([-a / c for a, c in zip(step_sizes, clip_divisors)])
-        mul_(updates, spread(steps_down, updates))
+        (steps_down,) = ops.hoisted([-a / c for a, c in zip(step_sizes, clip_divisors)])
+        ops.mul_(updates, steps_down)
     torch._foreach_add_(params, updates)
 
 
@@ -162,14 +105,6 @@ class Adafactor(OptarenaOptimizer):
         warmup_init: the paper's warm-up, ``ρ_t = min(lr, 1e-6·t, 1/sqrt(t))``; needs ``relative_step``.
         maximize, foreach, fused, state_dtype, stochastic_rounding: as :class:`optarena.Lion`.
     """
-
-    fused_flatten = False  # the factored moments need the real last two dims; small tensors are packed by them
-
-    # Compile time grows with the tensors per kernel and the math per tensor, and each chunk size is a kernel of its
-    # own per class of shapes. Chunks hold tensors of one shape. Cold first steps with (8, 4, 2, 1) -> (4, 1):
-    # YOLOv8n 59 -> 34 s (10 -> 6 graphs), ViT-S 34 -> 21 s, 200 matrices 22 -> 15 s; the steps took as long
-    # (YOLOv8n, 200 matrices) or up to 6 % longer (a shape with 6 or 12 tensors: one call more each).
-    fused_chunks = (4, 1)
 
     def __init__(self, params: ParamsT, lr: float = 1e-2, beta2_decay: float = -0.8,
                  eps: tuple[float | None, float] = (None, 1e-3), clip_threshold: float = 1.0,
@@ -221,18 +156,34 @@ class Adafactor(OptarenaOptimizer):
             state["exp_avg"] = zeros_state(p, group=group)
         return state
 
-    def _update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-                states: list[dict[str, Tensor]], segments: Segments | None = None) -> None:
+    def state_for(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+        state = super().state_for(p, group)
+        if group["beta1"] is not None and "exp_avg" not in state:  # beta1 switched on after some steps
+            state["exp_avg"] = zeros_state(p, group=group)
+        return state
+
+    @classmethod
+    def _update(cls, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                states: list[dict[str, Tensor]]) -> None:
         eps1, eps2 = group["eps"]
-        beta1 = group["beta1"]
-        if beta1 is not None:
-            for p, state in zip(params, states):
-                # beta1 may be switched on for a group after it has already taken steps
-                state.setdefault("exp_avg", zeros_state(p, group=group))
         adafactor_update(
             params, grads, [s.get("row_var") for s in states], [s.get("col_var") for s in states],
             [s.get("variance") for s in states], [s.get("exp_avg") for s in states],
-            steps=step_values(states), lr=group["lr"], beta2_decay=group["beta2_decay"],
+            steps=ops.step_values(states), lr=group["lr"], beta2_decay=group["beta2_decay"],
             eps1=eps1, eps2=eps2, clip_threshold=group["clip_threshold"], weight_decay=group["weight_decay"],
-            beta1=beta1, relative_step=group["relative_step"], scale_parameter=group["scale_parameter"],
-            warmup_init=group["warmup_init"], segments=segments)
+            beta1=group["beta1"], relative_step=group["relative_step"], scale_parameter=group["scale_parameter"],
+            warmup_init=group["warmup_init"])
+
+
+register_optimizer(OptimizerInfo(
+    # its state is O(R + C), but three whole-tensor reductions come first (the factors from g², RMS(θ), and the RMS
+    # of the update, which needs the factors): g is read three times and θ twice before θ is written
+    "adafactor", Adafactor, 1e-2, eps="pair", state_bytes_per_param=4, step_bytes=24, step_bytes_bf16_state=24,
+    # compile time grows with the tensors per kernel and the math per tensor, and each chunk size is a kernel of
+    # its own per class of shapes (benchmarks/NOTES.md, "Adafactor chunks")
+    fused_chunks=(4, 1), description="factored second moment, relative steps (Shazeer & Stern 2018)",
+    translation=Translation(
+        1.0, (1.0, 1.0), 1.0,
+        "Shazeer & Stern: relative step sizes, lr is the cap 1e-2 of ρ_t = min(lr, 1/sqrt(t)) scaled by RMS(θ), "
+        "not comparable to AdamW's lr; weight decay set so that lr·wd equals AdamW's.",
+        absolute_lr=1e-2)))

@@ -8,25 +8,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._base import (
-    LOW_PRECISION,
-    OptarenaOptimizer,
-    ParamsT,
-    Scalar,
-    addcdiv_,
-    addcmul_,
-    check_betas,
-    check_number,
-    div_,
-    hoisted,
-    is_nonzero,
-    lerp_,
-    mul_,
-    scalar_fn,
-    step_counter,
-    step_values,
-    zeros_state,
-)
+from ..info import OptimizerInfo, Translation, register_optimizer
+from ..validation import check_betas, check_number
+from . import ops
+from .base import OptarenaOptimizer, ParamsT
+from .ops import Scalar
+from .step import math_dtype, step_counter, zeros_state
 
 
 def adan_update(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_diffs: list[Tensor],
@@ -39,37 +26,29 @@ def adan_update(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor
         step ← lr/(1−β1^t)·m/denom + lr·β2/(1−β2^t)·d/denom
         θ ← (θ − step)/(1 + lr·wd)   or, with no_prox,   θ ← θ·(1 − lr·wd) − step;      g_prev ← g
     """
-    for prev, grad, t in zip(prev_grads, grads, steps):
-        if isinstance(t, Tensor):  # inside the fused step: no branching on a tensor's value
-            prev.copy_(torch.where(t == 1, grad, prev))
-        elif t == 1:
-            prev.copy_(grad)
+    ops.copy_at_first_step_(prev_grads, grads, steps)
     diffs = torch._foreach_sub(grads, prev_grads)
-    lerp_(exp_avgs, grads, 1 - beta1)
-    lerp_(exp_avg_diffs, diffs, 1 - beta2)
+    ops.lerp_(exp_avgs, grads, 1 - beta1)
+    ops.lerp_(exp_avg_diffs, diffs, 1 - beta2)
     nesterov_grads = diffs  # reuse the buffers: diffs are no longer needed
-    mul_(nesterov_grads, beta2)
+    ops.mul_(nesterov_grads, beta2)
     torch._foreach_add_(nesterov_grads, grads)
-    mul_(exp_avg_sqs, beta3)
-    addcmul_(exp_avg_sqs, nesterov_grads, nesterov_grads, 1 - beta3)
+    ops.mul_(exp_avg_sqs, beta3)
+    ops.addcmul_(exp_avg_sqs, nesterov_grads, nesterov_grads, 1 - beta3)
 
-    sqrt_bias3, step1, step2 = hoisted([scalar_fn(1 - beta3**t, torch.sqrt, math.sqrt) for t in steps],
-                                       [-lr / (1 - beta1**t) for t in steps],
-                                       [-lr * beta2 / (1 - beta2**t) for t in steps])
+    sqrt_bias3, step1, step2 = ops.hoisted([ops.scalar_fn(1 - beta3**t, torch.sqrt, math.sqrt) for t in steps],
+                                           [-lr / (1 - beta1**t) for t in steps],
+                                           [-lr * beta2 / (1 - beta2**t) for t in steps])
     denoms = torch._foreach_sqrt(exp_avg_sqs)
-    div_(denoms, sqrt_bias3)
-    torch._foreach_add_(denoms, eps)
-    if no_prox and is_nonzero(weight_decay):
-        mul_(params, 1 - lr * weight_decay)
-    addcdiv_(params, exp_avgs, denoms, step1)
-    addcdiv_(params, exp_avg_diffs, denoms, step2)
-    if not no_prox and is_nonzero(weight_decay):
-        div_(params, 1 + lr * weight_decay)
-    if hasattr(prev_grads[0], "placements"):  # DTensor (FSDP2) has no sharding rule for _foreach_copy_
-        for prev, grad in zip(prev_grads, grads):
-            prev.copy_(grad)
-    else:
-        torch._foreach_copy_(prev_grads, grads)
+    ops.div_(denoms, sqrt_bias3)
+    ops.add_(denoms, eps)
+    if no_prox and ops.is_nonzero(weight_decay):
+        ops.mul_(params, 1 - lr * weight_decay)
+    ops.addcdiv_(params, exp_avgs, denoms, step1)
+    ops.addcdiv_(params, exp_avg_diffs, denoms, step2)
+    if not no_prox and ops.is_nonzero(weight_decay):
+        ops.div_(params, 1 + lr * weight_decay)
+    ops.copy_(prev_grads, grads)
 
 
 class Adan(OptarenaOptimizer):
@@ -81,7 +60,7 @@ class Adan(OptarenaOptimizer):
         params: parameters or parameter groups.
         lr: learning rate. The authors report tolerating a peak lr 5–10× larger than Adam/AdamW.
         betas: ``(β1, β2, β3)`` for the gradient, gradient-difference and squared-term EMAs.
-        eps: added to the bias-corrected ``sqrt(n)``.
+        eps: added to the bias-corrected ``sqrt(n)`` (> 0: with 0, a zero gradient divides 0 by 0).
         weight_decay: the authors use 0.02. Applied as a proximal step ``θ/(1 + lr·wd)`` by default, as
             decoupled decay ``θ·(1 − lr·wd)`` with ``no_prox=True``.
         no_prox: use AdamW-style decoupled decay instead of the proximal form.
@@ -92,9 +71,6 @@ class Adan(OptarenaOptimizer):
     Step counts are kept per parameter (the official code keeps one per group); they differ only for parameters
     that miss gradients on some steps. :meth:`restart` resets all state (the official ``restart_opt``).
     """
-
-    # more math per tensor: smaller kernels compile in time (16 large tensors: 21–29 s cold for 200 tensors)
-    fused_chunks = (16, 4, 1)
 
     def __init__(self, params: ParamsT, lr: float = 1e-3, betas: tuple[float, float, float] = (0.98, 0.92, 0.99),
                  eps: float = 1e-8, weight_decay: float = 0.0, *, no_prox: bool = False, max_grad_norm: float = 0.0,
@@ -110,7 +86,7 @@ class Adan(OptarenaOptimizer):
     def _check_group(self, group: dict[str, Any]) -> None:
         check_number("lr", group["lr"])
         check_betas(group["betas"], 3)
-        check_number("eps", group["eps"])
+        check_number("eps", group["eps"], low=0.0, low_open=True)
         check_number("weight_decay", group["weight_decay"])
         if group["max_grad_norm"] != self.defaults["max_grad_norm"]:
             raise ValueError(f"Invalid max_grad_norm in a param group: {group['max_grad_norm']!r} (the clipping norm "
@@ -126,19 +102,31 @@ class Adan(OptarenaOptimizer):
         """Forget all moments and step counts: the next step is a first step again."""
         self.state.clear()
 
-    def _grad_scale(self, params: list[Tensor]) -> float:
+    def _grad_scale(self, params: list[Tensor]) -> Tensor | None:
         max_norm = self.defaults["max_grad_norm"]
         if max_norm <= 0 or not params:
-            return 1.0
-        norms = torch._foreach_norm([p.grad.float() if p.dtype in LOW_PRECISION else p.grad for p in params])
+            return None
+        norms = torch._foreach_norm([p.grad.to(math_dtype(p)) for p in params])
         # a DTensor's norm (FSDP2) is partial, each rank's shard: full_tensor() reduces it to the global norm
-        total = math.sqrt(sum(float(n.full_tensor() if hasattr(n, "full_tensor") else n) ** 2 for n in norms))
-        return min(1.0, max_norm / (total + self.defaults["eps"]))
+        norms = [n.full_tensor() if hasattr(n, "full_tensor") else n for n in norms]
+        total = torch.linalg.vector_norm(torch.stack([n.to(torch.float64) for n in norms]))  # no host sync
+        return (max_norm / (total + self.defaults["eps"])).clamp(max=1.0)
 
-    def _update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+    @classmethod
+    def _update(cls, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
                 states: list[dict[str, Tensor]]) -> None:
         beta1, beta2, beta3 = group["betas"]
         adan_update(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_diff"] for s in states],
                     [s["exp_avg_sq"] for s in states], [s["prev_grad"] for s in states],
-                    steps=step_values(states), lr=group["lr"], beta1=beta1, beta2=beta2,
+                    steps=ops.step_values(states), lr=group["lr"], beta1=beta1, beta2=beta2,
                     beta3=beta3, eps=group["eps"], weight_decay=group["weight_decay"], no_prox=group["no_prox"])
+
+
+register_optimizer(OptimizerInfo(
+    "adan", Adan, 1e-3, num_betas=3, eps="number", state_bytes_per_param=16, elementwise=True,
+    step_bytes=44, step_bytes_bf16_state=28, fused_chunks=(16, 4, 1),
+    description="adaptive Nesterov momentum (Xie et al. 2022)",
+    translation=Translation(
+        5.0, (1.0, 10.0), 1 / 5,
+        "Xie et al.: Adan tolerates a peak lr 5–10x larger than Adam/AdamW; weight decay (proximal, 0.02 in the "
+        "authors' runs) scaled to keep lr·wd.")))

@@ -8,23 +8,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._base import (
-    OptarenaOptimizer,
-    ParamsT,
-    Scalar,
-    addcdiv_,
-    addcmul_,
-    check_betas,
-    check_number,
-    hoisted,
-    is_nonzero,
-    lerp_,
-    mul_,
-    scalar_fn,
-    step_counter,
-    step_values,
-    zeros_state,
-)
+from ..info import OptimizerInfo, Translation, register_optimizer
+from ..validation import check_betas, check_number
+from . import ops
+from .base import OptarenaOptimizer, ParamsT
+from .ops import Scalar
+from .step import step_counter, zeros_state
 
 
 def adax_new_weight(t: Scalar, beta2: Scalar) -> Scalar:
@@ -34,8 +23,8 @@ def adax_new_weight(t: Scalar, beta2: Scalar) -> Scalar:
     its corrected value ``v̂ = v/((1 + β2)^t − 1)`` obeys ``v̂ ← (1 − w)·v̂ + w·g²`` with this ``w``. Written with
     ``exp(−x)`` (x = t·log1p(β2)) it never overflows: at t = 1 it is exactly 1, for huge t it underflows to 0.
     """
-    x = t * scalar_fn(beta2, torch.log1p, math.log1p)
-    return beta2 * scalar_fn(-x, torch.exp, math.exp) / -scalar_fn(-x, torch.expm1, math.expm1)
+    x = t * ops.scalar_fn(beta2, torch.log1p, math.log1p)
+    return beta2 * ops.scalar_fn(-x, torch.exp, math.exp) / -ops.scalar_fn(-x, torch.expm1, math.expm1)
 
 
 def adax_update(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor], *,
@@ -46,21 +35,19 @@ def adax_update(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor
         g ← g + wd·θ (L2)   or   θ ← θ·(1 − lr·wd) (decoupled)
         m ← β1·m + (1 − β1)·g;   v̂ ← (1 − w_t)·v̂ + w_t·g²;   θ ← θ − lr·m/(sqrt(v̂) + eps)
     """
-    if is_nonzero(weight_decay):
+    if ops.is_nonzero(weight_decay):
         if decoupled_weight_decay:
-            mul_(params, 1 - lr * weight_decay)
-        elif isinstance(weight_decay, Tensor):
-            grads = [g + weight_decay * p for g, p in zip(grads, params)]
+            ops.mul_(params, 1 - lr * weight_decay)
         else:
-            grads = torch._foreach_add(grads, params, alpha=weight_decay)
-    lerp_(exp_avgs, grads, 1 - beta1)
+            grads = ops.add_scaled(grads, params, weight_decay)
+    ops.lerp_(exp_avgs, grads, 1 - beta1)
     weights = [adax_new_weight(t, beta2) for t in steps]
-    keeps, weights = hoisted([1 - w for w in weights], weights)
-    mul_(exp_avg_sqs, keeps)
-    addcmul_(exp_avg_sqs, grads, grads, weights)
+    keeps, weights = ops.hoisted([1 - w for w in weights], weights)
+    ops.mul_(exp_avg_sqs, keeps)
+    ops.addcmul_(exp_avg_sqs, grads, grads, weights)
     denoms = torch._foreach_sqrt(exp_avg_sqs)
-    torch._foreach_add_(denoms, eps)
-    addcdiv_(params, exp_avgs, denoms, -lr)
+    ops.add_(denoms, eps)
+    ops.addcdiv_(params, exp_avgs, denoms, -lr)
 
 
 class AdaX(OptarenaOptimizer):
@@ -78,15 +65,11 @@ class AdaX(OptarenaOptimizer):
         lr: learning rate; the official code uses 1.5e-3 with L2 decay 5e-4 (AdaX) and 5e-3 with decoupled decay
             5e-2 (AdaX-W, the authors' recommendation).
         betas: ``(β1, β2)``; β2 > 0 is the growth rate of the long-term memory (default 1e-4).
-        eps: added to ``sqrt(v̂)``.
+        eps: added to ``sqrt(v̂)`` (> 0: with 0, a zero gradient divides 0 by 0).
         weight_decay: L2 penalty added to the gradient, or decoupled decay with ``decoupled_weight_decay``.
         decoupled_weight_decay: AdaX-W: ``θ ← θ·(1 − lr·wd)`` instead of L2.
         maximize, foreach, fused, state_dtype, stochastic_rounding: as :class:`optarena.Lion`.
     """
-
-    # 32-tensor kernels took 30 s (fp32 state) and 36 s (bf16 state) to compile cold for 200 tensors, 16-tensor
-    # ones 20 and 22 s, for a step ~5 % slower on that layout
-    fused_chunks = (16, 4, 1)
 
     def __init__(self, params: ParamsT, lr: float = 1.5e-3, betas: tuple[float, float] = (0.9, 1e-4),
                  eps: float = 1e-8, weight_decay: float = 0.0, *, decoupled_weight_decay: bool = False,
@@ -101,17 +84,28 @@ class AdaX(OptarenaOptimizer):
         check_number("lr", group["lr"])
         check_betas(group["betas"], 2)
         check_number("betas[1]", group["betas"][1], low=0.0, low_open=True, high=1.0, high_open=True)
-        check_number("eps", group["eps"])
+        check_number("eps", group["eps"], low=0.0, low_open=True)
         check_number("weight_decay", group["weight_decay"])
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         return {"step": step_counter(), "exp_avg": zeros_state(p, group=group),
                 "exp_avg_sq": zeros_state(p, group=group)}
 
-    def _update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+    @classmethod
+    def _update(cls, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
                 states: list[dict[str, Tensor]]) -> None:
         beta1, beta2 = group["betas"]
         adax_update(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-                    steps=step_values(states), lr=group["lr"], beta1=beta1, beta2=beta2,
+                    steps=ops.step_values(states), lr=group["lr"], beta1=beta1, beta2=beta2,
                     eps=group["eps"], weight_decay=group["weight_decay"],
                     decoupled_weight_decay=group["decoupled_weight_decay"])
+
+
+register_optimizer(OptimizerInfo(
+    "adax", AdaX, 1.5e-3, num_betas=2, eps="number", state_bytes_per_param=8, elementwise=True,
+    step_bytes=28, step_bytes_bf16_state=20, fused_chunks=(16, 4, 1),
+    description="exponential long-term memory of g² (Li et al. 2020)",
+    translation=Translation(
+        5.0, (1.0, 5.0), 0.5,
+        "Li et al.'s CIFAR configs: AdamW lr 1e-3, wd 0.1 against AdaX-W lr 5e-3, wd 0.05 (decoupled decay).",
+        extra=(("decoupled_weight_decay", True),))))

@@ -8,25 +8,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._base import (
-    OptarenaOptimizer,
-    ParamsT,
-    Scalar,
-    add_scaled_,
-    check_betas,
-    check_number,
-    is_nonzero,
-    lerp_,
-    mul_,
-    zeros_state,
-)
+from ..info import OptimizerInfo, Translation, register_optimizer
+from ..validation import check_betas, check_number
+from . import ops
+from .base import OptarenaOptimizer, ParamsT
+from .ops import Scalar
+from .step import zeros_state
 
-#: Maps the interpolated momentum ``c`` (a list of tensors) to the update direction, in place or not.
+#: Maps the interpolated momentum ``c`` (a list of tensors, which it may overwrite) to the update direction.
 Direction = Callable[[list[Tensor]], list[Tensor]]
 
 
 def sign_direction(c: list[Tensor]) -> list[Tensor]:
-    torch._foreach_sign_(c)
+    ops.sign_(c)
     return c
 
 
@@ -36,12 +30,12 @@ def lion_update(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor
 
         θ ← θ·(1 − lr·wd);  c ← β1·m + (1 − β1)·g;  θ ← θ − lr·direction(c);  m ← β2·m + (1 − β2)·g
     """
-    if is_nonzero(weight_decay):
-        mul_(params, 1 - lr * weight_decay)
-    c = torch._foreach_mul(exp_avgs, beta1)
-    add_scaled_(c, grads, 1 - beta1)
-    add_scaled_(params, direction(c), -lr)
-    lerp_(exp_avgs, grads, 1 - beta2)
+    if ops.is_nonzero(weight_decay):
+        ops.mul_(params, 1 - lr * weight_decay)
+    c = ops.scaled(exp_avgs, beta1)
+    ops.add_scaled_(c, grads, 1 - beta1)
+    ops.add_scaled_(params, direction(c), -lr)
+    ops.lerp_(exp_avgs, grads, 1 - beta2)
 
 
 class Lion(OptarenaOptimizer):
@@ -56,16 +50,14 @@ class Lion(OptarenaOptimizer):
         maximize: ascend instead of descend.
         foreach: ``True`` for torch._foreach kernels over all tensors, ``False`` for a per-tensor loop,
             ``None`` for the device's faster default (loop on CPU, foreach on GPU).
-        fused: ``True`` for one ``torch.compile``d kernel per step over all tensors (C++/OpenMP on CPU, Triton on
-            GPU), generated from the same math; the first step compiles (10–60 s on a 2-core CPU, then cached by
-            inductor across runs); lr and weight decay are passed as tensors, so schedules do not recompile.
+        fused: ``True`` for a few ``torch.compile``d kernels per step over all tensors (C++/OpenMP on CPU, Triton
+            on GPU), generated from the same math; the first step compiles (10–60 s on a 2-core CPU, then cached by
+            inductor across runs); lr, betas and weight decay are kernel inputs, so schedules do not recompile.
             Falls back to foreach with one warning where compilation fails. ``None``: off (see README, "Speed").
         state_dtype: dtype of the state buffers: ``None`` (fp32 for fp32/bf16/fp16 params, fp64 for fp64) or
             ``torch.bfloat16`` (half the state memory; the math stays fp32).
         stochastic_rounding: round bf16 parameters stochastically when writing the fp32 result back.
     """
-
-    counts_steps = False
 
     def __init__(self, params: ParamsT, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
                  weight_decay: float = 0.0, *, maximize: bool = False, foreach: bool | None = None,
@@ -83,11 +75,22 @@ class Lion(OptarenaOptimizer):
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         return {"exp_avg": zeros_state(p, group=group)}
 
-    def _direction(self, group: dict[str, Any]) -> Direction:
+    @classmethod
+    def _direction(cls, group: dict[str, Any]) -> Direction:
         return sign_direction
 
-    def _update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+    @classmethod
+    def _update(cls, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
                 states: list[dict[str, Tensor]]) -> None:
         beta1, beta2 = group["betas"]
         lion_update(params, grads, [s["exp_avg"] for s in states], lr=group["lr"], beta1=beta1, beta2=beta2,
-                    weight_decay=group["weight_decay"], direction=self._direction(group))
+                    weight_decay=group["weight_decay"], direction=cls._direction(group))
+
+
+register_optimizer(OptimizerInfo(
+    "lion", Lion, 1e-4, num_betas=2, state_bytes_per_param=4, elementwise=True, stress=True,
+    step_bytes=20, step_bytes_bf16_state=16, description="sign of interpolated momentum (Chen et al. 2023)",
+    translation=Translation(
+        1 / 5, (1 / 10, 1 / 3), 5.0,
+        "Chen et al. 2023: lr 3–10x smaller than AdamW's and weight decay 3–10x larger, keeping lr·wd (the "
+        "decay's strength); betas (0.95, 0.98) for language models; prefers larger batches.")))

@@ -10,7 +10,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ..optim._base import check_choice, math_dtype
+from ..optim.step import math_dtype
+from ..validation import check_choice
 from ._base import OptimizerWrapper
 
 

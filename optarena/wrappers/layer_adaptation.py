@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ..optim._base import LOW_PRECISION, group_by_device_and_dtype
+from ..optim.step import LOW_PRECISION, group_by_device_and_dtype
 from ._base import OptimizerWrapper, clone_params
 
 

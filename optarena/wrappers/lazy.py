@@ -14,24 +14,14 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ..optim._base import OptarenaOptimizer
-from ..optim.adafactor import Adafactor
+from ..info import get_optimizer_info, info_for, list_optimizers
 from ..optim.adan import Adan
-from ..optim.adax import AdaX
-from ..optim.lion import Lion
+from ..optim.base import OptarenaOptimizer
 from ._base import OptimizerWrapper
 
-#: optarena algorithms whose math is elementwise (RLion is a Lion). Adafactor's factored moments mix rows.
-OPTARENA_ELEMENTWISE: tuple[type[OptarenaOptimizer], ...] = (Lion, Adan, AdaX)
-
-#: torch.optim classes (exact types) whose math is elementwise with per-element state of the param's shape and
-#: per-parameter scalars, and whose state is created on the first step. Adagrad is left out on purpose: it
-#: builds full-size state in its constructor, which the short-lived per-step optimizer would pay every step
-#: (and torch's Adagrad takes sparse gradients itself).
-TORCH_ELEMENTWISE: tuple[type[Optimizer], ...] = (
-    torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD, torch.optim.Adamax, torch.optim.NAdam, torch.optim.RAdam,
-    torch.optim.RMSprop,
-)
+#: Elementwise torch.optim classes Lazy still refuses: Adagrad builds full-size state in its constructor, which the
+#: short-lived per-step optimizer of the gathered rows would pay every step (and it takes sparse gradients itself).
+UNSUPPORTED: tuple[type[Optimizer], ...] = (torch.optim.Adagrad,)
 
 
 def nonzero_rows(x: Tensor) -> Tensor:
@@ -77,8 +67,8 @@ class Lazy(OptimizerWrapper):
     does not list, are neither moved nor have their optimizer state changed (no momentum decay, no weight decay).
 
     For each 2-d parameter with a gradient, the present rows are gathered and the base's own per-algorithm math
-    runs on them (optarena bases: the algorithm's ``_update`` through ``_run``, so ``maximize`` and bf16-via-fp32
-    behave as in the base; torch.optim bases: a short-lived optimizer of the same class over the gathered rows,
+    runs on them (optarena bases: ``apply_update``, so ``maximize`` and bf16-via-fp32 behave as in the base;
+    torch.optim bases: a short-lived optimizer of the same class over the gathered rows,
     with the group's hyper-parameters and the gathered state); then rows and state are scattered back. A dense
     gradient whose rows are all present goes to the base unchanged, as do parameters that are not 2-d. Sparse
     gradients (``nn.Embedding(sparse=True)``) are supported for any listed base; the step's work is then
@@ -92,9 +82,10 @@ class Lazy(OptimizerWrapper):
     only when ``dampening = 0``).
 
     Args:
-        base: an elementwise optimizer over all parameters: optarena ``Lion``, ``RLion``, ``Adan`` (without
-            ``max_grad_norm``: a global norm couples all rows), ``AdaX``; or torch.optim ``Adam``, ``AdamW``,
-            ``SGD``, ``Adamax``, ``NAdam``, ``RAdam``, ``RMSprop``. Not a wrapper: wrap other wrappers around Lazy.
+        base: an optimizer whose registry entry is elementwise (``OptimizerInfo.elementwise``): optarena ``Lion``,
+            ``RLion``, ``Adan`` (without ``max_grad_norm``: a global norm couples all rows), ``AdaX``; torch.optim
+            ``Adam``, ``AdamW``, ``SGD``, ``Adadelta``, ``Adamax``, ``NAdam``, ``RAdam``, ``RMSprop`` (not
+            ``Adagrad``). Not a wrapper: wrap other wrappers around Lazy.
     """
 
     state_key = "lazy"
@@ -142,16 +133,10 @@ class Lazy(OptimizerWrapper):
                        grad_rows: Tensor) -> None:
         base = self.base
         assert isinstance(base, OptarenaOptimizer)
-        state = base.state[p]
-        if not state:
-            state.update(base._init_state(p, group))
-        if base.counts_steps:
-            state["step"] += 1
+        state = base.state_for(p, group)
         per_element = [k for k, v in state.items() if _is_per_element(v, p.shape)]
         sub_state = {k: v.index_select(0, rows) if k in per_element else v for k, v in state.items()}
-        param_rows.grad = grad_rows  # _run reads .grad; it folds in maximize and does bf16 math in fp32
-        base._run([param_rows], [sub_state], group, 1.0)
-        param_rows.grad = None
+        base.apply_update(group, [param_rows], [grad_rows], [sub_state])  # the step count advances in place
         for k, v in sub_state.items():
             if k in per_element:
                 state[k].index_copy_(0, rows, v)
@@ -188,16 +173,20 @@ def _check_base(base: Optimizer) -> None:
     if isinstance(base, OptimizerWrapper):
         raise ValueError(f"Lazy: the base must be an optimizer, not the wrapper {name}: Lazy runs the base's own "
                          "math on the present rows; put other wrappers around Lazy instead")
-    if isinstance(base, Adafactor) or type(base) is getattr(torch.optim, "Adafactor", None):
-        raise ValueError(f"Lazy: {name} is not elementwise: its factored second moment averages over whole rows "
-                         "and columns, so absent rows cannot be left out")
+    info = info_for(type(base))
+    # a subclass of a torch.optim class may change its math; one of optarena's keeps the contract of _update
+    known = info is not None and (isinstance(base, OptarenaOptimizer) or info.cls is type(base))
+    if not known or not info.elementwise or isinstance(base, UNSUPPORTED):
+        if not known:
+            why = f"{name} is not elementwise as far as optarena's registry knows"
+        elif not info.elementwise:
+            why = f"{name} is not elementwise (its update mixes elements of a tensor, e.g. over rows and columns)"
+        else:
+            why = f"Lazy cannot run {name} on gathered rows"
+        supported = sorted({get_optimizer_info(n).cls.__name__ for n in list_optimizers()
+                            if get_optimizer_info(n).elementwise and not issubclass(get_optimizer_info(n).cls,
+                                                                                    UNSUPPORTED)})
+        raise ValueError(f"Lazy: unsupported base {name}: {why} (supported: {', '.join(supported)})")
     if isinstance(base, Adan) and base.defaults["max_grad_norm"] > 0:
         raise ValueError(f"Lazy: Adan with max_grad_norm={base.defaults['max_grad_norm']!r} is not elementwise: "
                          "the clipping norm is global over all rows; use max_grad_norm=0")
-    if isinstance(base, OptarenaOptimizer):
-        if not isinstance(base, OPTARENA_ELEMENTWISE):
-            raise ValueError(f"Lazy: unsupported optarena optimizer {name} (supported: Lion, RLion, Adan, AdaX)")
-    elif type(base) not in TORCH_ELEMENTWISE:
-        supported = ", ".join(c.__name__ for c in TORCH_ELEMENTWISE)
-        raise ValueError(f"Lazy: unsupported base {name}: its update is not known to be elementwise (supported "
-                         f"torch.optim bases: {supported}; optarena: Lion, RLion, Adan, AdaX)")

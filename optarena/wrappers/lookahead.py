@@ -11,7 +11,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ..optim._base import check_choice, check_number, group_by_device_and_dtype, math_dtype
+from ..optim.step import group_by_device_and_dtype, math_dtype
+from ..validation import check_choice, check_number
 from ._base import OptimizerWrapper
 
 PULLBACKS = ("none", "reset", "pullback")

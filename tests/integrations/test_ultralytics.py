@@ -137,11 +137,11 @@ def test_every_optarena_name_not_known_to_ultralytics_is_routed() -> None:
 @pytest.mark.parametrize("name", OPTARENA_NAMES + ["lookahead_lion"])
 def test_every_optarena_name_builds_with_ultralytics_groups(yolo_model: DetectionModel, name: str) -> None:
     trainer = fake_trainer()
-    lr = optarena.get_optimizer_info(integration.base_name(name)).default_lr
+    lr = optarena.registry.base_optimizer_info(name).default_lr
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         opt = integration.build_optimizer(trainer, yolo_model, name, lr=lr, momentum=0.937, decay=5e-4)
-    expected = optarena.get_optimizer_info(integration.base_name(name)).cls
+    expected = optarena.registry.base_optimizer_info(name).cls
     assert isinstance(opt.base if name.startswith("lookahead_") else opt, expected)
     assert [g["param_group"] for g in opt.param_groups] == ["weight", "bn", "bias"]
     assert [g["weight_decay"] for g in opt.param_groups] == [5e-4, 0.0, 0.0]

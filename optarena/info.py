@@ -1,0 +1,112 @@
+"""What optarena knows about each optimizer, in one record per name (after timm's registry), and where the records
+are kept. Every per-optimizer fact that code outside the optimizer's own class needs lives in its
+:class:`OptimizerInfo`; the factory, the fused step, the wrappers, the arena, ``optarena speed`` and the
+integrations read it from here. This module imports nothing of optarena's, so every layer can use it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+LOOKAHEAD_PREFIX = "lookahead_"
+
+
+@dataclass(frozen=True)
+class Translation:
+    """How an optimizer's hyper-parameters relate to a tuned AdamW's, with the authors' reasoning."""
+
+    lr_factor: float
+    #: The authors' range for the lr ratio to AdamW's, for a sweep.
+    lr_range: tuple[float, float]
+    wd_factor: float
+    note: str
+    extra: tuple[tuple[str, Any], ...] = ()
+    #: If set, lr is this absolute value and wd is chosen so that the per-step decay lr·wd is AdamW's.
+    absolute_lr: float | None = None
+
+
+@dataclass(frozen=True)
+class OptimizerInfo:
+    """What the factory, the arena and the integrations know about one optimizer."""
+
+    name: str
+    cls: type
+    default_lr: float
+    #: How many betas the ``betas`` argument holds (0: it takes none).
+    num_betas: int = 0
+    #: The form of the ``eps`` argument: one number (Adam's), a pair (Adafactor's ``(eps1, eps2)``), or None.
+    eps: Literal["number", "pair"] | None = None
+    has_momentum: bool = False
+    #: Bytes of optimizer state per fp32 parameter element (Adafactor: per element of a vector; a matrix costs
+    #: only R + C numbers).
+    state_bytes_per_param: float = 0.0
+    #: Arguments always passed (``momentum=0.9`` for "momentum") unless the caller overrides them.
+    fixed_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    source: str = "optarena"
+    description: str = ""
+    #: Whether each element's update depends only on that element's gradient, state and per-tensor scalars: such
+    #: an optimizer can step a subset of rows (``Lazy``) and see every tensor as 1-D (the fused step).
+    elementwise: bool = False
+    #: The authors' rule for starting from a tuned AdamW configuration (``optarena.translate_hparams``).
+    translation: Translation | None = None
+    #: Whether the arena also runs it at AdamW-sized learning rates (claims about exactly that exist for it).
+    stress: bool = False
+    #: Bytes a step must read and write per parameter element (fp32 params and grads; fp32 state, or bf16 state):
+    #: params read and written 8, the grad read 4, each state buffer read and written; what ``optarena speed``
+    #: divides by the measured time.
+    step_bytes: int | None = None
+    step_bytes_bf16_state: int | None = None
+    #: Tensors per compiled call of the fused step, largest first (see ``optarena.optim.fused``).
+    fused_chunks: tuple[int, ...] = (32, 4, 1)
+    #: The name under which ultralytics' own trainer builds this optimizer (then ultralytics keeps it).
+    ultralytics_name: str | None = None
+
+    @property
+    def has_eps(self) -> bool:
+        return self.eps is not None
+
+    def accepted_args(self) -> list[str]:
+        """Constructor arguments beyond ``params``."""
+        return [n for n in inspect.signature(self.cls).parameters if n != "params"]
+
+
+_REGISTRY: dict[str, OptimizerInfo] = {}
+
+
+def register_optimizer(info: OptimizerInfo) -> None:
+    """Add (or replace) an optimizer under ``info.name`` (lower case)."""
+    _REGISTRY[info.name.lower()] = info
+
+
+def list_optimizers(source: str | None = None) -> list[str]:
+    """Names of the registered optimizers, optionally only those from ``source`` ("optarena" or "torch.optim")."""
+    return sorted(n for n, i in _REGISTRY.items() if source is None or i.source == source)
+
+
+def get_optimizer_info(name: str) -> OptimizerInfo:
+    """The registry entry for ``name`` (case-insensitive); an unknown name lists the known ones."""
+    key = name.lower() if isinstance(name, str) else name
+    if key not in _REGISTRY:
+        close = difflib.get_close_matches(str(key), list(_REGISTRY), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"Unknown optimizer {name!r}.{hint} Known optimizers: {', '.join(list_optimizers())}")
+    return _REGISTRY[key]
+
+
+def base_optimizer_info(name: str) -> OptimizerInfo:
+    """The entry behind a factory name, which may carry the ``lookahead_`` prefix (``"lookahead_lion"``)."""
+    return get_optimizer_info(name.lower().removeprefix(LOOKAHEAD_PREFIX) if isinstance(name, str) else name)
+
+
+def info_for(cls: type) -> OptimizerInfo | None:
+    """The entry of ``cls``, or of the nearest registered class it derives from (a user's subclass of Lion is
+    elementwise too); None for an unregistered family. Several names may share a class (SGD): they share facts."""
+    for klass in cls.__mro__:
+        for info in _REGISTRY.values():
+            if info.cls is klass:
+                return info
+    return None

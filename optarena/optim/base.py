@@ -1,0 +1,209 @@
+"""The base of every optarena optimizer: validation, checkpoints, and the choice of execution path.
+
+An algorithm supplies its arguments and their checks (``_check_group``), its state (``_init_state``) and its math
+(``_update``, a classmethod over lists of tensors written in :mod:`.ops`); its facts for everyone else live in its
+:class:`~optarena.info.OptimizerInfo`. This class forms the lists: one per (device, dtype) bucket for
+``foreach=True`` (in chunks of bounded size), one per parameter for the per-tensor loop, compiled kernels over
+flat views for ``fused=True``; every path runs :func:`.step.step_tensors`, so the math and its dtype rules are
+written once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeAlias
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from ..validation import check_choice
+from . import fused
+from .ops import Scalar
+from .step import group_by_device_and_dtype, state_dtype_for, step_tensors
+
+ParamsT: TypeAlias = Iterable[Tensor] | Iterable[dict[str, Any]]
+
+#: Elements per call of the foreach path: its up-cast copies (bf16 state or parameters) and the algorithm's
+#: temporaries are a few buffers of this size, not of the whole bucket (benchmarks/NOTES.md, "foreach chunks").
+FOREACH_ELEMENTS = 1 << 22
+
+
+def default_to_foreach(params: Iterable[Tensor]) -> bool:
+    """``foreach=None`` resolves like torch.optim: foreach on accelerators, the per-tensor loop on CPU, where a loop
+    keeps each tensor in cache while foreach streams every tensor through memory once per op."""
+    return all(p.device.type != "cpu" for p in params)
+
+
+def foreach_chunks(indices: list[int], params: list[Tensor]) -> Iterator[list[int]]:
+    """``indices`` in order, cut into runs of at most FOREACH_ELEMENTS elements (or one larger tensor)."""
+    run: list[int] = []
+    total = 0
+    for i in indices:
+        n = params[i].numel()
+        if run and total + n > FOREACH_ELEMENTS:
+            yield run
+            run, total = [], 0
+        run.append(i)
+        total += n
+    if run:
+        yield run
+
+
+class OptarenaOptimizer(Optimizer):
+    """Base of every optarena optimizer: validation, closure, maximize, path choice, fp32 math, checkpoints."""
+
+    def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
+        self._reset_fused()
+        super().__init__(params, defaults)
+
+    def _reset_fused(self) -> None:
+        #: Seconds spent compiling fused kernels by this optimizer (0 when they came from an earlier optimizer).
+        self.fused_compile_seconds = 0.0
+        self.fused_kernels_made = 0
+        self._fused_plans: dict[int, fused.FusedPlan] = {}  # id(group) → its fused step, reused while it serves
+        self._fused_failures: dict[int, tuple[Any, ...]] = {}  # id(group) → the configuration that failed to compile
+
+    @property
+    def fused_scratch_bytes(self) -> int:
+        """Bytes of the scratch buffers that the fused step keeps for packed small tensors."""
+        return sum(plan.scratch_bytes for plan in self._fused_plans.values())
+
+    # -- what an algorithm supplies ------------------------------------------------------------------------------
+    def _check_group(self, group: dict[str, Any]) -> None:
+        """Raise ``ValueError`` for an out-of-range hyper-parameter of ``group`` (also for added groups)."""
+
+    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+        """The state of a parameter before its first step; a ``"step"`` counter (``step_counter()``) if the math
+        reads step counts."""
+        raise NotImplementedError
+
+    @classmethod
+    def _update(cls, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                states: list[dict[str, Tensor]]) -> None:
+        """The algorithm's math on same-device, same-dtype fp32/fp64 tensors (see ``step.Update``)."""
+        raise NotImplementedError
+
+    def _grad_scale(self, params: list[Tensor]) -> Tensor | None:
+        """A factor for every gradient of this step (``params``: all with a grad, over all groups), or None;
+        Adan's global-norm clipping overrides it."""
+        return None
+
+    # -- torch.optim.Optimizer API ------------------------------------------------------------------------------
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        try:
+            self._check_group(group)
+            check_choice("maximize", group["maximize"], (False, True))
+            check_choice("foreach", group["foreach"], (None, False, True))
+            check_choice("fused", group["fused"], (None, False, True))
+            if group["fused"] and group["foreach"]:
+                raise ValueError("Invalid fused=True with foreach=True: choose one execution path")
+            check_choice("state_dtype", group["state_dtype"], (None, torch.float32, torch.bfloat16))
+            check_choice("stochastic_rounding", group["stochastic_rounding"], (False, True))
+            for p in group["params"]:
+                if p.is_complex():
+                    raise ValueError(
+                        f"{type(self).__name__} does not support complex parameters (got one of dtype {p.dtype} "
+                        f"and shape {tuple(p.shape)}); optimize torch.view_as_real(param) instead")
+                if not p.is_floating_point():
+                    raise ValueError(f"{type(self).__name__} can only optimize floating-point parameters, got one "
+                                     f"of dtype {p.dtype}")
+        except ValueError:
+            self.param_groups.pop()
+            raise
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Also runs at the end of load_state_dict and after deepcopy/unpickling: groups saved by an older version
+        # get the newer keys' defaults. torch's base adds "differentiable" to the defaults, which no optarena
+        # optimizer takes: it stays out of the groups, so that state_dict() is the same after a reload.
+        super().__setstate__(state)
+        self._reset_fused()
+        for group in self.param_groups:
+            for key, value in self.defaults.items():
+                if key != "differentiable":
+                    group.setdefault(key, value)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """As torch.optim, but state keeps the group's state dtype: fp32 for bf16/fp16 parameters (torch would round
+        it to the param's dtype, silently losing the moments' precision on every resume), bf16 with
+        ``state_dtype=torch.bfloat16``; step counts become float64 CPU tensors, whatever they were saved as."""
+        super().load_state_dict(state_dict)
+        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        owners = [(p, g) for g in self.param_groups for p in g["params"]]
+        for saved_id, (p, group) in zip(saved_ids, owners):
+            saved = state_dict["state"].get(saved_id)
+            if saved is None:
+                continue
+            dtype = state_dtype_for(p, group)
+            state = self.state[p]
+            for key, value in saved.items():
+                if key == "step":
+                    # torch casts "step" to float32 on the param's device for groups with fused=True (its own
+                    # fused kernels' convention); a hand-made checkpoint may hold a number
+                    state[key] = torch.as_tensor(value).to(device="cpu", dtype=torch.float64).reshape(())
+                elif isinstance(value, Tensor) and value.is_floating_point() and state[key].dtype != dtype:
+                    state[key] = value.to(device=p.device, dtype=dtype)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Perform one optimization step. ``closure`` re-evaluates the model and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        with_grads = [(group, [p for p in group["params"] if p.grad is not None]) for group in self.param_groups]
+        all_params = [p for _, params in with_grads for p in params]
+        self._check_grads(all_params)
+        scale = self._grad_scale(all_params)
+        for group, params in with_grads:
+            if params:
+                self._step_group(group, params, scale)
+        return loss
+
+    # -- for wrappers that step chosen tensors (Lazy) ------------------------------------------------------------
+    def state_for(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+        """``p``'s state, created as before its first step if it has none yet."""
+        state = self.state[p]
+        if not state:
+            state.update(self._init_state(p, group))
+        return state
+
+    def apply_update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                     states: list[dict[str, Tensor]]) -> None:
+        """One step of this optimizer's rule on explicit tensors (same device and dtype), as ``step()`` would make
+        it on the per-tensor loop: step counts advanced, ``maximize`` and fp32 math applied, ``grads`` only read.
+        ``states`` may be gathered copies; they are updated in place. No gradient scale (Adan's clipping) is
+        applied: that needs every gradient of the step."""
+        step_tensors(type(self)._update, group, params, grads, states)
+
+    # -- the paths ----------------------------------------------------------------------------------------------
+    def _check_grads(self, params: list[Tensor]) -> None:
+        for p in params:
+            if p.grad.is_sparse:
+                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients (got one for a "
+                                   f"parameter of shape {tuple(p.shape)}); use dense gradients, e.g. "
+                                   "nn.Embedding(sparse=False)")
+
+    def _step_group(self, group: dict[str, Any], params: list[Tensor], scale: Scalar | None) -> None:
+        states = [self.state_for(p, group) for p in params]
+        if fused.resolve_fused(group, params) and fused.fused_step(self, group, params, states, scale):
+            return
+        # the step counts of a pack may diverge on the other paths; the fused step, if it comes back, repacks
+        self._fused_plans.pop(id(group), None)
+        foreach = group["foreach"]
+        if foreach is None:
+            foreach = default_to_foreach(params)
+        if foreach or group["fused"]:  # fused=True that could not compile runs foreach
+            runs = [run for bucket in group_by_device_and_dtype(params) for run in foreach_chunks(bucket, params)]
+        else:
+            runs = [[i] for i in range(len(params))]
+        self._step_runs(group, params, states, runs, scale)
+
+    def _step_runs(self, group: dict[str, Any], params: list[Tensor], states: list[dict[str, Tensor]],
+                   runs: Iterable[list[int]], scale: Scalar | None) -> None:
+        """``step_tensors`` eagerly on each run of indices."""
+        for run in runs:
+            step_tensors(type(self)._update, group, [params[i] for i in run], [params[i].grad for i in run],
+                         [states[i] for i in run], scale)

@@ -1,0 +1,78 @@
+"""``fused=True``: each step as a few ``torch.compile``d kernels generated from the algorithm's own math.
+
+The step body (:func:`optarena.optim.step.step_tensors`) is compiled over flat views of the parameters and state
+(for elementwise algorithms: one kernel serves every shape) or over the real shapes (others), a few tensors per
+call (``OptimizerInfo.fused_chunks``), small tensors packed into one call (:mod:`.pack`). lr, betas, a nonzero
+weight decay and a gradient scale are kernel inputs, so schedules do not recompile; the other hyper-parameters are
+compiled in, and kernels are shared by every optimizer with the same configuration.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ...info import info_for
+from .kernels import SCHEDULED, StepValues, refill
+from .plan import FusedPlan, Request, make_plan
+
+__all__ = ["FusedPlan", "default_to_fused", "fused_step", "resolve_fused"]
+
+
+def default_to_fused(params: Sequence[Tensor]) -> bool:
+    """``fused=None`` resolves to False everywhere: on CPU a cold compile pays off only after hundreds of steps, and
+    no GPU was measured (README, "Speed")."""
+    return False
+
+
+def resolve_fused(group: dict[str, Any], params: Sequence[Tensor]) -> bool:
+    fused = group["fused"]
+    return bool(default_to_fused(params) if fused is None else fused)
+
+
+def fused_step(opt: Any, group: dict[str, Any], params: list[Tensor], states: list[dict[str, Tensor]],
+               scale: Tensor | None) -> bool:
+    """Run the group's step through compiled kernels; False (nothing changed) if they cannot be compiled, after one
+    warning per optimizer. A configuration that failed is not tried again until it changes."""
+    wd = group.get("weight_decay", 0.0)
+    consts = {k: v for k, v in group.items() if k not in ("params", *SCHEDULED)}
+    # a nonzero weight decay is a kernel input: its value is not part of the kernel's identity
+    const_key = tuple((k, repr(v)) for k, v in sorted(consts.items()) if k != "weight_decay")
+    key = (const_key, wd != 0, scale is not None, torch.get_num_threads())
+    if opt._fused_failures.get(id(group)) == key:
+        return False
+    values = StepValues(group["lr"], wd if wd != 0 else None, scale, group.get("betas"))
+    plan = opt._fused_plans.get(id(group))
+    if plan is None or not plan.serves(key, params, states):
+        info = info_for(type(opt))
+        flat = info is not None and info.elementwise
+        chunks = info.fused_chunks if info is not None else (32, 4, 1)
+        try:
+            plan = make_plan(Request(opt, key, consts, values, flat, chunks), params, states)
+        except RuntimeError as err:
+            first = not opt._fused_failures
+            opt._fused_failures[id(group)] = key
+            opt._fused_plans.pop(id(group), None)
+            if first:
+                warnings.warn(f"{type(opt).__name__}(fused=True): torch.compile failed ({str(err)[:500]}); using "
+                              "foreach instead", RuntimeWarning, stacklevel=4)
+            return False
+        opt._fused_plans[id(group)] = plan
+    for bucket in plan.buckets:
+        refill(bucket.inputs, values)
+        for call in bucket.calls:
+            if call.pack is not None:
+                call.kernel(call.params, call.pack.load(), call.buffers, call.steps, *bucket.inputs,
+                            call.pack.segments)
+                call.pack.store()
+                continue
+            # a strided grad is copied by ravel (it is only read)
+            grads = [params[i].grad.ravel() if plan.flat else params[i].grad for i in call.indices]
+            call.kernel(call.params, grads, call.buffers, call.steps, *bucket.inputs)
+    if plan.eager:
+        opt._step_runs(group, params, states, ([i] for i in plan.eager), scale)
+    return True

@@ -1,0 +1,170 @@
+"""What the fused step relies on beyond torch's public API, behind one check of the torch version.
+
+On the torch it was written and measured against (:data:`TESTED_TORCH`), the fused kernels (1) drop the guards that
+their key already pins, and (2) compile under two adjustments to inductor's CPU code generation: kernels mixing
+float32 with a 16-bit float type are vectorised at the 16-bit width, and float32 arctan takes Sleef's faster
+variant. Each reaches into inductor's or dynamo's internals. On any other torch (or with
+``OPTARENA_FUSED_COMPAT=1``) none of them is used: dynamo keeps all its guards and inductor generates its own code,
+so a newer torch makes the fused step slower, never wrong. The tests run the fused path both ways.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+#: The torch release whose internals the adjustments were written for.
+TESTED_TORCH = "2.13."
+
+
+def adjusted() -> bool:
+    """Whether this process uses the adjustments: on the tested torch, unless ``OPTARENA_FUSED_COMPAT=1``."""
+    return torch.__version__.startswith(TESTED_TORCH) and os.environ.get("OPTARENA_FUSED_COMPAT", "") != "1"
+
+
+def guard_filter(kind: str) -> Any:
+    """The ``guard_filter_fn`` of a kernel: ``"none"`` (flat kernels: the key pins every input's kind, and the
+    stand-ins specialise no size) or ``"shapes"`` (kernels with real shapes keep only the guards on shapes); None
+    keeps dynamo's own guards."""
+    if not adjusted():
+        return None
+    return torch.compiler.skip_all_guards_unsafe if kind == "none" else shape_guards_only
+
+
+#: The guards a kernel with real shapes keeps: on its tensors (dtype, device, static sizes, strides), on the
+#: relations between their sizes and on its lists' lengths. A shape it was not compiled for must still fail them.
+#: The others (constants, closures, globals, global modes) are pinned by the kernel's key; checked on every call
+#: they cost ~5 % of Adafactor's YOLOv8n step.
+SHAPE_GUARDS = frozenset({"TENSOR_MATCH", "SHAPE_ENV", "SEQUENCE_LENGTH", "DUPLICATE_INPUT"})
+
+
+def shape_guards_only(guards: list[Any]) -> list[bool]:
+    return [guard.guard_type in SHAPE_GUARDS for guard in guards]
+
+
+def inductor_options(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` less those this torch's inductor does not know (a renamed option must not fail a compile)."""
+    from torch._inductor import config
+
+    def known(name: str) -> bool:
+        node: Any = config
+        for part in name.split("."):
+            if not hasattr(node, part):
+                return False
+            node = getattr(node, part)
+        return True
+
+    return {name: value for name, value in options.items() if known(name)}
+
+
+try:
+    from torch._inductor.custom_graph_pass import CustomGraphPass
+except ImportError:  # another torch: the option that takes it is then dropped too
+    CustomGraphPass = object  # type: ignore[misc,assignment]
+
+
+class _CacheKey(CustomGraphPass):
+    """A post-grad pass that changes nothing; inductor puts its ``uuid`` into the key of its on-disk cache, so that
+    kernels generated with and without the adjustments never stand in for each other."""
+
+    def __call__(self, graph: torch.fx.Graph) -> None:
+        pass
+
+    def uuid(self) -> str:
+        return f"optarena: low-precision tiling, fast float32 arctan; version 2; adjusted={adjusted()}"
+
+
+CACHE_KEY = _CacheKey()
+
+
+@contextlib.contextmanager
+def adjusted_codegen() -> Iterator[None]:
+    """Both code-generation adjustments while a fused kernel compiles (none off the tested torch)."""
+    if not adjusted():
+        yield
+        return
+    with low_precision_tiling(), fast_arctan():
+        yield
+
+
+@contextlib.contextmanager
+def fast_arctan() -> Iterator[None]:
+    """Vectorised float32 arctan with Sleef's 3.5-ulp variant instead of inductor's 1-ulp one, on AVX-512.
+
+    RLion's arctan made its step compute-bound (benchmarks/NOTES.md, "fast arctan"); the two variants differ by at
+    most 2.4e-7 relative, far below what a step of lr·arctan/(π/2) can resolve. Other dtypes and instruction sets
+    keep inductor's code.
+    """
+    try:
+        from torch._inductor.codegen import cpp
+        from torch._inductor.virtualized import V
+
+        original = cpp.CppVecOverrides.__dict__["atan"]
+        avx512 = cpp.cpu_vec_isa.pick_vec_isa().bit_width() == 512
+    except (ImportError, AttributeError, KeyError):
+        yield
+        return
+
+    def atan(x: Any) -> str:
+        if not avx512 or getattr(x, "dtype", None) != torch.float32:
+            return original.__func__(x)
+        vectors = V.kernel._get_num_vectors(torch.float32)
+        if vectors == 1:
+            return f"at::vec::Vectorized<float>(Sleef_atanf16_u35({x}))"
+        # a VectorizedN<float, n> (the 16-bit width of a mixed kernel): each of its vectors
+        return (f"[&]() {{ auto r = {x}; for (int i = 0; i < {vectors}; i++) "
+                f"r[i] = at::vec::Vectorized<float>(Sleef_atanf16_u35(r[i])); return r; }}()")
+
+    cpp.CppVecOverrides.atan = staticmethod(atan)
+    try:
+        yield
+    finally:
+        cpp.CppVecOverrides.atan = original
+
+
+@contextlib.contextmanager
+def low_precision_tiling() -> Iterator[None]:
+    """While compiling, vectorise a CPU kernel that mixes float32 with one 16-bit float type by the 16-bit type's
+    width in all of its loops (32 lanes with AVX-512).
+
+    Inductor does so only where every loop of the kernel touches the 16-bit type, and a fused step's loop that copies
+    float32 parameters back does not: the whole kernel then ran 16 lanes wide and moved its bf16 state by half-width
+    masked loads and stores, which cost more than the bytes they save (benchmarks/NOTES.md, "bf16 tiling"). The
+    width only changes how the loops are vectorised, not what they compute.
+    """
+    try:
+        from torch._inductor.codegen import cpp
+
+        original = cpp.TilingSelect.select_tiling
+        find_low_precision = cpp.get_loop_body_lowp_fp
+        loop_bodies = cpp._get_loop_body
+    except (ImportError, AttributeError):
+        yield
+        return
+
+    def select_tiling(self: Any, fn_list: Any, var_sizes_list: Any) -> Any:
+        found = {find_low_precision(body)[0] for body in loop_bodies(fn_list)} - {None}
+        if len(found) != 1:
+            return original(self, fn_list, var_sizes_list)
+        (dtype,) = found
+
+        # inductor picks the 16-bit width only if every loop reports that type; the float32-only loops report none
+        def as_low_precision(body: Any) -> tuple[torch.dtype, bool]:
+            own, all_low_precision = find_low_precision(body)
+            return own or dtype, all_low_precision
+
+        cpp.get_loop_body_lowp_fp = as_low_precision
+        try:
+            return original(self, fn_list, var_sizes_list)
+        finally:
+            cpp.get_loop_body_lowp_fp = find_low_precision
+
+    cpp.TilingSelect.select_tiling = select_tiling
+    try:
+        yield
+    finally:
+        cpp.TilingSelect.select_tiling = original

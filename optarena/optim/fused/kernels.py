@@ -1,0 +1,175 @@
+"""The compiled kernels of the fused step: the traced body, the cache of kernels, their compilation on stand-ins,
+and the tensors through which a schedule's values reach them."""
+
+from __future__ import annotations
+
+import time
+import types
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from ..segments import Segments, laid_out
+from ..step import Update, step_tensors
+from . import codegen
+
+#: Options of every fused kernel: no per-call size asserts (their cost grows with the tensor count, and the inputs
+#: are checked here once); ``hoisted``'s table written by one loop (otherwise one Python call per cell per kernel
+#: call on CPU).
+INDUCTOR_OPTIONS: dict[str, Any] = {"size_asserts": False, "force_pointwise_cat": True}
+#: Hyper-parameters the kernels take as tensor inputs, because schedules change them between steps: every LR
+#: scheduler the lr, OneCycleLR and CyclicLR ``betas[0]``. A nonzero weight decay and a gradient scale are inputs too;
+#: the other hyper-parameters are compiled in.
+SCHEDULED = ("lr", "betas")
+#: After this many kernels one optimizer warns: a hyper-parameter that is compiled in seems to change every step.
+KERNELS_WARNING = 32
+
+
+class StepValues(NamedTuple):
+    """This step's values of the kernel inputs (None: not an input of this kernel)."""
+
+    lr: float
+    weight_decay: float | None
+    scale: Any  # a 0-d tensor or None
+    betas: tuple[float, ...] | None
+
+
+def make_body(update: Update, consts: dict[str, Any], keys: tuple[str, ...]) -> Callable[..., None]:
+    """The function a kernel compiles: the group's values in, then the one step body on flat views (or packs)."""
+
+    def fused_step(params: list[Tensor], grads: list[Tensor], buffers: list[list[Tensor]], steps: list[Tensor],
+                   lr: Tensor, weight_decay: Tensor | None, scale: Tensor | None, betas: list[Tensor] | None,
+                   segments: tuple[Tensor, ...] | None = None) -> None:
+        group = dict(consts)
+        group["lr"] = lr
+        if weight_decay is not None:
+            group["weight_decay"] = weight_decay
+        if betas is not None:
+            group["betas"] = tuple(beta[0] for beta in betas)
+        states = [{key: buffers[j][i] for j, key in enumerate(keys)} for i in range(len(params))]
+        for state, step in zip(states, steps):
+            state["step"] = step
+        with laid_out(None if segments is None else Segments(*segments)):
+            step_tensors(update, group, params, grads, states, scale)
+
+    return fused_step
+
+
+@dataclass
+class Kernel:
+    """One compiled step function, shared by every optimizer whose configuration has its key."""
+
+    fn: Callable[..., None]
+    flat: bool
+    #: The shape signatures it was compiled for on stand-ins (kernels with real shapes compile per signature).
+    compiled_for: set[Any] = field(default_factory=set)
+    #: Why compiling it failed, if it did: a later plan that needs it falls back at once.
+    failure: str | None = None
+
+    def __call__(self, *args: Any) -> None:
+        self.fn(*args)
+
+
+_KERNELS: dict[tuple[Any, ...], Kernel] = {}
+
+
+def kernel_for(opt: Any, key: tuple[Any, ...], consts: dict[str, Any], keys: tuple[str, ...], flat: bool,
+               scalar: bool = False) -> Kernel:
+    """The kernel of ``key`` (made on first use; compiled later, on stand-ins). ``scalar``: leave the loops scalar."""
+    kernel = _KERNELS.get(key)
+    if kernel is not None:
+        return kernel
+    body = make_body(type(opt)._update, consts, keys)
+    # dynamo caches (and limits recompiles) per code object: each key gets its own copy of the body
+    code = body.__code__.replace(co_name=f"fused_step_{len(_KERNELS)}")
+    body = types.FunctionType(code, body.__globals__, code.co_name, body.__defaults__, body.__closure__)
+    # the thread count is compiled into the C++ kernel; naming it keeps inductor's on-disk cache from handing a
+    # kernel built for another thread count to this process
+    options = {**INDUCTOR_OPTIONS, "cpp.threads": torch.get_num_threads(),
+               "post_grad_custom_post_pass": codegen.CACHE_KEY}
+    if flat:
+        # each tensor's last < 32 elements take a scalar loop: a vectorised tail restates the whole body with masks
+        # and doubled gcc's time
+        options["cpp.enable_loop_tail_vec"] = False
+    if scalar:
+        options["cpp.simdlen"] = 1
+    options = codegen.inductor_options(options)
+    guard_filter = codegen.guard_filter("none" if flat else "shapes")
+    if guard_filter is not None:  # an option of torch.compile's own, not inductor's
+        options["guard_filter_fn"] = guard_filter
+    compiled = torch.compile(body, fullgraph=True, dynamic=True, options=options)
+    kernel = _KERNELS[key] = Kernel(compiled, flat)
+    opt.fused_kernels_made += 1
+    if opt.fused_kernels_made == KERNELS_WARNING:
+        import warnings
+
+        warnings.warn(f"{type(opt).__name__}(fused=True) has compiled {KERNELS_WARNING} kernels: a hyper-parameter "
+                      "other than lr, betas and weight_decay (e.g. eps) seems to change between steps, and each new "
+                      "value compiles again; keep it constant or use fused=False", RuntimeWarning, stacklevel=6)
+    return kernel
+
+
+def kernel_inputs(values: StepValues, device: torch.device, work_dtype: torch.dtype) -> tuple[Any, ...]:
+    """Tensors for the values a schedule may change between steps (None stays None: compiled in). Distinct tensors:
+    one passed twice would compile as aliased. Betas are float64, like the Python floats of the other paths (1 − β
+    and β^t are exact to double before they meet fp32), in vectors of length 1: a 0-d float64 input made dynamo
+    trace the kernel twice (benchmarks/NOTES.md, "betas as vectors")."""
+    def scalar(value: Any, dtype: torch.dtype) -> Tensor | None:
+        return None if value is None else torch.tensor(float(value), dtype=dtype, device=device)
+
+    return (scalar(values.lr, work_dtype), scalar(values.weight_decay, work_dtype), scalar(values.scale, work_dtype),
+            None if values.betas is None else [torch.tensor([b], dtype=torch.float64, device=device)
+                                               for b in values.betas])
+
+
+def refill(inputs: tuple[Any, ...], values: StepValues) -> None:
+    """Put this step's values into the tensors of ``kernel_inputs`` (nothing is allocated per step)."""
+    *scalars, betas = inputs
+    *numbers, beta_values = values
+    for tensor, value in zip((*scalars, *(betas or ())), (*numbers, *(beta_values or ()))):
+        if tensor is not None:
+            tensor.fill_(value)
+
+
+def compile_on_stand_ins(opt: Any, kernel: Kernel, args: tuple[Any, ...], hyper: tuple[Any, ...],
+                         packed: bool) -> None:
+    """Compile ``kernel`` on stand-in tensors (the real ones stay untouched if compilation fails).
+
+    A flat kernel's stand-ins are of distinct odd sizes, so that no size is specialised to 0, 1 or another tensor's
+    size (the sizes are inductor's hints for whether to parallelise, so they are large for the large-tensor
+    kernels). A kernel with real shapes gets clones of its arguments, with their small trailing sizes
+    (``ops.STATIC_SIZE``) compiled in.
+    """
+    from ..ops import STATIC_SIZE
+    from .plan import SMALL_TENSOR
+
+    ps, gs, bufs, steps, segments = args
+    start = time.perf_counter()
+    if kernel.flat:
+        base = 37 if all(p.numel() < SMALL_TENSOR for p in ps) else SMALL_TENSOR * 2 + 1
+        sizes = [base + 2 * i for i in range(len(ps))]
+        fake = [torch.randn(n, dtype=p.dtype, device=p.device) for n, p in zip(sizes, ps)]
+        fake_grads = [torch.randn(n, dtype=g.dtype, device=g.device) for n, g in zip(sizes, gs)]
+        fake_bufs = [[torch.rand(n, dtype=b.dtype, device=b.device) for n, b in zip(sizes, row)] for row in bufs]
+    else:
+        fake = [p.detach().clone() for p in ps]
+        fake_grads = [g.detach().clone() for g in gs]
+        fake_bufs = [[b.detach().clone() for b in row] for row in bufs]
+        first = 1 if packed else 0  # a pack's dim 0 counts its members' slices: symbolic
+        for t in (*fake, *fake_grads, *(b for row in fake_bufs for b in row)):
+            for dim in range(max(first, t.dim() - 2), t.dim()):
+                if t.shape[dim] < STATIC_SIZE:
+                    torch._dynamo.mark_static(t, dim)
+    # A flat pack's step vector has one entry per member: 3 so that its length is not specialised to 1. Kernels
+    # with real shapes get the real lengths: a stand-in length equal to some size of the stand-ins by chance (dynamo
+    # then assumes they are equal) would fail a guard on the first real step.
+    fake_steps = [torch.zeros(3 if packed and kernel.flat else s.numel(), dtype=s.dtype, device=s.device)
+                  for s in steps]
+    # Dynamo would first trace the group's floats (eps, RLion's α) as symbolic inputs, find that they must be
+    # constants and trace again; they are constants of the kernel's key anyway.
+    with torch._dynamo.config.patch(specialize_float=True), codegen.adjusted_codegen():
+        kernel(fake, fake_grads, fake_bufs, fake_steps, *hyper, segments)
+    opt.fused_compile_seconds += time.perf_counter() - start

@@ -1,0 +1,98 @@
+"""The one step body every path runs, and the dtype rules around it.
+
+:func:`step_tensors` advances the step counts, folds ``maximize`` and a gradient scale into the gradients, runs the
+algorithm's math in float32 (or better) on up-cast copies of low-precision parameters, gradients and state, and
+writes the results back (bf16 parameters stochastically rounded on request). The loop and foreach paths call it
+eagerly on real tensors; the fused path compiles it over flat views. Each of those concerns therefore exists once.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any, TypeAlias
+
+import torch
+from torch import Tensor
+
+from . import ops
+
+#: ``update(group, params, grads, states)``: an algorithm's math on same-dtype fp32/fp64 tensors, updating params
+#: and state tensors in place. It must not read anything but its arguments (it is compiled once per configuration,
+#: for every instance of the class), nor add keys to the states.
+Update: TypeAlias = Callable[[dict[str, Any], list[Tensor], list[Tensor], list[dict[str, Tensor]]], None]
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def math_dtype(p: Tensor) -> torch.dtype:
+    """The dtype in which an optimizer does its arithmetic for parameter ``p``."""
+    return torch.float32 if p.dtype in LOW_PRECISION else p.dtype
+
+
+def state_dtype_for(p: Tensor, group: dict[str, Any] | None = None) -> torch.dtype:
+    """The dtype of ``p``'s state buffers: the group's ``state_dtype``, or the math dtype when it is ``None``."""
+    chosen = None if group is None else group.get("state_dtype")
+    return math_dtype(p) if chosen is None else chosen
+
+
+def zeros_state(p: Tensor, shape: Sequence[int] | None = None, group: dict[str, Any] | None = None) -> Tensor:
+    """A zero buffer for ``p``'s optimizer state, in the group's state dtype."""
+    dtype = state_dtype_for(p, group)
+    if shape is None:
+        return torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
+    return torch.zeros(shape, dtype=dtype, device=p.device)
+
+
+def step_counter() -> Tensor:
+    """Per-parameter step count. float64 counts exactly to 2**53 (float32 would stall at 2**24 ≈ 16.8M steps)."""
+    return torch.zeros((), dtype=torch.float64)
+
+
+def group_by_device_and_dtype(tensors: Sequence[Tensor]) -> list[list[int]]:
+    """Indices of ``tensors`` bucketed by (device, dtype), in first-seen order: each bucket can be one foreach call."""
+    buckets: dict[tuple[torch.device, torch.dtype], list[int]] = defaultdict(list)
+    for i, t in enumerate(tensors):
+        buckets[(t.device, t.dtype)].append(i)
+    return list(buckets.values())
+
+
+def stochastic_round_to_bf16(x: Tensor) -> Tensor:
+    """fp32 → bf16 rounding that keeps the mean: add uniform noise below the 16 dropped mantissa bits, truncate."""
+    bits = x.contiguous().view(torch.int32)
+    noise = torch.randint_like(bits, 0, 1 << 16)
+    return ((bits + noise) & -65536).view(torch.float32).to(torch.bfloat16)
+
+
+def round_into(dst: list[Tensor], src: list[Tensor], stochastic: bool = False) -> None:
+    """Write fp32 ``src`` into low-precision ``dst``: round to nearest, or for bf16 with ``stochastic`` round up
+    with probability equal to the dropped fraction, so that updates below a bf16 ulp still move on average."""
+    if stochastic and dst[0].dtype == torch.bfloat16:
+        ops.copy_(dst, [stochastic_round_to_bf16(s) for s in src])
+    else:
+        ops.copy_(dst, src)
+
+
+def step_tensors(update: Update, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                 states: list[dict[str, Tensor]], scale: ops.Scalar | None = None) -> None:
+    """One step of ``update`` on same-dtype ``params`` (updated in place), their read-only ``grads`` and their
+    ``states`` (updated in place; a ``"step"`` entry is advanced first). ``scale`` multiplies every gradient
+    (Adan's clipping); ``group["maximize"]`` flips its sign."""
+    work_dtype = math_dtype(params[0])
+    grads = [g.to(work_dtype) for g in grads]  # the same tensor when it is already so
+    factor = -1.0 if group["maximize"] else None
+    if scale is not None:
+        factor = -scale if factor is not None else scale
+    if factor is not None:
+        grads = ops.scaled(grads, factor)
+    for state in states:
+        if "step" in state:
+            state["step"].add_(1)
+    work_states = [{k: v if k == "step" else v.to(work_dtype) for k, v in s.items()} for s in states]
+    work = [p.to(work_dtype) for p in params]
+    update(group, work, grads, work_states)
+    if work[0] is not params[0]:
+        round_into(params, work, group["stochastic_rounding"])
+    dst = [s[k] for s, w in zip(states, work_states) for k in s if w[k] is not s[k]]
+    if dst:
+        ops.copy_(dst, [w[k] for s, w in zip(states, work_states) for k in s if w[k] is not s[k]])

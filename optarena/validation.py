@@ -1,0 +1,41 @@
+"""Argument checks shared by the optimizers, the wrappers and the arena: each raises ``ValueError`` naming the
+argument and the value it was given."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+
+def check_number(name: str, value: Any, *, low: float = 0.0, high: float = math.inf,
+                 low_open: bool = False, high_open: bool = False) -> None:
+    """Unless ``value`` is a finite real number in the range (closed by default)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"Invalid {name}: {value!r} (expected a finite real number)")
+    too_low = value <= low if low_open else value < low
+    too_high = value >= high if high_open else value > high
+    if too_low or too_high:
+        left, right = "(" if low_open else "[", ")" if high_open else "]"
+        raise ValueError(f"Invalid {name}: {value!r} (must be in {left}{low}, {high}{right})")
+
+
+def check_betas(betas: Any, count: int, *, name: str = "betas") -> None:
+    """Unless ``betas`` holds exactly ``count`` numbers, each in [0, 1)."""
+    if not isinstance(betas, Sequence) or isinstance(betas, str) or len(betas) != count:
+        raise ValueError(f"Invalid {name}: {betas!r} (expected a tuple of {count} numbers)")
+    for i, beta in enumerate(betas):
+        check_number(f"{name}[{i}]", beta, low=0.0, high=1.0, high_open=True)
+
+
+def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
+    """Unless ``value`` is one of ``choices``, of the same type (``foreach=1`` is a mistake worth reporting)."""
+    if not any(type(value) is type(c) and value == c for c in choices):
+        raise ValueError(f"Invalid {name}: {value!r} (expected one of {', '.join(map(repr, choices))})")
+
+
+def check_positive_int(name: str, value: Any) -> None:
+    """Unless ``value`` is an int ≥ 1 (bools refused)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"Invalid {name}: {value!r} (must be a positive integer)")
