@@ -47,10 +47,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_tasks(args: argparse.Namespace) -> int:
-    from .arena.task import builtin_tasks
+    from .arena.catalog import BUILTIN_TASKS
 
     print(f"{'name':<16} {'metric':<14} {'target':>8} {'steps':>6} {'batch':>6}  description ({args.budget} budget)")
-    for name, factory in builtin_tasks().items():
+    for name, factory in BUILTIN_TASKS.items():
         task = factory(budget=args.budget)
         target = "–" if task.target is None else f"{task.target:g}"
         sizes = ",".join(map(str, task.all_batch_sizes))

@@ -14,10 +14,10 @@ import optuna
 import pytest
 
 from optarena.arena import CompareConfig, run_compare
+from optarena.arena.catalog import BUILTIN_TASKS
 from optarena.arena.claims import FAILS, HOLDS, UNMEASURED, evaluate_claims
 from optarena.arena.results import ResultSet
 from optarena.arena.storage import ArenaStorage
-from optarena.arena.task import builtin_tasks
 from optarena.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,7 +50,7 @@ def test_report_covers_every_task_and_optimizer(builtin_run):
         assert (out / name).stat().st_size > 0
     markdown, page = (out / "report.md").read_text(), (out / "report.html").read_text()
     rows = list(csv.DictReader(open(out / "results.csv")))
-    for task in builtin_tasks():
+    for task in BUILTIN_TASKS:
         assert (out / f"curves_{task}.png").exists() and (out / f"lr_{task}.png").exists()
         assert {r["optimizer"] for r in rows if r["task"] == task} == {"adamw", "lion"}
         assert f"| {task} |" in markdown and f"<td>{task}</td>" in page
@@ -198,14 +198,14 @@ def test_no_arguments_runs_the_quick_comparison_with_the_default_roster(monkeypa
     assert main([]) == 0
     (config,) = seen
     assert config.budget == "quick" and config.optimizers == ("adamw", "lion", "rlion", "adan")
-    assert config.tasks == tuple(builtin_tasks()) and config.out == Path("optarena-report")
+    assert config.tasks == tuple(BUILTIN_TASKS) and config.out == Path("optarena-report")
     assert config.storage == f"sqlite:///{tmp_path / 'optarena-report' / 'arena.db'}"
 
 
 def test_tasks_command_lists_every_builtin_task(capsys):
     assert main(["tasks"]) == 0
     printed = capsys.readouterr().out
-    for name in builtin_tasks():
+    for name in BUILTIN_TASKS:
         assert name in printed
 
 

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from optarena import create_optimizer
+from optarena.arena.catalog import BUILTIN_TASKS
 from optarena.arena.task import BUDGETS, Task
-from optarena.arena.tasks import BUILTIN_TASKS, load_modular_split, make_noisy_quadratic
+from optarena.arena.tasks import load_modular_split, make_noisy_quadratic
 
 NAMES = list(BUILTIN_TASKS)
 SURFACE_TASKS = {"rosenbrock": (1.0, 1.0), "rastrigin": (0.0, 0.0)}  # and their minima; fixed start, no data

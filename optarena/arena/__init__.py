@@ -10,9 +10,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .task import Task, load_task
+from .task import Task
 
-_LAZY = {"CompareConfig": ".compare", "run_compare": ".compare", "RunResult": ".runner", "train_once": ".runner"}
+_LAZY = {"CompareConfig": ".config", "run_compare": ".compare", "RunResult": ".runner", "train_once": ".runner",
+         "load_task": ".catalog"}
 
 
 def __getattr__(name: str) -> Any:

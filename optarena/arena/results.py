@@ -7,6 +7,7 @@ import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from .config import CompareConfig
 from .plan import Cell, CellPlan, Outcome, point_key
 from .storage import ArenaStorage, Record
 from .task import Task
@@ -47,7 +48,7 @@ class CellSummary:
 class ResultSet:
     """The finished runs of one comparison, with the queries the report and the claims need."""
 
-    def __init__(self, config, records: list[Record]) -> None:
+    def __init__(self, config: CompareConfig, records: list[Record]) -> None:
         self.config = config
         self.tasks: dict[str, Task] = config.load_tasks()
         self.cells: list[Cell] = config.cells()
@@ -58,7 +59,7 @@ class ResultSet:
         self.summaries = {cell.study_name: self._summarise(cell) for cell in self.cells}
 
     @classmethod
-    def load(cls, config, store: ArenaStorage) -> ResultSet:
+    def load(cls, config: CompareConfig, store: ArenaStorage) -> ResultSet:
         return cls(config, store.records(config.cells()))
 
     # -------------------------------------------------------------------------------------------- queries

@@ -7,15 +7,9 @@ from the same seed, so every optimizer starts from the same weights and sees the
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import inspect
 import math
-import os
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -91,57 +85,3 @@ class Task:
     @property
     def all_batch_sizes(self) -> tuple[int, ...]:
         return tuple(sorted({self.batch_size, *self.batch_sizes}))
-
-
-def builtin_tasks() -> dict[str, Callable[..., Task]]:
-    from .tasks import BUILTIN_TASKS
-
-    return BUILTIN_TASKS
-
-
-def _import_factory(spec: str) -> Callable[..., Task]:
-    module_name, _, attr = spec.rpartition(":")
-    if not module_name or not attr:
-        raise ValueError(f"Invalid task: {spec!r} (expected a built-in name or 'package.module:function')")
-    try:
-        if module_name.endswith(".py") or os.sep in module_name:
-            path = Path(module_name).resolve()
-            if not path.is_file():
-                raise FileNotFoundError(path)
-            module_spec = importlib.util.spec_from_file_location(path.stem, path)
-            module = importlib.util.module_from_spec(module_spec)
-            module_spec.loader.exec_module(module)
-        else:
-            if os.getcwd() not in sys.path:  # as `python -m` does: a module next to the user is importable
-                sys.path.insert(0, os.getcwd())
-            module = importlib.import_module(module_name)
-    except (ImportError, FileNotFoundError) as err:
-        raise ValueError(f"Invalid task: {spec!r} (cannot import {module_name!r}: {err})") from None
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise ValueError(f"Invalid task: {spec!r} ({module_name!r} has no callable {attr!r})")
-    return factory
-
-
-def load_task(spec: str, budget: str = "quick") -> Task:
-    """A built-in task by name (``"digits_mlp"``) or a user task from ``"package.module:function"`` or
-    ``"path/to/file.py:function"``. The function may take a ``budget`` keyword; it must return a :class:`Task`."""
-    if budget not in BUDGETS:
-        raise ValueError(f"Invalid budget: {budget!r} (expected one of {', '.join(BUDGETS)})")
-    tasks = builtin_tasks()
-    if ":" not in spec:
-        if spec not in tasks:
-            import difflib
-
-            close = difflib.get_close_matches(spec, tasks, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"Invalid task: {spec!r} (built-in tasks: {', '.join(tasks)}{hint}; "
-                             "a user task is 'package.module:function')")
-        factory = tasks[spec]
-    else:
-        factory = _import_factory(spec)
-    accepts_budget = "budget" in inspect.signature(factory).parameters
-    task = factory(budget=budget) if accepts_budget else factory()
-    if not isinstance(task, Task):
-        raise ValueError(f"Invalid task: {spec!r} returned {type(task).__name__}, not optarena.arena.Task")
-    return task

@@ -332,15 +332,3 @@ def make_modular_add(budget: str = "quick") -> Task:
         steps=_pick(budget, 10, 300, 3000), batch_size=256, weight_decay=10.0,
         description=f"Grokking (Power et al. 2022): (a + b) mod {_MOD_P} from half the pairs, 1-layer transformer, "
                     "AdamW decay 10: without strong decoupled weight decay it memorises and does not generalise.")
-
-
-BUILTIN_TASKS: dict[str, Callable[..., Task]] = {
-    "noisy_quadratic": make_noisy_quadratic,
-    "rosenbrock": make_rosenbrock,
-    "rastrigin": make_rastrigin,
-    "digits_mlp": make_digits_mlp,
-    "digits_cnn": make_digits_cnn,
-    "char_lm": make_char_lm,
-    "modular_add": make_modular_add,
-}
-"""Task name → factory ``(budget="quick") -> Task``, in the order the suite runs them."""

@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from ..ops import STATIC_SIZE
 from ..segments import Segments, laid_out
 from ..step import Update, step_tensors
 from . import codegen
@@ -135,22 +136,18 @@ def refill(inputs: tuple[Any, ...], values: StepValues) -> None:
 
 
 def compile_on_stand_ins(opt: Any, kernel: Kernel, args: tuple[Any, ...], hyper: tuple[Any, ...],
-                         packed: bool) -> None:
+                         packed: bool, stand_in_size: int) -> None:
     """Compile ``kernel`` on stand-in tensors (the real ones stay untouched if compilation fails).
 
-    A flat kernel's stand-ins are of distinct odd sizes, so that no size is specialised to 0, 1 or another tensor's
-    size (the sizes are inductor's hints for whether to parallelise, so they are large for the large-tensor
-    kernels). A kernel with real shapes gets clones of its arguments, with their small trailing sizes
+    A flat kernel's stand-ins are of distinct odd sizes from ``stand_in_size`` on, so that no size is specialised to
+    0, 1 or another tensor's size (the sizes are inductor's hints for whether to parallelise, so they are large for
+    the large-tensor kernels). A kernel with real shapes gets clones of its arguments, with their small trailing sizes
     (``ops.STATIC_SIZE``) compiled in.
     """
-    from ..ops import STATIC_SIZE
-    from .plan import SMALL_TENSOR
-
     ps, gs, bufs, steps, segments = args
     start = time.perf_counter()
     if kernel.flat:
-        base = 37 if all(p.numel() < SMALL_TENSOR for p in ps) else SMALL_TENSOR * 2 + 1
-        sizes = [base + 2 * i for i in range(len(ps))]
+        sizes = [stand_in_size + 2 * i for i in range(len(ps))]
         fake = [torch.randn(n, dtype=p.dtype, device=p.device) for n, p in zip(sizes, ps)]
         fake_grads = [torch.randn(n, dtype=g.dtype, device=g.device) for n, g in zip(sizes, gs)]
         fake_bufs = [[torch.rand(n, dtype=b.dtype, device=b.device) for n, b in zip(sizes, row)] for row in bufs]

@@ -195,9 +195,11 @@ def precompile(request: Request, plan: FusedPlan) -> None:
             if shapes in call.kernel.compiled_for:
                 continue
             grads = [call.pack.flat_grad] if call.pack is not None else [plan.params[i].grad for i in call.indices]
+            # odd sizes, large where inductor should emit parallel loops
+            size = 37 if all(p.numel() < SMALL_TENSOR for p in call.params) else SMALL_TENSOR * 2 + 1
             try:
                 compile_on_stand_ins(request.opt, call.kernel, (call.params, grads, call.buffers, call.steps,
-                                                                segments), bucket.inputs, call.pack is not None)
+                                                                segments), bucket.inputs, call.pack is not None, size)
             except Exception as err:  # noqa: BLE001 - whatever the compiler raised, foreach still works
                 call.kernel.failure = f"{type(err).__name__}: {err}"
                 raise

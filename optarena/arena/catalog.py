@@ -1,0 +1,93 @@
+"""Where tasks come from: the built-in ones by name, a user's from ``package.module:function`` or
+``path/to/file.py:function`` (which imports, and so runs, that file's code)."""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import importlib
+import importlib.util
+import inspect
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from .task import BUDGETS, Task
+from .tasks import (
+    make_char_lm,
+    make_digits_cnn,
+    make_digits_mlp,
+    make_modular_add,
+    make_noisy_quadratic,
+    make_rastrigin,
+    make_rosenbrock,
+)
+
+BUILTIN_TASKS: dict[str, Callable[..., Task]] = {
+    "noisy_quadratic": make_noisy_quadratic,
+    "rosenbrock": make_rosenbrock,
+    "rastrigin": make_rastrigin,
+    "digits_mlp": make_digits_mlp,
+    "digits_cnn": make_digits_cnn,
+    "char_lm": make_char_lm,
+    "modular_add": make_modular_add,
+}
+"""Task name → factory ``(budget="quick") -> Task``, in the order the suite runs them."""
+
+
+def _import_factory(spec: str) -> Callable[..., Task]:
+    module_name, _, attr = spec.rpartition(":")
+    if not module_name or not attr:
+        raise ValueError(f"Invalid task: {spec!r} (expected a built-in name or 'package.module:function')")
+    try:
+        if module_name.endswith(".py") or os.sep in module_name:
+            path = Path(module_name).resolve()
+            if not path.is_file():
+                raise FileNotFoundError(path)
+            module_spec = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(module_spec)
+            module_spec.loader.exec_module(module)
+        else:
+            if os.getcwd() not in sys.path:  # as `python -m` does: a module next to the user is importable
+                sys.path.insert(0, os.getcwd())
+            module = importlib.import_module(module_name)
+    except (ImportError, FileNotFoundError) as err:
+        raise ValueError(f"Invalid task: {spec!r} (cannot import {module_name!r}: {err})") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ValueError(f"Invalid task: {spec!r} ({module_name!r} has no callable {attr!r})")
+    return factory
+
+
+def load_task(spec: str, budget: str = "quick") -> Task:
+    """A built-in task by name (``"digits_mlp"``) or a user task from ``"package.module:function"`` or
+    ``"path/to/file.py:function"``. The function may take a ``budget`` keyword; it must return a :class:`Task`."""
+    if budget not in BUDGETS:
+        raise ValueError(f"Invalid budget: {budget!r} (expected one of {', '.join(BUDGETS)})")
+    if ":" not in spec:
+        if spec not in BUILTIN_TASKS:
+            close = difflib.get_close_matches(spec, BUILTIN_TASKS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"Invalid task: {spec!r} (built-in tasks: {', '.join(BUILTIN_TASKS)}{hint}; "
+                             "a user task is 'package.module:function')")
+        factory = BUILTIN_TASKS[spec]
+    else:
+        factory = _import_factory(spec)
+    accepts_budget = "budget" in inspect.signature(factory).parameters
+    task = factory(budget=budget) if accepts_budget else factory()
+    if not isinstance(task, Task):
+        raise ValueError(f"Invalid task: {spec!r} returned {type(task).__name__}, not optarena.arena.Task")
+    return task
+
+
+@functools.cache
+def load_tasks(specs: tuple[str, ...], budget: str) -> dict[str, Task]:
+    """``load_task`` for each spec, once per process (every worker process loads its own); two tasks may not share
+    a name, which keys their studies. ``load_tasks.cache_clear()`` forgets them."""
+    tasks = {spec: load_task(spec, budget) for spec in specs}
+    names: dict[str, str] = {}
+    for spec, task in tasks.items():
+        if names.setdefault(task.name, spec) != spec:
+            raise ValueError(f"Invalid tasks: {names[task.name]!r} and {spec!r} are both named {task.name!r}")
+    return tasks

@@ -1,0 +1,107 @@
+"""What defines a comparison: :class:`CompareConfig`, validated as it is made."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..info import base_optimizer_info
+from ..validation import check_positive_int
+from .catalog import BUILTIN_TASKS, load_tasks
+from .plan import BUDGET_PRESETS, DEFAULT_OPTIMIZERS, Cell, CellPlan, Outcome, cells_for, plan_cell
+from .storage import HEARTBEAT_SECONDS, ArenaStorage, default_storage_url
+from .task import BUDGETS, Task
+
+
+def default_workers() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+@dataclass
+class CompareConfig:
+    """Everything that defines a comparison. Re-running with the same config resumes it."""
+
+    optimizers: tuple[str, ...] = ()
+    """Registered optimizer names (``lookahead_`` prefix allowed); empty: the budget's default roster."""
+    tasks: tuple[str, ...] = ()
+    """Built-in task names or ``module:function`` specs; empty: every built-in task."""
+    budget: str = "quick"
+    seeds: int | None = None
+    """Seeds per selected setting; ``None``: the budget's preset."""
+    batch_sizes: tuple[int, ...] | None = None
+    """Batch sizes for every task; ``None``: each task's default plus its own sweep."""
+    out: Path = Path("optarena-report")
+    storage: str | None = None
+    """Optuna storage URL; ``None``: SQLite in ``out``."""
+    workers: int = field(default_factory=default_workers)
+    """Worker processes on this machine; default one per core (at most 8)."""
+    device: str = "cpu"
+    threads: int | None = None
+    """Torch threads per worker; ``None``: the cores divided among the workers (small models run several times
+    faster on one thread per process than on several threads in one process)."""
+    stale_after: float = 600.0
+    """Seconds without a heartbeat after which another machine's running trial is taken over."""
+    invocation: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    """Identifies this command; its worker processes share it (see :class:`ArenaStorage`)."""
+
+    def __post_init__(self) -> None:
+        if self.budget not in BUDGETS:
+            raise ValueError(f"Invalid budget: {self.budget!r} (expected one of {', '.join(BUDGETS)})")
+        names = tuple(self.optimizers) or DEFAULT_OPTIMIZERS[self.budget]
+        for name in names:
+            base_optimizer_info(name)  # ValueError naming the unknown one
+        self.optimizers = tuple(dict.fromkeys(n.lower() for n in names))
+        self.tasks = tuple(dict.fromkeys(self.tasks)) or tuple(BUILTIN_TASKS)
+        if self.seeds is None:
+            self.seeds = BUDGET_PRESETS[self.budget].seeds
+        check_positive_int("seeds", self.seeds)
+        check_positive_int("workers", self.workers)
+        if self.threads is not None:
+            check_positive_int("threads", self.threads)
+        if self.batch_sizes is not None:
+            if not self.batch_sizes:
+                raise ValueError(f"Invalid batch_sizes: {self.batch_sizes!r} (positive integers)")
+            for size in self.batch_sizes:
+                check_positive_int("batch size", size)
+        if isinstance(self.stale_after, bool) or not isinstance(self.stale_after, (int, float)) or \
+                not self.stale_after >= 2 * HEARTBEAT_SECONDS:
+            raise ValueError(f"Invalid stale_after: {self.stale_after!r} (seconds, at least "
+                             f"{2 * HEARTBEAT_SECONDS:g}: twice the heartbeat interval)")
+        try:
+            device = torch.device(self.device)
+        except (RuntimeError, TypeError) as err:
+            raise ValueError(f"Invalid device: {self.device!r} ({err})") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"Invalid device: {self.device!r} (CUDA is not available here)")
+        self.out = Path(self.out)
+        self.storage = self.storage or default_storage_url(self.out)
+
+    def load_tasks(self) -> dict[str, Task]:
+        """The tasks by spec (loaded once per process)."""
+        return load_tasks(self.tasks, self.budget)
+
+    def open_storage(self) -> ArenaStorage:
+        return ArenaStorage(self.storage, stale_after=self.stale_after, invocation=self.invocation)
+
+    def batch_sizes_for(self, task: Task) -> tuple[int, ...]:
+        return tuple(sorted(set(self.batch_sizes))) if self.batch_sizes else task.all_batch_sizes
+
+    def default_batch_size(self, task: Task) -> int:
+        """The batch size a task's headline results use: its own default, or the closest swept one."""
+        sizes = self.batch_sizes_for(task)
+        return min(sizes, key=lambda b: (abs(b - task.batch_size), b))
+
+    def cells(self) -> list[Cell]:
+        tasks = self.load_tasks()
+        return cells_for([(spec, t.name, self.batch_sizes_for(t), t.higher_is_better) for spec, t in tasks.items()],
+                         self.optimizers, self.budget)
+
+    def plan(self, cell: Cell, finished: Mapping[str, Outcome]) -> CellPlan:
+        task = self.load_tasks()[cell.task]
+        stress = "adamw" in self.optimizers and cell.batch_size == self.default_batch_size(task)
+        return plan_cell(cell, BUDGET_PRESETS[self.budget], self.seeds, finished, stress=stress)
