@@ -31,6 +31,11 @@ def run(optimizer, params, grads_per_step):
         optimizer.step()
 
 
+#: The fused path is resumed for one elementwise case and Adafactor (the checkpoint format is the same on every
+#: path; what is the fused path's own is packed state, flat for the one, by slices for the other).
+FUSED_RESUME_CASES = ("adan", "adafactor-momentum")
+
+
 @pytest.mark.parametrize("path", [dict(foreach=False), dict(foreach=True), dict(fused=True)], ids=str)
 def test_state_dict_resumes_in_a_fresh_process(tmp_path: Path, path: dict) -> None:
     """Save after k steps, load into a fresh optimizer in a new Python process, continue: identical to an
@@ -38,13 +43,13 @@ def test_state_dict_resumes_in_a_fresh_process(tmp_path: Path, path: dict) -> No
     state as views of flat buffers: the checkpoint must still load into ordinary per-parameter tensors.)"""
     k, total = 4, 9
     payload, expected = {}, {}
-    for case in CASES:
+    for case in (FUSED_RESUME_CASES if path.get("fused") else CASES):
         params = make_params()
         grads = make_grads(params, total)
         snapshot, expected[case] = checkpoint_midway(build(case, params, **path), params, grads, k)
         payload[case] = {**snapshot, "path": path}
     continued = continue_in_fresh_process("checkpoint_worker.py", payload, tmp_path)
-    for case in CASES:
+    for case in payload:
         for want, got in zip(expected[case], continued[case]["params"]):
             assert torch.equal(want, got), case
 
@@ -212,3 +217,60 @@ def test_old_checkpoint_without_new_group_keys_loads_with_defaults() -> None:
     fresh.load_state_dict(saved)
     assert fresh.param_groups[0]["maximize"] is False and fresh.param_groups[0]["foreach"] is None
     run(fresh, params, make_grads(params, 1))
+
+
+@pytest.mark.parametrize("path", [dict(foreach=False), dict(fused=True)], ids=str)
+@pytest.mark.parametrize("case", ["adan", "adafactor"])
+def test_state_dict_is_the_same_after_a_reload(case: str, path: dict) -> None:
+    """``state_dict()`` after ``load_state_dict(state_dict())`` is the same, key for key (torch's base class adds a
+    ``differentiable`` default on load, which must not reach the groups), and the fused step reuses its kernels."""
+    params = make_params()
+    optimizer = build(case, params, **path)
+    run(optimizer, params, make_grads(params, 2))
+    saved = optimizer.state_dict()
+    optimizer.load_state_dict(saved)
+    again = optimizer.state_dict()
+    assert again["param_groups"] == saved["param_groups"]
+    assert "differentiable" not in optimizer.param_groups[0]
+    made = optimizer.fused_kernels_made
+    run(optimizer, params, make_grads(params, 1))
+    assert optimizer.fused_kernels_made == made
+
+
+@pytest.mark.parametrize("path", [dict(foreach=False), dict(fused=True)], ids=str)
+def test_a_copied_or_unpickled_optimizer_steps_like_the_original(path: dict) -> None:
+    import copy
+    import pickle
+
+    params = make_params()
+    optimizer = build("adan", params, **path)
+    run(optimizer, params, make_grads(params, 2))
+    saved = copy.deepcopy(optimizer.state_dict())  # a reference that loads it must not share its tensors
+    for clone in (copy.deepcopy(optimizer), pickle.loads(pickle.dumps(optimizer))):
+        clone_params = clone.param_groups[0]["params"]
+        grads = make_grads(params, 2, seed=5)
+        run(clone, clone_params, grads)
+        expected = [p.detach().clone().requires_grad_() for p in params]
+        reference = build("adan", expected, **path)
+        reference.load_state_dict(copy.deepcopy(saved))
+        run(reference, expected, grads)
+        assert all(torch.equal(a, b) for a, b in zip(clone_params, expected))
+
+
+@pytest.mark.parametrize("path", [dict(foreach=False), dict(foreach=True), dict(fused=True)], ids=str)
+def test_a_checkpoint_with_python_number_steps_loads(path: dict) -> None:
+    """torch.optim accepts a ``step`` saved as a Python number (older checkpoints, hand-made ones): every path
+    continues from it as from the tensor."""
+    params, reference_params = make_params(), make_params()
+    optimizer, reference = build("adax", params, **path), build("adax", reference_params, **path)
+    grads = make_grads(params, 4)
+    run(optimizer, params, grads[:2])
+    run(reference, reference_params, grads[:2])
+    saved = optimizer.state_dict()
+    for state in saved["state"].values():
+        state["step"] = int(state["step"])
+    optimizer.load_state_dict(saved)
+    run(optimizer, params, grads[2:])
+    run(reference, reference_params, grads[2:])
+    assert all(torch.equal(a, b) for a, b in zip(params, reference_params))
+    assert all(s["step"].dtype == torch.float64 for s in optimizer.state.values())

@@ -548,6 +548,10 @@ def test_packed_state_is_saved_once() -> None:
 
 
 def test_compile_failure_falls_back_to_foreach_with_one_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel that fails to compile sends its optimizer to the foreach path, with one warning; the failure is
+    the kernel's, not the process's: another optimizer still compiles its own kernels, and warns for itself."""
+    real_compile = torch.compile
+
     def broken(*args, **kwargs):
         def fail(*a, **k):
             raise RuntimeError("no compiler here")
@@ -570,6 +574,44 @@ def test_compile_failure_falls_back_to_foreach_with_one_warning(monkeypatch: pyt
         ref.step()
     for a, b in zip(ref_params, fused_params):
         assert torch.equal(a, b)
+    with pytest.warns(RuntimeWarning, match="no compiler here"):  # the same kernel, another optimizer
+        other = optarena.RLion(make_params(), lr=1e-2, fused=True)
+        set_grads(other.param_groups[0]["params"], 0)
+        other.step()
+    monkeypatch.setattr(torch, "compile", real_compile)
+    lion = optarena.Lion(make_params(), lr=1e-2, fused=True)  # other kernels compile
+    set_grads(lion.param_groups[0]["params"], 0)
+    lion.step()
+    assert lion._fused_plans and not lion._fused_failures
+
+
+@pytest.mark.parametrize("case", ["lion", "adafactor"])
+def test_fused_without_torch_internals_equals_loop(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Off the torch it was written for (or with OPTARENA_FUSED_COMPAT=1), the fused step uses none of torch's
+    internals (code-generation patches, dropped guards): slower, still equal to the loop."""
+    from torch._inductor.codegen import cpp
+
+    monkeypatch.setenv("OPTARENA_FUSED_COMPAT", "1")
+    assert not codegen.adjusted()
+    tiling = cpp.TilingSelect.select_tiling
+    seen = []
+    monkeypatch.setattr(codegen, "shape_guards_only", lambda guards: seen.append(1) or [True] * len(guards))
+    loop_params, fused_params = make_params(), make_params()
+    loop = build(case, loop_params, foreach=False, state_dtype=torch.bfloat16)
+    fused = build(case, fused_params, fused=True, state_dtype=torch.bfloat16)
+    for step in range(3):
+        set_grads(loop_params, step)
+        set_grads(fused_params, step)
+        loop.step()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no fallback to foreach
+            fused.step()
+        assert cpp.TilingSelect.select_tiling is tiling
+        for a, b in zip(loop_params, fused_params):
+            torch.testing.assert_close(b, a, rtol=2e-3, atol=1e-5)  # bf16 state rounds the moments
+        sync(fused, fused_params, loop, loop_params)
+    assert fused._fused_plans and not seen
+    assert all(plan.key[-1] is False for plan in fused._fused_plans.values())  # kernels of their own
 
 
 @pytest.mark.parametrize("kwargs, match", [

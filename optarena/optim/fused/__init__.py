@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ...info import info_for
+from . import codegen
 from .kernels import SCHEDULED, StepValues, refill
 from .plan import FusedPlan, Request, make_plan
 
@@ -42,7 +43,7 @@ def fused_step(opt: Any, group: dict[str, Any], params: list[Tensor], states: li
     consts = {k: v for k, v in group.items() if k not in ("params", *SCHEDULED)}
     # a nonzero weight decay is a kernel input: its value is not part of the kernel's identity
     const_key = tuple((k, repr(v)) for k, v in sorted(consts.items()) if k != "weight_decay")
-    key = (const_key, wd != 0, scale is not None, torch.get_num_threads())
+    key = (const_key, wd != 0, scale is not None, torch.get_num_threads(), codegen.adjusted())
     if opt._fused_failures.get(id(group)) == key:
         return False
     values = StepValues(group["lr"], wd if wd != 0 else None, scale, group.get("betas"))

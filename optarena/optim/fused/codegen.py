@@ -11,6 +11,7 @@ so a newer torch makes the fused step slower, never wrong. The tests run the fus
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -61,24 +62,21 @@ def inductor_options(options: dict[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in options.items() if known(name)}
 
 
-try:
-    from torch._inductor.custom_graph_pass import CustomGraphPass
-except ImportError:  # another torch: the option that takes it is then dropped too
-    CustomGraphPass = object  # type: ignore[misc,assignment]
-
-
-class _CacheKey(CustomGraphPass):
+@functools.cache
+def cache_key() -> Any:
     """A post-grad pass that changes nothing; inductor puts its ``uuid`` into the key of its on-disk cache, so that
-    kernels generated with and without the adjustments never stand in for each other."""
+    kernels generated with and without the adjustments never stand in for each other. (Made on first use: it
+    imports inductor, which only the fused path needs.)"""
+    from torch._inductor.custom_graph_pass import CustomGraphPass
 
-    def __call__(self, graph: torch.fx.Graph) -> None:
-        pass
+    class CacheKey(CustomGraphPass):
+        def __call__(self, graph: torch.fx.Graph) -> None:
+            pass
 
-    def uuid(self) -> str:
-        return f"optarena: low-precision tiling, fast float32 arctan; version 2; adjusted={adjusted()}"
+        def uuid(self) -> str:
+            return f"optarena: low-precision tiling, fast float32 arctan; version 2; adjusted={adjusted()}"
 
-
-CACHE_KEY = _CacheKey()
+    return CacheKey()
 
 
 @contextlib.contextmanager

@@ -90,7 +90,7 @@ def kernel_for(opt: Any, key: tuple[Any, ...], consts: dict[str, Any], keys: tup
     # the thread count is compiled into the C++ kernel; naming it keeps inductor's on-disk cache from handing a
     # kernel built for another thread count to this process
     options = {**INDUCTOR_OPTIONS, "cpp.threads": torch.get_num_threads(),
-               "post_grad_custom_post_pass": codegen.CACHE_KEY}
+               "post_grad_custom_post_pass": codegen.cache_key()}
     if flat:
         # each tensor's last < 32 elements take a scalar loop: a vectorised tail restates the whole body with masks
         # and doubled gcc's time

@@ -212,12 +212,11 @@ def make_plan(request: Request, params: list[Tensor], states: list[dict[str, Ten
     plan.eager, classes = classify(params, states, request.flat)
     buckets: dict[tuple[torch.device, torch.dtype], Bucket] = {}
     small: list[tuple[Bucket, tuple[Any, ...], tuple[str, ...], list[int]]] = []
-    const_key, with_wd, with_scale, threads = request.key
     for (device, dtype, state_keys, state_dtypes, kind), members in classes.items():
         work_dtype = math_dtype(params[members[0]])
         bucket = buckets.setdefault((device, work_dtype), Bucket(device, work_dtype))
         keys = tuple(k for k in state_keys if k != "step")
-        config = (type(request.opt), device, dtype, state_dtypes, const_key, with_wd, with_scale, threads)
+        config = (type(request.opt), device, dtype, state_dtypes, *request.key)
         if kind[0] == "chunked":
             bucket.calls += chunk(request, params, states, members, config, keys, kind)
         else:
