@@ -1,6 +1,6 @@
 """Straightforward reference implementations of optarena's update rules, for the parity tests.
 
-Written from ``/work/shared/ALGORITHMS.md`` and the optarena API contract, deliberately NOT from optarena's code:
+Written from the papers' update rules and the optarena API contract, deliberately NOT from optarena's code:
 plain per-tensor Python, one class per algorithm, every formula in its most literal form (AdaX keeps the raw ``v``,
 Adan keeps ``g_prev``, Adafactor writes the EMAs out), no foreach, no in-place tricks.
 

@@ -215,14 +215,19 @@ def rlion_stable_where_lion_diverges(results: ResultSet) -> tuple[str, str]:
     return measured, HOLDS if not rlion_bad else FAILS
 
 
+LION = "Chen et al. 2023, arXiv 2302.06675"
+ADAN = "Xie et al. 2022, arXiv 2208.06677"
+RLION = "Rong et al. 2025, Sci. Rep. 15, \"A refined lion optimizer for deep learning\""
+BLOG = " (as summarised in a YOLOv8 blog post)"
+
 CLAIMS: tuple[Claim, ...] = (
-    Claim("Lion halves optimizer memory vs AdamW", "seed 000 (Lion paper summary)", lion_memory),
-    Claim("Lion's step is 2–15 % faster than AdamW's", "seed 000", lion_step_speed),
-    Claim("Lion wants a 3–10× smaller learning rate than AdamW", "seed 000", lion_smaller_lr),
-    Claim("Lion is worse than AdamW below batch size 64", "seed 000", lion_small_batch),
-    Claim("Adan reaches AdamW's result in about half the steps", "seed 004", adan_half_steps),
-    Claim("RLion trains at AdamW-sized learning rates without warm-up", "seed 003", rlion_adamw_lr),
-    Claim("RLion does not diverge where Lion does", "seed 003", rlion_stable_where_lion_diverges),
+    Claim("Lion halves optimizer memory vs AdamW", LION, lion_memory),
+    Claim("Lion's step is 2–15 % faster than AdamW's", LION + BLOG, lion_step_speed),
+    Claim("Lion wants a 3–10× smaller learning rate than AdamW", LION, lion_smaller_lr),
+    Claim("Lion is worse than AdamW below batch size 64", LION, lion_small_batch),
+    Claim("Adan reaches AdamW's result in about half the steps", ADAN, adan_half_steps),
+    Claim("RLion trains at AdamW-sized learning rates without warm-up", RLION, rlion_adamw_lr),
+    Claim("RLion does not diverge where Lion does", RLION, rlion_stable_where_lion_diverges),
 )
 
 

@@ -99,8 +99,8 @@ def step_values(states: list[dict[str, Tensor]]) -> list[Scalar]:
 
 _LIBRARY = torch.library.Library("optarena", "DEF")
 # An op opaque to inductor that claims to update its tensors in place and does nothing: inductor must store them
-# before the call and read them back after it. The low-level Library API costs ~4 µs a call, against ~14 µs for a
-# torch.library.custom_op; its composite kernel also serves fake tensors while tracing.
+# before the call and read them back after it. The low-level Library API is the cheapest per call (NOTES.md,
+# "opaque op"); its composite kernel also serves fake tensors while tracing.
 _LIBRARY.define("keep_(Tensor(a!)[] values) -> ()")
 _LIBRARY.impl("keep_", lambda values: None, "CompositeExplicitAutograd")
 _keep = torch.ops.optarena.keep_.default
@@ -119,8 +119,9 @@ def hoisted(*lists: list[Scalar]) -> tuple[list[Scalar], ...]:
     """Per-tensor scalars (bias corrections, step sizes), computed once per call of the compiled step.
 
     Eagerly they are Python numbers and come back unchanged. Compiled, inductor would inline their ``pow``/``exp``
-    into every iteration of the element loop (libm calls set errno, so gcc may not hoist them): they pass through
-    ``stored`` as one table (a pack's per-member vectors and the scalars broadcast together).
+    into every iteration of the element loop (libm calls set errno, so gcc may not hoist them: NOTES.md, "hoisted
+    scalars"): they pass through ``stored`` as one table (a pack's per-member vectors and scalars broadcast
+    together).
     """
     if not lists or not lists[0] or not isinstance(lists[0][0], Tensor):
         return lists
@@ -254,7 +255,8 @@ def as_number(value: Tensor) -> Scalar:
 def norms(xs: list[Tensor]) -> list[Tensor]:
     """Each tensor's 2-norm: one foreach kernel eagerly. Compiled, per-tensor reductions, which inductor
     parallelises and fuses with the loops that produce their input (``_foreach_norm`` is opaque to it); a matrix's
-    rows are summed first, so that its row sums share the kernel's OpenMP region."""
+    rows are summed first, so that its row sums share the kernel's OpenMP region (NOTES.md, "norms in the compiled
+    step")."""
     if compiling():
         return [_row_sums_total(x).sqrt() if x.dim() >= 2 else torch.linalg.vector_norm(x) for x in xs]
     return torch._foreach_norm(xs)
@@ -292,9 +294,8 @@ def row_square_means(x: Tensor) -> Tensor:
 
 
 def column_square_means(x: Tensor) -> Tensor:
-    """The mean of x² over dim −2, keeping it; summed in blocks of rows so that ``x`` is read in row-major order
-    (a plain reduction over dim −2 strides through memory: 3.5× slower on a 4096² matrix, with 20× the rounding
-    error of ``vector_norm``)."""
+    """The mean of x² over dim −2, keeping it; summed in blocks of rows so that ``x`` is read in row-major order (a
+    plain reduction over dim −2 strides through memory: NOTES.md, "column means")."""
     rows, cols = x.shape[-2:]
     block = next(b for b in (64, 32, 16, 8, 4, 2, 1) if rows % b == 0)
     blocks = x.reshape(*x.shape[:-2], rows // block, block, cols)

@@ -26,7 +26,7 @@ UNSUPPORTED: tuple[type[Optimizer], ...] = (torch.optim.Adagrad,)
 
 def nonzero_rows(x: Tensor) -> Tensor:
     """Which rows of a 2-d tensor hold a nonzero (or NaN) entry. Two reductions: on CPU 5× faster than
-    ``x.any(dim=1)`` (1.4 vs 7.6 ms on 100k × 64 fp32, 2 threads), with no full-size temporary."""
+    ``x.any(dim=1)``, with no full-size temporary."""
     if x.shape[1] == 0:
         return torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     return x.amax(dim=1).ne(0).logical_or_(x.amin(dim=1).ne(0))
