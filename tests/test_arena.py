@@ -43,6 +43,7 @@ def builtin_run(tmp_path_factory):
     return config, run_compare(config, show_progress=False)
 
 
+@pytest.mark.xdist_group("builtin_run")  # one worker runs the module's comparison for both tests
 def test_report_covers_every_task_and_optimizer(builtin_run):
     config, results = builtin_run
     out = config.out
@@ -64,6 +65,7 @@ def test_report_covers_every_task_and_optimizer(builtin_run):
     assert sum(s.n_trials for s in studies) >= len(rows) and len(studies) == len(config.cells())
 
 
+@pytest.mark.xdist_group("builtin_run")
 def test_rerunning_a_finished_comparison_runs_nothing(builtin_run, monkeypatch):
     config, results = builtin_run
     import optarena.arena.compare as compare

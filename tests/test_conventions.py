@@ -31,9 +31,10 @@ def run(optimizer, params, grads_per_step):
         optimizer.step()
 
 
-#: The fused path is resumed for one elementwise case and Adafactor (the checkpoint format is the same on every
-#: path; what is the fused path's own is packed state, flat for the one, by slices for the other).
-FUSED_RESUME_CASES = ("adan", "adafactor-momentum")
+#: The fused path is resumed for one case: the checkpoint format is the same on every path, and what is the fused
+#: path's own, state packed into views of flat buffers, is the same mechanism for every algorithm (Adan's has the
+#: most state keys and a step count; Adafactor's packed state is checked against the loop in test_fused).
+FUSED_RESUME_CASES = ("adan",)
 
 
 @pytest.mark.parametrize("path", [dict(foreach=False), dict(foreach=True), dict(fused=True)], ids=str)
@@ -219,8 +220,8 @@ def test_old_checkpoint_without_new_group_keys_loads_with_defaults() -> None:
     run(fresh, params, make_grads(params, 1))
 
 
-@pytest.mark.parametrize("path", [dict(foreach=False), dict(fused=True)], ids=str)
-@pytest.mark.parametrize("case", ["adan", "adafactor"])
+@pytest.mark.parametrize("case, path", [("adan", dict(foreach=False)), ("adafactor", dict(foreach=False)),
+                                        ("adan", dict(fused=True))], ids=str)
 def test_state_dict_is_the_same_after_a_reload(case: str, path: dict) -> None:
     """``state_dict()`` after ``load_state_dict(state_dict())`` is the same, key for key (torch's base class adds a
     ``differentiable`` default on load, which must not reach the groups), and the fused step reuses its kernels."""

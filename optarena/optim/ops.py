@@ -210,21 +210,22 @@ def sign_(xs: list[Tensor]) -> None:
     torch._foreach_sign_(xs)
 
 
-def atan_(xs: list[Tensor]) -> None:
-    """Compiled per tensor: inductor fuses ``atan_`` into the loop; ``_foreach_atan_`` would be a fallback call."""
+def _unary_(xs: list[Tensor], op: str) -> None:
+    """xs ← op(xs): compiled per tensor, so that inductor fuses the op into the loop (``_foreach_atan_`` and the
+    like are fallback calls to it)."""
     if compiling():
         for x in xs:
-            x.atan_()
+            getattr(x, f"{op}_")()
     else:
-        torch._foreach_atan_(xs)
+        getattr(torch, f"_foreach_{op}_")(xs)
+
+
+def atan_(xs: list[Tensor]) -> None:
+    _unary_(xs, "atan")
 
 
 def tanh_(xs: list[Tensor]) -> None:
-    if compiling():
-        for x in xs:
-            x.tanh_()
-    else:
-        torch._foreach_tanh_(xs)
+    _unary_(xs, "tanh")
 
 
 def copy_(dst: list[Tensor], src: list[Tensor]) -> None:
