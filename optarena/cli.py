@@ -4,6 +4,7 @@ suite (every built-in task, AdamW as the baseline), writing its report to ``./op
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
 from .arena.task import BUDGETS
@@ -31,18 +32,33 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from .arena import CompareConfig, run_compare
+    from . import arena
+    from .arena.compare import failure_summary
+    from .arena.storage import StorageError
 
-    tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip()) if args.tasks else ()
+    tasks = ()
+    if args.tasks is not None:
+        tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
+        if not tasks:
+            raise ValueError(f"Invalid --tasks: {args.tasks!r} (no task named; leave --tasks out for every built-in "
+                             "task)")
     workers = {} if args.workers is None else {"workers": args.workers}
-    config = CompareConfig(optimizers=tuple(args.optimizers or ()), tasks=tasks + tuple(args.task), budget=args.budget,
-                           seeds=args.seeds, batch_sizes=args.batch_sizes, out=args.out, storage=args.storage,
-                           device=args.device, threads=args.threads, stale_after=args.stale_after, **workers)
+    config = arena.CompareConfig(optimizers=tuple(args.optimizers or ()), tasks=tasks + tuple(args.task),
+                                 budget=args.budget, seeds=args.seeds, batch_sizes=args.batch_sizes, out=args.out,
+                                 storage=args.storage, device=args.device, threads=args.threads,
+                                 stale_after=args.stale_after, run_timeout=args.run_timeout, **workers)
     try:
-        run_compare(config)
+        results = arena.run_compare(config)
     except KeyboardInterrupt:
         print("\noptarena: interrupted; finished runs are stored. Run the same command again to resume.")
         return 130
+    except StorageError as err:
+        print(f"optarena: {err}; finished runs are stored. Run the same command again to resume.", file=sys.stderr)
+        return 1
+    failures = failure_summary(results) if results is not None else None
+    if failures:
+        print(f"optarena: {failures}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -109,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--device", default="cpu", help="torch device for training (default: cpu)")
     compare.add_argument("--stale-after", type=float, default=600.0,
                          help="seconds without a heartbeat after which another machine's running trial is re-run")
+    compare.add_argument("--run-timeout", type=float, default=None, metavar="SECONDS",
+                         help="stop a run after this long and record it as timed out (default: tiny 120, quick 600, "
+                              "full 3600; 0: no limit)")
     compare.set_defaults(func=_cmd_compare)
 
     tasks = commands.add_parser("tasks", help="list the built-in tasks")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -65,24 +66,36 @@ def _broken_calls() -> bool:
     return next(_calls) >= 1  # in a fresh process the evaluation before training passes; every later one raises
 
 
-def killed_after(budget: str = "quick") -> Task:
-    """Like ``linear``, but the process kills itself (SIGKILL, or SIGINT when OPTARENA_TEST_SIGNAL=INT) while
-    building the model of run number OPTARENA_TEST_KILL_AT (counted in the file OPTARENA_TEST_COUNTER)."""
+def misbehaving(budget: str = "quick") -> Task:
+    """Like ``linear``, but while building the model of run number OPTARENA_TEST_ACT_AT (runs counted in the file
+    OPTARENA_TEST_COUNTER, which also gets each run's process id) the process does OPTARENA_TEST_ACTION: "kill"
+    (SIGKILL, as the OOM killer would), "int" (SIGINT), "exit" (sys.exit(3)) or "hang" (sleeps for an hour).
+    OPTARENA_TEST_PACE adds that many seconds to every step."""
     task = linear(budget)
-    task.name = "killed"
-    make_model = task.make_model
+    task.name = "misbehaving"
+    make_model, loss = task.make_model, task.loss
 
     def counting_make_model() -> nn.Module:
         path = os.environ["OPTARENA_TEST_COUNTER"]
         with open(path, "a") as f:
-            f.write("x")
+            f.write(f"{os.getpid()}\n")
         with open(path) as f:
-            count = len(f.read())
-        if count == int(os.environ.get("OPTARENA_TEST_KILL_AT", "0")):
-            os.kill(os.getpid(), signal.SIGINT if os.environ.get("OPTARENA_TEST_SIGNAL") == "INT" else signal.SIGKILL)
+            count = len(f.read().split())
+        if count == int(os.environ.get("OPTARENA_TEST_ACT_AT", "0")):
+            action = os.environ.get("OPTARENA_TEST_ACTION", "kill")
+            if action in ("kill", "int"):
+                os.kill(os.getpid(), signal.SIGKILL if action == "kill" else signal.SIGINT)
+            elif action == "exit":
+                sys.exit(3)
+            elif action == "hang":
+                time.sleep(3600)
         return make_model()
 
-    task.make_model = counting_make_model
+    def paced_loss(model: nn.Module, batch) -> torch.Tensor:
+        time.sleep(float(os.environ.get("OPTARENA_TEST_PACE", "0")))
+        return loss(model, batch)
+
+    task.make_model, task.loss = counting_make_model, paced_loss
     return task
 
 

@@ -61,19 +61,18 @@ def postgres_url():
                    check=True, capture_output=True)
     try:
         _create_database("127.0.0.1", port, "optarena", "arena")
-        yield f"postgresql+psycopg2://optarena@127.0.0.1:{port}/arena"
+        yield f"postgresql://optarena@127.0.0.1:{port}/arena"  # the README's form
     finally:
         subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
 
 
 def _create_database(host: str, port: int, user: str, name: str) -> None:
-    import psycopg2
+    import psycopg
 
-    connection = psycopg2.connect(host=host, port=port, user=user, dbname="postgres")
-    connection.autocommit = True  # CREATE DATABASE cannot run inside a transaction
-    connection.cursor().execute(f"CREATE DATABASE {name}")
-    connection.close()
+    # autocommit: CREATE DATABASE cannot run inside a transaction
+    with psycopg.connect(host=host, port=port, user=user, dbname="postgres", autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {name}")
 
 
 def _has_user(name: str) -> bool:

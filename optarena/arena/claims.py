@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from .plan import default_lr, grid_lr, stress_lrs
 from .results import CellSummary, ResultSet, median
+from .storage import FAILURES
 
 HOLDS, FAILS, UNMEASURED = "holds", "does not hold", "not measured here"
 
@@ -182,7 +183,7 @@ def rlion_adamw_lr(results: ResultSet) -> tuple[str, str]:
     if not runs or "adamw" not in results.config.optimizers:
         return "needs rlion and adamw", UNMEASURED
     diverged = [r for _, _, r in runs if r.state == "diverged"]
-    errors = [r for _, _, r in runs if r.state == "error"]
+    errors = [r for _, _, r in runs if r.state in FAILURES]
     gaps = []
     for spec, by_lr in stress.items():
         adamw = results.summary(spec, "adamw")

@@ -11,11 +11,14 @@ from pathlib import Path
 import torch
 
 from ..info import base_optimizer_info
-from ..validation import check_positive_int
+from ..validation import check_number, check_positive_int
 from .catalog import BUILTIN_TASKS, load_tasks
 from .plan import BUDGET_PRESETS, DEFAULT_OPTIMIZERS, Cell, CellPlan, Outcome, cells_for, plan_cell
 from .storage import HEARTBEAT_SECONDS, ArenaStorage, default_storage_url
 from .task import BUDGETS, Task
+
+#: Worker processes one command may start on one machine.
+MAX_WORKERS = 256
 
 
 def default_workers() -> int:
@@ -46,6 +49,9 @@ class CompareConfig:
     faster on one thread per process than on several threads in one process)."""
     stale_after: float = 600.0
     """Seconds without a heartbeat after which another machine's running trial is taken over."""
+    run_timeout: float | None = None
+    """Seconds one run may take before its worker is stopped and the run recorded as timed out; ``None``: the
+    budget's (tiny 120, quick 600, full 3600); 0: no limit."""
     invocation: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     """Identifies this command; its worker processes share it (see :class:`ArenaStorage`)."""
 
@@ -61,6 +67,12 @@ class CompareConfig:
             self.seeds = BUDGET_PRESETS[self.budget].seeds
         check_positive_int("seeds", self.seeds)
         check_positive_int("workers", self.workers)
+        if self.workers > MAX_WORKERS:
+            raise ValueError(f"Invalid workers: {self.workers!r} (at most {MAX_WORKERS} processes per machine; the "
+                             "runs are shared with other machines through --storage)")
+        if self.run_timeout is None:
+            self.run_timeout = BUDGET_PRESETS[self.budget].run_timeout
+        check_number("run_timeout", self.run_timeout)
         if self.threads is not None:
             check_positive_int("threads", self.threads)
         if self.batch_sizes is not None:
@@ -78,6 +90,12 @@ class CompareConfig:
             raise ValueError(f"Invalid device: {self.device!r} ({err})") from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"Invalid device: {self.device!r} (CUDA is not available here)")
+        if device.type == "meta":
+            raise ValueError(f"Invalid device: {self.device!r} (meta tensors hold no data: nothing can be trained)")
+        try:
+            torch.zeros(1, device=device)
+        except (RuntimeError, AssertionError) as err:
+            raise ValueError(f"Invalid device: {self.device!r} ({str(err).splitlines()[0]})") from None
         self.out = Path(self.out)
         self.storage = self.storage or default_storage_url(self.out)
 

@@ -35,12 +35,14 @@ class Budget:
     seeds: int
     max_radius: int
     """The grid may grow up to ``|k| <= max_radius`` (6: 1000× either side of the default)."""
+    run_timeout: float
+    """Seconds one run may take before its worker is stopped and the run recorded as timed out."""
 
 
 BUDGET_PRESETS = {
-    "tiny": Budget("tiny", grid=(-1, 0, 1), seeds=2, max_radius=2),
-    "quick": Budget("quick", grid=(-1, 0, 1), seeds=3, max_radius=6),
-    "full": Budget("full", grid=(-2, -1, 0, 1, 2), seeds=5, max_radius=6),
+    "tiny": Budget("tiny", grid=(-1, 0, 1), seeds=2, max_radius=2, run_timeout=120.0),
+    "quick": Budget("quick", grid=(-1, 0, 1), seeds=3, max_radius=6, run_timeout=600.0),
+    "full": Budget("full", grid=(-2, -1, 0, 1, 2), seeds=5, max_radius=6, run_timeout=3600.0),
 }
 
 DEFAULT_OPTIMIZERS = {

@@ -6,7 +6,9 @@ import base64
 import csv
 import html
 import math
+import os
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +17,23 @@ import torch
 from .claims import ClaimResult, evaluate_claims
 from .plan import point_key
 from .results import CellSummary, ResultSet, median
+from .storage import FAILURES
+
+
+def md_escape(text: str) -> str:
+    """``text`` safe inside Markdown (and the HTML a Markdown viewer makes of it): no tags, no table breaks."""
+    return html.escape(text, quote=False).replace("|", "\\|")
+
+
+def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """``write`` to a temporary file beside ``path``, then rename it over ``path``: a full disk or a crash leaves
+    the previous file (or none), never a truncated one."""
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        write(partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 @dataclass
@@ -23,8 +42,8 @@ class Table:
     rows: list[list[str]]
 
     def markdown(self) -> str:
-        lines = ["| " + " | ".join(self.headers) + " |", "|" + "---|" * len(self.headers)]
-        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in self.rows]
+        lines = ["| " + " | ".join(map(md_escape, self.headers)) + " |", "|" + "---|" * len(self.headers)]
+        lines += ["| " + " | ".join(md_escape(cell) for cell in row) + " |" for row in self.rows]
         return "\n".join(lines)
 
     def html(self) -> str:
@@ -41,7 +60,8 @@ def _metric(summary: CellSummary) -> str:
     if summary.metric_median is None:
         if summary.diverged or (summary.plan.chosen_lr is None and summary.tuning_diverged):
             return "diverged"
-        return "error" if summary.finals else "–"
+        failed = {r.state for r in summary.finals if r.state in FAILURES}
+        return " / ".join(sorted(failed)) if failed else "–"
     text = _num(summary.metric_median)
     if summary.runs > 1:
         text += f" [{_num(summary.metric_min)}, {_num(summary.metric_max)}]"
@@ -83,6 +103,10 @@ def write_csv(results: ResultSet, path: Path) -> None:
     fields = ["task", "batch_size", "optimizer", "lr", "seed", "state", "chosen", "final_metric", "best_metric",
               "diverged_at", "steps", "steps_to_target", "seconds_to_target", "train_seconds", "opt_step_ms",
               "fwd_bwd_ms", "state_bytes", "params", "peak_memory_mb", "trial", "worker", "host", "error"]
+    write_atomically(path, lambda partial: _write_rows(results, partial, fields))
+
+
+def _write_rows(results: ResultSet, path: Path, fields: list[str]) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
@@ -120,7 +144,7 @@ def _plots(results: ResultSet, out: Path) -> list[tuple[str, Path]]:
     def save(fig, name: str, title: str) -> None:
         path = out / name
         fig.tight_layout()
-        fig.savefig(path, dpi=90)
+        write_atomically(path, lambda partial: fig.savefig(partial, dpi=90, format="png"))
         plt.close(fig)
         made.append((title, path))
 
@@ -244,32 +268,35 @@ def write_report(results: ResultSet, out: Path, *, wall_seconds: float | None = 
     plots = _plots(results, out)
     tables = [("Tasks", tasks_table(results)), ("Summary", summary_table(results)),
               ("Published claims on this workload", claims_table(claims))]
-    errors = [r for r in results.records if r.state == "error"]
+    failed = [r for r in results.records if r.state in FAILURES]
 
-    md = ["# optarena compare", "", _setup_line(results, wall_seconds), "", PROTOCOL, ""]
+    md = ["# optarena compare", "", md_escape(_setup_line(results, wall_seconds)), "", PROTOCOL, ""]
     for title, table in tables:
         md += [f"## {title}", "", table.markdown(), ""]
-    if errors:
-        md += ["## Runs that raised", ""] + [f"- {results.task(r.cell).name} {r.cell.optimizer} lr {r.lr:g} seed "
-                                             f"{r.seed}: {(r.error or '').strip().splitlines()[-1]}" for r in errors]
+    if failed:
+        md += ["## Runs that failed", ""] + [
+            md_escape(f"- {results.task(r.cell).name} {r.cell.optimizer} lr {r.lr:g} seed {r.seed}, {r.state}: "
+                      f"{(r.error or '').strip().splitlines()[-1]}") for r in failed]
         md.append("")
-    md += ["## Plots", ""] + [f"### {title}\n\n![{title}]({path.name})\n" for title, path in plots]
-    (out / "report.md").write_text("\n".join(md))
+    md += ["## Plots", ""] + [f"### {md_escape(title)}\n\n![{md_escape(title)}]({path.name})\n"
+                              for title, path in plots]
+    write_atomically(out / "report.md", lambda partial: partial.write_text("\n".join(md)))
 
     body = [f"<h1>optarena compare</h1><p>{html.escape(_setup_line(results, wall_seconds))}</p>",
             f"<p>{html.escape(PROTOCOL)}</p>"]
     for title, table in tables:
         body.append(f"<h2>{html.escape(title)}</h2>{table.html()}")
-    if errors:
+    if failed:
         items = "".join(f"<li>{html.escape(results.task(r.cell).name)} {html.escape(r.cell.optimizer)} lr {r.lr:g} "
-                        f"seed {r.seed}<pre>{html.escape(r.error or '')}</pre></li>" for r in errors)
-        body.append(f"<h2>Runs that raised</h2><ul>{items}</ul>")
+                        f"seed {r.seed}, {r.state}<pre>{html.escape(r.error or '')}</pre></li>" for r in failed)
+        body.append(f"<h2>Runs that failed</h2><ul>{items}</ul>")
     body.append("<h2>Plots</h2>")
     for title, path in plots:
         data = base64.b64encode(path.read_bytes()).decode()
         body.append(f"<h3>{html.escape(title)}</h3><img alt='{html.escape(title)}' src='data:image/png;base64,{data}'>")
-    (out / "report.html").write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>optarena compare"
-                                     f"</title><style>{_CSS}</style></head><body>{''.join(body)}</body></html>")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>optarena compare</title><style>{_CSS}</style>"
+            f"</head><body>{''.join(body)}</body></html>")
+    write_atomically(out / "report.html", lambda partial: partial.write_text(page))
     return {"html": out / "report.html", "markdown": out / "report.md", "csv": out / "results.csv",
             **{path.stem: path for _, path in plots}}
 

@@ -1,8 +1,10 @@
 """One training run: a task, an optimizer at one learning rate, one seed, one batch size — and what it measured.
 
-The run is the arena's unit of work. It never raises for a run that goes bad numerically: a non-finite loss or
-parameter, or a loss that grows past ``DIVERGENCE_FACTOR`` times its starting value, ends the run early and marks
-it ``diverged``. Exceptions from the task's own code do propagate (the caller records them as errors).
+The run is the arena's unit of work. It never raises for a run that goes bad numerically: a non-finite loss,
+gradient or parameter, or a loss that grows past ``DIVERGENCE_FACTOR`` times its starting scale, ends the run
+early and marks it ``diverged`` (with the reason). A non-finite gradient counts even where the optimizer would hide
+it (Lion's sign of a NaN is 0 in torch). Exceptions from the task's own code do propagate (the caller records them
+as errors).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import statistics
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
@@ -64,13 +66,16 @@ class RunResult:
     eval_metric: list[float] = field(default_factory=list)
     trajectory: list[list[float]] | None = None
     """For 2-D tasks: the point after each step (subsampled), starting with the initial point."""
+    diverged_because: str | None = None
+    """What ended a diverged run: a non-finite loss, gradient, metric or parameter, or the loss's growth."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunResult:
-        return cls(**data)
+        known = {f.name for f in fields(cls)}  # results stored by another version may lack or add a field
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def arena_weight_decay(optimizer: str, task_weight_decay: float) -> dict[str, Any]:
@@ -174,6 +179,14 @@ def _evaluate(task: Task, model: nn.Module) -> float:
     return value
 
 
+def _grads_finite(model: nn.Module) -> torch.Tensor | bool:
+    """Whether every (dense) gradient is finite: one reduction, read with the loss."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None and not p.grad.is_sparse]
+    if not grads:
+        return True
+    return torch.stack(torch._foreach_norm(grads)).isfinite().all()
+
+
 def _meets(task: Task, value: float) -> bool:
     if task.target is None or not math.isfinite(value):
         return False
@@ -210,8 +223,9 @@ def train_once(task: Task, optimizer_name: str, lr: float, seed: int, batch_size
     fwd_times: list[float] = []
     window: list[float] = []  # losses since the last curve point
     recent: deque[float] = deque(maxlen=10)  # the divergence check's smoothing, independent of eval_every
-    first_loss: float | None = None
+    scale: float | None = None  # the first nonzero |loss|: what "grew 10×" is measured against
     diverged_at: int | None = None
+    because: str | None = None
     steps_to_target = 0 if _meets(task, eval_metric[0]) else None
     seconds_to_target = 0.0 if steps_to_target == 0 else None
     train_seconds = 0.0
@@ -222,6 +236,7 @@ def train_once(task: Task, optimizer_name: str, lr: float, seed: int, batch_size
         loss = task.loss(model, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        finite_grads = _grads_finite(model)
         sync()
         middle = time.perf_counter()
         optimizer.step()
@@ -233,12 +248,17 @@ def train_once(task: Task, optimizer_name: str, lr: float, seed: int, batch_size
         train_seconds += end - start
 
         value = loss.item()
-        first_loss = value if first_loss is None else first_loss
+        if scale is None and value != 0:
+            scale = abs(value)
         window.append(value)
         recent.append(value)
         if position:
             trajectory.append(list(position(model)))
-        if not math.isfinite(value) or statistics.fmean(recent) > DIVERGENCE_FACTOR * max(abs(first_loss), 1e-12):
+        because = ("non-finite loss" if not math.isfinite(value) else
+                   "non-finite gradient" if not bool(finite_grads) else
+                   f"loss above {DIVERGENCE_FACTOR:g}x its start" if scale is not None and
+                   statistics.fmean(recent) > DIVERGENCE_FACTOR * scale else None)
+        if because is not None:
             diverged_at = step
             break
         if heartbeat is not None:
@@ -249,7 +269,7 @@ def train_once(task: Task, optimizer_name: str, lr: float, seed: int, batch_size
             window = []
             metric = _evaluate(task, model)
             if not math.isfinite(metric) or not all(torch.isfinite(p).all() for p in model.parameters()):
-                diverged_at = step
+                diverged_at, because = step, "non-finite metric or parameter"
                 break
             eval_steps.append(step)
             eval_metric.append(metric)
@@ -279,4 +299,5 @@ def train_once(task: Task, optimizer_name: str, lr: float, seed: int, batch_size
         eval_steps=_subsample(eval_steps, MAX_CURVE_POINTS),
         eval_metric=_subsample(eval_metric, MAX_CURVE_POINTS),
         trajectory=_subsample(trajectory, MAX_TRAJECTORY_POINTS) if trajectory else None,
+        diverged_because=because,
     )

@@ -9,7 +9,9 @@ workers on different machines agree on what is done:
   ``duplicate``);
 * a finished run is COMPLETE (value = final validation metric) or PRUNED (diverged: the run blew up), and is never
   run again. A run whose task code raised is FAIL with an ``error`` attribute: not retried within the same
-  ``optarena compare`` invocation, retried once by the next one (the task may have been fixed);
+  ``optarena compare`` invocation, retried once by the next one (the task may have been fixed); so is a run whose
+  worker process died (``crashed``, with the signal or exit code) or that ran past the per-run time limit
+  (``timed out``);
 * a RUNNING trial whose worker is gone — on the same machine (hostname and boot id) its process no longer exists,
   or no heartbeat for ``stale_after`` seconds — is marked FAIL (``stale``) and its point is run again. A worker
   that finds its own trial marked stale drops its result: the point belongs to whoever took it over. Ctrl-C
@@ -20,12 +22,14 @@ Of several finished trials for one key (possible only after a stale takeover), t
 
 from __future__ import annotations
 
+import functools
 import os
 import random
+import re
 import socket
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +55,72 @@ def default_storage_url(out_dir: str | os.PathLike[str]) -> str:
     return f"sqlite:///{Path(out_dir).resolve() / 'arena.db'}"
 
 
+_SECRET_QUERY = re.compile(r"((?:password|passwd|pwd|secret|token|sslpassword)=)[^&;\s]*", re.IGNORECASE)
+_USERINFO = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
+
+
+def redact(text: str, url: str | None = None) -> str:
+    """``text`` (a storage URL, or a message that may quote one) with every secret shown as ``***``: the password
+    of ``url`` (or of a URL in ``text``) wherever it appears, and password-like query parameters. Works on URLs that
+    do not parse."""
+    secrets = []
+    for candidate in filter(None, (url, text)):
+        try:
+            password = sqlalchemy.engine.make_url(candidate).password
+        except Exception:  # noqa: BLE001 - a malformed URL: the patterns below still apply
+            password = None
+        if password:
+            secrets.append(str(password))
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return _SECRET_QUERY.sub(r"\1***", _USERINFO.sub(r"\1***@", text))
+
+
+def _explain(err: BaseException) -> str:
+    """Why a storage URL could not be opened, in the user's terms."""
+    chain, missing = err, None
+    while chain is not None and missing is None:  # Optuna wraps the driver's import error in one of its own
+        missing = chain.name if isinstance(chain, ModuleNotFoundError) else None
+        chain = chain.__cause__ or chain.__context__
+    if missing is not None or isinstance(err, ImportError):
+        hint = "; for PostgreSQL: pip install 'psycopg[binary]'" if "psycopg" in str(missing) else ""
+        return f"its database driver is not installed: no module named {missing!r}{hint}"
+    if isinstance(err, ValueError) and "invalid literal for int()" in str(err):
+        return "its port is not a number"
+    return _cause(err)
+
+
+class StorageError(RuntimeError):
+    """The storage could not be read or written while the comparison ran (disk full, server gone, ...)."""
+
+
+def _cause(err: BaseException) -> str:
+    """The first line of what the database driver said (under Optuna's and SQLAlchemy's wrappers), without the
+    SQL that SQLAlchemy appends."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    orig = getattr(err, "orig", None) or err
+    text = str(orig).strip().splitlines()[0] if str(orig).strip() else ""
+    return f"{type(orig).__name__}: {text}" if text else type(orig).__name__
+
+
+def _storage_call(doing: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Turn a database failure in the decorated method into a ``StorageError`` that names the storage, what was being
+    done (``doing``) and the driver's own message."""
+    def decorate(method: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(method)
+        def wrapper(self: ArenaStorage, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(self, *args, **kwargs)
+            except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as err:
+                cause = _cause(err)
+                hint = " (is the disk full?)" if "full" in cause.lower() or "disk" in cause.lower() else ""
+                raise StorageError(f"The storage {redact(self.url)!r} failed while {doing}: "
+                                   f"{redact(cause, self.url)}{hint}") from None
+        return wrapper
+    return decorate
+
+
 def _machine_id() -> str:
     """Hostname plus boot id: containers that share a hostname do not share process ids."""
     try:
@@ -58,6 +128,11 @@ def _machine_id() -> str:
             return f"{socket.gethostname()}/{f.read().strip()}"
     except OSError:
         return socket.gethostname()
+
+
+#: How a run that produced no result ended: its task's code raised, its worker process died (a signal, an exit),
+#: or it ran past the per-run time limit. Each is final for the invocation that recorded it and retried by the next.
+FAILURES = ("error", "crashed", "timed out")
 
 
 @dataclass
@@ -68,7 +143,7 @@ class Record:
     lr: float
     seed: int
     state: str
-    """``"complete"``, ``"diverged"`` or ``"error"``."""
+    """``"complete"``, ``"diverged"`` or one of ``FAILURES``."""
     result: RunResult | None
     error: str | None
     trial_number: int
@@ -110,6 +185,7 @@ class ArenaStorage:
         for attempt in range(5):
             try:
                 self.storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+                self.storage.get_all_studies()  # a file that is not a database fails here, not in a worker
                 break
             except Exception as err:  # SQLAlchemy raises several types for a bad URL or an unreachable server
                 if _lost_creation_race(err):
@@ -118,8 +194,7 @@ class ArenaStorage:
                         raise
                     time.sleep(0.5 + random.random())
                     continue
-                shown = sqlalchemy.engine.make_url(url).render_as_string(hide_password=True) if "://" in url else url
-                raise ValueError(f"Invalid storage: {shown!r} ({type(err).__name__})") from None
+                raise ValueError(f"Invalid storage: {redact(url)!r} ({redact(_explain(err), url)})") from None
         if url.startswith("sqlite"):
             # WAL lets readers run beside the writer, and NORMAL syncs at checkpoints, not at every commit:
             # a commit drops from ~10 ms to well under 1 ms; a power cut may lose the last runs, a crash cannot.
@@ -133,6 +208,7 @@ class ArenaStorage:
         self._study_ids: dict[str, int] = {}
 
     # ------------------------------------------------------------------------------------------------ studies
+    @_storage_call("opening a study")
     def study_id(self, cell: Cell) -> int:
         if cell.study_name not in self._study_ids:
             study = optuna.create_study(storage=self.storage, study_name=cell.study_name, load_if_exists=True,
@@ -143,6 +219,7 @@ class ArenaStorage:
             self._study_ids[cell.study_name] = self.storage.get_study_id_from_name(cell.study_name)
         return self._study_ids[cell.study_name]
 
+    @_storage_call("reading runs")
     def trials(self, cell: Cell) -> list[FrozenTrial]:
         return self.storage.get_all_trials(self.study_id(cell), deepcopy=False)
 
@@ -156,7 +233,7 @@ class ArenaStorage:
             return "diverged"
         if trial.state == TrialState.FAIL and "error" in trial.user_attrs and (
                 any_invocation or trial.user_attrs.get("invocation") == self.invocation):
-            return "error"
+            return trial.user_attrs.get("failure", "error")
         return None
 
     def _by_key(self, trials: list[FrozenTrial], any_invocation: bool = False) -> dict[str, tuple[str, FrozenTrial]]:
@@ -165,7 +242,7 @@ class ArenaStorage:
         chosen: dict[str, tuple[str, FrozenTrial]] = {}
         for trial in sorted(trials, key=lambda t: t.number):
             kind, key = self._kind(trial, any_invocation), trial.user_attrs.get("key")
-            if kind is not None and key is not None and chosen.get(key, ("error",))[0] == "error":
+            if kind is not None and key is not None and chosen.get(key, ("error",))[0] in FAILURES:
                 chosen[key] = (kind, trial)
         return chosen
 
@@ -217,6 +294,7 @@ class ArenaStorage:
     def _trial_id(self, cell: Cell, number: int) -> int:
         return self.storage.get_trial_id_from_study_id_trial_number(self.study_id(cell), number)
 
+    @_storage_call("claiming a run")
     def claim(self, cell: Cell, lr: float, seed: int) -> int | None:
         """Create a RUNNING trial for the point; ``None`` if another live or finished trial holds it already."""
         key = point_key(lr, seed)
@@ -240,12 +318,14 @@ class ArenaStorage:
     # ------------------------------------------------------------------------------- writing a trial's end
     # Each of these is a no-op on a trial that is finished already: another worker judged it stale and took the
     # point over, so this result is dropped rather than crashing the worker.
+    @_storage_call("recording a heartbeat")
     def heartbeat(self, trial_id: int) -> None:
         try:
             self.storage.set_trial_user_attr(trial_id, "heartbeat", time.time())
         except UpdateFinishedTrialError:
             pass
 
+    @_storage_call("recording a finished run")
     def finish(self, trial_id: int, result: RunResult) -> None:
         try:
             self.storage.set_trial_user_attr(trial_id, "result", result.to_dict())
@@ -256,14 +336,18 @@ class ArenaStorage:
         except UpdateFinishedTrialError:
             pass
 
-    def fail(self, trial_id: int, error: str) -> None:
-        """FAIL with the traceback: finished for this invocation, retried by the next."""
+    @_storage_call("recording a failed run")
+    def fail(self, trial_id: int, error: str, failure: str = "error") -> None:
+        """FAIL with the traceback or reason, as one of ``FAILURES``: finished for this invocation, retried by the
+        next."""
         try:
             self.storage.set_trial_user_attr(trial_id, "error", error[-4000:])
+            self.storage.set_trial_user_attr(trial_id, "failure", failure)
             self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
         except UpdateFinishedTrialError:
             pass
 
+    @_storage_call("releasing a run")
     def abandon(self, trial_id: int, reason: str) -> None:
         """FAIL without an ``error``: the point stays open and will be run again."""
         try:

@@ -1,0 +1,240 @@
+"""The worker processes of a comparison, and the supervisor that keeps the comparison going around them.
+
+Every run happens in a worker process, never in the process the user started: a run that kills its worker (a
+signal, the OOM killer, ``os._exit``), or that hangs past the per-run time limit, is recorded as ``crashed`` or
+``timed out`` by the supervisor, which starts a new worker, and the comparison goes on. Workers report each run they
+start and end through a pipe; a second pipe, which only the supervisor holds open, closes when the supervisor dies
+(even by ``kill -9``), and the workers then exit at once.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+import torch
+
+from .config import CompareConfig
+from .plan import Cell, point_key
+from .runner import train_once
+from .storage import HEARTBEAT_SECONDS, ArenaStorage, StorageError
+
+POLL_SECONDS = 1.0
+#: Worker deaths outside any run (a task that fails to import, a worker killed between runs) before the supervisor
+#: stops starting new ones; deaths during runs are recorded and never stop the comparison.
+MAX_IDLE_DEATHS = 3
+
+
+#: ``report(event, trial_id)``: a worker tells its supervisor that it starts ("start") or has recorded ("end") a run.
+Report = Callable[[str, int], None]
+
+
+def _configure_process(config: CompareConfig) -> None:
+    threads = config.threads or max(1, (os.cpu_count() or 1) // config.workers)
+    torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)  # subnormal second moments would slow AdamW 4x and fake a speed win
+
+
+def _run_point(store: ArenaStorage, config: CompareConfig, cell: Cell, trial_id: int, lr: float, seed: int,
+               report: Report) -> None:
+    task = config.load_tasks()[cell.task]
+    last_beat = time.monotonic()
+
+    def heartbeat() -> None:
+        nonlocal last_beat
+        if time.monotonic() - last_beat > HEARTBEAT_SECONDS:
+            store.heartbeat(trial_id)
+            last_beat = time.monotonic()
+
+    report("start", trial_id)
+    try:
+        result = train_once(task, cell.optimizer, lr, seed, cell.batch_size, device=config.device,
+                            heartbeat=heartbeat)
+    except Exception:  # the task's own code failed: record it, do not retry it forever
+        store.fail(trial_id, traceback.format_exc())
+    except SystemExit as exit_:  # the task's code asked the process to end: this run is over, the others are not
+        store.fail(trial_id, f"{traceback.format_exc()}the task's code called sys.exit({exit_.code!r})", "crashed")
+    except BaseException:  # Ctrl-C: leave the point open for the next run
+        store.abandon(trial_id, "interrupted")
+        raise
+    else:
+        store.finish(trial_id, result)
+    report("end", trial_id)
+
+
+def work(config: CompareConfig, report: Report = lambda event, trial_id: None) -> None:
+    """Run points until every cell is complete; safe to run in many processes and on many machines at once."""
+    _configure_process(config)
+    store = config.open_storage()
+    cells = config.cells()
+    while True:
+        progressed = waiting = False
+        for cell in cells:
+            while True:
+                trials = store.trials(cell)
+                plan = config.plan(cell, store.finished(cell, trials))
+                if plan.complete:
+                    break
+                running = store.running_keys(cell, trials)
+                todo = [p for p in plan.missing if point_key(*p) not in running]
+                if not todo:  # the rest is running elsewhere; come back to this cell later
+                    waiting = True
+                    break
+                lr, seed = todo[0]
+                trial_id = store.claim(cell, lr, seed)
+                if trial_id is not None:
+                    _run_point(store, config, cell, trial_id, lr, seed, report)
+                    progressed = True
+        if not waiting:
+            return
+        if not progressed:
+            time.sleep(POLL_SECONDS)
+
+
+def describe_exit(code: int | None) -> str:
+    """A worker's end in words: the signal that killed it or its exit code."""
+    if code is not None and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = "unknown"
+        return f"the worker process was killed by signal {-code} ({name})"
+    return f"the worker process exited with code {code}"
+
+
+def _exit_with_parent(lifeline: Connection) -> None:
+    """In a worker: end the process as soon as the supervisor's end of ``lifeline`` closes (it never writes)."""
+    def watch() -> None:
+        try:
+            lifeline.recv()
+        except (EOFError, OSError):
+            pass
+        os._exit(70)  # the supervisor is gone: nobody would record this worker's results as its invocation's
+
+    threading.Thread(target=watch, name="optarena-lifeline", daemon=True).start()
+
+
+def _worker_main(config: CompareConfig, environ: dict[str, str], status: Connection, lifeline: Connection) -> None:
+    _exit_with_parent(lifeline)
+    os.environ.clear()  # the supervisor's environment now (the fork server was started with an older one)
+    os.environ.update(environ)
+    try:
+        work(config, report=lambda event, trial_id: status.send((event, trial_id)))
+    except KeyboardInterrupt:
+        status.send(("interrupted", None))
+        sys.exit(1)
+    except StorageError as err:  # nothing more can be recorded: the supervisor stops with this message
+        status.send(("storage", str(err)))
+        sys.exit(1)
+
+
+@dataclass
+class _Worker:
+    process: Any
+    status: Connection
+    lifeline: Connection
+    trial: int | None = None
+    started: float = 0.0
+
+    def drain(self) -> None:
+        """Read the worker's messages: the run it started or ended; an interruption or a storage failure, which
+        end the comparison, are raised here."""
+        while self.status.poll():
+            try:
+                event, value = self.status.recv()
+            except (EOFError, OSError):
+                return
+            if event == "start":
+                self.trial, self.started = value, time.monotonic()
+            elif event == "end":
+                self.trial = None
+            elif event == "interrupted":
+                raise KeyboardInterrupt
+            elif event == "storage":
+                raise StorageError(value)
+
+
+@dataclass
+class Supervision:
+    """What the supervisor saw: runs it recorded as crashed or timed out, and workers lost between runs."""
+
+    crashed: int = 0
+    timed_out: int = 0
+    idle_deaths: int = 0
+
+
+def _context() -> Any:
+    """Fork server: workers start in milliseconds from a process that has imported optarena once, and without the
+    threads torch may have started in the supervisor (which make a plain fork unsafe)."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["optarena.arena.workers"])
+    return context
+
+
+def _start(context: Any, config: CompareConfig) -> _Worker:
+    status_reader, status_writer = context.Pipe(duplex=False)
+    lifeline_reader, lifeline_writer = context.Pipe(duplex=False)
+    process = context.Process(target=_worker_main, args=(config, dict(os.environ), status_writer, lifeline_reader),
+                              daemon=True, name="optarena-worker")
+    process.start()
+    status_writer.close()  # the worker holds these ends now: EOF on status means it is gone
+    lifeline_reader.close()
+    return _Worker(process, status_reader, lifeline_writer)
+
+
+def supervise(config: CompareConfig, store: ArenaStorage, workers: int, refresh: Callable[[], None]) -> Supervision:
+    """Run ``workers`` worker processes until the comparison is complete, replacing any that die or hang."""
+    context = _context()
+    seen = Supervision()
+    pool = [_start(context, config) for _ in range(workers)]
+    try:
+        while pool:
+            multiprocessing.connection.wait([w.status for w in pool] + [w.process.sentinel for w in pool],
+                                            timeout=POLL_SECONDS)
+            for worker in list(pool):
+                worker.drain()
+                timed_out = (config.run_timeout and worker.trial is not None
+                             and time.monotonic() - worker.started > config.run_timeout)
+                if timed_out:
+                    worker.process.kill()
+                    worker.process.join()
+                    store.fail(worker.trial, f"the run took longer than the per-run limit of {config.run_timeout:g} s "
+                                             "(--run-timeout) and its worker was stopped", "timed out")
+                    seen.timed_out += 1
+                elif worker.process.is_alive():
+                    continue
+                else:
+                    worker.process.join()
+                    worker.drain()  # messages sent just before it ended
+                    if worker.trial is not None:
+                        store.fail(worker.trial, f"{describe_exit(worker.process.exitcode)} during this run",
+                                   "crashed")
+                        seen.crashed += 1
+                    elif worker.process.exitcode != 0:
+                        seen.idle_deaths += 1
+                pool.remove(worker)
+                worker.lifeline.close()
+                ended_badly = timed_out or worker.process.exitcode != 0
+                if ended_badly and seen.idle_deaths < MAX_IDLE_DEATHS:
+                    pool.append(_start(context, config))  # the rest of the work still needs it
+            refresh()
+    except KeyboardInterrupt:  # the workers got the same SIGINT: let them record their interrupted runs
+        for worker in pool:
+            worker.process.join(10)
+        raise
+    finally:
+        for worker in pool:
+            if worker.process.is_alive():
+                worker.process.kill()
+            worker.lifeline.close()
+    return seen
