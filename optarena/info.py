@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 LOOKAHEAD_PREFIX = "lookahead_"
+DEFAULT_FUSED_CHUNKS = (32, 4, 1)
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class OptimizerInfo:
     step_bytes: int | None = None
     step_bytes_bf16_state: int | None = None
     #: Tensors per compiled call of the fused step, largest first (see ``optarena.optim.fused``).
-    fused_chunks: tuple[int, ...] = (32, 4, 1)
+    fused_chunks: tuple[int, ...] = DEFAULT_FUSED_CHUNKS
     #: The name under which ultralytics' own trainer builds this optimizer (then ultralytics keeps it).
     ultralytics_name: str | None = None
 

@@ -290,7 +290,7 @@ def _csv(choices: tuple[str, ...] | list[str]) -> Callable[[str], list[str]]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    own = list_optimizers("optarena")
+    own = [n for n in list_optimizers("optarena") if get_optimizer_info(n).step_bytes is not None]
     parser.add_argument("--optimizers", type=_csv(own), default=own,
                         help="comma-separated optarena optimizers (default: all)")
     parser.add_argument("--paths", type=_csv(PATHS), default=list(PATHS),

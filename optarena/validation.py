@@ -12,6 +12,10 @@ from typing import Any
 def check_number(name: str, value: Any, *, low: float = 0.0, high: float = math.inf,
                  low_open: bool = False, high_open: bool = False) -> None:
     """Unless ``value`` is a finite real number in the range (closed by default)."""
+    if type(value).__name__ == "Tensor" or hasattr(value, "__torch_function__"):
+        raise ValueError(f"Invalid {name}: a Tensor ({value!r}); pass a Python float (LR schedulers set floats, and "
+                         "the fused step already hands lr, betas and weight decay to its kernels as tensors, so "
+                         "changing them never recompiles)")
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ValueError(f"Invalid {name}: {value!r} (expected a finite real number)")
     too_low = value <= low if low_open else value < low

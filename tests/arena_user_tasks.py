@@ -67,9 +67,9 @@ def _broken_calls() -> bool:
 
 
 def misbehaving(budget: str = "quick") -> Task:
-    """Like ``linear``, but while building the model of run number OPTARENA_TEST_ACT_AT (runs counted in the file
-    OPTARENA_TEST_COUNTER, which also gets each run's process id) the process does OPTARENA_TEST_ACTION: "kill"
-    (SIGKILL, as the OOM killer would), "int" (SIGINT), "exit" (sys.exit(3)) or "hang" (sleeps for an hour).
+    """Like ``linear``, but while building the model of some runs (counted in the file OPTARENA_TEST_COUNTER, which
+    also gets each run's process id) the process misbehaves as OPTARENA_TEST_ACTIONS says, e.g. "3:kill,5:exit":
+    "kill" (SIGKILL, as the OOM killer would), "int" (SIGINT), "exit" (sys.exit(3)) or "hang" (sleeps for an hour).
     OPTARENA_TEST_PACE adds that many seconds to every step."""
     task = linear(budget)
     task.name = "misbehaving"
@@ -81,8 +81,9 @@ def misbehaving(budget: str = "quick") -> Task:
             f.write(f"{os.getpid()}\n")
         with open(path) as f:
             count = len(f.read().split())
-        if count == int(os.environ.get("OPTARENA_TEST_ACT_AT", "0")):
-            action = os.environ.get("OPTARENA_TEST_ACTION", "kill")
+        actions = dict(item.split(":") for item in os.environ.get("OPTARENA_TEST_ACTIONS", "").split(",") if item)
+        action = actions.get(str(count))
+        if action is not None:
             if action in ("kill", "int"):
                 os.kill(os.getpid(), signal.SIGKILL if action == "kill" else signal.SIGINT)
             elif action == "exit":
@@ -130,3 +131,39 @@ def renamed_linear(budget: str = "quick") -> Task:
 
 def not_a_task():
     return 42
+
+
+def nan_gradient(budget: str = "quick") -> Task:
+    """A finite loss whose gradient is NaN in one entry (sqrt(w − w) at 0): Lion would freeze that weight silently."""
+    def loss(model: nn.Module, batch) -> torch.Tensor:
+        w = model.weight
+        return (w ** 2).sum() + torch.sqrt(w[0, 0] - w[0, 0])
+    return Task(name="nan_gradient", make_model=lambda: nn.Linear(4, 1),
+                make_batches=lambda g, b: itertools.repeat(None), loss=loss,
+                evaluate=lambda m: float((m.weight ** 2).sum()), steps=10)
+
+
+def zero_start(budget: str = "quick") -> Task:
+    """A loss that is exactly 0 at the first step (the model starts at its first target) and small after."""
+    targets = [torch.zeros(3)] + [torch.full((3,), 0.1)] * 1000
+
+    class Point(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(3))
+
+    return Task(name="zero_start", make_model=Point, make_batches=lambda g, b: iter(targets),
+                loss=lambda m, target: ((m.w - target) ** 2).sum(), evaluate=lambda m: float(((m.w - 0.1) ** 2).sum()),
+                steps=20)
+
+
+def hostile_names(budget: str = "quick") -> Task:
+    """Names and an error text that would be markup in a report: they must appear as text."""
+    def evaluate(model: nn.Module) -> float:
+        if not model.training and _broken_calls():
+            raise RuntimeError("<script>alert('error')</script>")
+        return 0.0
+    return Task(name="<b>hostile<b>", make_model=lambda: nn.Linear(2, 1),
+                make_batches=lambda g, b: itertools.repeat(None), loss=lambda m, b: m.weight.sum(),
+                evaluate=evaluate, metric="<svg onload=alert(1)>", steps=4, eval_every=2,
+                description="<img src=x onerror=alert(1)>")

@@ -141,6 +141,17 @@ def test_two_workers_share_one_comparison(tmp_path, monkeypatch):
     (["compare", "--stale-after", "5", "--tasks", "rosenbrock"], "stale_after"),
     (["compare", "--task", f"{USER_TASKS}:linear", "--task", f"{USER_TASKS}:renamed_linear"], "both named"),
     (["compare", "--storage", "postgresql://me:hunter2@127.0.0.1:1/x", "--tasks", "rosenbrock"], "***"),
+    (["compare", "--storage", "postgresql://me:hunter2@127.0.0.1:port/x", "--tasks", "rosenbrock"],
+     "its port is not a number"),
+    (["compare", "--storage", "postgresql://me@127.0.0.1:1/x?password=hunter2", "--tasks", "rosenbrock"],
+     "password=***"),
+    (["compare", "--storage", "postgres ql://me:hunter2@@127.0.0.1/x", "--tasks", "rosenbrock"], "Could not parse"),
+    (["compare", "--storage", "postgresql+psycopg2://me:hunter2@127.0.0.1/x", "--tasks", "rosenbrock"],
+     "no module named 'psycopg2'"),
+    (["compare", "--workers", "100000", "--tasks", "rosenbrock"], "at most 256"),
+    (["compare", "--device", "meta", "--tasks", "rosenbrock"], "meta tensors hold no data"),
+    (["compare", "--tasks", ""], "Invalid --tasks: ''"),
+    (["compare", "--run-timeout", "-1", "--tasks", "rosenbrock"], "run_timeout"),
 ])
 def test_bad_input_gets_a_clear_error(argv, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -148,6 +159,16 @@ def test_bad_input_gets_a_clear_error(argv, message, tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and "hunter2" not in err
+
+
+def test_a_corrupt_storage_file_is_named_with_the_cause(tmp_path, capsys):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "arena.db").write_bytes(b"not a database" * 100)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare", "--tasks", "rosenbrock", "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "arena.db' (DatabaseError: file is not a database)" in err and "Traceback" not in err
 
 
 def test_no_arguments_runs_the_quick_comparison_with_the_default_roster(monkeypatch, tmp_path):

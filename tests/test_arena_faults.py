@@ -27,9 +27,9 @@ def _command(out: Path, *extra: str, tasks: tuple[str, ...] = (MISBEHAVING,)) ->
             "--seeds", "2", "--out", str(out), "--workers", "1", *extra]
 
 
-def _env(counter: Path, action: str = "", at: int = 0, pace: float = 0.0) -> dict[str, str]:
-    return {**os.environ, "OPTARENA_TEST_COUNTER": str(counter), "OPTARENA_TEST_ACTION": action,
-            "OPTARENA_TEST_ACT_AT": str(at), "OPTARENA_TEST_PACE": str(pace)}
+def _env(counter: Path, actions: str = "", pace: float = 0.0) -> dict[str, str]:
+    return {**os.environ, "OPTARENA_TEST_COUNTER": str(counter), "OPTARENA_TEST_ACTIONS": actions,
+            "OPTARENA_TEST_PACE": str(pace)}
 
 
 def _rows(out: Path) -> list[dict[str, str]]:
@@ -47,46 +47,57 @@ def _finished(out: Path) -> int:
     return sum(len(store.finished(cell)) for cell in config.cells())
 
 
-@pytest.mark.parametrize("action, state, reason", [
-    ("kill", "crashed", "killed by signal 9 (SIGKILL)"),
-    ("exit", "crashed", "called sys.exit(3)"),
-    ("hang", "timed out", "per-run limit of 3 s"),
-])
-def test_a_run_that_kills_its_worker_hangs_or_exits_is_recorded_and_the_rest_goes_on(tmp_path, action, state,
-                                                                                    reason):
+def test_runs_that_kill_their_worker_hang_or_exit_are_recorded_and_the_rest_goes_on(tmp_path):
+    """Run 3 SIGKILLs its worker (as the OOM killer would), run 6 calls sys.exit(3), run 9 hangs past --run-timeout:
+    each is recorded with what happened, a healthy task beside them completes, the report is written and the
+    command exits 1 saying how many runs failed."""
     out, counter = tmp_path / "out", tmp_path / "count"
     done = subprocess.run(_command(out, "--run-timeout", "3", tasks=(MISBEHAVING, f"{USER_TASKS}:linear")),
-                          env=_env(counter, action, at=3), capture_output=True, text=True, timeout=300)
+                          env=_env(counter, "3:kill,6:exit,9:hang"), capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stderr  # runs failed: not a success
-    assert f"1 {state}" in done.stderr and "Traceback" not in done.stderr
+    assert "3 of" in done.stderr and "2 crashed, 1 timed out" in done.stderr and "Traceback" not in done.stderr
     rows = _rows(out)
-    failed = [r for r in rows if r["state"] != "complete"]
-    assert [r["state"] for r in failed] == [state] and reason in failed[0]["error"]
+    failed = {r["error"].strip(): r["state"] for r in rows if r["state"] != "complete"}
+    assert failed == {"the worker process was killed by signal 9 (SIGKILL) during this run": "crashed",
+                      "the task's code called sys.exit(3)": "crashed",
+                      "the run took longer than the per-run limit of 3 s (--run-timeout) and its worker was stopped":
+                          "timed out"}
     assert {(r["task"], r["optimizer"]) for r in rows if r["state"] == "complete"} == {
         (task, optimizer) for task in ("misbehaving", "linear") for optimizer in ("adamw", "lion")}
     config = CompareConfig(optimizers=("adamw", "lion"), tasks=(MISBEHAVING, f"{USER_TASKS}:linear"), budget="tiny",
                            seeds=2, out=out)
     store = ArenaStorage(config.storage, invocation="a later one")
     assert all(config.plan(cell, store.finished(cell)).complete or cell.task == MISBEHAVING
-               for cell in config.cells())  # the failed run stays open for a later invocation, the rest is done
-    assert state in (out / "report.md").read_text()
+               for cell in config.cells())  # the failed runs stay open for a later invocation, the rest is done
+    report = (out / "report.md").read_text()
+    assert "Runs that failed" in report and "timed out" in report and "crashed" in report
 
 
-def test_ctrl_c_in_a_worker_stops_the_command_and_it_resumes(tmp_path):
+def _resume(out: Path, counter: Path, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Run the same comparison again (in this process, which is quicker than a command), with a fresh run counter;
+    the number of runs it made."""
+    from optarena.arena import run_compare
+
+    counter.unlink()
+    monkeypatch.setenv("OPTARENA_TEST_COUNTER", str(counter))
+    results = run_compare(CompareConfig(optimizers=("adamw", "lion"), tasks=(MISBEHAVING,), budget="tiny", seeds=2,
+                                        out=out, workers=1, threads=1), show_progress=False)
+    assert all(r.state == "complete" for r in results.records)
+    return len(_started(counter))
+
+
+def test_ctrl_c_in_a_worker_stops_the_command_and_it_resumes(tmp_path, monkeypatch):
     out, counter = tmp_path / "out", tmp_path / "count"
-    interrupted = subprocess.run(_command(out), env=_env(counter, "int", at=5), capture_output=True, text=True,
+    interrupted = subprocess.run(_command(out), env=_env(counter, "5:int"), capture_output=True, text=True,
                                  timeout=300)
     assert interrupted.returncode == 130, interrupted.stderr
     assert "Run the same command again to resume" in interrupted.stdout
     finished_before = _finished(out)
     assert finished_before == 4  # runs 1-4 finished and were stored at once; run 5 was interrupted
-    counter.unlink()
-    resumed = subprocess.run(_command(out), env=_env(counter), capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
-    assert len(_started(counter)) == len(_rows(out)) - finished_before  # nothing finished ran again
+    assert _resume(out, counter, monkeypatch) == len(_rows(out)) - finished_before  # nothing finished ran again
 
 
-def test_kill_9_of_the_command_ends_its_workers_and_it_resumes(tmp_path):
+def test_kill_9_of_the_command_ends_its_workers_and_it_resumes(tmp_path, monkeypatch):
     """The workers notice that their supervisor is gone and exit; the next invocation runs only what was not
     finished (the run that was going on when the command died is taken over: its process no longer exists)."""
     out, counter = tmp_path / "out", tmp_path / "count"
@@ -104,10 +115,7 @@ def test_kill_9_of_the_command_ends_its_workers_and_it_resumes(tmp_path):
         time.sleep(0.05)
     assert not any(_alive(pid) for pid in workers)
     finished_before = _finished(out)
-    counter.unlink()
-    resumed = subprocess.run(_command(out), env=_env(counter), capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
-    assert len(_started(counter)) == len(_rows(out)) - finished_before
+    assert _resume(out, counter, monkeypatch) == len(_rows(out)) - finished_before
 
 
 def _alive(pid: int) -> bool:
@@ -120,3 +128,104 @@ def _alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return True
+
+
+TASK_FILE = """
+import torch
+from torch import nn
+from optarena.arena import Task
+
+X = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
+Y = X.sum(1, keepdim=True)
+
+
+def make(budget="quick"):
+    return Task(name="edited", make_model=lambda: nn.Linear(4, 1),
+                make_batches=lambda g, b: iter(lambda: (X, Y), None),
+                loss=lambda m, batch: nn.functional.mse_loss(m(batch[0]), batch[1]),
+                evaluate=lambda m: nn.functional.mse_loss(m(X), Y).item(), steps=STEPS)
+"""
+
+
+def test_a_changed_task_runs_anew(tmp_path):
+    """Runs are stored under the task's fingerprint: after an edit (here its steps, 20 -> 40) a re-run makes new
+    runs, and the report shows only those, never results of the old definition beside the new task table."""
+    from optarena.arena import run_compare
+    from optarena.arena.catalog import load_tasks
+
+    source = tmp_path / "edited_task.py"
+    config = dict(optimizers=("adamw",), tasks=(f"{source}:make",), budget="tiny", seeds=1, out=tmp_path / "out",
+                  workers=1, threads=1)
+    steps_seen = []
+    for steps in (20, 40):
+        source.write_text(TASK_FILE.replace("STEPS", str(steps)))
+        load_tasks.cache_clear()  # as a new invocation would load it
+        results = run_compare(CompareConfig(**config), show_progress=False)
+        steps_seen.append({int(r["steps"]) for r in _rows(tmp_path / "out")})
+        assert results.records and all(r.result.steps == steps for r in results.records)
+    assert steps_seen == [{20}, {40}]
+    assert "| edited | val_loss" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_a_non_finite_gradient_is_a_divergence_and_a_zero_starting_loss_is_not(tmp_path):
+    from optarena.arena import run_compare
+
+    config = CompareConfig(optimizers=("lion",), tasks=(f"{USER_TASKS}:nan_gradient", f"{USER_TASKS}:zero_start"),
+                           budget="tiny", seeds=1, out=tmp_path / "out", workers=1, threads=1)
+    results = run_compare(config, show_progress=False)
+    nan_runs = [r for r in results.records if r.cell.task_name == "nan_gradient"]
+    assert nan_runs and all(r.state == "diverged" and r.result.diverged_because == "non-finite gradient"
+                            and r.result.diverged_at == 1 for r in nan_runs)
+    zero_runs = [r for r in results.records if r.cell.task_name == "zero_start"]
+    assert zero_runs and all(r.state == "complete" for r in zero_runs)
+
+
+def test_report_shows_markup_in_names_and_errors_as_text(tmp_path):
+    from optarena.arena import run_compare
+
+    config = CompareConfig(optimizers=("adamw",), tasks=(f"{USER_TASKS}:hostile_names",), budget="tiny", seeds=1,
+                           out=tmp_path / "out", workers=1, threads=1)
+    run_compare(config, show_progress=False)
+    for name in ("report.md", "report.html"):
+        text = (tmp_path / "out" / name).read_text()
+        assert "&lt;script&gt;" in text and "&lt;b&gt;hostile" in text
+        for markup in ("<script>", "<svg onload", "<img src=x", "<b>hostile"):
+            assert markup not in text, (name, markup)
+
+
+def test_a_report_file_is_replaced_whole_or_not_at_all(tmp_path):
+    from optarena.arena.report import write_atomically
+
+    target = tmp_path / "report.md"
+    target.write_text("the previous report")
+
+    def fails_halfway(partial: Path) -> None:
+        partial.write_text("half a rep")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        write_atomically(target, fails_halfway)
+    assert target.read_text() == "the previous report" and list(tmp_path.iterdir()) == [target]
+    write_atomically(target, lambda partial: partial.write_text("the new report"))
+    assert target.read_text() == "the new report"
+
+
+def test_a_storage_that_fails_while_running_names_itself_and_the_cause(tmp_path, monkeypatch):
+    import optuna
+    import sqlalchemy
+
+    from optarena.arena.storage import StorageError
+
+    store = ArenaStorage(f"sqlite:///{tmp_path / 'arena.db'}")
+    cell = CompareConfig(optimizers=("adamw",), tasks=(f"{USER_TASKS}:linear",), budget="tiny",
+                         out=tmp_path).cells()[0]
+    trial = store.claim(cell, 1e-3, 0)
+
+    def full(*args, **kwargs):
+        raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") from \
+            sqlalchemy.exc.OperationalError("COMMIT", None, Exception("database or disk is full"))
+
+    monkeypatch.setattr(store.storage, "set_trial_user_attr", full)
+    with pytest.raises(StorageError, match=r"arena.db' failed while recording a failed run: Exception: database or "
+                                           r"disk is full \(is the disk full\?\)"):
+        store.fail(trial, "boom")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -78,7 +79,24 @@ def load_task(spec: str, budget: str = "quick") -> Task:
     task = factory(budget=budget) if accepts_budget else factory()
     if not isinstance(task, Task):
         raise ValueError(f"Invalid task: {spec!r} returned {type(task).__name__}, not optarena.arena.Task")
+    task.fingerprint = fingerprint(task, factory)
     return task
+
+
+#: The fields of a Task that shape its runs: a change to any of them (or to the factory's source file) is a new task.
+FINGERPRINTED = ("name", "metric", "higher_is_better", "target", "steps", "batch_size", "batch_sizes",
+                 "weight_decay", "eval_every")
+
+
+def fingerprint(task: Task, factory: Callable[..., Task]) -> str:
+    """A short hash of ``task``'s definition: the fields that shape a run and the source of the factory's file
+    (its data and model code live there; what it imports from elsewhere is not covered)."""
+    digest = hashlib.sha256(repr([getattr(task, name) for name in FINGERPRINTED]).encode())
+    try:
+        digest.update(Path(inspect.getsourcefile(factory) or "").read_bytes())
+    except (OSError, TypeError):  # a factory without a source file (built in C, made at run time)
+        digest.update(getattr(factory, "__qualname__", repr(factory)).encode())
+    return digest.hexdigest()[:12]
 
 
 @functools.cache

@@ -6,6 +6,7 @@ import math
 import time
 from collections.abc import Callable
 
+from .catalog import load_tasks
 from .config import CompareConfig
 from .storage import FAILURES, ArenaStorage
 from .workers import POLL_SECONDS, supervise, work
@@ -31,6 +32,7 @@ def run_compare(config: CompareConfig, *, show_progress: bool = True):
     from .results import ResultSet
 
     config.out.mkdir(parents=True, exist_ok=True)
+    load_tasks.cache_clear()  # a task file edited since an earlier comparison in this process is read anew
     config.load_tasks()
     store = config.open_storage()
     for cell in config.cells():  # create the studies before workers race to do it

@@ -116,8 +116,8 @@ class CompareConfig:
 
     def cells(self) -> list[Cell]:
         tasks = self.load_tasks()
-        return cells_for([(spec, t.name, self.batch_sizes_for(t), t.higher_is_better) for spec, t in tasks.items()],
-                         self.optimizers, self.budget)
+        return cells_for([(spec, t.name, self.batch_sizes_for(t), t.higher_is_better, t.fingerprint)
+                          for spec, t in tasks.items()], self.optimizers, self.budget)
 
     def plan(self, cell: Cell, finished: Mapping[str, Outcome]) -> CellPlan:
         task = self.load_tasks()[cell.task]

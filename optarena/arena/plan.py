@@ -21,7 +21,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from ..registry import base_optimizer_info
+from ..info import LOOKAHEAD_PREFIX, base_optimizer_info
 
 STRESS_STEPS = (0, 1, 2)
 """AdamW's default lr times 10^(k/2): 1e-3, 3.2e-3, 1e-2 — AdamW-sized learning rates, no warm-up."""
@@ -81,10 +81,13 @@ class Cell:
     optimizer: str
     budget: str
     higher_is_better: bool
+    fingerprint: str = ""
+    """The task definition's (``Task.fingerprint``): a changed task gets new studies, so its runs are made anew."""
 
     @property
     def study_name(self) -> str:
-        return f"{self.task_name}|bs={self.batch_size}|{self.optimizer}|{self.budget}"
+        name = f"{self.task_name}|bs={self.batch_size}|{self.optimizer}|{self.budget}"
+        return f"{name}|{self.fingerprint}" if self.fingerprint else name
 
 
 @dataclass
@@ -123,7 +126,7 @@ def plan_cell(cell: Cell, budget: Budget, seeds: int, finished: Mapping[str, Out
     base = default_lr(cell.optimizer)
     low, high = min(budget.grid), max(budget.grid)
     plan = CellPlan()
-    if stress and base_optimizer_info(cell.optimizer).stress:
+    if stress and not cell.optimizer.startswith(LOOKAHEAD_PREFIX) and base_optimizer_info(cell.optimizer).stress:
         plan.missing += [(lr, 0) for lr in stress_lrs()]
     while True:
         ks = range(low, high + 1)
@@ -154,12 +157,12 @@ def plan_cell(cell: Cell, budget: Budget, seeds: int, finished: Mapping[str, Out
     return plan
 
 
-def cells_for(tasks: Iterable[tuple[str, str, tuple[int, ...], bool]], optimizers: Iterable[str],
+def cells_for(tasks: Iterable[tuple[str, str, tuple[int, ...], bool, str]], optimizers: Iterable[str],
               budget: str) -> list[Cell]:
     """Cells in the order they are worked on: task by task, so early results cover whole tasks.
 
-    ``tasks`` holds ``(spec, name, batch_sizes, higher_is_better)`` per task.
+    ``tasks`` holds ``(spec, name, batch_sizes, higher_is_better, fingerprint)`` per task.
     """
     optimizers = list(optimizers)
-    return [Cell(spec, name, bs, opt, budget, higher)
-            for spec, name, batch_sizes, higher in tasks for bs in batch_sizes for opt in optimizers]
+    return [Cell(spec, name, bs, opt, budget, higher, fingerprint)
+            for spec, name, batch_sizes, higher, fingerprint in tasks for bs in batch_sizes for opt in optimizers]

@@ -8,6 +8,7 @@ import html
 import math
 import os
 import platform
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -278,7 +279,7 @@ def write_report(results: ResultSet, out: Path, *, wall_seconds: float | None = 
             md_escape(f"- {results.task(r.cell).name} {r.cell.optimizer} lr {r.lr:g} seed {r.seed}, {r.state}: "
                       f"{(r.error or '').strip().splitlines()[-1]}") for r in failed]
         md.append("")
-    md += ["## Plots", ""] + [f"### {md_escape(title)}\n\n![{md_escape(title)}]({path.name})\n"
+    md += ["## Plots", ""] + [f"### {md_escape(title)}\n\n![{md_escape(title)}]({urllib.parse.quote(path.name)})\n"
                               for title, path in plots]
     write_atomically(out / "report.md", lambda partial: partial.write_text("\n".join(md)))
 

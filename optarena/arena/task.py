@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -44,6 +44,7 @@ class Task:
         surface: for 2-D problems, ``(x, y) -> z`` on tensors, drawn under the optimizer trajectories.
         position: for 2-D problems, ``model -> (x, y)``; the runner records it after every step.
         description: one line for ``optarena tasks`` and the report.
+        fingerprint: set when the task is loaded by name or ``module:function`` (see ``load_task``).
 
     The runner moves the model and each batch (tensors, or lists/tuples/dicts of them) to the comparison's device;
     ``loss`` and ``evaluate`` get the model there, so fixed data they hold must follow it (``x.to(device)``).
@@ -65,6 +66,9 @@ class Task:
     surface: Callable[[Tensor, Tensor], Tensor] | None = None
     position: Callable[[nn.Module], tuple[float, float]] | None = None
     description: str = ""
+    #: Set by the loader (``load_task``): a hash of the definition (the fields above that shape a run, and the
+    #: source file of the factory). Runs are stored under it, so a task changed between invocations runs anew.
+    fingerprint: str = field(default="", init=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.name or any(c in self.name for c in "/\\: "):

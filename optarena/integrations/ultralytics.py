@@ -51,7 +51,10 @@ def is_optarena_name(name: str) -> bool:
 
 
 def check_lr0(name: str, lr0: float) -> None:
-    """Warn when ``lr0`` is ultralytics' SGD default or outside the authors' range for ``name``."""
+    """Warn when ``lr0`` is ultralytics' SGD default or outside the authors' range for ``name`` (nothing for a name
+    optarena does not know)."""
+    if str(name).lower().removeprefix(LOOKAHEAD_PREFIX) not in list_optimizers():
+        return
     info = base_optimizer_info(name)
     rule = info.translation
     if rule is None:

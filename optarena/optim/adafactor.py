@@ -103,7 +103,9 @@ class Adafactor(OptarenaOptimizer):
         relative_step: use ``ρ_t``; ``False`` uses ``lr`` as is.
         scale_parameter: multiply the step by ``max(eps2, RMS(θ))``.
         warmup_init: the paper's warm-up, ``ρ_t = min(lr, 1e-6·t, 1/sqrt(t))``; needs ``relative_step``.
-        maximize, foreach, fused, state_dtype, stochastic_rounding: as :class:`optarena.Lion`.
+        maximize, foreach, fused, state_dtype, stochastic_rounding, skip_nonfinite: as :class:`optarena.Lion`.
+            For Adafactor a gradient entry whose square overflows (above ~1.8e19 in float32) counts as non-finite:
+            it would make the factored second moment infinite and the whole tensor's update NaN.
     """
 
     def __init__(self, params: ParamsT, lr: float = 1e-2, beta2_decay: float = -0.8,
@@ -111,11 +113,13 @@ class Adafactor(OptarenaOptimizer):
                  weight_decay: float = 0.0, *, beta1: float | None = None, relative_step: bool = True,
                  scale_parameter: bool = True, warmup_init: bool = False, maximize: bool = False,
                  foreach: bool | None = None, fused: bool | None = None,
-                 state_dtype: torch.dtype | None = None, stochastic_rounding: bool = False) -> None:
+                 state_dtype: torch.dtype | None = None, stochastic_rounding: bool = False,
+                 skip_nonfinite: bool = False) -> None:
         defaults = dict(lr=lr, beta2_decay=beta2_decay, eps=eps, clip_threshold=clip_threshold,
                         weight_decay=weight_decay, beta1=beta1, relative_step=relative_step,
                         scale_parameter=scale_parameter, warmup_init=warmup_init, maximize=maximize, foreach=foreach,
-                        fused=fused, state_dtype=state_dtype, stochastic_rounding=stochastic_rounding)
+                        fused=fused, state_dtype=state_dtype, stochastic_rounding=stochastic_rounding,
+                        skip_nonfinite=skip_nonfinite)
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:
@@ -155,6 +159,13 @@ class Adafactor(OptarenaOptimizer):
         if group["beta1"] is not None:
             state["exp_avg"] = zeros_state(p, group=group)
         return state
+
+    @classmethod
+    def _grad_limit(cls, dtype: torch.dtype) -> float:
+        return math.sqrt(torch.finfo(dtype).max)  # g² must stay finite
+
+    def _optional_state(self, group: dict[str, Any]) -> set[str]:
+        return {"exp_avg"}  # made by state_for when beta1 is switched on after some steps
 
     def state_for(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         state = super().state_for(p, group)

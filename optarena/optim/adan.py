@@ -66,7 +66,7 @@ class Adan(OptarenaOptimizer):
         no_prox: use AdamW-style decoupled decay instead of the proximal form.
         max_grad_norm: if > 0, every gradient is scaled by ``min(1, max_grad_norm/(‖g‖ + eps))`` where ``‖g‖``
             is the global norm over all parameter groups (as the official code; ``p.grad`` is not modified).
-        maximize, foreach, fused, state_dtype, stochastic_rounding: as :class:`optarena.Lion`.
+        maximize, foreach, fused, state_dtype, stochastic_rounding, skip_nonfinite: as :class:`optarena.Lion`.
 
     Step counts are kept per parameter (the official code keeps one per group); they differ only for parameters
     that miss gradients on some steps. :meth:`restart` resets all state (the official ``restart_opt``).
@@ -75,12 +75,14 @@ class Adan(OptarenaOptimizer):
     def __init__(self, params: ParamsT, lr: float = 1e-3, betas: tuple[float, float, float] = (0.98, 0.92, 0.99),
                  eps: float = 1e-8, weight_decay: float = 0.0, *, no_prox: bool = False, max_grad_norm: float = 0.0,
                  maximize: bool = False, foreach: bool | None = None, fused: bool | None = None,
-                 state_dtype: torch.dtype | None = None, stochastic_rounding: bool = False) -> None:
+                 state_dtype: torch.dtype | None = None, stochastic_rounding: bool = False,
+                 skip_nonfinite: bool = False) -> None:
         # max_grad_norm is global (one norm over every group), so it is checked once here, not per group.
         check_number("max_grad_norm", max_grad_norm)
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, no_prox=no_prox,
                         max_grad_norm=max_grad_norm, maximize=maximize, foreach=foreach,
-                        fused=fused, state_dtype=state_dtype, stochastic_rounding=stochastic_rounding)
+                        fused=fused, state_dtype=state_dtype, stochastic_rounding=stochastic_rounding,
+                        skip_nonfinite=skip_nonfinite)
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:
@@ -109,7 +111,8 @@ class Adan(OptarenaOptimizer):
         norms = torch._foreach_norm([p.grad.to(math_dtype(p)) for p in params])
         # a DTensor's norm (FSDP2) is partial, each rank's shard: full_tensor() reduces it to the global norm
         norms = [n.full_tensor() if hasattr(n, "full_tensor") else n for n in norms]
-        total = torch.linalg.vector_norm(torch.stack([n.to(torch.float64) for n in norms]))  # no host sync
+        device = params[0].device  # params may lie on several devices
+        total = torch.linalg.vector_norm(torch.stack([n.to(device, torch.float64) for n in norms]))  # no host sync
         return (max_norm / (total + self.defaults["eps"])).clamp(max=1.0)
 
     @classmethod

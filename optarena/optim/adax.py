@@ -68,16 +68,18 @@ class AdaX(OptarenaOptimizer):
         eps: added to ``sqrt(v̂)`` (> 0: with 0, a zero gradient divides 0 by 0).
         weight_decay: L2 penalty added to the gradient, or decoupled decay with ``decoupled_weight_decay``.
         decoupled_weight_decay: AdaX-W: ``θ ← θ·(1 − lr·wd)`` instead of L2.
-        maximize, foreach, fused, state_dtype, stochastic_rounding: as :class:`optarena.Lion`.
+        maximize, foreach, fused, state_dtype, stochastic_rounding, skip_nonfinite: as :class:`optarena.Lion`.
     """
 
     def __init__(self, params: ParamsT, lr: float = 1.5e-3, betas: tuple[float, float] = (0.9, 1e-4),
                  eps: float = 1e-8, weight_decay: float = 0.0, *, decoupled_weight_decay: bool = False,
                  maximize: bool = False, foreach: bool | None = None, fused: bool | None = None,
-                 state_dtype: torch.dtype | None = None, stochastic_rounding: bool = False) -> None:
+                 state_dtype: torch.dtype | None = None, stochastic_rounding: bool = False,
+                 skip_nonfinite: bool = False) -> None:
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                         decoupled_weight_decay=decoupled_weight_decay, maximize=maximize, foreach=foreach,
-                        fused=fused, state_dtype=state_dtype, stochastic_rounding=stochastic_rounding)
+                        fused=fused, state_dtype=state_dtype, stochastic_rounding=stochastic_rounding,
+                        skip_nonfinite=skip_nonfinite)
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:

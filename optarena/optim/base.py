@@ -10,7 +10,8 @@ written once.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+import math
+from collections.abc import Callable, Iterable
 from typing import Any, TypeAlias
 
 import torch
@@ -19,8 +20,9 @@ from torch.optim import Optimizer
 
 from ..validation import check_choice
 from . import fused
+from .checkpoint import check_state_dict
 from .ops import Scalar
-from .step import group_by_device_and_dtype, state_dtype_for, step_tensors
+from .step import group_by_device_and_dtype, math_dtype, runs_of, state_dtype_for, step_tensors
 
 ParamsT: TypeAlias = Iterable[Tensor] | Iterable[dict[str, Any]]
 
@@ -37,34 +39,26 @@ def default_to_foreach(params: Iterable[Tensor]) -> bool:
     return all(p.device.type != "cpu" for p in params)
 
 
-def foreach_chunks(indices: list[int], params: list[Tensor]) -> Iterator[list[int]]:
+def foreach_chunks(indices: list[int], params: list[Tensor]) -> list[list[int]]:
     """``indices`` (of one device) in order, cut into runs of at most FOREACH_ELEMENTS elements (or one larger
     tensor)."""
     limit = FOREACH_ELEMENTS["cpu" if params[indices[0]].device.type == "cpu" else "other"]
-    run: list[int] = []
-    total = 0
-    for i in indices:
-        n = params[i].numel()
-        if run and total + n > limit:
-            yield run
-            run, total = [], 0
-        run.append(i)
-        total += n
-    if run:
-        yield run
+    return runs_of(indices, lambda i: params[i].numel(), limit)
 
 
 class OptarenaOptimizer(Optimizer):
     """Base of every optarena optimizer: validation, closure, maximize, path choice, fp32 math, checkpoints."""
 
     def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
+        #: Seconds spent compiling fused kernels by this optimizer (0 when they came from an earlier optimizer).
+        self.fused_compile_seconds = 0.0
+        self.fused_kernels_made = 0
+        #: Steps skipped by ``skip_nonfinite`` since this optimizer was made.
+        self.skipped_steps = 0
         self._reset_fused()
         super().__init__(params, defaults)
 
     def _reset_fused(self) -> None:
-        #: Seconds spent compiling fused kernels by this optimizer (0 when they came from an earlier optimizer).
-        self.fused_compile_seconds = 0.0
-        self.fused_kernels_made = 0
         self._fused_plans: dict[int, fused.FusedPlan] = {}  # id(group) → its fused step, reused while it serves
         self._fused_failures: dict[int, tuple[Any, ...]] = {}  # id(group) → the configuration that failed to compile
 
@@ -88,6 +82,15 @@ class OptarenaOptimizer(Optimizer):
         """The algorithm's math on same-device, same-dtype fp32/fp64 tensors (see ``step.Update``)."""
         raise NotImplementedError
 
+    def _optional_state(self, group: dict[str, Any]) -> set[str]:
+        """State keys a checkpoint may lack because ``state_for`` makes them when they are first needed."""
+        return set()
+
+    @classmethod
+    def _grad_limit(cls, dtype: torch.dtype) -> float:
+        """The largest gradient magnitude the math handles in ``dtype``; ``skip_nonfinite`` skips steps beyond it."""
+        return math.inf
+
     def _grad_scale(self, params: list[Tensor]) -> Tensor | None:
         """A factor for every gradient of this step (``params``: all with a grad, over all groups), or None;
         Adan's global-norm clipping overrides it."""
@@ -99,13 +102,7 @@ class OptarenaOptimizer(Optimizer):
         group = self.param_groups[-1]
         try:
             self._check_group(group)
-            check_choice("maximize", group["maximize"], (False, True))
-            check_choice("foreach", group["foreach"], (None, False, True))
-            check_choice("fused", group["fused"], (None, False, True))
-            if group["fused"] and group["foreach"]:
-                raise ValueError("Invalid fused=True with foreach=True: choose one execution path")
-            check_choice("state_dtype", group["state_dtype"], (None, torch.float32, torch.bfloat16))
-            check_choice("stochastic_rounding", group["stochastic_rounding"], (False, True))
+            self._check_machinery(group)
             for p in group["params"]:
                 if p.is_complex():
                     raise ValueError(
@@ -118,21 +115,42 @@ class OptarenaOptimizer(Optimizer):
             self.param_groups.pop()
             raise
 
+    def _check_machinery(self, group: dict[str, Any]) -> None:
+        """The checks of the arguments every optarena optimizer takes."""
+        check_choice("maximize", group["maximize"], (False, True))
+        check_choice("foreach", group["foreach"], (None, False, True))
+        check_choice("fused", group["fused"], (None, False, True))
+        if group["fused"] and group["foreach"]:
+            raise ValueError("Invalid fused=True with foreach=True: choose one execution path")
+        check_choice("state_dtype", group["state_dtype"], (None, torch.float32, torch.bfloat16))
+        check_choice("stochastic_rounding", group["stochastic_rounding"], (False, True))
+        skip = group.setdefault("skip_nonfinite", self.defaults.setdefault("skip_nonfinite", False))
+        check_choice("skip_nonfinite", skip, (False, True))
+        if skip != self.defaults["skip_nonfinite"]:
+            raise ValueError(f"Invalid skip_nonfinite in a param group: {skip!r} (a step is skipped or made for all "
+                             "groups at once; set it once in the constructor)")
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Also runs at the end of load_state_dict and after deepcopy/unpickling: groups saved by an older version
         # get the newer keys' defaults. torch's base adds "differentiable" to the defaults, which no optarena
-        # optimizer takes: it stays out of the groups, so that state_dict() is the same after a reload.
+        # optimizer takes: it is dropped, so that state_dict() and later groups are the same after a reload.
         super().__setstate__(state)
+        self.defaults.pop("differentiable", None)
+        for name, value in (("fused_compile_seconds", 0.0), ("fused_kernels_made", 0), ("skipped_steps", 0)):
+            self.__dict__.setdefault(name, value)  # absent after unpickling: torch pickles only the state
         self._reset_fused()
         for group in self.param_groups:
             for key, value in self.defaults.items():
-                if key != "differentiable":
-                    group.setdefault(key, value)
+                group.setdefault(key, value)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """As torch.optim, but state keeps the group's state dtype: fp32 for bf16/fp16 parameters (torch would round
         it to the param's dtype, silently losing the moments' precision on every resume), bf16 with
-        ``state_dtype=torch.bfloat16``; step counts become float64 CPU tensors, whatever they were saved as."""
+        ``state_dtype=torch.bfloat16``; step counts become float64 CPU tensors, whatever they were saved as.
+
+        Refuses, before changing anything, a state dict saved from another optimizer or model, or whose
+        hyper-parameters the constructor would refuse (``ValueError`` naming the group, parameter and key)."""
+        check_state_dict(self, state_dict)
         super().load_state_dict(state_dict)
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         owners = [(p, g) for g in self.param_groups for p in g["params"]]
@@ -146,7 +164,7 @@ class OptarenaOptimizer(Optimizer):
                 if key == "step":
                     # torch casts "step" to float32 on the param's device for groups with fused=True (its own
                     # fused kernels' convention); a hand-made checkpoint may hold a number
-                    state[key] = torch.as_tensor(value).to(device="cpu", dtype=torch.float64).reshape(())
+                    state[key] = torch.tensor(float(value), dtype=torch.float64)  # its own, not the caller's
                 elif isinstance(value, Tensor) and value.is_floating_point() and state[key].dtype != dtype:
                     state[key] = value.to(device=p.device, dtype=dtype)
 
@@ -160,6 +178,9 @@ class OptarenaOptimizer(Optimizer):
         with_grads = [(group, [p for p in group["params"] if p.grad is not None]) for group in self.param_groups]
         all_params = [p for _, params in with_grads for p in params]
         self._check_grads(all_params)
+        if self.defaults.get("skip_nonfinite") and not self._grads_in_range(all_params):
+            self.skipped_steps += 1
+            return loss
         scale = self._grad_scale(all_params)
         for group, params in with_grads:
             if params:
@@ -189,6 +210,16 @@ class OptarenaOptimizer(Optimizer):
                 raise RuntimeError(f"{type(self).__name__} does not support sparse gradients (got one for a "
                                    f"parameter of shape {tuple(p.shape)}); use dense gradients, e.g. "
                                    "nn.Embedding(sparse=False)")
+
+    def _grads_in_range(self, params: list[Tensor]) -> bool:
+        """Whether every gradient entry is finite and within ``_grad_limit``: one reduction, one host sync."""
+        if not params:
+            return True
+        largest = torch.stack([n.to(torch.float64) for n in torch._foreach_norm([p.grad for p in params],
+                                                                                  math.inf)])
+        limits = torch.tensor([self._grad_limit(math_dtype(p)) for p in params], dtype=torch.float64,
+                              device=largest.device)
+        return bool((largest.isfinite() & (largest <= limits)).all())
 
     def _step_group(self, group: dict[str, Any], params: list[Tensor], scale: Scalar | None) -> None:
         states = [self.state_for(p, group) for p in params]

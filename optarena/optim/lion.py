@@ -57,14 +57,18 @@ class Lion(OptarenaOptimizer):
         state_dtype: dtype of the state buffers: ``None`` (fp32 for fp32/bf16/fp16 params, fp64 for fp64) or
             ``torch.bfloat16`` (half the state memory; the math stays fp32).
         stochastic_rounding: round bf16 parameters stochastically when writing the fp32 result back.
+        skip_nonfinite: skip the whole step (every group; ``skipped_steps`` counts them) when a gradient holds a
+            NaN or infinity, as ``torch.amp.GradScaler`` does. Without it a non-finite gradient entry reaches its
+            parameter (the next loss shows it), as in torch.optim: Lion's sign keeps a NaN a NaN.
     """
 
     def __init__(self, params: ParamsT, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
                  weight_decay: float = 0.0, *, maximize: bool = False, foreach: bool | None = None,
                  fused: bool | None = None, state_dtype: torch.dtype | None = None,
-                 stochastic_rounding: bool = False) -> None:
+                 stochastic_rounding: bool = False, skip_nonfinite: bool = False) -> None:
         defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize, foreach=foreach,
-                        fused=fused, state_dtype=state_dtype, stochastic_rounding=stochastic_rounding)
+                        fused=fused, state_dtype=state_dtype, stochastic_rounding=stochastic_rounding,
+                        skip_nonfinite=skip_nonfinite)
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:

@@ -145,6 +145,8 @@ def scaled(xs: list[Tensor], value: Scalars) -> list[Tensor]:
     """xs·value, new tensors."""
     if not _traced(value):
         return torch._foreach_mul(xs, value)
+    if isinstance(value, Tensor) and value.dim() == 0 and not compiling():  # one call for Adan's clipping scale
+        return torch._foreach_mul(xs, value.to(xs[0].dtype))
     return [x * _against(v, x) for x, v in zip(xs, _each(value, len(xs)))]
 
 
@@ -207,7 +209,12 @@ def addcdiv_(xs: list[Tensor], a: list[Tensor], b: list[Tensor], value: Scalars)
 
 
 def sign_(xs: list[Tensor]) -> None:
-    torch._foreach_sign_(xs)
+    """xs ← sign(xs), but a NaN stays NaN: ``torch.sign(nan)`` is 0, which would silently freeze a weight whose
+    gradient is NaN. Computed as x clamped to ±tiny times 1/tiny (both powers of two: exactly ±1 for every normal
+    number, 0 for 0; a subnormal x gives x/tiny, within a subnormal of the sign)."""
+    tiny = torch.finfo(xs[0].dtype).tiny
+    for x in xs:
+        x.clamp_(-tiny, tiny).mul_(1 / tiny)
 
 
 def _unary_(xs: list[Tensor], op: str) -> None:

@@ -48,8 +48,8 @@ class RLion(Lion):
     magnitude, so on another model tune it together with lr; the default is evidence from one small task.
 
     Args:
-        params, lr, betas, weight_decay, maximize, foreach, fused, state_dtype, stochastic_rounding: as
-            :class:`Lion`.
+        params, lr, betas, weight_decay, maximize, foreach, fused, state_dtype, stochastic_rounding,
+            skip_nonfinite: as :class:`Lion`.
         alpha: the scale α applied to the momentum before the bounded map (> 0).
         bound: ``"arctan"`` or ``"tanh"``.
     """
@@ -57,10 +57,12 @@ class RLion(Lion):
     def __init__(self, params: ParamsT, lr: float = 3e-3, betas: tuple[float, float] = (0.9, 0.99),
                  weight_decay: float = 0.0, *, alpha: float = 300.0, bound: str = "arctan", maximize: bool = False,
                  foreach: bool | None = None, fused: bool | None = None,
-                 state_dtype: torch.dtype | None = None, stochastic_rounding: bool = False) -> None:
+                 state_dtype: torch.dtype | None = None, stochastic_rounding: bool = False,
+                 skip_nonfinite: bool = False) -> None:
         defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, alpha=alpha, bound=bound,
                         maximize=maximize, foreach=foreach,
-                        fused=fused, state_dtype=state_dtype, stochastic_rounding=stochastic_rounding)
+                        fused=fused, state_dtype=state_dtype, stochastic_rounding=stochastic_rounding,
+                        skip_nonfinite=skip_nonfinite)
         OptarenaOptimizer.__init__(self, params, defaults)  # Lion's would fix the defaults without α and bound
 
     def _check_group(self, group: dict[str, Any]) -> None:

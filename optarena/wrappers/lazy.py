@@ -183,9 +183,8 @@ def _check_base(base: Optimizer) -> None:
             why = f"{name} is not elementwise (its update mixes elements of a tensor, e.g. over rows and columns)"
         else:
             why = f"Lazy cannot run {name} on gathered rows"
-        supported = sorted({get_optimizer_info(n).cls.__name__ for n in list_optimizers()
-                            if get_optimizer_info(n).elementwise and not issubclass(get_optimizer_info(n).cls,
-                                                                                    UNSUPPORTED)})
+        infos = [get_optimizer_info(n) for n in list_optimizers()]
+        supported = sorted({i.cls.__name__ for i in infos if i.elementwise and not issubclass(i.cls, UNSUPPORTED)})
         raise ValueError(f"Lazy: unsupported base {name}: {why} (supported: {', '.join(supported)})")
     if isinstance(base, Adan) and base.defaults["max_grad_norm"] > 0:
         raise ValueError(f"Lazy: Adan with max_grad_norm={base.defaults['max_grad_norm']!r} is not elementwise: "

@@ -16,12 +16,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ...info import info_for
+from ...info import DEFAULT_FUSED_CHUNKS, info_for
 from . import codegen
 from .kernels import SCHEDULED, StepValues, refill
 from .plan import FusedPlan, Request, make_plan
 
 __all__ = ["FusedPlan", "default_to_fused", "fused_step", "resolve_fused"]
+
+
+#: Group keys that choose what happens around the kernels, not in them: groups that differ only there share kernels.
+NOT_IN_KERNELS = ("foreach", "fused", "skip_nonfinite")
 
 
 def default_to_fused(params: Sequence[Tensor]) -> bool:
@@ -40,7 +44,7 @@ def fused_step(opt: Any, group: dict[str, Any], params: list[Tensor], states: li
     """Run the group's step through compiled kernels; False (nothing changed) if they cannot be compiled, after one
     warning per optimizer. A configuration that failed is not tried again until it changes."""
     wd = group.get("weight_decay", 0.0)
-    consts = {k: v for k, v in group.items() if k not in ("params", *SCHEDULED)}
+    consts = {k: v for k, v in group.items() if k not in ("params", *SCHEDULED, *NOT_IN_KERNELS)}
     # a nonzero weight decay is a kernel input: its value is not part of the kernel's identity
     const_key = tuple((k, repr(v)) for k, v in sorted(consts.items()) if k != "weight_decay")
     key = (const_key, wd != 0, scale is not None, torch.get_num_threads(), codegen.adjusted())
@@ -50,11 +54,12 @@ def fused_step(opt: Any, group: dict[str, Any], params: list[Tensor], states: li
     plan = opt._fused_plans.get(id(group))
     if plan is None or not plan.serves(key, params, states):
         info = info_for(type(opt))
+        # an unregistered algorithm may mix elements: its kernels keep real shapes, which is right for any math
         flat = info is not None and info.elementwise
-        chunks = info.fused_chunks if info is not None else (32, 4, 1)
+        chunks = info.fused_chunks if info is not None else DEFAULT_FUSED_CHUNKS
         try:
             plan = make_plan(Request(opt, key, consts, values, flat, chunks), params, states)
-        except RuntimeError as err:
+        except Exception as err:  # noqa: BLE001 - whatever the compiler raised, foreach still works
             first = not opt._fused_failures
             opt._fused_failures[id(group)] = key
             opt._fused_plans.pop(id(group), None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 import types
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -89,8 +90,9 @@ def kernel_for(opt: Any, key: tuple[Any, ...], consts: dict[str, Any], keys: tup
     body = types.FunctionType(code, body.__globals__, code.co_name, body.__defaults__, body.__closure__)
     # the thread count is compiled into the C++ kernel; naming it keeps inductor's on-disk cache from handing a
     # kernel built for another thread count to this process
-    options = {**INDUCTOR_OPTIONS, "cpp.threads": torch.get_num_threads(),
-               "post_grad_custom_post_pass": codegen.cache_key()}
+    options = {**INDUCTOR_OPTIONS, "cpp.threads": torch.get_num_threads()}
+    if codegen.adjusted():
+        options["post_grad_custom_post_pass"] = codegen.cache_key()
     if flat:
         # each tensor's last < 32 elements take a scalar loop: a vectorised tail restates the whole body with masks
         # and doubled gcc's time
@@ -105,8 +107,6 @@ def kernel_for(opt: Any, key: tuple[Any, ...], consts: dict[str, Any], keys: tup
     kernel = _KERNELS[key] = Kernel(compiled, flat)
     opt.fused_kernels_made += 1
     if opt.fused_kernels_made == KERNELS_WARNING:
-        import warnings
-
         warnings.warn(f"{type(opt).__name__}(fused=True) has compiled {KERNELS_WARNING} kernels: a hyper-parameter "
                       "other than lr, betas and weight_decay (e.g. eps) seems to change between steps, and each new "
                       "value compiles again; keep it constant or use fused=False", RuntimeWarning, stacklevel=6)

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor
 
+from ..step import runs_of
+
 #: Elements per pack of small tensors: a plan's two scratch buffers hold at most this many each (2 MiB for fp32).
 #: Smaller packs cost a kernel call and three foreach calls more per step (benchmarks/NOTES.md, "pack size").
 PACK_ELEMENTS = 1 << 18
@@ -29,15 +31,7 @@ def views_of(flat: Tensor, like: list[Tensor]) -> list[Tensor]:
 def pack_runs(params: list[Tensor], members: list[int], flat: bool) -> list[list[int]]:
     """``members`` split, in order, into packs of at most PACK_ELEMENTS elements (or one tensor). A segmented pack
     of one member would specialise its kernel to that count: it joins the pack before."""
-    runs: list[list[int]] = [[]]
-    total = 0
-    for i in members:
-        n = params[i].numel()
-        if runs[-1] and total + n > PACK_ELEMENTS:
-            runs.append([])
-            total = 0
-        runs[-1].append(i)
-        total += n
+    runs = runs_of(members, lambda i: params[i].numel(), PACK_ELEMENTS)
     if not flat and len(runs) > 1 and len(runs[-1]) == 1:
         runs[-2].extend(runs.pop())
     return runs

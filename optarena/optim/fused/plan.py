@@ -69,10 +69,11 @@ class FusedPlan:
     def serves(self, key: tuple[Any, ...], params: list[Tensor], states: list[dict[str, Tensor]]) -> bool:
         """Whether this plan is still right: same configuration, parameters, state dicts and state tensors, and no
         parameter re-pointed (``p.data = ...``) since it was made."""
-        return (key == self.key and len(params) == len(self.params)
+        tensors = [t for s in states for t in s.values()]
+        return (key == self.key and len(params) == len(self.params) and len(tensors) == len(self.state_tensors)
                 and all(map(operator.is_, params, self.params)) and all(map(operator.is_, states, self.states))
                 and list(map(Tensor.data_ptr, params)) == self.data_ptrs
-                and all(map(operator.is_, (t for s in states for t in s.values()), self.state_tensors)))
+                and all(map(operator.is_, tensors, self.state_tensors)))
 
 
 @dataclass
@@ -152,7 +153,7 @@ def _views(params: list[Tensor], states: list[dict[str, Tensor]], idx: list[int]
            flat: bool) -> tuple[list[Tensor], list[list[Tensor]], list[Tensor]]:
     """The kernel's parameter, state and step arguments for ``params[idx]``."""
     if flat:
-        ps = [params[i].view(-1) for i in idx]
+        ps = [params[i].detach().view(-1) for i in idx]  # plain tensors, as the stand-ins (guards check grads)
         bufs = [[states[i][k].view(-1) for i in idx] for k in keys]
     else:
         ps = [params[i].detach() for i in idx]  # a plain tensor, as the stand-ins (guards check types)
@@ -192,6 +193,8 @@ def precompile(request: Request, plan: FusedPlan) -> None:
         for call in bucket.calls:
             segments = call.pack.segments if call.pack is not None else None
             shapes = None if request.flat else (*(p.shape for p in call.params), segments and segments[0].shape)
+            if call.kernel.failure is not None:  # a pack's kernel that failed for an earlier plan
+                raise RuntimeError(call.kernel.failure)
             if shapes in call.kernel.compiled_for:
                 continue
             grads = [call.pack.flat_grad] if call.pack is not None else [plan.params[i].grad for i in call.indices]
@@ -202,12 +205,12 @@ def precompile(request: Request, plan: FusedPlan) -> None:
                                                                 segments), bucket.inputs, call.pack is not None, size)
             except Exception as err:  # noqa: BLE001 - whatever the compiler raised, foreach still works
                 call.kernel.failure = f"{type(err).__name__}: {err}"
-                raise
+                raise RuntimeError(call.kernel.failure) from err
             call.kernel.compiled_for.add(shapes)
 
 
 def make_plan(request: Request, params: list[Tensor], states: list[dict[str, Tensor]]) -> FusedPlan:
-    """The plan for ``params``; raises ``RuntimeError`` (naming the cause) where a kernel cannot be compiled."""
+    """The plan for ``params``; raises (naming the cause) where a kernel cannot be made or compiled."""
     plan = FusedPlan(request.key, params, states, request.flat, [p.data_ptr() for p in params])
     plan.eager, classes = classify(params, states, request.flat)
     buckets: dict[tuple[torch.device, torch.dtype], Bucket] = {}
@@ -227,8 +230,5 @@ def make_plan(request: Request, params: list[Tensor], states: list[dict[str, Ten
     plan.scratch_bytes = pack(request, params, states, small)
     plan.buckets = list(buckets.values())
     plan.state_tensors = [t for s in states for t in s.values()]
-    try:
-        precompile(request, plan)
-    except Exception as err:  # noqa: BLE001
-        raise RuntimeError(f"{type(err).__name__}: {err}") from err
+    precompile(request, plan)
     return plan

@@ -1,0 +1,74 @@
+"""What ``load_state_dict`` checks before it changes anything: that the state dict was saved by this optimizer (not
+another optarena optimizer, torch's, or another model's), and that its hyper-parameters pass the same checks as the
+constructor's arguments."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from torch.optim import Optimizer
+
+from ..info import get_optimizer_info, list_optimizers
+
+#: Group keys every optarena optimizer has (later versions may add more; an older checkpoint gets their defaults).
+MACHINERY = frozenset({"maximize", "foreach", "fused", "state_dtype", "stochastic_rounding", "skip_nonfinite"})
+#: Keys that tell no optimizer from another: create_optimizer gives every group a weight decay.
+COMMON = frozenset({"lr", "weight_decay"})
+
+
+def own_hyperparameters(cls: type) -> set[str]:
+    """The hyper-parameters of the algorithm itself: its constructor's arguments but the machinery's."""
+    return {name for name in inspect.signature(cls.__init__).parameters if name not in ("self", "params")} - MACHINERY
+
+
+def check_state_dict(opt: Optimizer, state_dict: Any) -> None:
+    """Raise ``ValueError``, naming the group, parameter and key, unless ``state_dict`` can load into ``opt`` (an
+    ``OptarenaOptimizer``: its ``_check_group``, ``_check_machinery``, ``_init_state`` and ``_optional_state``)."""
+    name = type(opt).__name__
+    where = f"{name}.load_state_dict"
+    if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= set(state_dict):
+        raise ValueError(f"{where}: expected a dict with 'state' and 'param_groups' (an optimizer's state_dict()), "
+                         f"got {type(state_dict).__name__}")
+    own = own_hyperparameters(type(opt))
+    others = set().union(*(own_hyperparameters(get_optimizer_info(n).cls) for n in list_optimizers("optarena")))
+    others -= own | COMMON
+    groups = state_dict["param_groups"]
+    for index, saved in enumerate(groups):
+        alien, missing = sorted(set(saved) & others), sorted(own - set(saved))
+        if alien or missing:
+            found = f"has {', '.join(alien)}" if alien else f"lacks {', '.join(missing)}"
+            raise ValueError(f"{where}: param group {index} {found}, which {name}'s groups "
+                             f"{'do not have' if alien else 'always have'}: this state_dict was saved from another "
+                             "optimizer")
+        group = {**opt.defaults, **{k: v for k, v in saved.items() if k != "params"}, "params": []}
+        try:
+            opt._check_group(group)
+            opt._check_machinery(group)
+        except ValueError as err:
+            raise ValueError(f"{where}: param group {index}: {err}") from None
+    for index, (saved_group, group) in enumerate(zip(groups, opt.param_groups)):  # torch pairs them in order
+        hyper = {**group, **{k: v for k, v in saved_group.items() if k != "params"}}
+        for position, (saved_id, p) in enumerate(zip(saved_group["params"], group["params"])):
+            saved = state_dict["state"].get(saved_id)
+            if saved:
+                _check_param_state(opt, saved, p, hyper, f"{where}: the state of parameter {position} of group "
+                                                         f"{index} (shape {tuple(p.shape)})")
+
+
+def _check_param_state(opt: Optimizer, saved: dict[str, Any], p: torch.Tensor, group: dict[str, Any],
+                       where: str) -> None:
+    expected = opt._init_state(torch.empty_like(p, device="meta"), group)
+    unexpected = sorted(set(saved) - set(expected))
+    missing = sorted(set(expected) - set(saved) - opt._optional_state(group))
+    if unexpected or missing:
+        found = f"has {', '.join(unexpected)}" if unexpected else f"lacks {', '.join(missing)}"
+        raise ValueError(f"{where} {found}; {type(opt).__name__} keeps {', '.join(sorted(expected))}: this state_dict "
+                         "was saved from another optimizer")
+    for key, value in saved.items():
+        want = expected[key].shape
+        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else ()
+        if key != "step" and tuple(shape) != tuple(want):
+            raise ValueError(f"{where} has {key} of shape {shape}, where {tuple(want)} belongs: this state_dict was "
+                             "saved for another model")
