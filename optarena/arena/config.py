@@ -99,6 +99,10 @@ class CompareConfig:
         self.out = Path(self.out)
         self.storage = self.storage or default_storage_url(self.out)
 
+    @property
+    def threads_per_worker(self) -> int:
+        return self.threads or max(1, (os.cpu_count() or 1) // self.workers)
+
     def load_tasks(self) -> dict[str, Task]:
         """The tasks by spec (loaded once per process)."""
         return load_tasks(self.tasks, self.budget)

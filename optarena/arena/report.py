@@ -253,7 +253,7 @@ def _setup_line(results: ResultSet, wall_seconds: float | None) -> str:
     wall = f"; wall time {wall_seconds:.0f} s" if wall_seconds is not None else ""
     return (f"budget {c.budget}; {c.seeds} seed(s) per chosen setting; optimizers {', '.join(c.optimizers)}; "
             f"{len(results.records)} runs stored in {c.storage.split('://')[0]}{wall}; torch {torch.__version__}, "
-            f"{platform.machine()}, {c.workers} worker(s) × {torch.get_num_threads()} thread(s)")
+            f"{platform.machine()}, {c.workers} worker(s) × {c.threads_per_worker} thread(s)")
 
 
 PROTOCOL = ("Every optimizer gets the same initial weights and batch order per seed. Its peak learning rate is tuned "

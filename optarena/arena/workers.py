@@ -40,8 +40,7 @@ Report = Callable[[str, int], None]
 
 
 def _configure_process(config: CompareConfig) -> None:
-    threads = config.threads or max(1, (os.cpu_count() or 1) // config.workers)
-    torch.set_num_threads(threads)
+    torch.set_num_threads(config.threads_per_worker)
     torch.set_flush_denormal(True)  # subnormal second moments would slow AdamW 4x and fake a speed win
 
 
