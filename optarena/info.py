@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -65,6 +65,20 @@ class OptimizerInfo:
     fused_chunks: tuple[int, ...] = DEFAULT_FUSED_CHUNKS
     #: The name under which ultralytics' own trainer builds this optimizer (then ultralytics keeps it).
     ultralytics_name: str | None = None
+    #: How ``create_optimizer`` groups the parameters when the optimizer routes them by module, not by shape alone
+    #: (Muon's hidden matrices against embeddings and the head): ``(model_or_params, weight_decay,
+    #: no_weight_decay, **options) -> groups``; its keyword-only options are factory arguments. None: the usual
+    #: decay groups (``param_groups_for_weight_decay``).
+    group_params: Callable[..., list[Any]] | None = None
+    #: Whether the optimizer keeps two points and must be told which one the parameters should hold (schedule-free:
+    #: ``optimizer.train()`` before training steps, ``optimizer.eval()`` before evaluating or saving). The arena and
+    #: the integrations call them (:func:`optarena.registry.set_optimizer_mode`).
+    train_eval_modes: bool = False
+    #: The learning-rate schedule the method was designed for: ``"decay"`` (any decaying schedule; the arena's
+    #: cosine) or ``"constant"`` (warm-up then constant: schedule-free methods replace the decay by averaging).
+    schedule: Literal["decay", "constant"] = "decay"
+    #: The pip requirement that provides ``cls`` when it comes from an optional package (in the ``arena`` extra).
+    requires: str | None = None
 
     @property
     def has_eps(self) -> bool:

@@ -8,6 +8,7 @@ take.
 
 from __future__ import annotations
 
+import inspect
 import numbers
 import warnings
 from collections.abc import Iterable, Mapping
@@ -107,8 +108,9 @@ def create_optimizer(model_or_params: nn.Module | Iterable[Any], name: str, lr: 
         accumulate: ``N > 1`` wraps in :class:`~optarena.wrappers.GradientAccumulation` (``steps=N``).
         lazy: wrap in :class:`~optarena.wrappers.Lazy`: embedding rows without gradient stay still.
         layer_adaptation: wrap in :class:`~optarena.wrappers.LayerAdaptation` (``"adam"`` with it is LAMB-like).
-        **kwargs: passed to the optimizer. ``betas``, ``eps`` and ``momentum`` are dropped with a warning for an
-            optimizer without them; any other unknown argument raises ``TypeError`` listing the accepted ones.
+        **kwargs: passed to the optimizer (or to its own grouping: ``adamw_params=`` for ``"muon"``). ``betas``,
+            ``eps`` and ``momentum`` are dropped with a warning for an optimizer without them; any other unknown
+            argument raises ``TypeError`` listing the accepted ones.
 
     Wrappers compose inside out as base → Lazy → LayerAdaptation → GradientAccumulation → Lookahead: the adapted
     step sees the accumulated mean gradient, and Lookahead counts real updates, not micro-batches.
@@ -118,8 +120,13 @@ def create_optimizer(model_or_params: nn.Module | Iterable[Any], name: str, lr: 
     if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1:
         raise ValueError(f"Invalid accumulate: {accumulate!r} (an integer >= 1 micro-batches per update)")
     info = get_optimizer_info(name)
+    grouping: dict[str, Any] = {}
+    if info.group_params is not None:  # factory options of the optimizer's own grouping (muon's adamw_params)
+        options = [n for n, p in inspect.signature(info.group_params).parameters.items() if p.kind is p.KEYWORD_ONLY]
+        grouping = {k: kwargs.pop(k) for k in options if k in kwargs}
     kwargs = _filter_kwargs(info, {**info.fixed_kwargs, **kwargs})
-    groups = param_groups_for_weight_decay(model_or_params, weight_decay, no_weight_decay)
+    groups = (info.group_params or param_groups_for_weight_decay)(model_or_params, weight_decay, no_weight_decay,
+                                                                  **grouping)
     if not any(g["params"] if isinstance(g, dict) else True for g in groups):
         raise ValueError(f"create_optimizer: {type(model_or_params).__name__} has no trainable parameters to "
                          f"optimize with {name!r}")

@@ -6,6 +6,7 @@ from .adan import Adan
 from .adax import AdaX
 from .base import OptarenaOptimizer
 from .lion import Lion
+from .muon import MuonAdamW
 from .rlion import RLion
 
-__all__ = ["Adafactor", "AdaX", "Adan", "Lion", "OptarenaOptimizer", "RLion"]
+__all__ = ["Adafactor", "AdaX", "Adan", "Lion", "MuonAdamW", "OptarenaOptimizer", "RLion"]
