@@ -1,7 +1,7 @@
 """optarena: modern PyTorch optimizers and the arena that picks between them."""
 
 from .guidance import translate_hparams
-from .optim import Adafactor, Adan, AdaX, Lion, RLion
+from .optim import Adafactor, Adan, AdaX, Lion, MuonAdamW, RLion
 from .registry import (
     OptimizerInfo,
     create_optimizer,
@@ -9,6 +9,7 @@ from .registry import (
     list_optimizers,
     param_groups_for_weight_decay,
     register_optimizer,
+    set_optimizer_mode,
     state_bytes,
 )
 from .schedules import ema_model, piecewise_linear
@@ -18,7 +19,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Adafactor", "AdaX", "Adan", "GradientAccumulation", "LayerAdaptation", "Lazy", "Lion", "Lookahead",
-    "OptimizerInfo", "RLion", "__version__", "create_optimizer", "ema_model", "get_optimizer_info",
-    "list_optimizers", "param_groups_for_weight_decay", "piecewise_linear", "register_optimizer", "state_bytes",
-    "translate_hparams",
+    "MuonAdamW", "OptimizerInfo", "RLion", "__version__", "create_optimizer", "ema_model", "get_optimizer_info",
+    "list_optimizers", "param_groups_for_weight_decay", "piecewise_linear", "register_optimizer",
+    "set_optimizer_mode", "state_bytes", "translate_hparams",
 ]

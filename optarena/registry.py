@@ -26,6 +26,7 @@ from .info import (
     Translation,
     base_optimizer_info,
     get_optimizer_info,
+    info_for,
     list_optimizers,
     register_optimizer,
 )
@@ -120,6 +121,7 @@ def create_optimizer(model_or_params: nn.Module | Iterable[Any], name: str, lr: 
     if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1:
         raise ValueError(f"Invalid accumulate: {accumulate!r} (an integer >= 1 micro-batches per update)")
     info = get_optimizer_info(name)
+    _check_wrappers(info, lookahead, lazy, layer_adaptation)
     grouping: dict[str, Any] = {}
     if info.group_params is not None:  # factory options of the optimizer's own grouping (muon's adamw_params)
         options = [n for n, p in inspect.signature(info.group_params).parameters.items() if p.kind is p.KEYWORD_ONLY]
@@ -141,6 +143,29 @@ def create_optimizer(model_or_params: nn.Module | Iterable[Any], name: str, lr: 
     if lookahead:
         optimizer = Lookahead(optimizer, **({} if lookahead is True else dict(lookahead)))
     return optimizer
+
+
+def _check_wrappers(info: OptimizerInfo, lookahead: Any, lazy: bool, layer_adaptation: bool) -> None:
+    wrappers = [n for n, on in (("lookahead", lookahead), ("lazy", lazy), ("layer_adaptation", layer_adaptation))
+                if on]
+    if info.train_eval_modes and wrappers:
+        raise ValueError(f"Invalid {wrappers[0]}: {info.name!r} keeps the parameters at an interpolation of its own "
+                         f"sequences (train()/eval() switch them), which {wrappers[0]} would move behind its back; "
+                         "only accumulate= wraps it")
+
+
+def set_optimizer_mode(optimizer: Optimizer, training: bool) -> bool:
+    """Call ``train()`` (``training``) or ``eval()`` on every optimizer in the wrapper chain whose registry entry has
+    ``train_eval_modes`` (schedule-free: the parameters then hold the training point y, or the evaluation point x);
+    returns whether any did. Call it with ``True`` before training steps, ``False`` before evaluating or saving."""
+    switched = False
+    while optimizer is not None:
+        info = info_for(type(optimizer))
+        if info is not None and info.train_eval_modes:
+            optimizer.train() if training else optimizer.eval()
+            switched = True
+        optimizer = getattr(optimizer, "base", None)
+    return switched
 
 
 def _register_torch_optimizers() -> None:
@@ -182,6 +207,40 @@ def _register_torch_optimizers() -> None:
 
 _register_torch_optimizers()
 
+SCHEDULEFREE_REQUIREMENT = "schedulefree==1.4.1"
+
+
+def _missing(name: str) -> type:
+    """A stand-in class for an optional package's optimizer: building it raises ImportError with the fix."""
+    def __init__(self: Any, params: Any, *args: Any, **kwargs: Any) -> None:
+        raise ImportError(f"{name!r} needs the schedulefree package: pip install {SCHEDULEFREE_REQUIREMENT} "
+                          "(in optarena's arena extra)")
+    return type(f"Missing_{name}", (), {"__init__": __init__})
+
+
+def _register_schedulefree() -> None:
+    """Defazio et al. 2024's schedule-free AdamW and SGD from the ``schedulefree`` package (optional: without it
+    the names stay registered and building one raises ImportError naming ``pip install schedulefree``)."""
+    try:
+        import schedulefree
+        adamw, sgd = schedulefree.AdamWScheduleFree, schedulefree.SGDScheduleFree
+    except ImportError:
+        adamw, sgd = _missing("schedulefree_adamw"), _missing("schedulefree_sgd")
+    modal = dict(source="schedulefree", train_eval_modes=True, schedule="constant", requires=SCHEDULEFREE_REQUIREMENT)
+    register_optimizer(OptimizerInfo(
+        "schedulefree_adamw", adamw, 2.5e-3, num_betas=2, eps="number", state_bytes_per_param=8, **modal,
+        description="schedule-free AdamW: averaging replaces the lr decay (Defazio et al. 2024)",
+        translation=Translation(
+            2.5, (1.0, 10.0), 1.0,
+            "Defazio et al. 2024 (schedulefree README): lr 1-10x AdamW's with a schedule (the package default "
+            "2.5e-3), the same weight decay, warm-up and no decay; optimizer.train()/eval() around training")))
+    register_optimizer(OptimizerInfo(
+        "schedulefree_sgd", sgd, 1.0, has_momentum=True, state_bytes_per_param=4, **modal,
+        description="schedule-free SGD with momentum 0.9 (Defazio et al. 2024)"))
+
+
+_register_schedulefree()
+
 
 def state_bytes(optimizer: Optimizer) -> int:
     """Bytes held in ``optimizer.state`` tensors, measured (not the registry's nominal figure)."""
@@ -191,4 +250,4 @@ def state_bytes(optimizer: Optimizer) -> int:
 
 __all__ = ["LOOKAHEAD_PREFIX", "OptimizerInfo", "Translation", "base_optimizer_info", "create_optimizer",
            "get_optimizer_info", "list_optimizers", "param_groups_for_weight_decay", "register_optimizer",
-           "state_bytes"]
+           "set_optimizer_mode", "state_bytes"]

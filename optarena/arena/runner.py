@@ -25,7 +25,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from ..guidance import translate_hparams
-from ..registry import base_optimizer_info, create_optimizer, get_optimizer_info, state_bytes
+from ..registry import base_optimizer_info, create_optimizer, get_optimizer_info, set_optimizer_mode, state_bytes
 from .task import Task
 
 DIVERGENCE_FACTOR = 10.0
@@ -171,12 +171,26 @@ def _subsample(items: list[Any], limit: int) -> list[Any]:
     return items[::stride] + ([items[-1]] if (len(items) - 1) % stride else [])
 
 
-def _evaluate(task: Task, model: nn.Module) -> float:
+def _evaluate(task: Task, model: nn.Module, optimizer: Optimizer | None = None) -> float:
     model.eval()
+    if optimizer is not None:
+        set_optimizer_mode(optimizer, False)  # schedule-free: evaluate at x, the average, not the training point y
     with torch.no_grad():
         value = float(task.evaluate(model))
     model.train()
+    if optimizer is not None:
+        set_optimizer_mode(optimizer, True)
     return value
+
+
+def lr_multiplier(optimizer_name: str, steps: int) -> Callable[[int], float]:
+    """The arena's schedule: cosine decay from the peak lr to 0, no warm-up; for optimizers designed for a constant
+    lr (``OptimizerInfo.schedule == "constant"``: schedule-free) a linear warm-up over 5% of the steps, then
+    constant."""
+    if base_optimizer_info(optimizer_name).schedule == "constant":
+        warmup = max(1, steps // 20)
+        return lambda step: min(1.0, (step + 1) / warmup)
+    return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps))
 
 
 def _grads_finite(model: nn.Module) -> torch.Tensor | bool:
@@ -198,8 +212,9 @@ def train_once(task: Task, optimizer_name: str, lr: float, seed: int, batch_size
     """Train ``task`` from the seed's initial weights with ``optimizer_name`` at peak learning rate ``lr``.
 
     The schedule is a cosine decay from ``lr`` to 0 over ``task.steps`` with no warm-up, the same for every
-    optimizer. ``heartbeat`` is called after every step (it should throttle itself), so a long run shows it is
-    alive.
+    optimizer but those designed for a constant lr (see :func:`lr_multiplier`); schedule-free optimizers train in
+    ``train()`` mode and are evaluated in ``eval()`` mode. ``heartbeat`` is called after every step (it should
+    throttle itself), so a long run shows it is alive.
     """
     device = torch.device(device)
     batch_size = task.batch_size if batch_size is None else batch_size
@@ -210,13 +225,13 @@ def train_once(task: Task, optimizer_name: str, lr: float, seed: int, batch_size
     optimizer = create_optimizer(model, optimizer_name, lr=lr, **arena_weight_decay(optimizer_name,
                                                                                       task.weight_decay))
     steps = task.steps
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(optimizer_name, steps))
+    set_optimizer_mode(optimizer, True)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
 
     position = task.position
     trajectory = [list(position(model))] if position else None
-    eval_steps, eval_metric = [0], [_evaluate(task, model)]
+    eval_steps, eval_metric = [0], [_evaluate(task, model, optimizer)]
     loss_steps: list[int] = []
     train_loss: list[float] = []
     opt_times: list[float] = []
@@ -267,7 +282,7 @@ def train_once(task: Task, optimizer_name: str, lr: float, seed: int, batch_size
             loss_steps.append(step)
             train_loss.append(statistics.fmean(window))
             window = []
-            metric = _evaluate(task, model)
+            metric = _evaluate(task, model, optimizer)
             if not math.isfinite(metric) or not all(torch.isfinite(p).all() for p in model.parameters()):
                 diverged_at, because = step, "non-finite metric or parameter"
                 break
