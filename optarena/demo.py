@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .registry import create_optimizer, get_optimizer_info, state_bytes
+from .registry import create_optimizer, get_optimizer_info, set_optimizer_mode, state_bytes
 
 DEFAULT_OPTIMIZERS = ("adamw", "lion")
 
@@ -71,6 +71,7 @@ def train_digits(name: str, *, lr: float | None = None, weight_decay: float = 0.
     loss_fn = nn.CrossEntropyLoss()
     order_rng = torch.Generator().manual_seed(seed + 1)
     step_times, steps, loss = [], 0, torch.tensor(0.0)
+    set_optimizer_mode(optimizer, True)  # schedule-free: train at y, evaluate at x
     for _ in range(epochs):
         for batch in torch.randperm(len(x_train), generator=order_rng).split(batch_size):
             loss = loss_fn(model(x_train[batch]), y_train[batch])
@@ -80,6 +81,7 @@ def train_digits(name: str, *, lr: float | None = None, weight_decay: float = 0.
             optimizer.step()
             step_times.append(time.perf_counter() - start)
             steps += 1
+    set_optimizer_mode(optimizer, False)
     with torch.no_grad():
         logits = model(x_val)
         val_loss = loss_fn(logits, y_val).item()

@@ -8,6 +8,12 @@ Two ways, both by registry name:
 * ``Trainer(..., optimizers=create_optimizer_and_scheduler(model, args, "lion", num_training_steps))``: optarena's
   factory (its decay exemptions, wrappers such as ``lookahead=True``) with the scheduler ``args`` describe.
 
+Schedule-free optimizers (``schedulefree_adamw``, ``schedulefree_sgd``): the Trainer itself calls
+``optimizer.train()`` in each training step and ``optimizer.eval()`` before evaluating (transformers >= 4.47), but
+not before saving: call ``trainer.optimizer.eval()`` before ``trainer.save_model()`` for the averaged weights.
+:func:`create_optimizer_and_scheduler` refuses a decaying ``lr_scheduler_type`` for them (use
+``"constant_with_warmup"``).
+
 The Trainer reloads ``optimizer.pt`` with ``torch.load(weights_only=True)``; optarena's state is tensors and plain
 types, so checkpoints resume.
 """
@@ -21,7 +27,10 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from transformers import TrainingArguments, get_scheduler
 
-from ..registry import _filter_kwargs, create_optimizer, get_optimizer_info
+from ..registry import _filter_kwargs, base_optimizer_info, create_optimizer, get_optimizer_info
+
+#: Scheduler types that do not decay: what schedule-free optimizers (OptimizerInfo.schedule "constant") accept.
+CONSTANT_SCHEDULES = ("constant", "constant_with_warmup")
 
 
 def optimizer_cls_and_kwargs(name: str, lr: float | None = None, **kwargs: Any) -> tuple[type[Optimizer],
@@ -45,6 +54,11 @@ def create_optimizer_and_scheduler(model: nn.Module, args: TrainingArguments, na
     to the factory (optimizer arguments, ``lookahead``, ``accumulate``, ...)."""
     if isinstance(num_training_steps, bool) or not isinstance(num_training_steps, int) or num_training_steps < 1:
         raise ValueError(f"Invalid num_training_steps: {num_training_steps!r} (a positive integer)")
+    scheduler_type = getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)
+    if base_optimizer_info(name).schedule == "constant" and scheduler_type not in CONSTANT_SCHEDULES:
+        raise ValueError(f"Invalid lr_scheduler_type: {scheduler_type!r} for {name!r}, which is schedule-free (it "
+                         "averages instead of decaying): set TrainingArguments(lr_scheduler_type="
+                         "'constant_with_warmup')")
     optimizer = create_optimizer(model, name, lr=args.learning_rate if lr is None else lr,
                                  weight_decay=args.weight_decay, **kwargs)
     scheduler = get_scheduler(args.lr_scheduler_type, optimizer,

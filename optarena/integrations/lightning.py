@@ -6,6 +6,11 @@
 Lightning then checkpoints and restores the optimizer and scheduler (``Trainer.fit(ckpt_path=...)``) and
 accumulates gradients with ``Trainer(accumulate_grad_batches=N)``; ``accumulate=N`` here uses optarena's
 :class:`~optarena.GradientAccumulation` instead (fp32 sums, the update every N-th step) with the same result.
+
+Schedule-free optimizers (``schedulefree_adamw``, ``schedulefree_sgd``) need ``optimizer.train()`` before training
+steps and ``optimizer.eval()`` before validating and saving; Lightning calls neither. ``optimizer_config`` adds the
+:class:`ScheduleFreeModes` callback to the Trainer for them (or pass ``Trainer(callbacks=[ScheduleFreeModes()])``),
+and refuses a decaying ``schedule`` (they want warm-up then a constant lr).
 """
 
 from __future__ import annotations
@@ -13,10 +18,41 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from lightning.pytorch.callbacks import Callback
 from torch import nn
 
-from ..registry import create_optimizer
+from ..registry import base_optimizer_info, create_optimizer, set_optimizer_mode
 from ..schedules import piecewise_linear
+
+
+class ScheduleFreeModes(Callback):
+    """Switches schedule-free optimizers (any with ``OptimizerInfo.train_eval_modes``) to ``train()`` before each
+    training batch and to ``eval()`` at the end of each training epoch (before ``ModelCheckpoint``, which Lightning
+    runs last, saves), before validation, testing and prediction, and when training ends (the model then holds the
+    averaged weights x). Other optimizers are left alone."""
+
+    @staticmethod
+    def _switch(trainer: Any, training: bool) -> None:
+        for optimizer in trainer.optimizers:
+            set_optimizer_mode(optimizer, training)
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        self._switch(trainer, True)
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        self._switch(trainer, False)
+
+    def on_validation_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        self._switch(trainer, False)
+
+    def on_test_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        self._switch(trainer, False)
+
+    def on_predict_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        self._switch(trainer, False)
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        self._switch(trainer, False)
 
 
 def optimizer_config(model: nn.Module, name: str, lr: float | None = None, weight_decay: float = 0.0, *,
@@ -26,10 +62,22 @@ def optimizer_config(model: nn.Module, name: str, lr: float | None = None, weigh
     The optimizer is :func:`optarena.create_optimizer` ``(model, name, lr, weight_decay, **kwargs)`` (decay kept off
     biases and norm weights; ``lookahead``, ``accumulate``, ... wrap it). ``schedule``: ``{step: multiplier}`` for
     :func:`optarena.piecewise_linear`, stepped once per optimizer update (every ``accumulate``-th
-    ``step()`` call); ``None``: no scheduler.
+    ``step()`` call); ``None``: no scheduler. For schedule-free optimizers it must not decay, and the
+    :class:`ScheduleFreeModes` callback is added to the model's Trainer (when one is attached).
     """
+    info = base_optimizer_info(name)
+    if info.schedule == "constant" and schedule is not None:
+        peak = max(schedule.values(), default=0)
+        after = [m for s, m in sorted(schedule.items()) if s >= max(k for k, v in schedule.items() if v == peak)]
+        if any(m < peak for m in after):
+            raise ValueError(f"Invalid schedule: {dict(schedule)!r} ({info.name!r} is schedule-free: warm-up then "
+                             "a constant lr, e.g. {100: 1.0}; it averages instead of decaying)")
     optimizer = create_optimizer(model, name, lr=lr, weight_decay=weight_decay, **kwargs)
     config: dict[str, Any] = {"optimizer": optimizer}
+    trainer = getattr(model, "_trainer", None)
+    if info.train_eval_modes and trainer is not None and not any(isinstance(c, ScheduleFreeModes)
+                                                                 for c in trainer.callbacks):
+        trainer.callbacks.append(ScheduleFreeModes())
     if schedule is not None:
         # Lightning steps a scheduler per optimizer.step() call; with optarena's accumulation only every N-th call
         # updates, so step the schedule on those (Lightning's own accumulate_grad_batches needs nothing)
@@ -38,4 +86,4 @@ def optimizer_config(model: nn.Module, name: str, lr: float | None = None, weigh
     return config
 
 
-__all__ = ["optimizer_config"]
+__all__ = ["ScheduleFreeModes", "optimizer_config"]

@@ -8,6 +8,9 @@ ultralytics knows (SGD, Adam, AdamW, ..., auto) keep ultralytics' behaviour. Imp
 ``BaseTrainer.build_optimizer`` and ``BaseTrainer.save_model`` (:func:`unpatch` undoes it); passing
 ``trainer=OptarenaDetectionTrainer`` to ``YOLO.train`` does the same for one run without relying on the patch.
 
+Schedule-free optimizers are refused: ultralytics validates and saves its EMA of the weights (``ModelEMA``), which
+would average schedule-free's training point y, and calls no ``optimizer.train()``/``eval()``.
+
 Checkpoints: ultralytics rounds float32 optimizer state to fp16 in ``last.pt`` except the keys ``step``,
 ``exp_avg``, ``exp_avg_sq`` and ``square_avg``. Adan's ``exp_avg_diff``/``prev_grad`` and Adafactor's factored
 second moments (means of g², often below fp16's smallest subnormal 6e-8) would lose precision or flush to zero,
@@ -86,6 +89,10 @@ def build_optimizer(self: BaseTrainer, model: nn.Module, name: str = "auto", lr:
     if not is_optarena_name(name):
         self._optarena_optimizer = False
         return original(self, model, name, lr, momentum, decay, iterations)
+    if base_optimizer_info(name).train_eval_modes:
+        raise ValueError(f"Invalid optimizer: {name!r} is schedule-free (optimizer.train()/eval() around training "
+                         "and evaluation), which ultralytics' trainer cannot drive: it validates and saves an EMA of "
+                         "the training weights; use another optimizer, or a training loop that calls them")
     # Reuse ultralytics' grouping (weights with decay, norm weights and biases without, "param_group" tags that its
     # warm-up reads) by letting it build SGD, and keep only the groups.
     with _quiet_logger():
