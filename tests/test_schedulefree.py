@@ -1,0 +1,81 @@
+"""Schedule-free AdamW/SGD (the optional ``schedulefree`` package): registry facts, the arena's train()/eval()
+handling and schedule, and the integrations' checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import optarena
+from optarena.arena import runner
+from optarena.arena.tasks import make_digits_mlp
+from optarena.registry import _missing
+
+schedulefree = pytest.importorskip("schedulefree")
+
+
+def test_registry_facts_and_factory() -> None:
+    info = optarena.get_optimizer_info("schedulefree_adamw")
+    assert info.train_eval_modes and info.schedule == "constant" and info.cls is schedulefree.AdamWScheduleFree
+    assert optarena.get_optimizer_info("schedulefree_sgd").cls is schedulefree.SGDScheduleFree
+    opt = optarena.create_optimizer(nn.Linear(3, 2), "schedulefree_sgd", lr=None)
+    assert opt.param_groups[0]["lr"] == 1.0
+    assert optarena.translate_hparams("schedulefree_adamw", lr=1e-3) == {"lr": 2.5e-3, "weight_decay": 0.0}
+    with pytest.raises(ValueError, match="Invalid lookahead"):
+        optarena.create_optimizer(nn.Linear(3, 2), "lookahead_schedulefree_adamw")
+    with pytest.raises(ValueError, match="Invalid lazy"):
+        optarena.create_optimizer(nn.Linear(3, 2), "schedulefree_adamw", lazy=True)
+
+
+def test_missing_package_names_the_install_command() -> None:
+    with pytest.raises(ImportError, match="pip install schedulefree==1.4.1"):
+        _missing("schedulefree_adamw")([torch.zeros(1)], lr=1.0)
+
+
+def test_set_optimizer_mode_switches_the_points() -> None:
+    model = nn.Linear(3, 2)
+    opt = optarena.create_optimizer(model, "schedulefree_adamw", lr=0.1, accumulate=1)
+    assert optarena.set_optimizer_mode(opt, True) and opt.param_groups[0]["train_mode"]
+    for _ in range(3):  # after one step x = z = y
+        opt.zero_grad()
+        model(torch.randn(4, 3)).pow(2).sum().backward()
+        opt.step()
+    y = model.weight.detach().clone()
+    optarena.set_optimizer_mode(opt, False)
+    assert not opt.param_groups[0]["train_mode"] and not torch.equal(model.weight, y)
+    assert not optarena.set_optimizer_mode(torch.optim.SGD(model.parameters(), lr=0.1), False)
+
+
+def test_arena_schedule_is_warmup_then_constant() -> None:
+    constant, cosine = runner.lr_multiplier("schedulefree_adamw", 100), runner.lr_multiplier("adamw", 100)
+    assert [constant(s) for s in (0, 4, 50, 99)] == [0.2, 1.0, 1.0, 1.0]
+    assert cosine(0) == 1.0 and cosine(100) == 0.0
+
+
+def _run(monkeypatch: pytest.MonkeyPatch) -> tuple[runner.RunResult, list[bool]]:
+    """A tiny digits run of schedulefree_adamw; also the optimizer's train_mode at each evaluation."""
+    task = make_digits_mlp("tiny")
+    made, modes = [], []
+    create = runner.create_optimizer
+
+    def recording_create(*args, **kwargs):
+        made.append(create(*args, **kwargs))
+        return made[-1]
+
+    def evaluate(model: nn.Module, inner=task.evaluate) -> float:
+        modes.append(made[0].param_groups[0]["train_mode"])
+        return inner(model)
+
+    monkeypatch.setattr(runner, "create_optimizer", recording_create)
+    task.evaluate = evaluate
+    return runner.train_once(task, "schedulefree_adamw", 2.5e-3, seed=0), modes
+
+
+def test_arena_evaluates_at_the_eval_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    result, modes = _run(monkeypatch)
+    assert modes and not any(modes)  # every evaluation in eval() mode: the parameters hold x
+    # the test fails if eval() is skipped: the metrics (at y instead of x) differ
+    monkeypatch.setattr(schedulefree.AdamWScheduleFree, "eval", lambda self: None)
+    skipped, _ = _run(monkeypatch)
+    assert skipped.eval_metric[1:] != result.eval_metric[1:]
