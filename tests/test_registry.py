@@ -12,8 +12,9 @@ import optarena
 from optarena.guidance import lr_range
 
 OWN = ["adafactor", "adan", "adax", "lion", "rlion"]
-CLASSIC = ["adadelta", "adagrad", "adam", "adamax", "adamw", "momentum", "nadam", "nesterov", "radam", "rmsprop",
-           "sgd"]
+CLASSIC = ["adadelta", "adagrad", "adam", "adamax", "adamw", "momentum", "muon", "nadam", "nesterov", "radam",
+           "rmsprop", "sgd"]
+SCHEDULEFREE = ["schedulefree_adamw", "schedulefree_sgd"]
 
 
 class Net(nn.Module):
@@ -31,7 +32,8 @@ class Net(nn.Module):
 
 
 def test_every_optimizer_is_registered_with_its_source() -> None:
-    assert optarena.list_optimizers() == sorted(OWN + CLASSIC)
+    assert optarena.list_optimizers() == sorted(OWN + CLASSIC + SCHEDULEFREE)
+    assert optarena.list_optimizers("schedulefree") == SCHEDULEFREE
     assert optarena.list_optimizers("optarena") == OWN
     assert optarena.list_optimizers("torch.optim") == sorted(CLASSIC)
 

@@ -53,7 +53,7 @@ def adamw_parameter_names(model: nn.Module, adamw_params: Iterable[str] | str | 
         if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
             to_adamw |= _names_matching(named, [prefix] if prefix else list(named))
     if adamw_params is None:
-        linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+        linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and m.weight.requires_grad]
         heads = [n for n, _ in linears if n.rsplit(".", 1)[-1] in HEAD_NAMES] or [n for n, _ in linears[-1:]]
         to_adamw |= _names_matching(named, heads)
     else:
