@@ -134,7 +134,8 @@ def test_every_optarena_name_not_known_to_ultralytics_is_routed() -> None:
     assert not integration.is_optarena_name("SGD") and not integration.is_optarena_name("auto")
 
 
-@pytest.mark.parametrize("name", OPTARENA_NAMES + ["lookahead_lion"])
+@pytest.mark.parametrize("name", [n for n in OPTARENA_NAMES if not optarena.get_optimizer_info(n).train_eval_modes]
+                         + ["lookahead_lion"])  # schedule-free names are refused (test_schedulefree_integrations)
 def test_every_optarena_name_builds_with_ultralytics_groups(yolo_model: DetectionModel, name: str) -> None:
     trainer = fake_trainer()
     lr = optarena.registry.base_optimizer_info(name).default_lr
