@@ -4,8 +4,10 @@ registry entry; :mod:`.base`, :mod:`.step`, :mod:`.ops` and :mod:`.fused` are wh
 from .adafactor import Adafactor
 from .adan import Adan
 from .adax import AdaX
+from .ademamix import AdEMAMix
+from .amos import Amos
 from .base import OptarenaOptimizer
 from .lion import Lion
 from .rlion import RLion
 
-__all__ = ["Adafactor", "AdaX", "Adan", "Lion", "OptarenaOptimizer", "RLion"]
+__all__ = ["AdEMAMix", "Adafactor", "AdaX", "Adan", "Amos", "Lion", "OptarenaOptimizer", "RLion"]
