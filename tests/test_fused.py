@@ -106,7 +106,7 @@ def test_fused_equals_loop(case: str, state_dtype: torch.dtype) -> None:
     assert flips <= max(1, total // 1000)  # observed: 0 on these random values
 
 
-@pytest.mark.parametrize("name", ["Lion", "RLion", "Adan", "AdaX"])
+@pytest.mark.parametrize("name", ["Lion", "RLion", "Adan", "AdaX", "AdEMAMix"])
 def test_no_recompiles_over_100_steps_of_one_cycle_lr(name: str) -> None:
     """lr, betas and weight decay are kernel inputs, not constants: OneCycleLR (which cycles betas[0] by default) and
     a weight decay schedule compile nothing new."""
