@@ -1,7 +1,7 @@
 """optarena: modern PyTorch optimizers and the arena that picks between them."""
 
 from .guidance import translate_hparams
-from .optim import Adafactor, Adan, AdaX, Lion, MuonAdamW, RLion
+from .optim import Adafactor, Adan, AdaX, AdEMAMix, Amos, Lion, MuonAdamW, RLion
 from .registry import (
     OptimizerInfo,
     create_optimizer,
@@ -18,8 +18,8 @@ from .wrappers import GradientAccumulation, LayerAdaptation, Lazy, Lookahead
 __version__ = "0.1.0"
 
 __all__ = [
-    "Adafactor", "AdaX", "Adan", "GradientAccumulation", "LayerAdaptation", "Lazy", "Lion", "Lookahead",
-    "MuonAdamW", "OptimizerInfo", "RLion", "__version__", "create_optimizer", "ema_model", "get_optimizer_info",
-    "list_optimizers", "param_groups_for_weight_decay", "piecewise_linear", "register_optimizer",
+    "AdEMAMix", "Adafactor", "AdaX", "Adan", "Amos", "GradientAccumulation", "LayerAdaptation", "Lazy", "Lion",
+    "Lookahead", "MuonAdamW", "OptimizerInfo", "RLion", "__version__", "create_optimizer", "ema_model",
+    "get_optimizer_info", "list_optimizers", "param_groups_for_weight_decay", "piecewise_linear", "register_optimizer",
     "set_optimizer_mode", "state_bytes", "translate_hparams",
 ]

@@ -14,6 +14,10 @@ CASES: dict[str, tuple[type, dict]] = {
     "adaxw": (optarena.AdaX, dict(lr=1e-2, weight_decay=0.05, decoupled_weight_decay=True)),
     "adafactor": (optarena.Adafactor, dict(weight_decay=0.1)),
     "adafactor-momentum": (optarena.Adafactor, dict(lr=1e-3, beta1=0.9, relative_step=False, scale_parameter=False)),
+    "ademamix": (optarena.AdEMAMix, dict(lr=1e-3, weight_decay=0.1)),
+    "ademamix-warmup": (optarena.AdEMAMix, dict(lr=1e-3, alpha=8.0, alpha_warmup=4, beta3_warmup=6)),
+    "amos": (optarena.Amos, dict(lr=1e-2)),
+    "amos-momentum-eta": (optarena.Amos, dict(lr=3e-2, momentum=0.9, eta=0.1, weight_decay=0.01)),
 }
 
 

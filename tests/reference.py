@@ -23,7 +23,8 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["RefAdaX", "RefAdafactor", "RefAdan", "RefLion", "RefOptimizer", "RefRLion", "adax_vhat_ema"]
+__all__ = ["RefAdEMAMix", "RefAdaX", "RefAdafactor", "RefAdan", "RefAmos", "RefLion", "RefOptimizer", "RefRLion",
+           "adax_vhat_ema"]
 
 
 class RefOptimizer:
@@ -266,3 +267,82 @@ class RefAdafactor(RefOptimizer):
         else:
             theta = theta - alpha * u_hat
         self._write(p, theta)
+
+
+# ---------------------------------------------------------------------------------------------------- AdEMAMix
+class RefAdEMAMix(RefOptimizer):
+    """AdEMAMix (Pagliardini et al. 2024), the paper's Algorithm 1 with its schedulers. Group keys: lr,
+    betas (b1, b2, b3), alpha, eps, weight_decay. Constructor: alpha_warmup, beta3_warmup (None: no warm-up).
+
+        m1 ← b1 m1 + (1−b1) g;  m2 ← b3_t m2 + (1−b3_t) g;  v ← b2 v + (1−b2) g²
+        θ ← θ − lr·((m1/(1−b1^t) + alpha_t·m2)/(sqrt(v/(1−b2^t)) + eps) + wd·θ)
+        alpha_t = min(t·alpha/T_a, alpha);  b3_t = min(exp(ln b1·ln b3/((1 − t/T_b)·ln b3 + (t/T_b)·ln b1)), b3)
+    """
+
+    def __init__(self, groups, *, alpha_warmup=None, beta3_warmup=None, maximize=False, round_to=None):
+        super().__init__(groups, maximize=maximize, round_to=round_to)
+        self.alpha_warmup = alpha_warmup
+        self.beta3_warmup = beta3_warmup
+
+    def _update(self, i, group, p, g):
+        lr, (b1, b2, b3), alpha = group["lr"], group["betas"], group["alpha"]
+        eps, wd = group["eps"], group["weight_decay"]
+        st = self.state.setdefault(i, {"step": 0, "m1": torch.zeros_like(p), "m2": torch.zeros_like(p),
+                                       "v": torch.zeros_like(p)})
+        st["step"] += 1
+        t = st["step"]
+        if self.alpha_warmup is not None:
+            alpha = min(t * alpha / self.alpha_warmup, alpha)
+        if self.beta3_warmup is not None:
+            T = self.beta3_warmup
+            b3 = min(math.exp(math.log(b1) * math.log(b3) / ((1 - t / T) * math.log(b3) + (t / T) * math.log(b1))),
+                     b3)
+        st["m1"] = b1 * st["m1"] + (1 - b1) * g
+        st["m2"] = b3 * st["m2"] + (1 - b3) * g
+        st["v"] = b2 * st["v"] + (1 - b2) * g * g
+        m1_hat = st["m1"] / (1 - b1**t)
+        v_hat = st["v"] / (1 - b2**t)
+        theta = p - lr * ((m1_hat + alpha * st["m2"]) / (torch.sqrt(v_hat) + eps) + wd * p)
+        self._write(p, theta)
+
+
+# ---------------------------------------------------------------------------------------------------- Amos
+def amos_eta(shape) -> float:
+    """The η heuristic optarena documents: sqrt(2/fan_in) for ≥ 2-D (fan_in = prod(shape[1:])), else 0.5."""
+    if len(shape) < 2:
+        return 0.5
+    return math.sqrt(2 / math.prod(shape[1:]))
+
+
+class RefAmos(RefOptimizer):
+    """Amos (Tian & Parikh 2022) as jestimator's ``scale_by_amos`` (finetune_rate 1, init_b 0), with one second
+    moment per tensor. Group keys: lr (ξ), beta, eta (None: ``amos_eta``), momentum, weight_decay, zeta, eps.
+
+        v ← beta v + (1−beta) mean(g²);  r = (1 − beta^t)/max(v, eps)
+        γ = rsqrt(1 + ζ sqrt(ξ) b)·ξ²·r·mean(g²);  init_lr = ξ η;  d = 1/(1 + ζ sqrt(init_lr) b)
+        Δ = d·(−init_lr sqrt(r) g − ½ γ θ);  b ← b + γ (1 + b)
+        θ ← θ + Δ   (momentum μ > 0: m ← μ m + (1−μ) Δ;  θ ← θ + m)
+    weight_decay > 0 first multiplies θ by (1 − ξ·wd).
+    """
+
+    def _update(self, i, group, p, g):
+        xi, beta, zeta, eps = group["lr"], group["beta"], group["zeta"], group["eps"]
+        mu, wd = group["momentum"], group["weight_decay"]
+        eta = amos_eta(p.shape) if group["eta"] is None else group["eta"]
+        st = self.state.setdefault(i, {"step": 0, "v": 0.0, "b": 0.0, "m": torch.zeros_like(p)})
+        st["step"] += 1
+        t = st["step"]
+        theta = p * (1 - xi * wd)
+        g2 = float((g.double() ** 2).mean())
+        st["v"] = beta * st["v"] + (1 - beta) * g2
+        r = (1 - beta**t) / max(st["v"], eps)
+        b = st["b"]
+        gamma = (1 + zeta * math.sqrt(xi) * b) ** -0.5 * xi**2 * r * g2
+        init_lr = xi * eta
+        d = 1 / (1 + zeta * math.sqrt(init_lr) * b)
+        delta = d * (-init_lr * math.sqrt(r) * g - 0.5 * gamma * theta)
+        st["b"] = b + gamma * (1 + b)
+        if mu > 0:
+            st["m"] = mu * st["m"] + (1 - mu) * delta
+            delta = st["m"]
+        self._write(p, theta + delta)

@@ -13,7 +13,7 @@ from optarena.cli import main
 def test_list_prints_every_optimizer(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    for name in ("lion", "rlion", "adan", "adax", "adafactor", "adamw", "nesterov"):
+    for name in ("lion", "rlion", "adan", "adax", "adafactor", "ademamix", "amos", "adamw", "nesterov"):
         assert f"\n{name} " in out
 
 

@@ -106,7 +106,7 @@ def test_fused_equals_loop(case: str, state_dtype: torch.dtype) -> None:
     assert flips <= max(1, total // 1000)  # observed: 0 on these random values
 
 
-@pytest.mark.parametrize("name", ["Lion", "RLion", "Adan", "AdaX"])
+@pytest.mark.parametrize("name", ["Lion", "RLion", "Adan", "AdaX", "AdEMAMix"])
 def test_no_recompiles_over_100_steps_of_one_cycle_lr(name: str) -> None:
     """lr, betas and weight decay are kernel inputs, not constants: OneCycleLR (which cycles betas[0] by default) and
     a weight decay schedule compile nothing new."""
@@ -404,7 +404,7 @@ def test_wrappers_over_a_fused_base_equal_them_over_the_loop(case: str) -> None:
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=lambda m: f"{case}: {m}")
 
 
-@pytest.mark.parametrize("case", ["adan", "adafactor-momentum"])
+@pytest.mark.parametrize("case", ["adan", "adafactor-momentum", "ademamix", "amos-momentum-eta"])
 def test_state_dict_round_trip_continues_identically(case: str) -> None:
     """Packed state (views of flat buffers; by slices for Adafactor) saves per parameter, loads with
     weights_only=True into a fresh fused optimizer, and continues bit for bit (test_conventions resumes the same

@@ -18,9 +18,9 @@ import torch
 import optarena
 
 try:  # tests/ on sys.path (pytest's rootdir-relative "prepend" import of a directory without __init__.py)
-    from reference import RefAdafactor, RefAdan, RefAdaX, RefLion, RefRLion, adax_vhat_ema
+    from reference import RefAdafactor, RefAdan, RefAdaX, RefAdEMAMix, RefAmos, RefLion, RefRLion, adax_vhat_ema
 except ImportError:  # tests/ is a package
-    from tests.reference import RefAdafactor, RefAdan, RefAdaX, RefLion, RefRLion, adax_vhat_ema
+    from tests.reference import RefAdafactor, RefAdan, RefAdaX, RefAdEMAMix, RefAmos, RefLion, RefRLion, adax_vhat_ema
 
 F64 = torch.float64
 BF16 = torch.bfloat16
@@ -41,8 +41,9 @@ SPECS = [
 ]
 NAMES = [s[0] for s in SPECS]
 ZERO_STEPS = (12, 13)  # every grad present is all-zero; plus "vector"'s first grad (step 0) is all-zero
-REF_CLASSES = {"Lion": RefLion, "RLion": RefRLion, "Adan": RefAdan, "AdaX": RefAdaX, "Adafactor": RefAdafactor}
-HAS_STEP_COUNTER = {"Adan", "AdaX", "Adafactor"}  # Lion/RLion: checked only if present
+REF_CLASSES = {"Lion": RefLion, "RLion": RefRLion, "Adan": RefAdan, "AdaX": RefAdaX, "Adafactor": RefAdafactor,
+               "AdEMAMix": RefAdEMAMix, "Amos": RefAmos}
+HAS_STEP_COUNTER = {"Adan", "AdaX", "Adafactor", "AdEMAMix", "Amos"}  # Lion/RLion: checked only if present
 
 
 # ------------------------------------------------------------------------------------------------------ cases
@@ -70,6 +71,14 @@ AF_HP = dict(lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), clip_threshold=1.0, we
 # explicit eps1, no update clipping in practice.
 AF_OV = ({}, dict(lr=0.3, beta2_decay=-0.5, clip_threshold=0.5, weight_decay=0.1),
          dict(lr=0.6, eps=(1e-30, 1e-2), clip_threshold=100.0, weight_decay=0.01))
+# group 1: the paper's α 8 and a shorter slow EMA; group 2: α 0 (Adam with a slow EMA kept but unused)
+AEM_HP = dict(lr=1e-2, betas=(0.9, 0.999, 0.9999), alpha=5.0, eps=1e-8, weight_decay=0.01)
+AEM_OV = ({}, dict(lr=3e-3, betas=(0.8, 0.99, 0.999), alpha=8.0, eps=1e-6, weight_decay=0.1),
+          dict(lr=2e-2, betas=(0.95, 0.9, 0.99), alpha=0.0, weight_decay=0.0))
+# group 1: lr 0.3 makes γ ≈ 0.1 per step, so that b and the decay factors c, d move far from 1 within 35 steps
+AMOS_HP = dict(lr=1e-2, beta=0.999, eta=None, momentum=0.0, weight_decay=0.0, zeta=0.25, eps=2.0**-125)
+AMOS_OV = ({}, dict(lr=0.3, beta=0.98, eta=0.1), dict(lr=5e-3, beta=0.9, zeta=1.0, weight_decay=0.1))
+AMOS_MOMENTUM_OV = ({}, dict(lr=0.3, beta=0.98, eta=0.1, momentum=0.5), dict(lr=5e-3, beta=0.9, momentum=0.0))
 ADAN_CLIP = 10.0  # global grad norm is ~1.5-150 here: clips on most steps, not on all
 
 CASES = [
@@ -100,6 +109,13 @@ CASES = [
          dict(beta1=0.9, relative_step=True, scale_parameter=False, warmup_init=False), maximize=True),
     Case("adafactor-warmup", "Adafactor", AF_HP, AF_OV,
          dict(beta1=None, relative_step=True, scale_parameter=True, warmup_init=True)),
+    Case("ademamix", "AdEMAMix", AEM_HP, AEM_OV, dict(alpha_warmup=None, beta3_warmup=None)),
+    # both warm-ups end within the run (steps 20 and 25 of 35): the schedules and their ends are compared
+    Case("ademamix-warmup", "AdEMAMix", AEM_HP, AEM_OV, dict(alpha_warmup=20, beta3_warmup=25)),
+    Case("ademamix-warmup-max", "AdEMAMix", AEM_HP, AEM_OV, dict(alpha_warmup=30, beta3_warmup=10), maximize=True),
+    Case("amos", "Amos", AMOS_HP, AMOS_OV),
+    Case("amos-max", "Amos", AMOS_HP, AMOS_OV, maximize=True),
+    Case("amos-momentum", "Amos", {**AMOS_HP, "momentum": 0.9}, AMOS_MOMENTUM_OV),
 ]
 CASE_BY_ID = {c.id: c for c in CASES}
 
@@ -345,7 +361,8 @@ def _scaled_lr(case: Case, scale: float) -> Case:
 
 # case id -> lr scale: chosen so the typical per-step change is about 0.1-3 bf16 ulps of an O(1) parameter
 BF16_CASES = {"lion": 10.0, "rlion-arctan-a10-max": 3.0, "adan-clip": 3.0, "adax-l2": 10.0,
-              "adax-decoupled-max": 10.0, "adafactor-beta1": 1.0, "adafactor-abs-noscale": 1.0}
+              "adax-decoupled-max": 10.0, "adafactor-beta1": 1.0, "adafactor-abs-noscale": 1.0,
+              "ademamix-warmup": 0.3, "amos-momentum": 1.0}
 BF16_STEPS = 10
 
 

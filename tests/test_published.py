@@ -302,3 +302,85 @@ def test_adafactor_matches_pytorch_optimizer(config: str, peer_foreach: bool, fo
                                               decay_rate=-0.8, clip_threshold=1.0, eps1=1e-30, eps2=1e-3),
         cfg["groups"], dtype=torch.float64, **F64,
         init_scales=[1e-4 if i % 3 == 1 else 1.0 for i in range(n)])
+
+
+# ============================================================================================================ AdEMAMix
+# pytorch_optimizer.AdEMAMix with weight_decouple=True (its default False is L2 decay in the gradient, not the
+# paper's decoupled decay); one t_alpha_beta3 warms up both α and β3 (optarena: alpha_warmup = beta3_warmup). Its step
+# count is per group: parameters that miss a gradient would fall out of step, so every parameter gets one.
+AEM_CONFIGS = {
+    "defaults": dict(groups=[SHAPES_ALL], kw=[{}], warmup=None, maximize=False, dtype=torch.float64, tol=F64),
+    "decay_two_groups": dict(
+        groups=[SHAPES_ALL, [(6,), (4, 5)]],
+        kw=[dict(lr=1e-2, weight_decay=0.1, alpha=8.0),
+            dict(lr=3e-3, betas=(0.8, 0.99, 0.999), eps=1e-6, alpha=4.0, weight_decay=0.01)],
+        warmup=None, maximize=False, dtype=torch.float64, tol=F64),
+    "warmup_maximize": dict(groups=[SHAPES_ALL], kw=[dict(lr=1e-2, weight_decay=0.05)], warmup=25, maximize=True,
+                            dtype=torch.float64, tol=F64),
+    "float32_warmup": dict(groups=[SHAPES_ALL], kw=[dict(lr=1e-3, weight_decay=0.02)], warmup=10, maximize=False,
+                           dtype=torch.float32, tol=F32),
+}
+
+
+@pytest.mark.parametrize("config", list(AEM_CONFIGS))
+@pytest.mark.parametrize("peer_foreach", [False, True])
+@pytest.mark.parametrize("foreach", [False, True])
+def test_ademamix_matches_pytorch_optimizer(config: str, peer_foreach: bool, foreach: bool) -> None:
+    pytorch_optimizer = pytest.importorskip("pytorch_optimizer")
+    cfg = AEM_CONFIGS[config]
+    warmup, maximize = cfg["warmup"], cfg["maximize"]
+    run_parity(
+        lambda p: optarena.AdEMAMix(_param_groups(p, cfg["kw"]), foreach=foreach, maximize=maximize,
+                                    alpha_warmup=warmup, beta3_warmup=warmup),
+        lambda p: pytorch_optimizer.AdEMAMix(_param_groups(p, cfg["kw"]), foreach=peer_foreach, maximize=maximize,
+                                             weight_decouple=True, t_alpha_beta3=warmup),
+        cfg["groups"], dtype=cfg["dtype"], **cfg["tol"])
+
+
+# ============================================================================================================ Amos
+# pytorch_optimizer.Amos is the reference's rule with one second moment per tensor (as optarena's) and a fixed η by
+# shape: 0.5 for ≤ 1-D, sqrt(2/size(1)) for 2-D (optarena's default η for these), sqrt(1/size(1)) for ≥ 3-D
+# (optarena: sqrt(2/prod(shape[1:])), He's fan-in), so the configurations compared have ≤ 2-D tensors and eta=None;
+# its c_coef = d_coef is optarena's zeta; extra_l2 = 0 (its sign grows θ: README); its eps is added to v where the
+# reference floors v by it (its default 1e-18 is 5e-8 of v after a first gradient of scale 5e-3 here: eps=0 for it,
+# while optarena's floor 2⁻¹²⁵ never binds). Its step count is per group.
+SHAPES_AMOS = [(), (7,), (5, 6), (4, 9)]
+AMOS_CONFIGS = {
+    # optarena's default lr 1e-2 (the reference's examples), pytorch_optimizer's 1e-3
+    "defaults": dict(groups=[SHAPES_AMOS], kw=[dict(lr=1e-2)], momentum=0.0, maximize=False, dtype=torch.float64,
+                     tol=F64),
+    # lr 0.3: γ ≈ 0.1 per step, so that the decay accumulator and both decay factors move far from their start
+    "two_groups_fast_decay": dict(groups=[SHAPES_AMOS, [(6,), (3, 5)]], kw=[dict(lr=0.3, beta=0.98), dict(lr=3e-3)],
+                                  momentum=0.0, maximize=False, dtype=torch.float64, tol=F64),
+    "momentum_maximize": dict(groups=[SHAPES_AMOS], kw=[dict(lr=0.1, beta=0.99)], momentum=0.9, maximize=True,
+                              dtype=torch.float64, tol=F64),
+    "float32": dict(groups=[SHAPES_AMOS], kw=[dict(lr=0.05)], momentum=0.0, maximize=False, dtype=torch.float32,
+                    tol=F32),
+}
+
+
+@pytest.mark.parametrize("config", list(AMOS_CONFIGS))
+@pytest.mark.parametrize("peer_foreach", [False, True])
+@pytest.mark.parametrize("foreach", [False, True])
+def test_amos_matches_pytorch_optimizer(config: str, peer_foreach: bool, foreach: bool) -> None:
+    pytorch_optimizer = pytest.importorskip("pytorch_optimizer")
+    cfg = AMOS_CONFIGS[config]
+    momentum, maximize = cfg["momentum"], cfg["maximize"]
+    run_parity(
+        lambda p: optarena.Amos(_param_groups(p, cfg["kw"]), foreach=foreach, maximize=maximize, momentum=momentum),
+        lambda p: pytorch_optimizer.Amos(_param_groups(p, cfg["kw"]), foreach=peer_foreach, maximize=maximize,
+                                         momentum=momentum, eps=0.0),
+        cfg["groups"], dtype=cfg["dtype"], **cfg["tol"])
+
+
+def test_amos_extra_decay_shrinks_where_pytorch_optimizers_extra_l2_grows() -> None:
+    """With a zero gradient Amos's own decay γ is 0; an extra decay must then shrink θ. optarena's weight_decay does
+    (θ·(1 − lr·wd)); pytorch_optimizer's extra_l2 enters as (γ − extra_l2)/2, so its θ grows by d·extra_l2/2."""
+    pytorch_optimizer = pytest.importorskip("pytorch_optimizer")
+    ours_p, peer_p = torch.ones(4, requires_grad=True), torch.ones(4, requires_grad=True)
+    ours = optarena.Amos([ours_p], lr=0.1, weight_decay=0.1)
+    peer = pytorch_optimizer.Amos([peer_p], lr=0.1, extra_l2=0.1)
+    for p, opt in ((ours_p, ours), (peer_p, peer)):
+        p.grad = torch.zeros(4)
+        opt.step()
+    assert (ours_p < 1).all() and (peer_p > 1).all()

@@ -11,7 +11,7 @@ from torch import nn
 import optarena
 from optarena.guidance import lr_range
 
-OWN = ["adafactor", "adan", "adax", "lion", "rlion"]
+OWN = ["adafactor", "adan", "adax", "ademamix", "amos", "lion", "rlion"]
 CLASSIC = ["adadelta", "adagrad", "adam", "adamax", "adamw", "momentum", "muon", "nadam", "nesterov", "radam",
            "rmsprop", "sgd"]
 SCHEDULEFREE = ["schedulefree_adamw", "schedulefree_sgd"]
@@ -118,7 +118,7 @@ def test_registering_a_new_optimizer() -> None:
 
 def test_state_bytes_measures_the_state() -> None:
     model = nn.Linear(10, 10)  # 110 parameters
-    for name, per_param in [("lion", 4), ("adan", 16), ("adamw", 8)]:
+    for name, per_param in [("lion", 4), ("adan", 16), ("ademamix", 12), ("adamw", 8)]:
         optimizer = optarena.create_optimizer(model, name)
         model(torch.randn(2, 10)).sum().backward()
         optimizer.step()
@@ -134,12 +134,29 @@ def test_state_bytes_measures_the_state() -> None:
     ("adan", {"lr": 5e-3, "weight_decay": 0.002}),
     ("adax", {"lr": 5e-3, "weight_decay": 0.005, "decoupled_weight_decay": True}),
     ("adafactor", {"lr": 1e-2, "weight_decay": 0.001}),
+    ("ademamix", {"lr": 1e-3, "weight_decay": 0.01}),
+    ("amos", {"lr": 1e-2, "weight_decay": 0.0}),
     ("adamw", {"lr": 1e-3, "weight_decay": 0.01}),
 ])
 def test_translate_hparams_from_adamw(name: str, expected: dict) -> None:
     got = optarena.translate_hparams(name, from_="adamw", lr=1e-3, weight_decay=0.01)
     assert got == pytest.approx(expected)
     optarena.create_optimizer(Net(), name, **got)  # the result is ready for the factory
+
+
+def test_amos_state_is_two_numbers_per_tensor_and_its_default_eta_follows_the_shape() -> None:
+    """Amos keeps v and b per tensor (plus its shape's η): its registry entry counts no bytes per element."""
+    model = nn.Linear(10, 10)
+    optimizer = optarena.create_optimizer(model, "amos")
+    model(torch.randn(2, 10)).sum().backward()
+    optimizer.step()
+    assert all(v.numel() == 1 for s in optimizer.state.values() for v in s.values())
+    assert optarena.get_optimizer_info("amos").state_bytes_per_param == 0
+    assert float(optimizer.state[model.weight]["shape_eta"]) == pytest.approx((2 / 10) ** 0.5)
+    assert float(optimizer.state[model.bias]["shape_eta"]) == 0.5
+    with_momentum = optarena.create_optimizer(model, "amos", momentum=0.9)
+    with_momentum.step()
+    assert with_momentum.state[model.weight]["exp_avg"].shape == model.weight.shape
 
 
 def test_translation_keeps_lion_decay_strength_and_gives_a_sweep_range() -> None:

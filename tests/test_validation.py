@@ -40,6 +40,21 @@ BAD_ARGUMENTS = [
     (optarena.Adafactor, {"beta1": 1.0}, "beta1"),
     (optarena.Adafactor, {"relative_step": False, "warmup_init": True}, "warmup_init"),
     (optarena.Adafactor, {"scale_parameter": None}, "scale_parameter"),
+    (optarena.AdEMAMix, {"betas": (0.9, 0.999)}, "betas"),
+    (optarena.AdEMAMix, {"betas": (0.9, 0.999, 1.0)}, "betas[2]"),
+    (optarena.AdEMAMix, {"alpha": -1.0}, "alpha"),
+    (optarena.AdEMAMix, {"alpha": float("nan")}, "alpha"),
+    (optarena.AdEMAMix, {"eps": 0.0}, "eps"),
+    (optarena.AdEMAMix, {"alpha_warmup": 0}, "alpha_warmup"),
+    (optarena.AdEMAMix, {"beta3_warmup": 10.5}, "beta3_warmup"),
+    (optarena.AdEMAMix, {"betas": (0.0, 0.999, 0.9999), "beta3_warmup": 100}, "betas"),
+    (optarena.Amos, {"beta": 1.0}, "beta"),
+    (optarena.Amos, {"eta": 0.0}, "eta"),
+    (optarena.Amos, {"eta": "auto"}, "eta"),
+    (optarena.Amos, {"momentum": 1.0}, "momentum"),
+    (optarena.Amos, {"zeta": -0.25}, "zeta"),
+    (optarena.Amos, {"eps": 0.0}, "eps"),
+    (optarena.Amos, {"weight_decay": -0.1}, "weight_decay"),
 ]
 
 

@@ -285,6 +285,15 @@ def tensor_rms(xs: list[Tensor]) -> list[Scalar]:
     return [as_number(n) / math.sqrt(max(1, x.numel())) for n, x in zip(norms(xs), xs)]
 
 
+def mean_squares(xs: list[Tensor]) -> list[Tensor]:
+    """Each tensor's mean of squares as a tensor (0-d; for a pack, a vector of its members'): unlike
+    ``tensor_rms``, never read into Python, for math that keeps it in state (Amos's per-tensor second moment)."""
+    segments = layout()
+    if segments is not None:
+        return [segments.rms(x).square() for x in xs]
+    return [n.square() / max(1, x.numel()) for n, x in zip(norms(xs), xs)]
+
+
 def mean_of(total: Tensor, count: int) -> Tensor:
     """``total / count`` in place; compiled, a product with ``1/count`` (gcc keeps a division by a constant a
     division, and scalar loops over 3×3 factors were bound by divisions)."""
