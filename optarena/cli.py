@@ -46,7 +46,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     config = arena.CompareConfig(optimizers=tuple(args.optimizers or ()), tasks=tasks + tuple(args.task),
                                  budget=args.budget, seeds=args.seeds, batch_sizes=args.batch_sizes, out=args.out,
                                  storage=args.storage, device=args.device, threads=args.threads,
-                                 stale_after=args.stale_after, run_timeout=args.run_timeout, **workers)
+                                 stale_after=args.stale_after, run_timeout=args.run_timeout,
+                                 tune=tuple(t.strip() for t in args.tune.split(",")), **workers)
     try:
         results = arena.run_compare(config)
     except KeyboardInterrupt:
@@ -128,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--run-timeout", type=float, default=None, metavar="SECONDS",
                          help="stop a run after this long and record it as timed out (default: tiny 120, quick 600, "
                               "full 3600; 0: no limit)")
+    compare.add_argument("--tune", default="lr", metavar="lr[,weight_decay]",
+                         help="what is tuned per optimizer: 'lr' (default: a half-decade lr grid that grows at its "
+                              "edges) or 'lr,weight_decay' (the same fixed number of runs for every optimizer over "
+                              "lr and weight decay: tiny 4, quick 9, full 16)")
     compare.set_defaults(func=_cmd_compare)
 
     tasks = commands.add_parser("tasks", help="list the built-in tasks")

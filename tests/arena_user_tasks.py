@@ -167,3 +167,10 @@ def hostile_names(budget: str = "quick") -> Task:
                 make_batches=lambda g, b: itertools.repeat(None), loss=lambda m, b: m.weight.sum(),
                 evaluate=evaluate, metric="<svg onload=alert(1)>", steps=4, eval_every=2,
                 description="<img src=x onerror=alert(1)>")
+
+
+def second_linear(budget: str = "quick") -> Task:
+    """The same least squares under another name: a second task for the cross-task scores."""
+    task = linear(budget)
+    task.name = "linear2"
+    return task

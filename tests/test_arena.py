@@ -11,7 +11,7 @@ import pytest
 
 from optarena.arena import CompareConfig, run_compare
 from optarena.arena.catalog import BUILTIN_TASKS
-from optarena.arena.claims import FAILS, HOLDS, UNMEASURED, evaluate_claims
+from optarena.arena.claims import FAILS, HOLDS, UNMEASURED, VERDICTS, evaluate_claims
 from optarena.arena.results import ResultSet
 from optarena.cli import main
 
@@ -54,7 +54,8 @@ def test_report_covers_every_task_and_optimizer(builtin_run):
     assert (out / "batch_noisy_quadratic.png").exists()
     assert "data:image/png;base64," in page and "src='curves_" not in page  # self-contained
     for claim in evaluate_claims(results):
-        assert claim.claim in markdown and claim.verdict in (HOLDS, FAILS, UNMEASURED)
+        assert claim.claim in markdown and claim.verdict in VERDICTS
+    assert markdown.startswith("# optarena compare\n\n**Pick ") and (out / "profile.png").exists()
     # every run is a trial of an Optuna study in the output folder
     studies = optuna.get_all_study_summaries(config.storage)
     assert sum(s.n_trials for s in studies) >= len(rows) and len(studies) == len(config.cells())
@@ -82,17 +83,30 @@ def test_claims_are_computed_from_the_stored_results(tmp_path):
     adamw = results.summary(f"{USER_TASKS}:linear", "adamw")
     assert memory.verdict == HOLDS and f"{lion.state_bytes_per_param:.2f}" in memory.measured
     assert f"{adamw.state_bytes_per_param:.2f}" in memory.measured
-    assert claims["Lion is worse than AdamW below batch size 64"].verdict == UNMEASURED  # no batch sweep here
+    assert claims["Lion trails AdamW below batch size 64, not above it (a batch-size effect)"].verdict == UNMEASURED
 
-    # change what is stored and the verdicts follow: Lion's state as large as AdamW's, its step 3x slower
+    # change what is stored and the verdicts follow: Lion's state larger than AdamW's, its step 3x slower
     for record in results.records:
         if record.cell.optimizer == "lion" and record.result is not None:
-            record.result.state_bytes = 2 * record.result.params * 4
+            record.result.state_bytes = 3 * record.result.params * 4
             record.result.opt_step_ms = 3 * adamw.opt_step_ms
     tampered = {c.claim: c for c in evaluate_claims(ResultSet(config, results.records))}
     assert tampered["Lion halves optimizer memory vs AdamW"].verdict == FAILS
     assert tampered["Lion's step is 2–15 % faster than AdamW's"].verdict == FAILS
-    assert "-200.0 %" in tampered["Lion's step is 2–15 % faster than AdamW's"].measured
+    assert "-200.0 % less time" in tampered["Lion's step is 2–15 % faster than AdamW's"].measured
+
+
+def test_tuning_weight_decay_runs_the_same_search_for_every_optimizer(tmp_path):
+    config = _config(tmp_path, (f"{USER_TASKS}:linear",), ("adamw", "lion"), seeds=2, tune=("lr", "weight_decay"))
+    results = run_compare(config, show_progress=False)
+    for optimizer in ("adamw", "lion"):
+        summary = results.summary(f"{USER_TASKS}:linear", optimizer)
+        tuning = [r for r in results.records_of(summary.cell) if r.seed == 0 and r.wd is not None]
+        assert len(tuning) == 4 and summary.plan.chosen_wd is not None and summary.runs == 2
+        assert {r.wd for r in summary.finals} == {summary.plan.chosen_wd}
+    rows = list(csv.DictReader(open(config.out / "results.csv")))
+    assert all(r["weight_decay"] for r in rows if r["optimizer"] == "adamw")  # Lion's stress runs keep the task's
+    assert "lr,weight_decay" in (config.out / "report.md").read_text()
 
 
 def test_a_diverging_optimizer_is_recorded_not_fatal(tmp_path):
@@ -152,6 +166,9 @@ def test_two_workers_share_one_comparison(tmp_path, monkeypatch):
     (["compare", "--device", "meta", "--tasks", "rosenbrock"], "meta tensors hold no data"),
     (["compare", "--tasks", ""], "Invalid --tasks: ''"),
     (["compare", "--run-timeout", "-1", "--tasks", "rosenbrock"], "run_timeout"),
+    (["compare", "--tune", "weight_decay", "--tasks", "rosenbrock"], "Invalid tune: 'weight_decay'"),
+    (["compare", "--tune", "lr,momentum", "--tasks", "rosenbrock"], "Invalid tune: 'lr,momentum'"),
+    (["compare", "--storage", "postgresql://u:p@127.0.0.1:1/x", "--tasks", "rosenbrock"], "port 1 failed"),
 ])
 def test_bad_input_gets_a_clear_error(argv, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -159,6 +176,27 @@ def test_bad_input_gets_a_clear_error(argv, message, tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and "hunter2" not in err
+    assert not (tmp_path / "out").exists()  # nothing ran: no folder left behind
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda out: out.write_text("a file"), "is an existing file, not a folder"),
+    (lambda out: (out.parent / "file").write_text("x"), "which is a file"),
+    (lambda out: out.mkdir(), "is not writable"),
+])
+def test_an_out_that_cannot_be_a_report_folder_is_refused_before_anything_runs(make, message, tmp_path, capsys,
+                                                                              monkeypatch):
+    import optarena.arena.config as config_module
+
+    out = tmp_path / "out"
+    make(out)
+    target = tmp_path / "file" / "report" if "which is a file" in message else out
+    if "writable" in message:  # as root every folder is writable: stand in for a read-only one
+        monkeypatch.setattr(config_module.os, "access", lambda path, mode: Path(path) != out)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare", "--tasks", "rosenbrock", "--out", str(target)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Invalid --out" in err and message in err and "Traceback" not in err
 
 
 def test_a_corrupt_storage_file_is_named_with_the_cause(tmp_path, capsys):
@@ -179,7 +217,8 @@ def test_no_arguments_runs_the_quick_comparison_with_the_default_roster(monkeypa
     monkeypatch.chdir(tmp_path)
     assert main([]) == 0
     (config,) = seen
-    assert config.budget == "quick" and config.optimizers == ("adamw", "lion", "rlion", "adan")
+    assert config.budget == "quick"
+    assert config.optimizers == ("adamw", "lion", "rlion", "adan", "muon", "schedulefree_adamw")
     assert config.tasks == tuple(BUILTIN_TASKS) and config.out == Path("optarena-report")
     assert config.storage == f"sqlite:///{tmp_path / 'optarena-report' / 'arena.db'}"
 

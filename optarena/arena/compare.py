@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
+import shutil
+import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from .catalog import load_tasks
 from .config import CompareConfig
@@ -12,15 +15,27 @@ from .storage import FAILURES, ArenaStorage
 from .workers import POLL_SECONDS, supervise, work
 
 
-def progress_counts(config: CompareConfig, store: ArenaStorage) -> tuple[int, int]:
-    """(finished runs, expected runs): what is planned now plus the seed runs that follow unfinished tuning."""
+@dataclass
+class Progress:
+    done: int
+    """Finished runs."""
+    total: int
+    """Expected runs: what is planned now plus the seed runs that follow unfinished tuning."""
+    finished: list[tuple[str, str]]
+    """(task name, optimizer) pairs with every batch size's cell complete, in plan order."""
+
+
+def progress_counts(config: CompareConfig, store: ArenaStorage) -> Progress:
     done = total = 0
+    complete: dict[tuple[str, str], bool] = {}
     for cell in config.cells():
         finished = store.finished(cell)
         plan = config.plan(cell, finished)
         done += len(finished)
         total += len(finished) + len(plan.missing) + (config.seeds - 1 if plan.blocked else 0)
-    return done, total
+        key = (cell.task_name, cell.optimizer)
+        complete[key] = complete.get(key, True) and plan.complete
+    return Progress(done, total, [key for key, ok in complete.items() if ok])
 
 
 def run_compare(config: CompareConfig, *, show_progress: bool = True):
@@ -31,12 +46,21 @@ def run_compare(config: CompareConfig, *, show_progress: bool = True):
     from .report import print_summary, write_report
     from .results import ResultSet
 
-    config.out.mkdir(parents=True, exist_ok=True)
     load_tasks.cache_clear()  # a task file edited since an earlier comparison in this process is read anew
-    config.load_tasks()
-    store = config.open_storage()
-    for cell in config.cells():  # create the studies before workers race to do it
-        store.study_id(cell)
+    config.load_tasks()  # a task that fails to load stops here, before anything is written
+    created = not config.out.exists()
+    try:
+        config.out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"Invalid --out: {str(config.out)!r} cannot be created ({err.strerror})") from None
+    try:
+        store = config.open_storage()
+        for cell in config.cells():  # create the studies before workers race to do it
+            store.study_id(cell)
+    except BaseException:
+        if created:  # leave no folder behind for a comparison that never started
+            shutil.rmtree(config.out, ignore_errors=True)
+        raise
 
     started = time.perf_counter()
     with _progress(show_progress) as update:
@@ -45,14 +69,14 @@ def run_compare(config: CompareConfig, *, show_progress: bool = True):
         def refresh() -> None:  # reading every cell costs a few ms each: at most once per poll interval
             nonlocal last
             if time.monotonic() - last >= POLL_SECONDS:
-                update(*progress_counts(config, store))
+                update(progress_counts(config, store))
                 last = time.monotonic()
 
         refresh()
-        done, total = progress_counts(config, store)
-        if total > done:  # no more workers than runs left
-            supervise(config, store, min(config.workers, total - done), refresh)
-        update(*progress_counts(config, store))
+        now = progress_counts(config, store)
+        if now.total > now.done:  # no more workers than runs left
+            supervise(config, store, min(config.workers, now.total - now.done), refresh)
+        update(progress_counts(config, store))
     elapsed = time.perf_counter() - started
     results = ResultSet.load(config, store)
     paths = write_report(results, config.out, wall_seconds=elapsed)
@@ -62,24 +86,42 @@ def run_compare(config: CompareConfig, *, show_progress: bool = True):
 
 
 class _progress:
-    """A rich progress bar when asked for, a no-op otherwise."""
+    """A rich progress bar with an ETA on a terminal; otherwise (a log, CI) one line per finished task × optimizer;
+    nothing when disabled."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
+        self.bar = None
+        self.reported: set[tuple[str, str]] = set()
 
-    def __enter__(self) -> Callable[[int, int], None]:
+    def __enter__(self) -> Callable[[Progress], None]:
         if not self.enabled:
-            return lambda done, total: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+            return lambda progress: None
+        if not sys.stdout.isatty():
+            return self._lines
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.bar = Progress(TextColumn("[bold]optarena compare"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("runs"), TimeElapsedColumn())
+                            TextColumn("runs"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
         self.bar.__enter__()
         self.task_id = self.bar.add_task("runs", total=None)
-        return lambda done, total: self.bar.update(self.task_id, completed=done, total=total)
+        return lambda p: self.bar.update(self.task_id, completed=p.done, total=p.total)
+
+    def _lines(self, progress: Progress) -> None:
+        for task, optimizer in progress.finished:
+            if (task, optimizer) not in self.reported:
+                self.reported.add((task, optimizer))
+                print(f"[{progress.done}/{progress.total} runs] {task} × {optimizer}: done", flush=True)
 
     def __exit__(self, *exc: object) -> None:
-        if self.enabled:
+        if self.bar is not None:
             self.bar.__exit__(*exc)
 
 
@@ -93,4 +135,4 @@ def failure_summary(results) -> str | None:
     return f"{len(failed)} of {len(results.records)} runs failed ({kinds}); see the report's \"Runs that failed\""
 
 
-__all__ = ["CompareConfig", "failure_summary", "progress_counts", "run_compare", "work"]
+__all__ = ["CompareConfig", "failure_summary", "Progress", "progress_counts", "run_compare", "work"]

@@ -13,7 +13,7 @@ import torch
 from ..info import base_optimizer_info
 from ..validation import check_number, check_positive_int
 from .catalog import BUILTIN_TASKS, load_tasks
-from .plan import BUDGET_PRESETS, DEFAULT_OPTIMIZERS, Cell, CellPlan, Outcome, cells_for, plan_cell
+from .plan import BUDGET_PRESETS, DEFAULT_OPTIMIZERS, TUNABLE, Cell, CellPlan, Outcome, cells_for, plan_cell
 from .storage import HEARTBEAT_SECONDS, ArenaStorage, default_storage_url
 from .task import BUDGETS, Task
 
@@ -52,6 +52,9 @@ class CompareConfig:
     run_timeout: float | None = None
     """Seconds one run may take before its worker is stopped and the run recorded as timed out; ``None``: the
     budget's (tiny 120, quick 600, full 3600); 0: no limit."""
+    tune: tuple[str, ...] = ("lr",)
+    """What is tuned per cell: ``("lr",)`` (the growing lr grid) or ``("lr", "weight_decay")`` (a fixed-budget search
+    over both, the same for every optimizer)."""
     invocation: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     """Identifies this command; its worker processes share it (see :class:`ArenaStorage`)."""
 
@@ -63,6 +66,10 @@ class CompareConfig:
             base_optimizer_info(name)  # ValueError naming the unknown one
         self.optimizers = tuple(dict.fromkeys(n.lower() for n in names))
         self.tasks = tuple(dict.fromkeys(self.tasks)) or tuple(BUILTIN_TASKS)
+        self.tune = tuple(dict.fromkeys(self.tune))
+        if not self.tune or "lr" not in self.tune or any(t not in TUNABLE for t in self.tune):
+            raise ValueError(f"Invalid tune: {','.join(self.tune)!r} (expected 'lr' or 'lr,weight_decay': the learning "
+                             "rate is always tuned)")
         if self.seeds is None:
             self.seeds = BUDGET_PRESETS[self.budget].seeds
         check_positive_int("seeds", self.seeds)
@@ -97,6 +104,7 @@ class CompareConfig:
         except (RuntimeError, AssertionError) as err:
             raise ValueError(f"Invalid device: {self.device!r} ({str(err).splitlines()[0]})") from None
         self.out = Path(self.out)
+        _check_out(self.out)
         self.storage = self.storage or default_storage_url(self.out)
 
     @property
@@ -126,4 +134,23 @@ class CompareConfig:
     def plan(self, cell: Cell, finished: Mapping[str, Outcome]) -> CellPlan:
         task = self.load_tasks()[cell.task]
         stress = "adamw" in self.optimizers and cell.batch_size == self.default_batch_size(task)
-        return plan_cell(cell, BUDGET_PRESETS[self.budget], self.seeds, finished, stress=stress)
+        return plan_cell(cell, BUDGET_PRESETS[self.budget], self.seeds, finished, stress=stress, tune=self.tune,
+                         base_wd=task.weight_decay)
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an output folder that cannot be one before anything runs: an existing file, or a place this process
+    cannot write to."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"Invalid --out: {str(out)!r} is an existing file, not a folder (name a folder; it is "
+                         "created if missing)")
+    existing = out
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise ValueError(f"Invalid --out: {str(out)!r} lies under {str(existing)!r}, which is a file")
+    if existing.exists() and not os.access(existing, os.W_OK | os.X_OK):
+        what = "the folder" if existing == out else f"{str(existing)!r}, where it would be created,"
+        raise ValueError(f"Invalid --out: {str(out)!r} is not writable ({what} does not allow this user to write)")

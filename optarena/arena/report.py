@@ -6,35 +6,28 @@ import base64
 import csv
 import html
 import math
-import os
 import platform
+import textwrap
 import urllib.parse
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ..info import base_optimizer_info
 from .claims import ClaimResult, evaluate_claims
-from .plan import point_key
-from .results import CellSummary, ResultSet, median
+from .plan import BUDGET_PRESETS, point_key
+from .plots import make_plots, write_atomically
+from .results import CellSummary, ResultSet
 from .storage import FAILURES
+from .verdict import TAU_MAX, Verdict, compute_verdict
+
+__all__ = ["md_escape", "print_summary", "write_atomically", "write_report"]
 
 
 def md_escape(text: str) -> str:
     """``text`` safe inside Markdown (and the HTML a Markdown viewer makes of it): no tags, no table breaks."""
     return html.escape(text, quote=False).replace("|", "\\|")
-
-
-def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """``write`` to a temporary file beside ``path``, then rename it over ``path``: a full disk or a crash leaves
-    the previous file (or none), never a truncated one."""
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        write(partial)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 @dataclass
@@ -77,7 +70,8 @@ def summary_table(results: ResultSet) -> Table:
     for cell in results.cells:
         s = results.summaries[cell.study_name]
         task = results.task(cell)
-        lr = _num(s.plan.chosen_lr, ".3g") + (" (edge)" if s.plan.at_edge else "")
+        lr = _num(s.plan.chosen_lr, ".3g") + (" (edge)" if s.plan.at_edge else "") + (
+            f", wd {s.plan.chosen_wd:.3g}" if s.plan.chosen_wd is not None else "")
         rows.append([task.name, str(cell.batch_size), cell.optimizer, lr, _metric(s), str(s.runs),
                      f"{s.diverged}/{s.runs} (tuning {s.tuning_diverged})",
                      f"{s.reached}/{s.runs}" if task.target is not None else "no target",
@@ -87,8 +81,40 @@ def summary_table(results: ResultSet) -> Table:
 
 
 def claims_table(claims: list[ClaimResult]) -> Table:
-    return Table(["claim", "source", "measured here", "verdict"],
-                 [[c.claim, c.source, c.measured, c.verdict] for c in claims])
+    return Table(["claim", "source", "measured here", "verdict", "independent findings (context, not the verdict)"],
+                 [[c.claim, c.source, c.measured, c.verdict, c.context] for c in claims])
+
+
+def tasks_verdict_table(verdict: Verdict) -> Table:
+    rows = []
+    for t in verdict.tasks:
+        if not t.ranking:
+            rows.append([t.task, "–", "–", "no result", ""])
+            continue
+        margin = f"{100 * t.margin:+.1f} % vs {t.runner_up}" if t.margin is not None else "–"
+        rows.append([t.task, t.winner, margin, "tie" if t.is_tie else "beyond the seed spread",
+                     ", ".join(t.tied) if t.is_tie else ""])
+    return Table(["task", "best median", "margin over the runner-up", "difference", "tied (inside the seed spread)"],
+                 rows)
+
+
+def standings_table(verdict: Verdict) -> Table:
+    rows = []
+    for s in verdict.standings.values():
+        rows.append([s.name, _num(s.score_steps, ".2f"), _num(s.score_seconds, ".2f"), f"{s.first}/{s.tasks}",
+                     _num(s.plateau_decades, ".1f"), _num(s.state_bytes_per_param, ".2f"),
+                     _num(s.peak_memory_mb, ".1f"), ", ".join(s.never_learned) or "–"])
+    return Table(["optimizer", "score (steps)", "score (s)", "first or tied", "lr plateau (decades)",
+                  "state B/param", "peak MiB", "never learned on"], rows)
+
+
+SCORING = (f"Score: the AlgoPerf performance-profile score, the area under ρ(τ) (the fraction of tasks on which the "
+           f"optimizer reached the task's target within τ times the fastest optimizer's time, a miss counting as "
+           f"never) over τ from 1 to {TAU_MAX:g}, normalised so that 1 means first to every target; in steps, and "
+           f"in seconds of training including compilation. First or tied: tasks where its median is the best or "
+           f"inside the seed spread of the best. lr plateau: the width, in decades, of the tuning-grid learning "
+           f"rates around the chosen one whose result is no worse than the chosen setting's worst seed (median "
+           f"over tasks; 0 when only the chosen lr qualifies). Memory: medians over tasks.")
 
 
 def tasks_table(results: ResultSet) -> Table:
@@ -101,9 +127,10 @@ def tasks_table(results: ResultSet) -> Table:
 
 
 def write_csv(results: ResultSet, path: Path) -> None:
-    fields = ["task", "batch_size", "optimizer", "lr", "seed", "state", "chosen", "final_metric", "best_metric",
-              "diverged_at", "steps", "steps_to_target", "seconds_to_target", "train_seconds", "opt_step_ms",
-              "fwd_bwd_ms", "state_bytes", "params", "peak_memory_mb", "trial", "worker", "host", "error"]
+    fields = ["task", "batch_size", "optimizer", "lr", "weight_decay", "seed", "state", "chosen", "final_metric",
+              "best_metric", "diverged_at", "steps", "steps_to_target", "seconds_to_target", "train_seconds",
+              "opt_step_ms", "fwd_bwd_ms", "state_bytes", "params", "peak_memory_mb", "trial", "worker", "host",
+              "error"]
     write_atomically(path, lambda partial: _write_rows(results, partial, fields))
 
 
@@ -112,10 +139,12 @@ def _write_rows(results: ResultSet, path: Path, fields: list[str]) -> None:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         for record in results.records:
-            chosen = results.summaries[record.cell.study_name].plan.chosen_lr
+            plan = results.summaries[record.cell.study_name].plan
+            chosen = point_key(plan.chosen_lr, 0, plan.chosen_wd) if plan.chosen_lr is not None else None
             row = {"task": results.task(record.cell).name, "batch_size": record.cell.batch_size,
                    "optimizer": record.cell.optimizer, "lr": record.lr, "seed": record.seed, "state": record.state,
-                   "chosen": chosen is not None and point_key(record.lr, 0) == point_key(chosen, 0),
+                   "weight_decay": "" if record.wd is None else record.wd,
+                   "chosen": point_key(record.lr, 0, record.wd) == chosen,
                    "trial": record.trial_number, "worker": record.worker, "host": record.host,
                    "error": record.error.strip().splitlines()[-1] if record.error else ""}
             if record.result is not None:
@@ -125,121 +154,6 @@ def _write_rows(results: ResultSet, path: Path, fields: list[str]) -> None:
                                                        "opt_step_ms", "fwd_bwd_ms", "state_bytes", "params",
                                                        "peak_memory_mb")})
             writer.writerow(row)
-
-
-# ---------------------------------------------------------------------------------------------------- plots
-def _legend(ax) -> None:
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
-
-
-def _plots(results: ResultSet, out: Path) -> list[tuple[str, Path]]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    colours = {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(results.config.optimizers)}
-    made: list[tuple[str, Path]] = []
-
-    def save(fig, name: str, title: str) -> None:
-        path = out / name
-        fig.tight_layout()
-        write_atomically(path, lambda partial: fig.savefig(partial, dpi=90, format="png"))
-        plt.close(fig)
-        made.append((title, path))
-
-    headline = results.headline_cells()
-    for spec, task in results.tasks.items():
-        cells = [c for c in headline if c.task == spec]
-        # loss and metric curves, median over seeds with a min–max band
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-        for cell in cells:
-            for ax, (steps_attr, values_attr) in zip(axes, [("loss_steps", "train_loss"),
-                                                            ("eval_steps", "eval_metric")]):
-                steps, mid, low, high = results.median_curve(cell, steps_attr, values_attr)
-                if steps:
-                    ax.plot(steps, mid, label=cell.optimizer, color=colours[cell.optimizer])
-                    ax.fill_between(steps, low, high, alpha=0.2, color=colours[cell.optimizer])
-        axes[0].set(xlabel="step", ylabel="training loss", title=f"{task.name}: training loss")
-        axes[1].set(xlabel="step", ylabel=task.metric, title=f"{task.name}: {task.metric}")
-        if not task.higher_is_better and all(v > 0 for line in axes[0].get_lines() for v in line.get_ydata()):
-            axes[0].set_yscale("log")
-        _legend(axes[1])
-        save(fig, f"curves_{task.name}.png", f"{task.name}: curves (median and range over seeds, chosen lr)")
-
-        # sensitivity: final metric against learning rate, seed 0
-        fig, ax = plt.subplots(figsize=(6, 3.6))
-        for cell in cells:
-            runs = sorted((r for r in results.records_of(cell) if r.seed == 0), key=lambda r: r.lr)
-            ok = [(r.lr, r.metric) for r in runs if r.metric is not None]
-            bad = [r.lr for r in runs if r.metric is None]
-            if ok:
-                ax.plot(*zip(*ok), "o-", label=cell.optimizer, color=colours[cell.optimizer])
-            if bad:
-                y = ax.get_ylim()[0] if ok else 0
-                ax.plot(bad, [y] * len(bad), "x", color=colours[cell.optimizer], markersize=9)
-            chosen = results.summaries[cell.study_name].plan.chosen_lr
-            match = [m for lr, m in ok if chosen is not None and point_key(lr, 0) == point_key(chosen, 0)]
-            if match:
-                ax.plot([chosen], match, "*", color=colours[cell.optimizer], markersize=14)
-        ax.set(xscale="log", xlabel="peak learning rate", ylabel=task.metric,
-               title=f"{task.name}: sensitivity (seed 0; ★ chosen, × diverged)")
-        _legend(ax)
-        save(fig, f"lr_{task.name}.png", f"{task.name}: final {task.metric} against learning rate")
-
-        sizes = results.config.batch_sizes_for(task)
-        if len(sizes) > 1:
-            fig, ax = plt.subplots(figsize=(6, 3.6))
-            for optimizer in results.config.optimizers:
-                points = [(bs, s.metric_median) for bs in sizes
-                          if (s := results.summary(spec, optimizer, bs)) and s.metric_median is not None]
-                if points:
-                    ax.plot(*zip(*points), "o-", label=optimizer, color=colours[optimizer])
-            ax.set(xscale="log", xlabel="batch size", ylabel=task.metric,
-                   title=f"{task.name}: {task.metric} against batch size (lr tuned per size)")
-            _legend(ax)
-            save(fig, f"batch_{task.name}.png", f"{task.name}: batch-size sweep")
-
-        if task.surface is not None:
-            fig, ax = plt.subplots(figsize=(5.5, 4.5))
-            paths = [(c.optimizer, r.result.trajectory) for c in cells for r in results.summaries[c.study_name].finals
-                     if r.seed == 0 and r.result is not None and r.result.trajectory]
-            points = [p for _, path in paths for p in path if all(map(math.isfinite, p))]
-            xs, ys = [p[0] for p in points] or [-2, 2], [p[1] for p in points] or [-2, 2]
-            pad_x, pad_y = 0.15 * (max(xs) - min(xs)) + 0.5, 0.15 * (max(ys) - min(ys)) + 0.5
-            gx = torch.linspace(min(xs) - pad_x, max(xs) + pad_x, 200)
-            gy = torch.linspace(min(ys) - pad_y, max(ys) + pad_y, 200)
-            mx, my = torch.meshgrid(gx, gy, indexing="xy")
-            z = task.surface(mx, my)
-            ax.contourf(mx.numpy(), my.numpy(), torch.log1p(z - z.min()).numpy(), levels=30, cmap="Greys")
-            for name, path in paths:
-                ax.plot([p[0] for p in path], [p[1] for p in path], ".-", markersize=2, linewidth=1,
-                        label=name, color=colours[name])
-                ax.plot(*path[0], "o", color="black")
-            ax.set(title=f"{task.name}: trajectories at the chosen lr (seed 0)", xlabel="x", ylabel="y")
-            _legend(ax)
-            save(fig, f"trajectory_{task.name}.png", f"{task.name}: optimizer trajectories")
-
-    # time and memory, per task and optimizer
-    names = [results.task(c).name for c in headline if c.optimizer == results.config.optimizers[0]]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    width = 0.8 / max(1, len(results.config.optimizers))
-    for i, optimizer in enumerate(results.config.optimizers):
-        summaries = [results.summaries[c.study_name] for c in headline if c.optimizer == optimizer]
-        axes[0].bar([j + i * width for j in range(len(summaries))], [s.opt_step_ms or 0 for s in summaries],
-                    width, label=optimizer, color=colours[optimizer])
-        # the median over tasks: on a 2-parameter task per-tensor step counters inflate the per-parameter figure
-        axes[1].bar([i], [median(s.state_bytes_per_param for s in summaries) or 0], color=colours[optimizer])
-    axes[0].set_xticks([j + 0.4 - width / 2 for j in range(len(names))], names, rotation=30, ha="right", fontsize=8)
-    axes[0].set(ylabel="optimizer step, ms (median)", title="step time per task")
-    if any(b.get_height() > 0 for b in axes[0].patches):
-        axes[0].set_yscale("log")
-    _legend(axes[0])
-    axes[1].set_xticks(range(len(results.config.optimizers)), results.config.optimizers, rotation=30, ha="right")
-    axes[1].set(ylabel="bytes of state per parameter", title="optimizer memory (median over tasks)")
-    save(fig, "time_memory.png", "Optimizer step time and state memory")
-    return made
 
 
 # --------------------------------------------------------------------------------------------------- writers
@@ -262,16 +176,40 @@ PROTOCOL = ("Every optimizer gets the same initial weights and batch order per s
             "cosine decay to 0, no warm-up. A run whose loss turns non-finite or grows 10× is recorded as diverged.")
 
 
+SEARCH = ("Tuning (--tune lr,weight_decay): instead of the lr grid, {trials} runs on seed 0 per optimizer at the same "
+          "quasi-random points of a declared space, lr in default·10^[−1.5, 1.5] and AdamW-scale weight decay in "
+          "base·10^[−1, 1] (base: the task's decay or 0.01), each optimizer getting its published translation of the "
+          "decay; the best on the final validation metric is re-run over the remaining seeds.")
+
+
+def protocol(results: ResultSet) -> str:
+    """The protocol paragraph, with the exceptions the roster brings (schedule-free optimizers)."""
+    text = PROTOCOL
+    if "weight_decay" in results.config.tune:
+        text += " " + SEARCH.format(trials=BUDGET_PRESETS[results.config.budget].search_trials)
+    constant = [n for n in results.config.optimizers if base_optimizer_info(n).schedule == "constant"]
+    if not constant:
+        return text
+    return text + (f" Exception: {', '.join(constant)}, designed for a constant learning rate, get a linear "
+                       "warm-up over the first 5 % of the steps and then a constant lr; they train in "
+                       "optimizer.train() mode and are evaluated in optimizer.eval() mode (at the averaged weights).")
+
+
 def write_report(results: ResultSet, out: Path, *, wall_seconds: float | None = None) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     claims = evaluate_claims(results)
+    verdict = compute_verdict(results)
     write_csv(results, out / "results.csv")
-    plots = _plots(results, out)
-    tables = [("Tasks", tasks_table(results)), ("Summary", summary_table(results)),
-              ("Published claims on this workload", claims_table(claims))]
+    plots = make_plots(results, verdict, out)
+    top = [("Verdict per task", tasks_verdict_table(verdict)), ("Across tasks", standings_table(verdict))]
+    tables = [("Published claims on this workload", claims_table(claims)), ("Tasks", tasks_table(results)),
+              ("Summary", summary_table(results))]
     failed = [r for r in results.records if r.state in FAILURES]
+    setup = _setup_line(results, wall_seconds)
 
-    md = ["# optarena compare", "", md_escape(_setup_line(results, wall_seconds)), "", PROTOCOL, ""]
+    md = ["# optarena compare", "", f"**{md_escape(verdict.pick)}**", ""]
+    md += [line for title, table in top for line in (f"## {title}", "", table.markdown(), "")]
+    md += [md_escape(SCORING), "", md_escape(setup), "", md_escape(protocol(results)), ""]
     for title, table in tables:
         md += [f"## {title}", "", table.markdown(), ""]
     if failed:
@@ -283,8 +221,9 @@ def write_report(results: ResultSet, out: Path, *, wall_seconds: float | None = 
                               for title, path in plots]
     write_atomically(out / "report.md", lambda partial: partial.write_text("\n".join(md)))
 
-    body = [f"<h1>optarena compare</h1><p>{html.escape(_setup_line(results, wall_seconds))}</p>",
-            f"<p>{html.escape(PROTOCOL)}</p>"]
+    body = [f"<h1>optarena compare</h1><p><b>{html.escape(verdict.pick)}</b></p>"]
+    body += [f"<h2>{html.escape(title)}</h2>{table.html()}" for title, table in top]
+    body += [f"<p>{html.escape(SCORING)}</p><p>{html.escape(setup)}</p><p>{html.escape(protocol(results))}</p>"]
     for title, table in tables:
         body.append(f"<h2>{html.escape(title)}</h2>{table.html()}")
     if failed:
@@ -302,27 +241,51 @@ def write_report(results: ResultSet, out: Path, *, wall_seconds: float | None = 
             **{path.stem: path for _, path in plots}}
 
 
+TERMINAL_WIDTH = 80
+
+
+def terminal_summary(results: ResultSet, paths: dict[str, Path], *, wall_seconds: float | None = None) -> str:
+    """The end-of-run summary as plain text no wider than ``TERMINAL_WIDTH``: the pick, the verdict per task, the
+    standings, each task's results in a block, and the claims."""
+    verdict = compute_verdict(results)
+
+    def wrap(text: str, indent: str = "") -> list[str]:
+        return textwrap.wrap(text, TERMINAL_WIDTH, initial_indent=indent,
+                             subsequent_indent=" " * len(indent) if indent else "  ")
+
+    lines = wrap(verdict.pick) + [""]
+    for t in verdict.tasks:
+        lines += wrap(t.sentence(), "- ")
+    standings = standings_table(verdict)
+    keep = [0, 1, 2, 3, 4, 5]
+    lines += ["", *_columns(["optimizer", "score", "score s", "first", "lr dec", "B/param"],
+                            [[row[i] for i in keep] for row in standings.rows])]
+    lines += wrap("score: AlgoPerf profile score in steps and in seconds (1 = first to every target); first: tasks "
+                  "won or tied; lr dec: decades of learning rate within the seed spread of the best.")
+    summary = summary_table(results)
+    index = {h: i for i, h in enumerate(summary.headers)}
+    for task in results.tasks.values():
+        rows = [r for r in summary.rows if r[0] == task.name]
+        multi = len({r[1] for r in rows}) > 1
+        direction = "higher" if task.higher_is_better else "lower"
+        lines += ["", f"{task.name}: {task.metric} ({direction} is better), median [min, max] over seeds"]
+        lines += _columns((["batch"] if multi else []) + ["optimizer", "lr", "metric", "to target", "step ms"],
+                          [([r[1]] if multi else []) + [r[2], r[3], r[index["metric: median [min, max]"]],
+                                                         r[index["steps to target"]], r[index["step ms"]]]
+                           for r in rows])
+    lines += ["", "Published claims on this workload:"]
+    for claim in evaluate_claims(results):
+        lines += wrap(f"[{claim.verdict}] {claim.claim}", "- ") + wrap(f"measured: {claim.measured}", "    ")
+    lines += ["", *wrap(_setup_line(results, wall_seconds)),
+              f"report: {paths['html']}", f"  ({paths['markdown'].name}, {paths['csv'].name}, PNG plots)"]
+    return "\n".join(lines)
+
+
+def _columns(headers: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return [fmt.format(*headers).rstrip(), *(fmt.format(*r).rstrip() for r in rows)]
+
+
 def print_summary(results: ResultSet, paths: dict[str, Path], *, wall_seconds: float | None = None) -> None:
-    """The end-of-run summary in the terminal: a narrower summary table than the report's, and the claims."""
-    import sys
-
-    from rich.console import Console
-    from rich.table import Table as RichTable
-
-    console = Console(width=None if sys.stdout.isatty() else 160)
-    full = summary_table(results)
-    keep = ["task", "batch", "optimizer", "chosen lr", "metric: median [min, max]", "diverged", "reached target",
-            "steps to target", "step ms", "state B/param"]
-    columns = [full.headers.index(h) for h in keep]
-    compact = Table(keep, [[row[i] for i in columns] for row in full.rows])
-    claims = claims_table(evaluate_claims(results))
-    claims = Table(["claim", "measured here", "verdict"], [[r[0], r[2], r[3]] for r in claims.rows])
-    for title, table in [("Summary", compact), ("Published claims on this workload", claims)]:
-        rich_table = RichTable(title=title)
-        for header in table.headers:
-            rich_table.add_column(header, overflow="fold")
-        for row in table.rows:
-            rich_table.add_row(*row)
-        console.print(rich_table)
-    console.print(_setup_line(results, wall_seconds))
-    console.print(f"report: {paths['html']}  ({paths['markdown'].name}, {paths['csv'].name}, PNG plots)")
+    print(terminal_summary(results, paths, wall_seconds=wall_seconds))

@@ -39,10 +39,38 @@ class CellSummary:
     fwd_bwd_ms: float | None
     state_bytes_per_param: float | None
     peak_memory_mb: float | None
+    initial_metric: float | None
+    """The untrained model's metric (median over the finals' evaluations at step 0)."""
+    higher_is_better: bool
 
     @property
     def runs(self) -> int:
         return len(self.finals)
+
+    @property
+    def worst(self) -> float | None:
+        """The worst seed's metric: the edge of the seed spread on the losing side."""
+        return self.metric_min if self.higher_is_better else self.metric_max
+
+    def better_than(self, value: float) -> bool:
+        """Whether this result's median is strictly better than ``value``."""
+        if self.metric_median is None:
+            return False
+        return self.metric_median > value if self.higher_is_better else self.metric_median < value
+
+    def ties(self, other: CellSummary) -> bool:
+        """Two results tie when their difference lies inside the seed spread: either median inside the other's
+        range over seeds, ``[min, max]``."""
+        if self.metric_median is None or other.metric_median is None:
+            return False
+        return (other.metric_min <= self.metric_median <= other.metric_max
+                or self.metric_min <= other.metric_median <= self.metric_max)
+
+    def beats(self, other: CellSummary) -> bool:
+        """Better than ``other`` beyond the seed spread (a result beats a run that has none)."""
+        if other.metric_median is None:
+            return self.metric_median is not None
+        return self.better_than(other.metric_median) and not self.ties(other)
 
 
 class ResultSet:
@@ -87,18 +115,19 @@ class ResultSet:
 
     def at_lr(self, cell: Cell, lr: float, seed: int = 0) -> Record | None:
         for record in self.records_of(cell):
-            if point_key(record.lr, record.seed) == point_key(lr, seed):
+            if point_key(record.lr, record.seed, record.wd) == point_key(lr, seed):
                 return record
         return None
 
     # ------------------------------------------------------------------------------------------ summaries
     def _summarise(self, cell: Cell) -> CellSummary:
         records = self.records_of(cell)
-        finished = {point_key(r.lr, r.seed): Outcome(r.lr, r.seed, r.metric) for r in records}
+        finished = {point_key(r.lr, r.seed, r.wd): Outcome(r.lr, r.seed, r.metric, r.wd) for r in records}
         plan = self.config.plan(cell, finished)
-        finals = sorted((r for r in records if plan.chosen_lr is not None and r.seed < self.config.seeds
-                         and point_key(r.lr, 0) == point_key(plan.chosen_lr, 0)), key=lambda r: r.seed)
-        tuning = {point_key(lr, 0) for lr in plan.tuning_lrs}
+        chosen = point_key(plan.chosen_lr, 0, plan.chosen_wd) if plan.chosen_lr is not None else None
+        finals = sorted((r for r in records if r.seed < self.config.seeds and point_key(r.lr, 0, r.wd) == chosen),
+                        key=lambda r: r.seed)
+        tuning = {point_key(lr, 0, wd) for lr, wd in plan.tuning}
         results = [r.result for r in finals if r.result is not None]
         metrics = [r.metric for r in finals if r.metric is not None]
 
@@ -111,13 +140,15 @@ class ResultSet:
             metric_median=median(metrics), metric_min=min(metrics, default=None),
             metric_max=max(metrics, default=None),
             diverged=sum(r.state == "diverged" for r in finals),
-            tuning_diverged=sum(r.state == "diverged" for r in records if point_key(r.lr, r.seed) in tuning),
+            tuning_diverged=sum(r.state == "diverged" for r in records if point_key(r.lr, r.seed, r.wd) in tuning),
             reached=len(reached),
             # runs that never reached the target do not enter the median: the count ``reached`` says how many did
             steps_to_target=med("steps_to_target", reached), seconds_to_target=med("seconds_to_target", reached),
             opt_step_ms=med("opt_step_ms"), fwd_bwd_ms=med("fwd_bwd_ms"),
             state_bytes_per_param=median(r.state_bytes / r.params for r in results if r.params),
             peak_memory_mb=med("peak_memory_mb"),
+            initial_metric=median(r.eval_metric[0] for r in results if r.eval_steps and r.eval_steps[0] == 0),
+            higher_is_better=cell.higher_is_better,
         )
 
     def median_curve(self, cell: Cell, attr_steps: str, attr_values: str

@@ -208,13 +208,15 @@ def _meets(task: Task, value: float) -> bool:
 
 
 def train_once(task: Task, optimizer_name: str, lr: float, seed: int, batch_size: int | None = None, *,
-               device: str | torch.device = "cpu", heartbeat: Callable[[], None] | None = None) -> RunResult:
+               device: str | torch.device = "cpu", heartbeat: Callable[[], None] | None = None,
+               weight_decay: float | None = None) -> RunResult:
     """Train ``task`` from the seed's initial weights with ``optimizer_name`` at peak learning rate ``lr``.
 
     The schedule is a cosine decay from ``lr`` to 0 over ``task.steps`` with no warm-up, the same for every
     optimizer but those designed for a constant lr (see :func:`lr_multiplier`); schedule-free optimizers train in
     ``train()`` mode and are evaluated in ``eval()`` mode. ``heartbeat`` is called after every step (it should
-    throttle itself), so a long run shows it is alive.
+    throttle itself), so a long run shows it is alive. ``weight_decay`` replaces the task's AdamW-scale decay (each
+    optimizer gets its published translation of either).
     """
     device = torch.device(device)
     batch_size = task.batch_size if batch_size is None else batch_size
@@ -222,8 +224,8 @@ def train_once(task: Task, optimizer_name: str, lr: float, seed: int, batch_size
     torch.manual_seed(seed)
     model = task.make_model().to(device)
     batches = iter(task.make_batches(torch.Generator().manual_seed(seed), batch_size))
-    optimizer = create_optimizer(model, optimizer_name, lr=lr, **arena_weight_decay(optimizer_name,
-                                                                                      task.weight_decay))
+    decay = task.weight_decay if weight_decay is None else weight_decay
+    optimizer = create_optimizer(model, optimizer_name, lr=lr, **arena_weight_decay(optimizer_name, decay))
     steps = task.steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(optimizer_name, steps))
     set_optimizer_mode(optimizer, True)

@@ -45,6 +45,7 @@ from .runner import RunResult
 
 LR_DISTRIBUTION = FloatDistribution(1e-9, 1e3, log=True)
 SEED_DISTRIBUTION = IntDistribution(0, 2**31 - 1)
+WD_DISTRIBUTION = FloatDistribution(1e-12, 1e6, log=True)
 HEARTBEAT_SECONDS = 30.0
 """A running trial's heartbeat is refreshed this often; ``stale_after`` must be at least twice as long."""
 
@@ -71,8 +72,8 @@ def redact(text: str, url: str | None = None) -> str:
             password = None
         if password:
             secrets.append(str(password))
-    for secret in secrets:
-        text = text.replace(secret, "***")
+    for secret in secrets:  # standalone only: a one-letter password must not star out every word holding it
+        text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", "***", text)
     return _SECRET_QUERY.sub(r"\1***", _USERINFO.sub(r"\1***@", text))
 
 
@@ -149,6 +150,8 @@ class Record:
     trial_number: int
     worker: str
     host: str
+    wd: float | None = None
+    """The AdamW-scale weight decay where it was tuned (``--tune lr,weight_decay``); None: the task's."""
 
     @property
     def metric(self) -> float | None:
@@ -249,8 +252,8 @@ class ArenaStorage:
     def finished(self, cell: Cell, trials: list[FrozenTrial] | None = None) -> dict[str, Outcome]:
         """The finished points of ``cell`` by key, as this invocation sees them."""
         by_key = self._by_key(self.trials(cell) if trials is None else trials)
-        return {key: Outcome(t.params["lr"], t.params["seed"], t.value if kind == "complete" else None)
-                for key, (kind, t) in by_key.items()}
+        return {key: Outcome(t.params["lr"], t.params["seed"], t.value if kind == "complete" else None,
+                             t.params.get("wd")) for key, (kind, t) in by_key.items()}
 
     def records(self, cells: Iterable[Cell]) -> list[Record]:
         """Every finished run of ``cells``; errors from any invocation are included, so the report shows them."""
@@ -261,7 +264,7 @@ class ArenaStorage:
                 records.append(Record(cell, trial.params["lr"], trial.params["seed"], kind,
                                       RunResult.from_dict(raw) if raw else None, trial.user_attrs.get("error"),
                                       trial.number, trial.user_attrs.get("worker", ""),
-                                      trial.user_attrs.get("host", "")))
+                                      trial.user_attrs.get("host", ""), trial.params.get("wd")))
         return records
 
     # ----------------------------------------------------------------------------------------- claiming work
@@ -295,12 +298,15 @@ class ArenaStorage:
         return self.storage.get_trial_id_from_study_id_trial_number(self.study_id(cell), number)
 
     @_storage_call("claiming a run")
-    def claim(self, cell: Cell, lr: float, seed: int) -> int | None:
+    def claim(self, cell: Cell, lr: float, seed: int, wd: float | None = None) -> int | None:
         """Create a RUNNING trial for the point; ``None`` if another live or finished trial holds it already."""
-        key = point_key(lr, seed)
+        key = point_key(lr, seed, wd)
+        params, distributions = {"lr": lr, "seed": seed}, {"lr": LR_DISTRIBUTION, "seed": SEED_DISTRIBUTION}
+        if wd is not None:
+            params["wd"], distributions["wd"] = wd, WD_DISTRIBUTION
         template = FrozenTrial(
             number=-1, state=TrialState.RUNNING, value=None, datetime_start=None, datetime_complete=None,
-            params={"lr": lr, "seed": seed}, distributions={"lr": LR_DISTRIBUTION, "seed": SEED_DISTRIBUTION},
+            params=params, distributions=distributions,
             user_attrs={"key": key, "host": self.host, "pid": os.getpid(), "worker": self.worker_id,
                         "invocation": self.invocation, "heartbeat": time.time()},
             system_attrs={}, intermediate_values={}, trial_id=-1)

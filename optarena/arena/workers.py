@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from .config import CompareConfig
-from .plan import Cell, point_key
+from .plan import Cell, Point, point_key
 from .runner import train_once
 from .storage import HEARTBEAT_SECONDS, ArenaStorage, StorageError
 
@@ -44,8 +44,9 @@ def _configure_process(config: CompareConfig) -> None:
     torch.set_flush_denormal(True)  # subnormal second moments would slow AdamW 4x and fake a speed win
 
 
-def _run_point(store: ArenaStorage, config: CompareConfig, cell: Cell, trial_id: int, lr: float, seed: int,
+def _run_point(store: ArenaStorage, config: CompareConfig, cell: Cell, trial_id: int, point: Point,
                report: Report) -> None:
+    lr, seed, wd = point
     task = config.load_tasks()[cell.task]
     last_beat = time.monotonic()
 
@@ -58,7 +59,7 @@ def _run_point(store: ArenaStorage, config: CompareConfig, cell: Cell, trial_id:
     report("start", trial_id)
     try:
         result = train_once(task, cell.optimizer, lr, seed, cell.batch_size, device=config.device,
-                            heartbeat=heartbeat)
+                            heartbeat=heartbeat, weight_decay=wd)
     except Exception:  # the task's own code failed: record it, do not retry it forever
         store.fail(trial_id, traceback.format_exc())
     except SystemExit as exit_:  # the task's code asked the process to end: this run is over, the others are not
@@ -89,10 +90,9 @@ def work(config: CompareConfig, report: Report = lambda event, trial_id: None) -
                 if not todo:  # the rest is running elsewhere; come back to this cell later
                     waiting = True
                     break
-                lr, seed = todo[0]
-                trial_id = store.claim(cell, lr, seed)
+                trial_id = store.claim(cell, *todo[0])
                 if trial_id is not None:
-                    _run_point(store, config, cell, trial_id, lr, seed, report)
+                    _run_point(store, config, cell, trial_id, todo[0], report)
                     progressed = True
         if not waiting:
             return

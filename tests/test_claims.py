@@ -1,0 +1,141 @@
+"""Claim verdicts on made-up stored runs, at every boundary: inside the claimed range, above it, below it, the
+opposite sign, a task where an optimizer never learned, a tie inside the seed spread."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from synthetic import ADAMW_GRID, LION_GRID, config, records, result, tuned
+
+from optarena.arena.claims import FAILS, HOLDS, LARGER, SMALLER, UNMEASURED, evaluate_claims, range_verdict
+from optarena.arena.results import ResultSet
+
+MEMORY = "Lion halves optimizer memory vs AdamW"
+SPEED = "Lion's step is 2–15 % faster than AdamW's"
+LR = "Lion wants a 3–10× smaller learning rate than AdamW"
+BATCH = "Lion trails AdamW below batch size 64, not above it (a batch-size effect)"
+ADAN = "Adan reaches AdamW's result in about half the steps"
+RLION_LR = "RLion trains as well as AdamW at AdamW-sized learning rates, without warm-up"
+RLION_STABLE = "RLion does not diverge where Lion does"
+STRESS = (1e-3, 3.162e-3, 1e-2, 3.162e-2, 0.1)
+
+
+def claims(cfg, recs) -> dict[str, tuple[str, str]]:
+    return {c.claim: (c.measured, c.verdict) for c in evaluate_claims(ResultSet(cfg, recs))}
+
+
+@pytest.mark.parametrize("value, verdict", [(0.05, HOLDS), (0.02, HOLDS), (0.15, HOLDS), (0.3, LARGER),
+                                            (0.01, SMALLER), (0.0, FAILS), (-0.2, FAILS)])
+def test_range_verdict_names_the_direction_outside_the_range(value, verdict):
+    assert range_verdict(value, 0.02, 0.15) == verdict
+
+
+@pytest.mark.parametrize("lion_bytes, lion_ms, memory, speed", [
+    (40, 0.9, HOLDS, HOLDS),  # 50 % less state, 10 % faster
+    (20, 0.5, LARGER, LARGER),  # 75 % less, 50 % faster: beyond the claimed ranges
+    (60, 0.99, SMALLER, SMALLER),  # 25 % less, 1 % faster
+    (90, 1.1, FAILS, FAILS),  # more state, slower
+])
+def test_memory_and_speed_claims_hold_only_inside_the_claimed_range(tmp_path, lion_bytes, lion_ms, memory, speed):
+    cfg = config(tmp_path)
+    recs = records(cfg, "adamw", tuned(ADAMW_GRID, (0.3, 0.1, 0.2), state_bytes=80, opt_ms=1.0))
+    recs += records(cfg, "lion", tuned(LION_GRID, (0.3, 0.1, 0.2), state_bytes=lion_bytes, opt_ms=lion_ms))
+    found = claims(cfg, recs)
+    assert found[MEMORY][1] == memory and found[SPEED][1] == speed
+    assert f"{100 * (1 - lion_ms):.1f} % less time" in found[SPEED][0] and "positive: Lion faster" in found[SPEED][0]
+
+
+def _lion(best: float, lrs=(1e-5, 3.162e-5, 1e-4, 3.162e-4, 1e-3), metric: float = 0.1, **kw):
+    """Lion runs on its whole grid with the best result at ``best``, 0.1 worse per half-decade away from it."""
+    return tuned(lrs, tuple(metric + 0.2 * abs(math.log10(lr / best)) for lr in lrs), **kw)
+
+
+@pytest.mark.parametrize("lion_best, verdict, ratio", [(1e-4, HOLDS, "10"), (3.162e-4, HOLDS, "3.16"),
+                                                       (3.162e-5, LARGER, "31.6"), (1e-3, FAILS, "1 ")])
+def test_the_lr_claim_reads_the_ratio_of_tuned_learning_rates(tmp_path, lion_best, verdict, ratio):
+    cfg = config(tmp_path, budget="quick")  # the quick budget's grid may grow to 1000x either side of the default
+    recs = records(cfg, "adamw", tuned(ADAMW_GRID, (0.3, 0.1, 0.2)))
+    # a grid wide enough that every best point is interior
+    recs += records(cfg, "lion", _lion(lion_best, lrs=(1e-5, 3.162e-5, 1e-4, 3.162e-4, 1e-3, 3.162e-3)))
+    measured, found = claims(cfg, recs)[LR]
+    assert found == verdict and f"= {ratio}" in measured + " "
+
+
+def test_the_lr_claim_leaves_out_a_task_where_lion_never_learned_or_the_lr_does_not_matter(tmp_path):
+    cfg = config(tmp_path)
+    adamw = records(cfg, "adamw", tuned(ADAMW_GRID, (0.3, 0.1, 0.2)))
+    flat = (1.0, 1.0, 1.0, 1.0)  # the untrained model's value, never improved
+    never = records(cfg, "lion", {(lr, s): result(1.0, curve=flat) for lr in LION_GRID for s in (0, 1)})
+    measured, verdict = claims(cfg, adamw + never)[LR]
+    assert verdict == UNMEASURED and "linear (lion never learned)" in measured
+    same = records(cfg, "lion", tuned(LION_GRID, (0.1, 0.1, 0.1)))  # every grid lr ties: no preferred lr
+    measured, verdict = claims(cfg, adamw + same)[LR]
+    assert verdict == UNMEASURED and "every grid lr ties" in measured
+
+
+def _batch_runs(cfg, lion_at: dict[int, tuple[float, float]]) -> list:
+    """AdamW at 0.1 [0.1, 0.12] at every batch size; Lion's median and seed spread per batch size."""
+    recs = []
+    for bs, (metric, spread) in lion_at.items():
+        recs += records(cfg, "adamw", tuned(ADAMW_GRID, (0.3, 0.1, 0.2), spread=0.02), bs)
+        recs += records(cfg, "lion", tuned(LION_GRID, (metric + 0.5, metric, metric + 0.6), spread=spread), bs)
+    return recs
+
+
+@pytest.mark.parametrize("lion_at, verdict, why", [
+    ({16: (0.5, 0.0), 64: (0.1, 0.0)}, HOLDS, "(trails), bs 64"),
+    ({16: (0.5, 0.0), 64: (0.45, 0.0)}, FAILS, "Lion trails at every batch size"),
+    ({16: (0.11, 0.0), 64: (0.1, 0.0)}, FAILS, "Lion does not trail below 64"),  # inside AdamW's spread: a tie
+])
+def test_the_batch_claim_is_a_batch_size_effect(tmp_path, lion_at, verdict, why):
+    cfg = config(tmp_path, batch_sizes=(16, 64))
+    measured, found = claims(cfg, _batch_runs(cfg, lion_at))[BATCH]
+    assert found == verdict and why in measured
+
+
+@pytest.mark.parametrize("adan_hit, verdict", [(20, HOLDS), (10, LARGER), (30, SMALLER), (None, FAILS)])
+def test_the_adan_claim_compares_steps_to_adamws_final_result(tmp_path, adan_hit, verdict):
+    cfg = config(tmp_path)
+    steps = (0, 10, 20, 30, 40)
+    adamw = records(cfg, "adamw", tuned(ADAMW_GRID, (0.3, 0.1, 0.2), steps=steps, curve=(1.0, 0.5, 0.3, 0.2, 0.1)))
+    curve = tuple(0.09 if adan_hit is not None and s >= adan_hit else 0.5 for s in steps[1:])
+    final = curve[-1]
+    adan = records(cfg, "adan", tuned(ADAMW_GRID, (final + 0.2, final, final + 0.3), steps=steps, curve=(1.0, *curve)))
+    measured, found = claims(cfg, adamw + adan)[ADAN]
+    assert found == verdict and "below 1: Adan faster" in measured
+    assert (f"{adan_hit}/40" if adan_hit else "never") in measured
+
+
+def _rlion(cfg, at_adamw_lr: float | None, lion_diverges_at: float | None = None) -> list:
+    lion = {**tuned(LION_GRID, (0.3, 0.1, 0.2)),
+            **{(lr, 0): result(None if lr == lion_diverges_at else 0.2) for lr in STRESS}}
+    rlion = {**tuned((9.487e-4, 3e-3, 9.487e-3), (0.3, 0.1, 0.2)),
+             **{(lr, 0): result(at_adamw_lr if lr == 1e-3 else 0.15) for lr in STRESS}}
+    return records(cfg, "lion", lion) + records(cfg, "rlion", rlion)
+
+
+@pytest.mark.parametrize("at_adamw_lr, verdict", [
+    (0.11, HOLDS),  # inside AdamW's seed spread [0.1, 0.12]
+    (0.108, HOLDS),
+    (0.5, FAILS),  # finite, but five times AdamW's loss: not training as well
+    (None, FAILS),  # diverged
+])
+def test_rlion_at_adamws_lr_must_train_as_well_as_adamw_not_merely_stay_finite(tmp_path, at_adamw_lr, verdict):
+    cfg = config(tmp_path)
+    adamw = records(cfg, "adamw", tuned(ADAMW_GRID, (0.3, 0.1, 0.2), spread=0.02))
+    measured, found = claims(cfg, adamw + _rlion(cfg, at_adamw_lr))[RLION_LR]
+    assert found == verdict and "negative: RLion worse" in measured
+
+
+def test_the_rlion_divergence_claim_needs_lion_to_diverge(tmp_path):
+    cfg = config(tmp_path)
+    adamw = records(cfg, "adamw", tuned(ADAMW_GRID, (0.3, 0.1, 0.2)))
+    measured, verdict = claims(cfg, adamw + _rlion(cfg, 0.1, lion_diverges_at=0.1))[RLION_STABLE]
+    assert verdict == HOLDS and "linear lr 0.1" in measured
+    assert claims(cfg, adamw + _rlion(cfg, 0.1))[RLION_STABLE][1] == UNMEASURED
+    both = _rlion(cfg, 0.1, lion_diverges_at=0.1)
+    both = [r for r in both if not (r.cell.optimizer == "rlion" and r.lr == 0.1)]
+    both += records(cfg, "rlion", {(0.1, 0): result(None)})
+    measured, verdict = claims(cfg, adamw + both)[RLION_STABLE]
+    assert verdict == FAILS and "(RLion too)" in measured

@@ -1,0 +1,97 @@
+"""The arena's answer on made-up stored runs: each figure and sentence changes when the runs change."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from synthetic import ADAMW_GRID, LION_GRID, SECOND, config, records, result, tuned
+
+from optarena.arena.report import TERMINAL_WIDTH, terminal_summary, write_report
+from optarena.arena.results import ResultSet
+from optarena.arena.verdict import compute_verdict, lr_plateau, profile, score, task_verdict
+
+
+def _two(tmp_path, lion_metric: float, lion_spread: float = 0.0, **lion_kw):
+    """AdamW at 0.1 [0.1, 0.12] (lower is better) against Lion at ``lion_metric`` on the linear task."""
+    cfg = config(tmp_path, optimizers=("adamw", "lion"))
+    recs = records(cfg, "adamw", tuned(ADAMW_GRID, (0.3, 0.1, 0.2), spread=0.02, state_bytes=80))
+    lion_kw.setdefault("state_bytes", 40)
+    recs += records(cfg, "lion", tuned(LION_GRID, (lion_metric + 0.2, lion_metric, lion_metric + 0.3),
+                                       spread=lion_spread, **lion_kw))
+    return ResultSet(cfg, recs)
+
+
+def test_a_difference_inside_the_seed_spread_is_a_tie_and_beyond_it_a_win(tmp_path):
+    results = _two(tmp_path, 0.115)  # Lion 0.115, inside AdamW's [0.1, 0.12]
+    tie = task_verdict(results, next(iter(results.tasks)))
+    assert tie.winner == "adamw" and tie.is_tie and tie.tied == ["adamw", "lion"]
+    assert "tie between adamw, lion" in tie.sentence() and "inside the seed spread" in tie.sentence()
+    results = _two(tmp_path, 0.05)
+    win = task_verdict(results, next(iter(results.tasks)))
+    assert win.winner == "lion" and not win.is_tie and win.margin == pytest.approx(0.06 / 0.11)
+    assert "lion wins" in win.sentence() and "+54.5 %" in win.sentence()
+
+
+def test_the_pick_follows_the_runs(tmp_path):
+    tie = compute_verdict(_two(tmp_path, 0.115))
+    assert "No optimizer beats the AdamW baseline beyond the seed spread" in tie.pick
+    assert "Cheapest in memory among those never beaten by adamw beyond the seed spread: lion (4.44" in tie.pick
+    better = compute_verdict(_two(tmp_path, 0.05))
+    assert "AdamW is beaten by lion on linear" in better.pick
+    assert better.standings["lion"].beats_adamw == ["linear"] and better.standings["adamw"].beats_adamw == []
+
+
+def _scored(tmp_path, lion_hits: tuple[int | None, ...]):
+    cfg = config(tmp_path, tasks=(config(tmp_path).tasks[0], SECOND), optimizers=("adamw", "lion"), seeds=3)
+    recs = []
+    for task in ("linear", "linear2"):
+        runs = tuned(ADAMW_GRID, (0.3, 0.1, 0.2), seeds=3, to_target=100)
+        recs += records(cfg, "adamw", runs, task=task)
+        lion = tuned(LION_GRID, (0.3, 0.1, 0.2), seeds=3, to_target=200)
+        if task == "linear2":  # per seed: its steps to target, None for a miss
+            for seed, hit in enumerate(lion_hits):
+                lion[(1e-4, seed)] = result(0.1, to_target=hit)
+        recs += records(cfg, "lion", lion, task=task)
+    return compute_verdict(ResultSet(cfg, recs))
+
+
+def test_algoperf_scores_from_times_to_target_with_misses_as_infinite(tmp_path):
+    verdict = _scored(tmp_path, (None, None, 400))  # lion misses linear2's target on two of three seeds
+    assert verdict.ratios_steps == {"linear": {"adamw": 1.0, "lion": 2.0},
+                                    "linear2": {"adamw": 1.0, "lion": math.inf}}
+    assert profile(verdict.ratios_steps, "lion", 1.99) == 0.0 and profile(verdict.ratios_steps, "lion", 2.0) == 0.5
+    assert score(verdict.ratios_steps, "adamw") == 1.0
+    assert score(verdict.ratios_steps, "lion") == pytest.approx((4 - 2) / (3 * 2))
+    assert verdict.standings["lion"].score_steps == pytest.approx(1 / 3)
+    assert verdict.pick.startswith("Pick adamw: the best AlgoPerf-style score (1.00 in steps")
+    # one miss in three: the median over seeds is the slower hit
+    assert _scored(tmp_path, (100, None, 300)).ratios_steps["linear2"]["lion"] == 3.0
+
+
+def test_the_lr_plateau_is_the_run_of_grid_points_within_the_seed_spread(tmp_path):
+    cfg = config(tmp_path, optimizers=("adamw",))
+    wide = ResultSet(cfg, records(cfg, "adamw", tuned(ADAMW_GRID, (0.11, 0.1, 0.2), spread=0.02)))
+    plateau = lr_plateau(wide, wide.summaries[wide.cells[0].study_name])
+    assert plateau.points == 2 and plateau.decades == pytest.approx(0.5, abs=1e-3) and plateau.open_ended
+    narrow = ResultSet(cfg, records(cfg, "adamw", tuned(ADAMW_GRID, (0.11, 0.1, 0.2), spread=0.0)))
+    assert lr_plateau(narrow, narrow.summaries[narrow.cells[0].study_name]).decades == 0.0
+
+
+def test_an_optimizer_that_never_left_the_untrained_models_result_is_named(tmp_path):
+    cfg = config(tmp_path, optimizers=("adamw", "lion"))
+    recs = records(cfg, "adamw", tuned(ADAMW_GRID, (0.3, 0.1, 0.2)))
+    recs += records(cfg, "lion", {(lr, s): result(1.0, curve=(1.0, 1.0)) for lr in LION_GRID for s in (0, 1)})
+    verdict = compute_verdict(ResultSet(cfg, recs))
+    assert verdict.standings["lion"].never_learned == ["linear"] and verdict.standings["adamw"].never_learned == []
+
+
+def test_the_report_and_the_terminal_open_with_the_verdict(tmp_path):
+    results = _two(tmp_path, 0.05)
+    paths = write_report(results, tmp_path / "report")
+    markdown = paths["markdown"].read_text()
+    assert markdown.index("**Pick lion") < markdown.index("## Verdict per task") < markdown.index("## Summary")
+    assert (tmp_path / "report" / "profile.png").exists() and "Performance profiles" in markdown
+    text = terminal_summary(results, paths)
+    assert text.startswith("Pick lion") and "lion wins" in text
+    assert max(len(line) for line in text.splitlines() if not line.startswith("report: ")) <= TERMINAL_WIDTH
