@@ -35,12 +35,13 @@ def config(tmp_path: Path, tasks: tuple[str, ...] = (LINEAR,), **kw) -> CompareC
     return CompareConfig(tasks=tasks, out=tmp_path, workers=1, **kw)
 
 
-def records(config: CompareConfig, optimizer: str, runs: dict[tuple[float, int], RunResult],
-            batch_size: int | None = None, task: str = "linear") -> list[Record]:
+def records(config: CompareConfig, optimizer: str, runs: dict[tuple, RunResult], batch_size: int | None = None,
+            task: str = "linear") -> list[Record]:
+    """Records of ``runs`` keyed ``(lr, seed)`` or ``(lr, seed, weight decay)``."""
     cell = next(c for c in config.cells() if c.optimizer == optimizer and c.task_name == task
                 and (batch_size is None or c.batch_size == batch_size))
-    return [Record(cell, lr, seed, "diverged" if r.diverged else "complete", r, None, i, "w", "h")
-            for i, ((lr, seed), r) in enumerate(runs.items())]
+    return [Record(cell, lr, seed, "diverged" if r.diverged else "complete", r, None, i, "w", "h", *wd)
+            for i, ((lr, seed, *wd), r) in enumerate(runs.items())]
 
 
 def tuned(lrs: tuple[float, ...], metrics: tuple[float, ...], seeds: int = 2, spread: float = 0.0,

@@ -114,5 +114,7 @@ def test_after_the_search_the_best_lr_and_weight_decay_are_repeated_over_the_see
                      base_wd=0.1)
     assert (plan.chosen_lr, plan.chosen_wd) == (best_lr, best_wd)
     assert plan.missing == [(best_lr, 1, best_wd), (best_lr, 2, best_wd)]
-    # the lr-only plan of the same cell does not see these runs: their keys carry the decay
-    assert plan_cell(_cell(), QUICK, seeds=3, finished=finished, stress=False).blocked
+    # the lr-only plan of the same cell does not see these runs, not even the one at the default lr and decay
+    finished[point_key(1e-3, 0, 0.1)] = Outcome(1e-3, 0, 0.9, 0.1)
+    grid = [(grid_lr(1e-3, k), 0, None) for k in (-1, 0, 1)]
+    assert plan_cell(_cell(), QUICK, seeds=3, finished=finished, stress=False).missing == grid

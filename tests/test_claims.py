@@ -117,7 +117,8 @@ def _rlion(cfg, at_adamw_lr: float | None, lion_diverges_at: float | None = None
 
 @pytest.mark.parametrize("at_adamw_lr, verdict", [
     (0.11, HOLDS),  # inside AdamW's seed spread [0.1, 0.12]
-    (0.108, HOLDS),
+    (0.1205, HOLDS),  # outside AdamW's spread, but within 10 % of its median 0.11
+    (0.125, FAILS),  # outside both
     (0.5, FAILS),  # finite, but five times AdamW's loss: not training as well
     (None, FAILS),  # diverged
 ])

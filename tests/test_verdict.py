@@ -7,6 +7,7 @@ import math
 import pytest
 from synthetic import ADAMW_GRID, LION_GRID, SECOND, config, records, result, tuned
 
+from optarena.arena.plan import default_lr, search_points
 from optarena.arena.report import TERMINAL_WIDTH, terminal_summary, write_report
 from optarena.arena.results import ResultSet
 from optarena.arena.verdict import compute_verdict, lr_plateau, profile, score, task_verdict
@@ -30,15 +31,43 @@ def test_a_difference_inside_the_seed_spread_is_a_tie_and_beyond_it_a_win(tmp_pa
     results = _two(tmp_path, 0.05)
     win = task_verdict(results, next(iter(results.tasks)))
     assert win.winner == "lion" and not win.is_tie and win.margin == pytest.approx(0.06 / 0.11)
-    assert "lion wins" in win.sentence() and "+54.5 %" in win.sentence()
+    assert "lion best: lion 0.05 vs adamw 0.11 (+54.5 %), beyond the seed spread" in win.sentence()
+
+
+def test_the_gap_is_to_the_runner_up_and_a_wide_third_is_named_apart(tmp_path):
+    cfg = config(tmp_path, optimizers=("adamw", "lion", "adan"), seeds=3)
+    recs = records(cfg, "adamw", tuned(ADAMW_GRID, (0.3, 0.1, 0.2), seeds=3))  # 0.1, no spread
+    recs += records(cfg, "lion", tuned(LION_GRID, (0.3, 0.11, 0.2), seeds=3))  # 0.11, no spread
+    adan = tuned(ADAMW_GRID, (0.3, 0.09, 0.4), seeds=3)
+    adan[(1e-3, 1)], adan[(1e-3, 2)] = result(0.13), result(0.2)  # median 0.13 over [0.09, 0.2]
+    recs += records(cfg, "adan", adan)
+    verdict = task_verdict(ResultSet(cfg, recs), cfg.tasks[0])
+    assert verdict.runner_up == "lion" and not verdict.is_tie and verdict.tied == ["adamw", "adan"]
+    assert ("adamw best: adamw 0.1 vs lion 0.11 (+9.1 %), beyond the seed spread; adan also within the seed spread "
+            "of adamw") in verdict.sentence()
+
+
+def test_one_seed_or_one_result_is_said_so(tmp_path):
+    cfg = config(tmp_path, optimizers=("adamw", "lion"), seeds=1)
+    recs = records(cfg, "adamw", tuned(ADAMW_GRID, (0.3, 0.1, 0.2), seeds=1))
+    recs += records(cfg, "lion", tuned(LION_GRID, (0.3, 0.11, 0.2), seeds=1))
+    verdict = task_verdict(ResultSet(cfg, recs), cfg.tasks[0])
+    assert verdict.difference == "one seed: no spread measured" and "no spread measured" in verdict.sentence()
+    diverged = records(cfg, "lion", {(lr, 0): result(None) for lr in LION_GRID})
+    alone = task_verdict(ResultSet(cfg, recs[:3] + diverged), cfg.tasks[0])
+    assert "adamw 0.1, the only result; no result: lion (diverged)" in alone.sentence()
 
 
 def test_the_pick_follows_the_runs(tmp_path):
     tie = compute_verdict(_two(tmp_path, 0.115))
-    assert "No optimizer beats the AdamW baseline beyond the seed spread" in tie.pick
+    assert tie.pick.startswith("Pick adamw: best or tied for best final result on 1 of 1 tasks. No optimizer "
+                               "reached any task's target")
+    assert "no optimizer beats the AdamW baseline beyond the seed spread on any task." in tie.pick
     assert "Cheapest in memory among those never beaten by adamw beyond the seed spread: lion (4.44" in tie.pick
+    same_memory = compute_verdict(_two(tmp_path, 0.115, state_bytes=80))
+    assert "Nothing that adamw never beats beyond the seed spread keeps less state than its 8.89" in same_memory.pick
     better = compute_verdict(_two(tmp_path, 0.05))
-    assert "AdamW is beaten by lion on linear" in better.pick
+    assert "AdamW is beaten beyond the seed spread by lion on linear" in better.pick
     assert better.standings["lion"].beats_adamw == ["linear"] and better.standings["adamw"].beats_adamw == []
 
 
@@ -64,7 +93,7 @@ def test_algoperf_scores_from_times_to_target_with_misses_as_infinite(tmp_path):
     assert score(verdict.ratios_steps, "adamw") == 1.0
     assert score(verdict.ratios_steps, "lion") == pytest.approx((4 - 2) / (3 * 2))
     assert verdict.standings["lion"].score_steps == pytest.approx(1 / 3)
-    assert verdict.pick.startswith("Pick adamw: the best AlgoPerf-style score (1.00 in steps")
+    assert verdict.pick.startswith("Pick adamw: the fastest to the tasks' targets (AlgoPerf-style score 1.00 in steps")
     # one miss in three: the median over seeds is the slower hit
     assert _scored(tmp_path, (100, None, 300)).ratios_steps["linear2"]["lion"] == 3.0
 
@@ -93,5 +122,41 @@ def test_the_report_and_the_terminal_open_with_the_verdict(tmp_path):
     assert markdown.index("**Pick lion") < markdown.index("## Verdict per task") < markdown.index("## Summary")
     assert (tmp_path / "report" / "profile.png").exists() and "Performance profiles" in markdown
     text = terminal_summary(results, paths)
-    assert text.startswith("Pick lion") and "lion wins" in text
+    assert text.startswith("Pick lion") and "lion best" in text
     assert max(len(line) for line in text.splitlines() if not line.startswith("report: ")) <= TERMINAL_WIDTH
+
+
+def test_the_terminal_stays_within_80_columns_with_long_names_and_tiny_numbers(tmp_path):
+    cfg = config(tmp_path, optimizers=("adamw", "schedulefree_adamw"), tune=("lr", "weight_decay"), seeds=3)
+    recs = []
+    for optimizer in cfg.optimizers:
+        points = search_points(default_lr(optimizer), 0.01, 4)  # the linear task has no decay: base 0.01
+        runs = {(lr, 0, wd): result(1.234567e-5 + i * 1e-7) for i, (lr, wd) in enumerate(points)}
+        runs.update({(*points[0][:1], s, points[0][1]): result(1.3e-5 + s * 1e-7) for s in (1, 2)})
+        recs += records(cfg, optimizer, runs)
+    results = ResultSet(cfg, recs)
+    text = terminal_summary(results, write_report(results, tmp_path / "report"))
+    assert max(len(line) for line in text.splitlines() if not line.startswith("report: ")) <= TERMINAL_WIDTH
+    assert "schedulefree_adamw" in text and ", wd " in text
+
+
+def test_no_crash_and_no_score_when_targets_are_met_at_step_zero_or_never(tmp_path):
+    cfg = config(tmp_path, optimizers=("adamw", "lion"), seeds=3)
+    recs = records(cfg, "adamw", tuned(ADAMW_GRID, (0.3, 0.1, 0.2), seeds=3, to_target=0))
+    recs += records(cfg, "lion", tuned(LION_GRID, (0.3, 0.1, 0.2), seeds=3, to_target=40))
+    verdict = compute_verdict(ResultSet(cfg, recs))
+    assert verdict.ratios_steps == {"linear": {"adamw": 1.0, "lion": math.inf}}
+
+
+def test_diverged_is_not_never_learned_and_worse_than_untrained_is(tmp_path):
+    cfg = config(tmp_path, optimizers=("adamw", "lion"))
+    worse = {(lr, s): result(2.0, curve=(1.0, 1.5, 2.0)) for lr in ADAMW_GRID for s in (0, 1)}  # ends above start
+    recs = records(cfg, "adamw", worse) + records(cfg, "lion", {(lr, 0): result(None) for lr in LION_GRID})
+    standings = compute_verdict(ResultSet(cfg, recs)).standings
+    assert standings["adamw"].never_learned == ["linear"] and standings["lion"].never_learned == []
+
+
+def test_adamw_alone_gets_no_baseline_sentence(tmp_path):
+    cfg = config(tmp_path, optimizers=("adamw",))
+    pick = compute_verdict(ResultSet(cfg, records(cfg, "adamw", tuned(ADAMW_GRID, (0.3, 0.1, 0.2))))).pick
+    assert pick.startswith("Pick adamw") and "AdamW baseline" not in pick

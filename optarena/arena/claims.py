@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .plan import default_lr, grid_lr, stress_lrs
-from .results import CellSummary, ResultSet, median
-from .storage import Record
+from .results import CellSummary, ResultSet, median, relative_gap
+from .storage import FAILURES, Record
 from .verdict import lr_plateau, never_learned
 
 HOLDS, FAILS, UNMEASURED = "holds", "does not hold", "not measured here"
@@ -73,9 +73,7 @@ def _pairs(results: ResultSet, a: str, b: str) -> list[tuple[str, CellSummary, C
 
 
 def _gap(results: ResultSet, spec: str, ours: float, theirs: float) -> float:
-    """How much better ``ours`` is than ``theirs``, relative to ``|theirs|`` (positive: better)."""
-    sign = 1 if results.tasks[spec].higher_is_better else -1
-    return sign * (ours - theirs) / max(abs(theirs), 1e-12)
+    return relative_gap(results.tasks[spec].higher_is_better, ours, theirs)
 
 
 def _names(results: ResultSet, specs: list[str]) -> str:
@@ -89,7 +87,8 @@ def lion_memory(results: ResultSet) -> tuple[str, str]:
     if not pairs:
         return "needs lion and adamw", UNMEASURED
     ratio = statistics.median(lion / adamw for lion, adamw in pairs)
-    return (f"state {pairs[0][0]:.2f} vs {pairs[0][1]:.2f} B/param: Lion keeps {100 * (1 - ratio):.0f} % less "
+    lion, adamw = (statistics.median(p[i] for p in pairs) for i in (0, 1))
+    return (f"state {lion:.2f} vs {adamw:.2f} B/param (medians): Lion keeps {100 * (1 - ratio):.0f} % less "
             f"(median of {len(pairs)} tasks; claimed 50 %)", range_verdict(1 - ratio, 0.45, 0.55))
 
 
@@ -183,7 +182,7 @@ def adan_half_steps(results: ResultSet) -> tuple[str, str]:
     """Per task: the first evaluation at which Adan's median curve reaches AdamW's final median, over the first at
     which AdamW's own median curve reaches it. "About half": a median ratio of 0.4–0.6. Tasks where AdamW never
     learned are left out (there is nothing to reach)."""
-    fractions, lines, left_out = [], [], []
+    fractions, lines, left_out, at_start = [], [], [], []
     for spec, task in results.tasks.items():
         adan, adamw = results.summary(spec, "adan"), results.summary(spec, "adamw")
         if not (adan and adamw and adan.finals and adamw.metric_median is not None):
@@ -197,6 +196,7 @@ def adan_half_steps(results: ResultSet) -> tuple[str, str]:
         adan_hit = _first_hit(*results.median_curve(adan.cell, "eval_steps", "eval_metric")[:2], target,
                               task.higher_is_better)
         if not adamw_hit:  # AdamW's median curve reaches its final median at its start: nothing to halve
+            at_start.append(task.name)
             continue
         fraction = adan_hit / adamw_hit if adan_hit is not None else math.inf
         fractions.append(fraction)
@@ -208,6 +208,8 @@ def adan_half_steps(results: ResultSet) -> tuple[str, str]:
                 f"median {'never' if math.isinf(typical) else f'{typical:.2f}'} ({'; '.join(lines)})")
     if left_out:
         measured += f"; left out (AdamW never learned): {', '.join(left_out)}"
+    if at_start:
+        measured += f"; left out (AdamW's result already met at step 0): {', '.join(at_start)}"
     # fewer steps is the effect: a smaller fraction is a larger effect than claimed
     return measured, range_verdict(1 - typical, 0.4, 0.6)
 
@@ -265,6 +267,8 @@ def rlion_stable_where_lion_diverges(results: ResultSet) -> tuple[str, str]:
     if not both:
         return "needs lion and rlion", UNMEASURED
     lion_bad = [(s, lr) for s, lr in both if lion[s][lr].state == "diverged"]
+    failed = [(s, lr) for s, lr in lion_bad if rlion[s][lr].state in FAILURES]  # no result: no evidence either way
+    lion_bad = [p for p in lion_bad if p not in failed]
     rlion_bad = [(s, lr) for s, lr in lion_bad if rlion[s][lr].state == "diverged"]
     lrs = sorted({lr for _, lr in both})
     measured = (f"at lr {', '.join(f'{lr:g}' for lr in lrs)} (no warm-up) Lion diverged in {len(lion_bad)} of "
@@ -272,6 +276,9 @@ def rlion_stable_where_lion_diverges(results: ResultSet) -> tuple[str, str]:
     if lion_bad:
         measured += " (" + ", ".join(f"{results.tasks[s].name} lr {lr:g}"
                                      f"{' (RLion too)' if (s, lr) in rlion_bad else ''}" for s, lr in lion_bad) + ")"
+    if failed:
+        measured += "; left out, RLion's run failed: " + ", ".join(f"{results.tasks[s].name} lr {lr:g}"
+                                                                   for s, lr in failed)
     if not lion_bad:
         return measured, UNMEASURED
     return measured, HOLDS if not rlion_bad else FAILS

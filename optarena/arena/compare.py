@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-import shutil
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from .catalog import load_tasks
 from .config import CompareConfig
@@ -16,7 +16,7 @@ from .workers import POLL_SECONDS, supervise, work
 
 
 @dataclass
-class Progress:
+class RunProgress:
     done: int
     """Finished runs."""
     total: int
@@ -25,7 +25,7 @@ class Progress:
     """(task name, optimizer) pairs with every batch size's cell complete, in plan order."""
 
 
-def progress_counts(config: CompareConfig, store: ArenaStorage) -> Progress:
+def progress_counts(config: CompareConfig, store: ArenaStorage) -> RunProgress:
     done = total = 0
     complete: dict[tuple[str, str], bool] = {}
     for cell in config.cells():
@@ -35,7 +35,7 @@ def progress_counts(config: CompareConfig, store: ArenaStorage) -> Progress:
         total += len(finished) + len(plan.missing) + (config.seeds - 1 if plan.blocked else 0)
         key = (cell.task_name, cell.optimizer)
         complete[key] = complete.get(key, True) and plan.complete
-    return Progress(done, total, [key for key, ok in complete.items() if ok])
+    return RunProgress(done, total, [key for key, ok in complete.items() if ok])
 
 
 def run_compare(config: CompareConfig, *, show_progress: bool = True):
@@ -43,23 +43,20 @@ def run_compare(config: CompareConfig, *, show_progress: bool = True):
 
     Returns the :class:`~optarena.arena.results.ResultSet` the report was built from.
     """
+    from .claims import evaluate_claims
     from .report import print_summary, write_report
     from .results import ResultSet
+    from .verdict import compute_verdict
 
     load_tasks.cache_clear()  # a task file edited since an earlier comparison in this process is read anew
     config.load_tasks()  # a task that fails to load stops here, before anything is written
-    created = not config.out.exists()
-    try:
-        config.out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ValueError(f"Invalid --out: {str(config.out)!r} cannot be created ({err.strerror})") from None
+    created = _make_folders(config.out)
     try:
         store = config.open_storage()
         for cell in config.cells():  # create the studies before workers race to do it
             store.study_id(cell)
     except BaseException:
-        if created:  # leave no folder behind for a comparison that never started
-            shutil.rmtree(config.out, ignore_errors=True)
+        _remove_unused(created, config.out / "arena.db")
         raise
 
     started = time.perf_counter()
@@ -79,10 +76,42 @@ def run_compare(config: CompareConfig, *, show_progress: bool = True):
         update(progress_counts(config, store))
     elapsed = time.perf_counter() - started
     results = ResultSet.load(config, store)
-    paths = write_report(results, config.out, wall_seconds=elapsed)
+    verdict, claims = compute_verdict(results), evaluate_claims(results)
+    paths = write_report(results, config.out, wall_seconds=elapsed, verdict=verdict, claims=claims)
     if show_progress:
-        print_summary(results, paths, wall_seconds=elapsed)
+        print_summary(results, paths, wall_seconds=elapsed, verdict=verdict, claims=claims)
     return results
+
+
+def _make_folders(out: Path) -> list[Path]:
+    """Create ``out`` and its missing parents; the folders this process created, deepest last."""
+    missing = [p for p in (out, *out.parents) if not p.exists()][::-1]
+    created = []
+    for folder in missing:
+        try:
+            folder.mkdir()
+        except FileExistsError:  # another process made it first: not ours to remove
+            continue
+        except OSError as err:
+            _remove_unused(created)
+            raise ValueError(f"Invalid --out: {str(out)!r} cannot be created ({err.strerror})") from None
+        created.append(folder)
+    return created
+
+
+def _remove_unused(created: list[Path], *own_files: Path) -> None:
+    """Undo :func:`_make_folders` for a comparison that never started: the files it made (the default SQLite
+    storage) and the folders it created, each only if nothing else has appeared in it."""
+    if not created:
+        return
+    for path in own_files:
+        for piece in path.parent.glob(path.name + "*"):  # the database and its -wal/-shm companions
+            piece.unlink(missing_ok=True)
+    for folder in reversed(created):
+        try:
+            folder.rmdir()  # fails on a folder that is not empty: someone else's files stay
+        except OSError:
+            return
 
 
 class _progress:
@@ -94,7 +123,7 @@ class _progress:
         self.bar = None
         self.reported: set[tuple[str, str]] = set()
 
-    def __enter__(self) -> Callable[[Progress], None]:
+    def __enter__(self) -> Callable[[RunProgress], None]:
         if not self.enabled:
             return lambda progress: None
         if not sys.stdout.isatty():
@@ -114,7 +143,7 @@ class _progress:
         self.task_id = self.bar.add_task("runs", total=None)
         return lambda p: self.bar.update(self.task_id, completed=p.done, total=p.total)
 
-    def _lines(self, progress: Progress) -> None:
+    def _lines(self, progress: RunProgress) -> None:
         for task, optimizer in progress.finished:
             if (task, optimizer) not in self.reported:
                 self.reported.add((task, optimizer))
@@ -135,4 +164,4 @@ def failure_summary(results) -> str | None:
     return f"{len(failed)} of {len(results.records)} runs failed ({kinds}); see the report's \"Runs that failed\""
 
 
-__all__ = ["CompareConfig", "failure_summary", "Progress", "progress_counts", "run_compare", "work"]
+__all__ = ["CompareConfig", "failure_summary", "RunProgress", "progress_counts", "run_compare", "work"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..info import base_optimizer_info
+from ..info import LOOKAHEAD_PREFIX, base_optimizer_info
 from ..validation import check_number, check_positive_int
 from .catalog import BUILTIN_TASKS, load_tasks
 from .plan import BUDGET_PRESETS, DEFAULT_OPTIMIZERS, TUNABLE, Cell, CellPlan, Outcome, cells_for, plan_cell
@@ -133,7 +133,9 @@ class CompareConfig:
 
     def plan(self, cell: Cell, finished: Mapping[str, Outcome]) -> CellPlan:
         task = self.load_tasks()[cell.task]
-        stress = "adamw" in self.optimizers and cell.batch_size == self.default_batch_size(task)
+        # the stress runs serve claims that compare with AdamW or between the stress-tested optimizers
+        stressed = [n for n in self.optimizers if base_optimizer_info(n).stress and not n.startswith(LOOKAHEAD_PREFIX)]
+        stress = ("adamw" in self.optimizers or len(stressed) > 1) and cell.batch_size == self.default_batch_size(task)
         return plan_cell(cell, BUDGET_PRESETS[self.budget], self.seeds, finished, stress=stress, tune=self.tune,
                          base_wd=task.weight_decay)
 

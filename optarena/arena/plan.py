@@ -101,7 +101,7 @@ def search_points(default: float, base_wd: float, trials: int) -> list[tuple[flo
     sequence (bases 2 and 3) over log lr and log wd."""
     points = []
     for i in range(trials):
-        u, v = (0.5, 0.5) if i == 0 else (_halton(i, 2), _halton(i, 3))
+        u, v = (0.5, 0.5) if i == 0 else (_halton(i + 1, 2), _halton(i + 1, 3))  # from index 2: u = 0.5 is taken
         points.append((float(f"{default * 10 ** (LR_SPAN * (2 * u - 1)):.4g}"),
                        float(f"{base_wd * 10 ** (WD_SPAN * (2 * v - 1)):.4g}")))
     return points

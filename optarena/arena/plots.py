@@ -107,20 +107,22 @@ def make_plots(results: ResultSet, verdict: Verdict, out: Path) -> list[tuple[st
         lrs, values, diverged = [], [], []
         for cell in cells:
             summary = results.summaries[cell.study_name]
-            grid = {point_key(lr, 0) for lr in summary.plan.tuning_lrs}
+            # this comparison's tuning points (a study may also hold another --tune mode's) and stress runs
+            grid = {point_key(lr, 0, wd) for lr, wd in summary.plan.tuning}
             runs = sorted((r for r in results.records_of(cell) if r.seed == 0), key=lambda r: r.lr)
+            runs = [r for r in runs if point_key(r.lr, 0, r.wd) in grid | stress]
             colour = colours[cell.optimizer]
-            tuned = [(r.lr, r.metric) for r in runs if r.metric is not None and point_key(r.lr, 0) in grid]
-            extra = [(r.lr, r.metric) for r in runs if r.metric is not None and point_key(r.lr, 0) not in grid
-                     and point_key(r.lr, 0) in stress]
-            if tuned:
-                ax.plot(*zip(*tuned), "o-", label=cell.optimizer, color=colour)
+            tuned = [(r.lr, r.metric) for r in runs if r.metric is not None and point_key(r.lr, 0, r.wd) in grid]
+            extra = [(r.lr, r.metric) for r in runs if r.metric is not None and point_key(r.lr, 0, r.wd) not in grid]
+            if tuned:  # the grid joined by a line; a search's points (lr and decay both varied) stand alone
+                ax.plot(*zip(*tuned), "o-" if summary.plan.tuning_lrs else "o", label=cell.optimizer, color=colour)
             if extra:
                 ax.plot(*zip(*extra), "s", mfc="none", color=colour, markersize=7)
-            chosen = [m for lr, m in tuned if summary.plan.chosen_lr is not None
-                      and point_key(lr, 0) == point_key(summary.plan.chosen_lr, 0)]
+            chosen_key = point_key(summary.plan.chosen_lr, 0, summary.plan.chosen_wd) \
+                if summary.plan.chosen_lr is not None else None
+            chosen = [r.metric for r in runs if r.metric is not None and point_key(r.lr, 0, r.wd) == chosen_key]
             if chosen:
-                ax.plot([summary.plan.chosen_lr], chosen, "*", color=colour, markersize=15, mec="black", mew=0.5)
+                ax.plot([summary.plan.chosen_lr], chosen[:1], "*", color=colour, markersize=15, mec="black", mew=0.5)
             lrs += [r.lr for r in runs]
             values += [m for _, m in tuned + extra]
             diverged += [(r.lr, colour) for r in runs if r.state == "diverged"]

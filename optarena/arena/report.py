@@ -46,6 +46,10 @@ class Table:
         return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _last_line(text: str | None) -> str:
+    return next(iter(reversed((text or "").strip().splitlines())), "")
+
+
 def _num(value: float | None, fmt: str = ".4g") -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
 
@@ -114,7 +118,8 @@ SCORING = (f"Score: the AlgoPerf performance-profile score, the area under ρ(τ
            f"in seconds of training including compilation. First or tied: tasks where its median is the best or "
            f"inside the seed spread of the best. lr plateau: the width, in decades, of the tuning-grid learning "
            f"rates around the chosen one whose result is no worse than the chosen setting's worst seed (median "
-           f"over tasks; 0 when only the chosen lr qualifies). Memory: medians over tasks.")
+           f"over tasks; 0 when only the chosen lr qualifies; – after --tune lr,weight_decay, whose points form no "
+           f"grid). Memory: medians over tasks.")
 
 
 def tasks_table(results: ResultSet) -> Table:
@@ -146,7 +151,7 @@ def _write_rows(results: ResultSet, path: Path, fields: list[str]) -> None:
                    "weight_decay": "" if record.wd is None else record.wd,
                    "chosen": point_key(record.lr, 0, record.wd) == chosen,
                    "trial": record.trial_number, "worker": record.worker, "host": record.host,
-                   "error": record.error.strip().splitlines()[-1] if record.error else ""}
+                   "error": _last_line(record.error)}
             if record.result is not None:
                 r = record.result
                 row.update({k: getattr(r, k) for k in ("final_metric", "best_metric", "diverged_at", "steps",
@@ -195,10 +200,12 @@ def protocol(results: ResultSet) -> str:
                        "optimizer.train() mode and are evaluated in optimizer.eval() mode (at the averaged weights).")
 
 
-def write_report(results: ResultSet, out: Path, *, wall_seconds: float | None = None) -> dict[str, Path]:
+def write_report(results: ResultSet, out: Path, *, wall_seconds: float | None = None, verdict: Verdict | None = None,
+                 claims: list[ClaimResult] | None = None) -> dict[str, Path]:
+    """Write every report file; ``verdict`` and ``claims`` are computed from ``results`` unless given."""
     out.mkdir(parents=True, exist_ok=True)
-    claims = evaluate_claims(results)
-    verdict = compute_verdict(results)
+    claims = evaluate_claims(results) if claims is None else claims
+    verdict = verdict or compute_verdict(results)
     write_csv(results, out / "results.csv")
     plots = make_plots(results, verdict, out)
     top = [("Verdict per task", tasks_verdict_table(verdict)), ("Across tasks", standings_table(verdict))]
@@ -215,7 +222,7 @@ def write_report(results: ResultSet, out: Path, *, wall_seconds: float | None = 
     if failed:
         md += ["## Runs that failed", ""] + [
             md_escape(f"- {results.task(r.cell).name} {r.cell.optimizer} lr {r.lr:g} seed {r.seed}, {r.state}: "
-                      f"{(r.error or '').strip().splitlines()[-1]}") for r in failed]
+                      f"{_last_line(r.error)}") for r in failed]
         md.append("")
     md += ["## Plots", ""] + [f"### {md_escape(title)}\n\n![{md_escape(title)}]({urllib.parse.quote(path.name)})\n"
                               for title, path in plots]
@@ -244,10 +251,11 @@ def write_report(results: ResultSet, out: Path, *, wall_seconds: float | None = 
 TERMINAL_WIDTH = 80
 
 
-def terminal_summary(results: ResultSet, paths: dict[str, Path], *, wall_seconds: float | None = None) -> str:
-    """The end-of-run summary as plain text no wider than ``TERMINAL_WIDTH``: the pick, the verdict per task, the
-    standings, each task's results in a block, and the claims."""
-    verdict = compute_verdict(results)
+def terminal_summary(results: ResultSet, paths: dict[str, Path], *, wall_seconds: float | None = None,
+                     verdict: Verdict | None = None, claims: list[ClaimResult] | None = None) -> str:
+    """The end-of-run summary as plain text no wider than ``TERMINAL_WIDTH`` (bar a long report path): the pick,
+    the verdict per task, the standings, each task's results in a block, and the claims."""
+    verdict = verdict or compute_verdict(results)
 
     def wrap(text: str, indent: str = "") -> list[str]:
         return textwrap.wrap(text, TERMINAL_WIDTH, initial_indent=indent,
@@ -257,35 +265,49 @@ def terminal_summary(results: ResultSet, paths: dict[str, Path], *, wall_seconds
     for t in verdict.tasks:
         lines += wrap(t.sentence(), "- ")
     standings = standings_table(verdict)
-    keep = [0, 1, 2, 3, 4, 5]
-    lines += ["", *_columns(["optimizer", "score", "score s", "first", "lr dec", "B/param"],
-                            [[row[i] for i in keep] for row in standings.rows])]
+    lines += ["", *_fit(["optimizer", "score", "score s", "first", "lr dec", "B/param"],
+                        [row[:6] for row in standings.rows])]
     lines += wrap("score: AlgoPerf profile score in steps and in seconds (1 = first to every target); first: tasks "
-                  "won or tied; lr dec: decades of learning rate within the seed spread of the best.")
-    summary = summary_table(results)
-    index = {h: i for i, h in enumerate(summary.headers)}
-    for task in results.tasks.values():
-        rows = [r for r in summary.rows if r[0] == task.name]
-        multi = len({r[1] for r in rows}) > 1
-        direction = "higher" if task.higher_is_better else "lower"
-        lines += ["", f"{task.name}: {task.metric} ({direction} is better), median [min, max] over seeds"]
-        lines += _columns((["batch"] if multi else []) + ["optimizer", "lr", "metric", "to target", "step ms"],
-                          [([r[1]] if multi else []) + [r[2], r[3], r[index["metric: median [min, max]"]],
-                                                         r[index["steps to target"]], r[index["step ms"]]]
-                           for r in rows])
+                  "with the best final result or tied for it; lr dec: decades of learning rate around the chosen "
+                  "one with results no worse than its worst seed.")
+    for spec, task in results.tasks.items():
+        for batch in results.config.batch_sizes_for(task):
+            rows = []
+            for optimizer in results.config.optimizers:
+                s = results.summary(spec, optimizer, batch)
+                if s is None:
+                    continue
+                lr = _num(s.plan.chosen_lr, ".2g") + ("*" if s.plan.at_edge else "") + (
+                    f", wd {s.plan.chosen_wd:.2g}" if s.plan.chosen_wd is not None else "")
+                metric = _metric(s) if s.metric_median is None else (
+                    f"{s.metric_median:.3g} [{s.metric_min:.3g}, {s.metric_max:.3g}]")
+                rows.append([optimizer, lr, metric, f"{s.reached}/{s.runs}" if task.target is not None else "–",
+                             _num(s.steps_to_target, ".0f")])
+            direction = "higher" if task.higher_is_better else "lower"
+            lines += ["", *wrap(f"{task.name}, batch {batch}: {task.metric} ({direction} is better), median [min, "
+                                f"max] over seeds; * chosen lr on the grid's edge")]
+            lines += _fit(["optimizer", "lr", "metric", "reached", "steps"], rows)
     lines += ["", "Published claims on this workload:"]
-    for claim in evaluate_claims(results):
+    for claim in claims if claims is not None else evaluate_claims(results):
         lines += wrap(f"[{claim.verdict}] {claim.claim}", "- ") + wrap(f"measured: {claim.measured}", "    ")
     lines += ["", *wrap(_setup_line(results, wall_seconds)),
               f"report: {paths['html']}", f"  ({paths['markdown'].name}, {paths['csv'].name}, PNG plots)"]
     return "\n".join(lines)
 
 
-def _columns(headers: list[str], rows: list[list[str]]) -> list[str]:
+def _fit(headers: list[str], rows: list[list[str]]) -> list[str]:
+    """Aligned columns; where they would not fit ``TERMINAL_WIDTH``, one block of ``header: value`` per row."""
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return [fmt.format(*headers).rstrip(), *(fmt.format(*r).rstrip() for r in rows)]
+    if sum(widths) + 2 * (len(widths) - 1) <= TERMINAL_WIDTH:
+        fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+        return [fmt.format(*headers).rstrip(), *(fmt.format(*r).rstrip() for r in rows)]
+    lines = []
+    for row in rows:
+        text = row[0] + ": " + "; ".join(f"{h} {v}" for h, v in zip(headers[1:], row[1:]))
+        lines += textwrap.wrap(text, TERMINAL_WIDTH, subsequent_indent="    ")
+    return lines
 
 
-def print_summary(results: ResultSet, paths: dict[str, Path], *, wall_seconds: float | None = None) -> None:
-    print(terminal_summary(results, paths, wall_seconds=wall_seconds))
+def print_summary(results: ResultSet, paths: dict[str, Path], *, wall_seconds: float | None = None,
+                  verdict: Verdict | None = None, claims: list[ClaimResult] | None = None) -> None:
+    print(terminal_summary(results, paths, wall_seconds=wall_seconds, verdict=verdict, claims=claims))

@@ -13,6 +13,11 @@ from .storage import ArenaStorage, Record
 from .task import Task
 
 
+def relative_gap(higher_is_better: bool, ours: float, theirs: float) -> float:
+    """How much better ``ours`` is than ``theirs``, relative to ``|theirs|`` (positive: better)."""
+    return (1 if higher_is_better else -1) * (ours - theirs) / max(abs(theirs), 1e-12)
+
+
 def median(values: Iterable[float | None]) -> float | None:
     finite = [v for v in values if v is not None and math.isfinite(v)]
     return statistics.median(finite) if finite else None

@@ -1,7 +1,9 @@
 """The arena's answer, computed from the stored runs: the winner of each task, AlgoPerf-style scores across tasks,
 how wide a learning-rate range each optimizer tolerates, its memory, and the pick that follows from those numbers.
 
-Ties follow one rule everywhere (:meth:`CellSummary.ties`): a difference inside the seed spread is no difference.
+Two optimizers tie when the difference of their results lies inside the seed spread (:meth:`CellSummary.ties`).
+Where one setting is compared with a single run (a neighbouring grid lr for the lr plateau, RLion's run at AdamW's lr
+in the claims), the run counts as level when it is no worse than the setting's worst seed.
 Scoring follows the MLCommons AlgoPerf rules (Dahl et al. 2023, arXiv 2306.07179): per task and optimizer the
 ratio ``r`` of its time to the task's target over the best time of any optimizer (a miss is ``r = ∞``); the
 performance profile ``ρ(τ)`` is the fraction of tasks with ``r ≤ τ``; the score is its area over ``τ ∈ [1, 4]``,
@@ -15,7 +17,7 @@ import statistics
 from dataclasses import dataclass, field
 
 from .plan import point_key
-from .results import CellSummary, ResultSet, median
+from .results import CellSummary, ResultSet, median, relative_gap
 
 TAU_MAX = 4.0
 LEARNED_FRACTION = 0.05
@@ -41,21 +43,23 @@ def best_result(summaries: dict[str, CellSummary]) -> float | None:
     return max(values) if next(iter(summaries.values())).higher_is_better else min(values)
 
 
-def learned(summary: CellSummary, best: float | None) -> bool:
+def learned(summary: CellSummary, best: float | None) -> bool | None:
     """Whether the tuned result improves on the untrained model by at least ``LEARNED_FRACTION`` of the way to the
-    task's best result (modular_add's chance accuracy, a loss that never left its start, count as not learned)."""
+    task's best result (modular_add's chance accuracy, a loss that never left its start, count as not learned);
+    None where there is no result to judge (diverged, failed)."""
     if summary.metric_median is None:
-        return False
+        return None
     start = summary.initial_metric
-    if start is None or best is None or best == start:
+    if start is None or best is None:
         return True  # nothing to measure learning against
-    progress = (summary.metric_median - start) / (best - start)
-    return progress >= LEARNED_FRACTION
+    if not summary.better_than(start):
+        return False
+    return best == start or (summary.metric_median - start) / (best - start) >= LEARNED_FRACTION
 
 
 def never_learned(results: ResultSet, spec: str, optimizer: str) -> bool:
     summaries = headline(results, spec)
-    return optimizer in summaries and not learned(summaries[optimizer], best_result(summaries))
+    return optimizer in summaries and learned(summaries[optimizer], best_result(summaries)) is False
 
 
 @dataclass
@@ -70,7 +74,10 @@ class TaskVerdict:
     margin: float | None
     """The winner's median over the runner-up's, relative to the runner-up's (positive: better)."""
     runner_up: str | None
-    without_result: list[str] = field(default_factory=list)
+    without_result: dict[str, str] = field(default_factory=dict)
+    """Optimizers with no result on the task, and why (diverged, crashed, ...)."""
+    one_seed: bool = False
+    """The winner or the runner-up ran on one seed only: no spread was measured."""
 
     @property
     def winner(self) -> str | None:
@@ -78,39 +85,55 @@ class TaskVerdict:
 
     @property
     def is_tie(self) -> bool:
-        return len(self.tied) > 1
+        return self.runner_up is not None and self.runner_up in self.tied
+
+    @property
+    def difference(self) -> str:
+        if self.runner_up is None:
+            return "the only result" if self.ranking else "no result"
+        if self.one_seed:
+            return "one seed: no spread measured"
+        return "inside the seed spread" if self.is_tie else "beyond the seed spread"
 
     def sentence(self) -> str:
-        if not self.ranking:
-            return f"{self.task}: no optimizer produced a result"
-        (name, value), direction = self.ranking[0], "higher" if self.higher_is_better else "lower"
+        direction = "higher" if self.higher_is_better else "lower"
         text = f"{self.task} ({self.metric}, {direction} is better): "
+        missing = "; no result: " + ", ".join(f"{n} ({why})" for n, why in self.without_result.items()) \
+            if self.without_result else ""
+        if not self.ranking:
+            return text + "no optimizer produced a result" + missing
+        name, value = self.ranking[0]
         if self.runner_up is None:
-            return text + f"{name} {value:.4g}, the only result"
+            return text + f"{name} {value:.4g}, the only result" + missing
         second = dict(self.ranking)[self.runner_up]
-        gap = f"{name} {value:.4g} vs {self.runner_up} {second:.4g} ({100 * self.margin:+.1f} %)"
+        gap = f"{name} {value:.4g} vs {self.runner_up} {second:.4g} ({100 * self.margin:+.1f} %), {self.difference}"
         if self.is_tie:
-            return text + f"tie between {', '.join(self.tied)}: {gap}, inside the seed spread"
-        return text + f"{name} wins: {gap}, beyond the seed spread"
+            return text + f"tie between {', '.join(self.tied)}: {gap}" + missing
+        others = [n for n in self.tied if n != name]
+        also = f"; {', '.join(others)} also within the seed spread of {name}" if others else ""
+        return text + f"{name} best: {gap}{also}" + missing
 
 
 def task_verdict(results: ResultSet, spec: str) -> TaskVerdict:
     task = results.tasks[spec]
     summaries = headline(results, spec)
-    sign = 1 if task.higher_is_better else -1
     ranked = sorted((s.metric_median, name) for name, s in summaries.items() if s.metric_median is not None)
     ranking = [(name, value) for value, name in (reversed(ranked) if task.higher_is_better else ranked)]
+    missing = {name: _why_no_result(s) for name, s in summaries.items() if s.metric_median is None}
     if not ranking:
-        return TaskVerdict(task.name, task.metric, task.higher_is_better, [], [], None, None, list(summaries))
+        return TaskVerdict(task.name, task.metric, task.higher_is_better, [], [], None, None, missing)
     winner = summaries[ranking[0][0]]
     tied = [name for name, _ in ranking if name == ranking[0][0] or summaries[name].ties(winner)]
     runner_up = ranking[1][0] if len(ranking) > 1 else None
-    margin = None
-    if runner_up is not None:
-        second = ranking[1][1]
-        margin = sign * (ranking[0][1] - second) / max(abs(second), 1e-12)
-    missing = [name for name, s in summaries.items() if s.metric_median is None]
-    return TaskVerdict(task.name, task.metric, task.higher_is_better, ranking, tied, margin, runner_up, missing)
+    margin = relative_gap(task.higher_is_better, ranking[0][1], ranking[1][1]) if runner_up else None
+    one_seed = runner_up is not None and min(winner.runs, summaries[runner_up].runs) < 2
+    return TaskVerdict(task.name, task.metric, task.higher_is_better, ranking, tied, margin, runner_up, missing,
+                       one_seed)
+
+
+def _why_no_result(summary: CellSummary) -> str:
+    states = sorted({r.state for r in summary.finals}) or (["diverged"] if summary.tuning_diverged else [])
+    return " / ".join(states) or "not run yet"
 
 
 # ---------------------------------------------------------------------------------------- AlgoPerf-style scores
@@ -131,9 +154,10 @@ def performance_ratios(results: ResultSet, attr: str) -> dict[str, dict[str, flo
             continue
         times = {name: time_to_target(s, attr) for name, s in headline(results, spec).items()}
         best = min(times.values(), default=math.inf)
-        # a target met at step 0 (the untrained model) gives a best time of 0: every optimizer then ties at 1
-        out[task.name] = {name: (math.inf if math.isinf(t) else 1.0 if t == best else t / best)
-                          for name, t in times.items()}
+        # a best time of 0 (the untrained model met the target on most seeds) makes any later time infinitely
+        # slower by the ratio: those count as misses, a target the task should not have had
+        out[task.name] = {name: (math.inf if math.isinf(t) else 1.0 if t == best else t / best if best > 0 else
+                                 math.inf) for name, t in times.items()}
     return out
 
 
@@ -230,13 +254,16 @@ def compute_verdict(results: ResultSet) -> Verdict:
             adamw = summaries_here.get("adamw")
             if name != "adamw" and adamw is not None and s.beats(adamw):
                 beats.append(results.tasks[spec].name)
-            if not learned(s, best_result(summaries_here)):
+            if learned(s, best_result(summaries_here)) is False:
                 blank.append(results.tasks[spec].name)
         standings[name] = OptimizerStanding(
             name, score(ratios_steps, name), score(ratios_seconds, name),
             first=sum(name in t.tied for t in tasks), tasks=len(summaries),
             plateau_decades=median(plateaus), state_bytes_per_param=median(s.state_bytes_per_param for s in summaries),
             peak_memory_mb=median(s.peak_memory_mb for s in summaries), beats_adamw=beats, never_learned=blank)
+    if not any(s.score_steps for s in standings.values()):  # no target reached anywhere: no score to show
+        for standing in standings.values():
+            standing.score_steps = standing.score_seconds = None
     return Verdict(tasks, standings, ratios_steps, ratios_seconds, pick_paragraph(results, tasks, standings))
 
 
@@ -253,45 +280,52 @@ def pick_paragraph(results: ResultSet, tasks: list[TaskVerdict], standings: dict
     """The "Pick" paragraph, every clause computed from the standings above it."""
     if not standings or not any(t.ranking for t in tasks):
         return "Pick: no results to pick from yet."
+    scored = any(s.score_steps for s in standings.values())  # some optimizer reached some task's target
 
     def rank(s: OptimizerStanding) -> tuple[float, int]:
-        return (s.score_steps if s.score_steps is not None else -1.0, s.first)
+        return (s.score_steps or 0.0 if scored else 0.0, s.first)
 
     ordered = sorted(standings.values(), key=rank, reverse=True)  # stable: roster order breaks exact ties
     best = ordered[0]
-    scored = best.score_steps is not None
-    why = (f"the best AlgoPerf-style score ({best.score_steps:.2f} in steps, {best.score_seconds:.2f} in seconds) "
-           if scored else "")
-    sentences = [f"Pick {best.name}: {why}{'and ' if scored else ''}first or tied for first on {best.first} of "
-                 f"{best.tasks} tasks."]
-    level = [s for s in ordered[1:] if rank(s) == rank(best)]
+    finals = f"best or tied for best final result on {best.first} of {best.tasks} tasks"
+    if scored:
+        sentences = [f"Pick {best.name}: the fastest to the tasks' targets (AlgoPerf-style score "
+                     f"{best.score_steps:.2f} in steps, {best.score_seconds:.2f} in seconds; 1 = first to every "
+                     f"target), and {finals}."]
+    else:
+        sentences = [f"Pick {best.name}: {finals}. No optimizer reached any task's target, so there is no "
+                     f"AlgoPerf-style score."]
+    level = [s.name for s in ordered[1:] if rank(s) == rank(best)]
     if level:
-        sentences.append(f"Level with it on both counts: {', '.join(s.name for s in level)}.")
+        sentences.append(f"Level with it on both counts: {', '.join(level)}.")
     widths = {n: s.plateau_decades for n, s in standings.items() if s.plateau_decades is not None}
     if widths:
         widest = max(widths.values())
         robust = [n for n, w in widths.items() if w == widest]
-        sentences.append(f"Most robust to the learning rate: {', '.join(robust)} (results within the seed spread "
-                         f"of the best over {widest:.1f} decades of lr, median over tasks)." if widest > 0 else
-                         "No optimizer's result stays within its seed spread at a neighbouring grid lr (median over "
-                         "tasks): each needs its tuned learning rate.")
-    peers = [s for s in standings.values() if _tied_with_on_every_task(results, s.name, best.name)
-             and s.state_bytes_per_param is not None]
-    if peers:
-        cheapest = min(peers, key=lambda s: s.state_bytes_per_param)
-        if cheapest.name == best.name:
-            sentences.append(f"Nothing that ties {best.name} on every task keeps less state "
-                             f"({best.state_bytes_per_param:.2f} B/param).")
-        else:
+        sentences.append(f"Most robust to the learning rate: {', '.join(robust)} (results no worse than the chosen "
+                         f"setting's worst seed over {widest:.1f} decades of lr, median over tasks)." if widest > 0
+                         else "No optimizer's result holds up at a neighbouring grid lr (median over tasks): each "
+                              "needs its tuned learning rate.")
+    if best.state_bytes_per_param is not None:
+        peers = [s for s in standings.values() if s.state_bytes_per_param is not None
+                 and s.state_bytes_per_param < best.state_bytes_per_param
+                 and _tied_with_on_every_task(results, s.name, best.name)]
+        if peers:
+            cheapest = min(peers, key=lambda s: s.state_bytes_per_param)
             sentences.append(f"Cheapest in memory among those never beaten by {best.name} beyond the seed spread: "
                              f"{cheapest.name} ({cheapest.state_bytes_per_param:.2f} B/param of state against "
                              f"{best.state_bytes_per_param:.2f}).")
-    if "adamw" in standings:
-        winners = {n: s.beats_adamw for n, s in standings.items() if s.beats_adamw}
-        if not winners:
-            sentences.append("No optimizer beats the AdamW baseline beyond the seed spread on any task: on this "
-                             "workload, AdamW is as good a choice as any here.")
         else:
-            sentences.append("Beyond the seed spread, AdamW is beaten by " + "; ".join(
+            sentences.append(f"Nothing that {best.name} never beats beyond the seed spread keeps less state than its "
+                             f"{best.state_bytes_per_param:.2f} B/param.")
+    if "adamw" in standings and len(standings) > 1:
+        winners = {n: s.beats_adamw for n, s in standings.items() if s.beats_adamw}
+        if winners:
+            sentences.append("On the final metric, AdamW is beaten beyond the seed spread by " + "; ".join(
                 f"{n} on {', '.join(t)}" for n, t in winners.items()) + ".")
+        else:
+            sentences.append("On the final metric, no optimizer beats the AdamW baseline beyond the seed spread on "
+                             "any task" + ("." if best.name == "adamw" else
+                                           f": {best.name} is picked for its speed to the targets, and AdamW is "
+                                           "as good a choice for the end result."))
     return " ".join(sentences)
