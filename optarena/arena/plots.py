@@ -40,13 +40,17 @@ def _log_if_wide(ax, values: list[float]) -> None:
 
 
 def _lr_ticks(ax, lrs: list[float]) -> None:
-    """Ticks at the learning rates that ran (thinned to at most 8), without matplotlib's minor labels, which
-    overlap on a log axis spanning less than a decade."""
+    """Ticks at learning rates that ran, at least 0.3 decades apart (at most about 9), without matplotlib's minor
+    labels, which overlap on a log axis spanning less than a decade."""
     from matplotlib.ticker import NullFormatter
 
     lrs = sorted(set(lrs))
-    if len(lrs) > 8:
-        lrs = lrs[::math.ceil(len(lrs) / 8)]
+    gap = max(0.3, math.log10(lrs[-1] / lrs[0]) / 8)  # decades between neighbouring labels
+    kept = [lrs[0]]
+    for lr in lrs[1:]:
+        if math.log10(lr / kept[-1]) >= gap:
+            kept.append(lr)
+    lrs = kept
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xticks(lrs, [f"{lr:.2g}" for lr in lrs], rotation=40, ha="right", fontsize=8)
 
