@@ -84,11 +84,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    print(f"{'name':<10} {'source':<12} {'default lr':>10} {'state B/param':>13}  description")
-    for name in list_optimizers():
+    import textwrap
+
+    from .info import LOOKAHEAD_PREFIX
+
+    names = list_optimizers()
+    width = max(map(len, names))
+    print(f"{'name':<{width}} {'source':<12} {'default lr':>10} {'state B/param':>13}  description")
+    for name in names:
         info = get_optimizer_info(name)
-        print(f"{name:<10} {info.source:<12} {info.default_lr:>10g} {info.state_bytes_per_param:>13g}  "
+        print(f"{name:<{width}} {info.source:<12} {info.default_lr:>10g} {info.state_bytes_per_param:>13g}  "
               f"{info.description}")
+    wrapped = ", ".join(LOOKAHEAD_PREFIX + n for n in names if get_optimizer_info(n).source != "schedulefree")
+    print("\n" + textwrap.fill(f"Each of these inside Lookahead (k=5, alpha=0.5), by the {LOOKAHEAD_PREFIX} prefix: "
+                              f"{wrapped}", 118))
     return 0
 
 

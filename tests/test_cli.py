@@ -7,14 +7,17 @@ import sys
 
 import pytest
 
+import optarena
 from optarena.cli import main
 
 
 def test_list_prints_every_optimizer(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    for name in ("lion", "rlion", "adan", "adax", "adafactor", "ademamix", "amos", "adamw", "nesterov"):
+    for name in optarena.list_optimizers():
         assert f"\n{name} " in out
+    for name in ("lookahead_adamw", "lookahead_lion", "lookahead_muon"):
+        assert name in out
 
 
 def test_demo_prints_a_table_for_each_optimizer(capsys: pytest.CaptureFixture[str]) -> None:
