@@ -12,7 +12,7 @@ import torch
 
 from ..info import base_optimizer_info
 from ..validation import check_number, check_positive_int
-from .catalog import BUILTIN_TASKS, load_tasks
+from .catalog import default_tasks, load_tasks
 from .plan import BUDGET_PRESETS, DEFAULT_OPTIMIZERS, Cell, CellPlan, Outcome, cells_for, plan_cell
 from .storage import HEARTBEAT_SECONDS, ArenaStorage, default_storage_url
 from .task import BUDGETS, Task
@@ -62,7 +62,7 @@ class CompareConfig:
         for name in names:
             base_optimizer_info(name)  # ValueError naming the unknown one
         self.optimizers = tuple(dict.fromkeys(n.lower() for n in names))
-        self.tasks = tuple(dict.fromkeys(self.tasks)) or tuple(BUILTIN_TASKS)
+        self.tasks = tuple(dict.fromkeys(self.tasks)) or default_tasks(self.budget)
         if self.seeds is None:
             self.seeds = BUDGET_PRESETS[self.budget].seeds
         check_positive_int("seeds", self.seeds)
