@@ -14,6 +14,7 @@ Where ultralytics would recover from a NaN loss by reloading ``last.pt``, the ru
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import tempfile
 import time
@@ -46,6 +47,9 @@ def ultralytics_name(optimizer: str) -> str:
 
 
 def _trainer_class() -> type:
+    # ultralytics reads YOLO_VERBOSE once, on import: without it every run's progress bars would flood the
+    # arena's terminal (the arena reports progress itself); a user's explicit setting wins
+    os.environ.setdefault("YOLO_VERBOSE", "False")
     from ...integrations.ultralytics import OptarenaDetectionTrainer
 
     class ArenaTrainer(OptarenaDetectionTrainer):
