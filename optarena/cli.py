@@ -87,15 +87,17 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_tasks(args: argparse.Namespace) -> int:
-    from .arena.catalog import BUILTIN_TASKS
+    from .arena.catalog import BUILTIN_TASKS, WORKLOAD_TASKS, load_task
 
     print(f"{'name':<16} {'metric':<14} {'target':>8} {'steps':>6} {'batch':>6}  description ({args.budget} budget)")
-    for name, factory in BUILTIN_TASKS.items():
-        task = factory(budget=args.budget)
+    for name in [*BUILTIN_TASKS, *WORKLOAD_TASKS]:
+        task = load_task(name, args.budget)
         target = "–" if task.target is None else f"{task.target:g}"
         sizes = ",".join(map(str, task.all_batch_sizes))
         print(f"{name:<16} {task.metric:<14} {target:>8} {task.steps:>6} {sizes:>6}  {task.description}")
-    print("\nA user task: --task package.module:function (or path/to/file.py:function) returning optarena.arena.Task")
+    print("\nA user task: --task package.module:function (or path/to/file.py:function) returning optarena.arena.Task;"
+          "\na workload: --task ultralytics:MODEL.yaml:DATA.yaml, lightning:pkg.module:Module[:DataModule], "
+          "hf:pkg.module:function")
     return 0
 
 

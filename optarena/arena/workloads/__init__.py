@@ -86,7 +86,7 @@ def ultralytics_task(model: str, data: str, options: dict[str, Any], budget: str
     """A Task that trains ``model`` (a yaml, or weights) on ``data`` with ultralytics' detection trainer."""
     from .ultralytics import ARENA_ARGS
 
-    clash = sorted(set(options) & (ARENA_ARGS - {"model", "data"}))
+    clash = sorted(set(options) & (ARENA_ARGS - {"model", "data", "name"}))  # name: the task's
     if clash:
         raise ValueError(f"Invalid task: {spec or model!r} (the arena sets {', '.join(clash)} for every run)")
     options = dict(options)
