@@ -31,19 +31,43 @@ def _ints(text: str) -> tuple[int, ...]:
     return values
 
 
-def _cmd_compare(args: argparse.Namespace) -> int:
-    from . import arena
-    from .arena.compare import failure_summary
-    from .arena.storage import StorageError
+#: Workload options the command line sets (``--epochs 5`` → ``:epochs=5``), per workload prefix; a spec's own
+#: ``key=value`` wins.
+WORKLOAD_FLAGS = {"ultralytics": ("epochs", "imgsz"), "lightning": ("metric", "higher_is_better", "steps"),
+                  "hf": ("metric", "higher_is_better", "steps")}
 
-    tasks = ()
+
+def workload_specs(args: argparse.Namespace) -> tuple[str, ...]:
+    """The task specs of ``--tasks`` and ``--task``, with the workload flags folded into the workload specs (so a
+    spec, and the studies keyed by it, carry everything that shapes its runs)."""
+    from .arena.workloads import is_workload, split_spec
+
+    tasks: tuple[str, ...] = ()
     if args.tasks is not None:
         tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
         if not tasks:
             raise ValueError(f"Invalid --tasks: {args.tasks!r} (no task named; leave --tasks out for every built-in "
                              "task)")
+    specs = []
+    for spec in tasks + tuple(args.task):
+        if is_workload(spec):
+            prefix, _, options = split_spec(spec)
+            for key in WORKLOAD_FLAGS[prefix]:
+                value = getattr(args, key, None)
+                if value is not None and key not in options:
+                    spec += f":{key}={str(value).lower() if isinstance(value, bool) else value}"
+        specs.append(spec)
+    return tuple(specs)
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from . import arena
+    from .arena.compare import failure_summary
+    from .arena.storage import StorageError
+
+    tasks = workload_specs(args)
     workers = {} if args.workers is None else {"workers": args.workers}
-    config = arena.CompareConfig(optimizers=tuple(args.optimizers or ()), tasks=tasks + tuple(args.task),
+    config = arena.CompareConfig(optimizers=tuple(args.optimizers or ()), tasks=tasks,
                                  budget=args.budget, seeds=args.seeds, batch_sizes=args.batch_sizes, out=args.out,
                                  storage=args.storage, device=args.device, threads=args.threads,
                                  stale_after=args.stale_after, run_timeout=args.run_timeout,
@@ -64,15 +88,17 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_tasks(args: argparse.Namespace) -> int:
-    from .arena.catalog import BUILTIN_TASKS
+    from .arena.catalog import BUILTIN_TASKS, WORKLOAD_TASKS, load_task
 
     print(f"{'name':<16} {'metric':<14} {'target':>8} {'steps':>6} {'batch':>6}  description ({args.budget} budget)")
-    for name, factory in BUILTIN_TASKS.items():
-        task = factory(budget=args.budget)
+    for name in [*BUILTIN_TASKS, *WORKLOAD_TASKS]:
+        task = load_task(name, args.budget)
         target = "–" if task.target is None else f"{task.target:g}"
         sizes = ",".join(map(str, task.all_batch_sizes))
         print(f"{name:<16} {task.metric:<14} {target:>8} {task.steps:>6} {sizes:>6}  {task.description}")
-    print("\nA user task: --task package.module:function (or path/to/file.py:function) returning optarena.arena.Task")
+    print("\nA user task: --task package.module:function (or path/to/file.py:function) returning optarena.arena.Task;"
+          "\na workload: --task ultralytics:MODEL.yaml:DATA.yaml, lightning:pkg.module:Module[:DataModule], "
+          "hf:pkg.module:function")
     return 0
 
 
@@ -120,7 +146,22 @@ def build_parser() -> argparse.ArgumentParser:
                          help="comma-separated built-in tasks (see `optarena tasks`) or module:function specs "
                               "(default: every built-in task)")
     compare.add_argument("--task", action="append", default=[], metavar="MODULE:FUNCTION",
-                         help="a user task (repeatable): package.module:function or path/to/file.py:function")
+                         help="a user task (repeatable): package.module:function or path/to/file.py:function, or a "
+                              "workload: ultralytics:MODEL.yaml:DATA.yaml, lightning:pkg.module:Module[:DataModule], "
+                              "hf:pkg.module:function, each with optional :key=value options")
+    workload = compare.add_argument_group(
+        "workloads", "for --task ultralytics:MODEL.yaml:DATA.yaml, lightning:pkg.module:Module[:DataModule] and "
+                     "hf:pkg.module:function (a spec's own :key=value wins)")
+    workload.add_argument("--epochs", type=int, default=None, help="ultralytics epochs per run (default by budget: "
+                                                                   "tiny 1, quick 10, full 50)")
+    workload.add_argument("--imgsz", type=int, default=None, help="ultralytics training image size")
+    workload.add_argument("--metric", default=None, help="Lightning: a name the module logs in validation (default "
+                                                         "val_loss); HF: a compute_metrics key (default the eval loss)")
+    workload.add_argument("--higher-is-better", action="store_true", default=None,
+                          help="the --metric grows when training improves (accuracy, not loss)")
+    workload.add_argument("--steps", type=int, default=None,
+                          help="Lightning and HF optimizer steps per run (default by budget: tiny 20, quick 300, "
+                               "full 2000)")
     compare.add_argument("--budget", choices=BUDGETS, default="quick")
     compare.add_argument("--seeds", type=int, default=None, help="seeds per chosen setting (quick 3, full 5)")
     compare.add_argument("--batch-sizes", type=_ints, default=None,

@@ -242,6 +242,27 @@ def _register_schedulefree() -> None:
 _register_schedulefree()
 
 
+class UltralyticsOnly:
+    """Stands for an optimizer that only ultralytics' trainer builds (it needs ultralytics' parameter groups)."""
+
+    name = "musgd"
+
+    def __init__(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        raise ValueError(f"Invalid optimizer: {self.name!r} is built by ultralytics' trainer only (its Muon groups "
+                         "come from ultralytics' build_optimizer); use it on an ultralytics workload")
+
+
+def _register_ultralytics() -> None:
+    """ultralytics' MuSGD (Muon on conv and linear weights, SGD with Nesterov momentum on the rest; what its
+    ``optimizer=auto`` picks for long runs) as a roster name for ultralytics workloads: ultralytics builds it."""
+    register_optimizer(OptimizerInfo(
+        "musgd", UltralyticsOnly, 0.01, has_momentum=True, state_bytes_per_param=4, source="ultralytics",
+        ultralytics_name="MuSGD", description="ultralytics' Muon+SGD hybrid (ultralytics workloads only)"))
+
+
+_register_ultralytics()
+
+
 def state_bytes(optimizer: Optimizer) -> int:
     """Bytes held in ``optimizer.state`` tensors, measured (not the registry's nominal figure)."""
     return sum(v.numel() * v.element_size() for s in optimizer.state.values() for v in s.values()

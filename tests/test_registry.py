@@ -32,7 +32,8 @@ class Net(nn.Module):
 
 
 def test_every_optimizer_is_registered_with_its_source() -> None:
-    assert optarena.list_optimizers() == sorted(OWN + CLASSIC + SCHEDULEFREE)
+    assert optarena.list_optimizers() == sorted(OWN + CLASSIC + SCHEDULEFREE + ["musgd"])
+    assert optarena.list_optimizers("ultralytics") == ["musgd"]  # a roster name for ultralytics workloads
     assert optarena.list_optimizers("schedulefree") == SCHEDULEFREE
     assert optarena.list_optimizers("optarena") == OWN
     assert optarena.list_optimizers("torch.optim") == sorted(CLASSIC)

@@ -36,6 +36,17 @@ BUILTIN_TASKS: dict[str, Callable[..., Task]] = {
 }
 """Task name → factory ``(budget="quick") -> Task``, in the order the suite runs them."""
 
+#: Built-in workloads that train through a framework (see :mod:`optarena.arena.workloads`): loaded by name like
+#: the tasks above, and in the default suite only of the budgets listed.
+WORKLOAD_TASKS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "yolo_shapes": ("optarena.arena.workloads.shapes:make_yolo_shapes", ("full",)),
+}
+
+
+def default_tasks(budget: str) -> tuple[str, ...]:
+    """The suite a comparison runs when no task is named: every built-in task, and the workloads of ``budget``."""
+    return tuple(BUILTIN_TASKS) + tuple(name for name, (_, budgets) in WORKLOAD_TASKS.items() if budget in budgets)
+
 
 def _import_factory(spec: str) -> Callable[..., Task]:
     module_name, _, attr = spec.rpartition(":")
@@ -66,12 +77,20 @@ def load_task(spec: str, budget: str = "quick") -> Task:
     ``"path/to/file.py:function"``. The function may take a ``budget`` keyword; it must return a :class:`Task`."""
     if budget not in BUDGETS:
         raise ValueError(f"Invalid budget: {budget!r} (expected one of {', '.join(BUDGETS)})")
-    if ":" not in spec:
+    from .workloads import is_workload, load_workload
+
+    if is_workload(spec):  # ultralytics:..., lightning:..., hf:...: fingerprinted by the workload itself
+        return load_workload(spec, budget)
+    if spec in WORKLOAD_TASKS:
+        factory = _import_factory(WORKLOAD_TASKS[spec][0])
+    elif ":" not in spec:
         if spec not in BUILTIN_TASKS:
-            close = difflib.get_close_matches(spec, BUILTIN_TASKS, n=1)
+            known = [*BUILTIN_TASKS, *WORKLOAD_TASKS]
+            close = difflib.get_close_matches(spec, known, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"Invalid task: {spec!r} (built-in tasks: {', '.join(BUILTIN_TASKS)}{hint}; "
-                             "a user task is 'package.module:function')")
+            raise ValueError(f"Invalid task: {spec!r} (built-in tasks: {', '.join(known)}{hint}; "
+                             "a user task is 'package.module:function'; a workload 'ultralytics:MODEL.yaml:DATA.yaml', "
+                             "'lightning:module:Class[:DataModule]' or 'hf:module:function')")
         factory = BUILTIN_TASKS[spec]
     else:
         factory = _import_factory(spec)

@@ -49,7 +49,11 @@ def run_compare(config: CompareConfig, *, show_progress: bool = True):
     from .verdict import compute_verdict
 
     load_tasks.cache_clear()  # a task file edited since an earlier comparison in this process is read anew
-    config.load_tasks()  # a task that fails to load stops here, before anything is written
+    tasks = config.load_tasks()  # a task that fails to load stops here, before anything is written
+    framework = [t.name for t in tasks.values() if t.run is not None]
+    if "weight_decay" in config.tune and framework:
+        raise ValueError(f"Invalid --tune: 'lr,weight_decay' on framework workloads ({', '.join(framework)}): their "
+                         "weight decay is the framework's own setting; tune lr only there")
     created = _make_folders(config.out)
     try:
         store = config.open_storage()

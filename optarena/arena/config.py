@@ -12,7 +12,7 @@ import torch
 
 from ..info import LOOKAHEAD_PREFIX, base_optimizer_info
 from ..validation import check_number, check_positive_int
-from .catalog import BUILTIN_TASKS, load_tasks
+from .catalog import default_tasks, load_tasks
 from .plan import BUDGET_PRESETS, DEFAULT_OPTIMIZERS, TUNABLE, Cell, CellPlan, Outcome, cells_for, plan_cell
 from .storage import HEARTBEAT_SECONDS, ArenaStorage, default_storage_url
 from .task import BUDGETS, Task
@@ -65,7 +65,7 @@ class CompareConfig:
         for name in names:
             base_optimizer_info(name)  # ValueError naming the unknown one
         self.optimizers = tuple(dict.fromkeys(n.lower() for n in names))
-        self.tasks = tuple(dict.fromkeys(self.tasks)) or tuple(BUILTIN_TASKS)
+        self.tasks = tuple(dict.fromkeys(self.tasks)) or default_tasks(self.budget)
         self.tune = tuple(dict.fromkeys(self.tune))
         if not self.tune or "lr" not in self.tune or any(t not in TUNABLE for t in self.tune):
             raise ValueError(f"Invalid tune: {','.join(self.tune)!r} (expected 'lr' or 'lr,weight_decay': the learning "

@@ -12,12 +12,14 @@ from __future__ import annotations
 import ctypes
 import functools
 import gc
+import hashlib
 import math
 import statistics
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -68,6 +70,8 @@ class RunResult:
     """For 2-D tasks: the point after each step (subsampled), starting with the initial point."""
     diverged_because: str | None = None
     """What ended a diverged run: a non-finite loss, gradient, metric or parameter, or the loss's growth."""
+    init_digest: str | None = None
+    """A hash of the initial weights: runs of one seed start from the same weights whatever the optimizer."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -154,6 +158,17 @@ class _PeakMemory:
         return self._status("VmHWM") - self.baseline
 
 
+def weights_digest(model: nn.Module) -> str:
+    """A short hash of every parameter and buffer of ``model`` (names, shapes and values)."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        if isinstance(tensor, torch.Tensor):
+            digest.update(name.encode())
+            digest.update(str(tuple(tensor.shape)).encode())
+            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def _to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
@@ -207,22 +222,34 @@ def _meets(task: Task, value: float) -> bool:
     return value >= task.target if task.higher_is_better else value <= task.target
 
 
+def ultralytics_only(optimizer_name: str) -> None:
+    """Refuse, naming the argument, an optimizer only ultralytics' trainer builds (``musgd``) outside it."""
+    if base_optimizer_info(optimizer_name).source == "ultralytics":
+        raise ValueError(f"Invalid optimizer: {optimizer_name!r} is built by ultralytics' trainer only; compare it on "
+                         "an ultralytics workload (yolo_shapes or ultralytics:MODEL.yaml:DATA.yaml)")
+
+
 def train_once(task: Task, optimizer_name: str, lr: float, seed: int, batch_size: int | None = None, *,
                device: str | torch.device = "cpu", heartbeat: Callable[[], None] | None = None,
-               weight_decay: float | None = None) -> RunResult:
+               weight_decay: float | None = None, out: Path | None = None) -> RunResult:
     """Train ``task`` from the seed's initial weights with ``optimizer_name`` at peak learning rate ``lr``.
 
     The schedule is a cosine decay from ``lr`` to 0 over ``task.steps`` with no warm-up, the same for every
     optimizer but those designed for a constant lr (see :func:`lr_multiplier`); schedule-free optimizers train in
     ``train()`` mode and are evaluated in ``eval()`` mode. ``heartbeat`` is called after every step (it should
     throttle itself), so a long run shows it is alive. ``weight_decay`` replaces the task's AdamW-scale decay (each
-    optimizer gets its published translation of either).
+    optimizer gets its published translation of either). A workload (``task.run`` set) trains through its own
+    framework instead, writing what the framework writes under ``out``.
     """
     device = torch.device(device)
     batch_size = task.batch_size if batch_size is None else batch_size
+    if task.run is not None:
+        return task.run(optimizer_name, lr, seed, batch_size, device=device, heartbeat=heartbeat, out=out)
+    ultralytics_only(optimizer_name)
     memory = _PeakMemory(device)
     torch.manual_seed(seed)
     model = task.make_model().to(device)
+    init_digest = weights_digest(model)
     batches = iter(task.make_batches(torch.Generator().manual_seed(seed), batch_size))
     decay = task.weight_decay if weight_decay is None else weight_decay
     optimizer = create_optimizer(model, optimizer_name, lr=lr, **arena_weight_decay(optimizer_name, decay))
@@ -317,4 +344,5 @@ def train_once(task: Task, optimizer_name: str, lr: float, seed: int, batch_size
         eval_metric=_subsample(eval_metric, MAX_CURVE_POINTS),
         trajectory=_subsample(trajectory, MAX_TRAJECTORY_POINTS) if trajectory else None,
         diverged_because=because,
+        init_digest=init_digest,
     )

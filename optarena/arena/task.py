@@ -44,6 +44,10 @@ class Task:
         surface: for 2-D problems, ``(x, y) -> z`` on tensors, drawn under the optimizer trajectories.
         position: for 2-D problems, ``model -> (x, y)``; the runner records it after every step.
         description: one line for ``optarena tasks`` and the report.
+        run: a workload that trains through its own framework (ultralytics, Lightning, the Hugging Face Trainer;
+            see :mod:`optarena.arena.workloads`): ``(optimizer, lr, seed, batch_size, *, device, heartbeat, out)
+            -> RunResult`` replaces the runner's loop, and ``make_model``/``make_batches``/``loss``/``evaluate``
+            are not called.
         fingerprint: set when the task is loaded by name or ``module:function`` (see ``load_task``).
 
     The runner moves the model and each batch (tensors, or lists/tuples/dicts of them) to the comparison's device;
@@ -66,6 +70,7 @@ class Task:
     surface: Callable[[Tensor, Tensor], Tensor] | None = None
     position: Callable[[nn.Module], tuple[float, float]] | None = None
     description: str = ""
+    run: Callable[..., Any] | None = None
     #: Set by the loader (``load_task``): a hash of the definition (the fields above that shape a run, and the
     #: source file of the factory). Runs are stored under it, so a task changed between invocations runs anew.
     fingerprint: str = field(default="", init=False, compare=False)

@@ -59,7 +59,7 @@ def _run_point(store: ArenaStorage, config: CompareConfig, cell: Cell, trial_id:
     report("start", trial_id)
     try:
         result = train_once(task, cell.optimizer, lr, seed, cell.batch_size, device=config.device,
-                            heartbeat=heartbeat, weight_decay=wd)
+                            heartbeat=heartbeat, weight_decay=wd, out=config.out)
     except Exception:  # the task's own code failed: record it, do not retry it forever
         store.fail(trial_id, traceback.format_exc())
     except SystemExit as exit_:  # the task's code asked the process to end: this run is over, the others are not

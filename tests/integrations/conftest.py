@@ -24,3 +24,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 import torchvision_cpu_nms  # noqa: E402
 
 torchvision_cpu_nms.install()
+
+# The arena's worker processes (a fork server started from this environment) import ultralytics too: a
+# sitecustomize on their PYTHONPATH installs the same nms there.
+(_HOME / "site").mkdir()
+(_HOME / "site" / "sitecustomize.py").write_text(
+    f"import sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+    "import torchvision_cpu_nms\ntorchvision_cpu_nms.install()\n")
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_HOME / "site"), os.environ.get("PYTHONPATH")]))

@@ -128,7 +128,7 @@ OPTARENA_NAMES = [n for n in optarena.list_optimizers() if integration.is_optare
 
 def test_every_optarena_name_not_known_to_ultralytics_is_routed() -> None:
     assert set(OPTARENA_NAMES) == set(optarena.list_optimizers()) - {"adam", "adamw", "adamax", "nadam", "radam",
-                                                                      "rmsprop", "sgd"}
+                                                                      "rmsprop", "sgd", "musgd"}
     assert {"lion", "rlion", "adan", "adax", "adafactor", "momentum", "nesterov"} <= set(OPTARENA_NAMES)
     assert integration.is_optarena_name("Lion") and integration.is_optarena_name("lookahead_Lion")
     assert not integration.is_optarena_name("SGD") and not integration.is_optarena_name("auto")
