@@ -192,6 +192,9 @@ def protocol(results: ResultSet) -> str:
     text = PROTOCOL
     if "weight_decay" in results.config.tune:
         text += " " + SEARCH.format(trials=BUDGET_PRESETS[results.config.budget].search_trials)
+    own = [f"{t.name}: {t.schedule}" for t in results.tasks.values() if t.schedule]
+    if own:
+        text += " Tasks that keep their framework's schedule instead: " + "; ".join(own) + "."
     constant = [n for n in results.config.optimizers if base_optimizer_info(n).schedule == "constant"]
     if not constant:
         return text

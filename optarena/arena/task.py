@@ -48,6 +48,7 @@ class Task:
             see :mod:`optarena.arena.workloads`): ``(optimizer, lr, seed, batch_size, *, device, heartbeat, out)
             -> RunResult`` replaces the runner's loop, and ``make_model``/``make_batches``/``loss``/``evaluate``
             are not called.
+        schedule: for a workload with its framework's own lr schedule, what that schedule is.
         fingerprint: set when the task is loaded by name or ``module:function`` (see ``load_task``).
 
     The runner moves the model and each batch (tensors, or lists/tuples/dicts of them) to the comparison's device;
@@ -71,6 +72,8 @@ class Task:
     position: Callable[[nn.Module], tuple[float, float]] | None = None
     description: str = ""
     run: Callable[..., Any] | None = None
+    #: How a workload schedules the lr where it does not use the arena's (said in the report's protocol).
+    schedule: str = ""
     #: Set by the loader (``load_task``): a hash of the definition (the fields above that shape a run, and the
     #: source file of the factory). Runs are stored under it, so a task changed between invocations runs anew.
     fingerprint: str = field(default="", init=False, compare=False)
