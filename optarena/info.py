@@ -77,8 +77,9 @@ class OptimizerInfo:
     #: The learning-rate schedule the method was designed for: ``"decay"`` (any decaying schedule; the arena's
     #: cosine) or ``"constant"`` (warm-up then constant: schedule-free methods replace the decay by averaging).
     schedule: Literal["decay", "constant"] = "decay"
-    #: The pip requirement that provides ``cls`` when it comes from an optional package (in the ``arena`` extra).
-    requires: str | None = None
+    #: Constructor arguments that want the run's total number of steps, which a trainer that knows it passes (the
+    #: arena does): AdEMAMix warms α and β3 up over the whole run, as its authors prescribe.
+    run_length_kwargs: tuple[str, ...] = ()
 
     @property
     def has_eps(self) -> bool:

@@ -226,7 +226,7 @@ def _register_schedulefree() -> None:
         adamw, sgd = schedulefree.AdamWScheduleFree, schedulefree.SGDScheduleFree
     except ImportError:
         adamw, sgd = _missing("schedulefree_adamw"), _missing("schedulefree_sgd")
-    modal = dict(source="schedulefree", train_eval_modes=True, schedule="constant", requires=SCHEDULEFREE_REQUIREMENT)
+    modal = dict(source="schedulefree", train_eval_modes=True, schedule="constant")
     register_optimizer(OptimizerInfo(
         "schedulefree_adamw", adamw, 2.5e-3, num_betas=2, eps="number", state_bytes_per_param=8, **modal,
         description="schedule-free AdamW: averaging replaces the lr decay (Defazio et al. 2024)",

@@ -117,3 +117,21 @@ def test_storage_retries_when_another_machine_creates_the_tables_first(tmp_path,
     errors.append(sqlalchemy.exc.OperationalError("connect", None, Exception("connection refused")))  # not a race
     with pytest.raises(ValueError, match="Invalid storage: 'sqlite:///x.db' \\(Exception: connection refused\\)"):
         ArenaStorage("sqlite:///x.db")
+
+
+def test_the_runner_gives_ademamix_its_warmups_and_amos_a_constant_lr(monkeypatch):
+    import optarena.arena.runner as runner
+
+    seen = {}
+    real = runner.create_optimizer
+
+    def spy(model, name, **kwargs):
+        seen[name] = kwargs
+        return real(model, name, **kwargs)
+
+    monkeypatch.setattr(runner, "create_optimizer", spy)
+    task = _quadratic_with_spike(5)
+    train_once(task, "ademamix", 1e-3, seed=0)
+    assert seen["ademamix"]["alpha_warmup"] == seen["ademamix"]["beta3_warmup"] == task.steps
+    constant = runner.lr_multiplier("amos", 100)
+    assert constant(50) == constant(99) == 1.0 and constant(0) < 1.0  # warm-up, then no decay

@@ -94,3 +94,34 @@ def test_factory_builds_wrapped_optimizers() -> None:
         optarena.create_optimizer(model, "lion", accumulate=0)
     with pytest.raises(ValueError, match="Did you mean 'lion'"):
         optarena.create_optimizer(model, "lookahead_lino")
+
+
+@pytest.mark.parametrize("name", ["adamw", "muon", "lion"])
+def test_a_scheduler_drives_the_real_optimizer_after_load_state_dict(name):
+    """The base's load_state_dict replaces its group list: the wrappers must keep reading the live one."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
+    optimizer = optarena.create_optimizer(model, name, lr=0.01, accumulate=2, lookahead=True)
+    optimizer.load_state_dict(optimizer.state_dict())
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 1, gamma=0.1)
+    model(torch.randn(3, 4)).sum().backward()
+    optimizer.step()
+    scheduler.step()
+    inner = optimizer
+    while hasattr(inner, "base"):
+        inner = inner.base
+    assert inner.param_groups[0]["lr"] == pytest.approx(1e-3) and optimizer.param_groups is inner.param_groups
+
+
+def test_wrappers_forward_train_and_eval_to_a_schedule_free_base():
+    pytest.importorskip("schedulefree")
+    param = torch.nn.Parameter(torch.ones(3))
+    optimizer = optarena.create_optimizer([param], "schedulefree_adamw", lr=0.1, accumulate=2)
+    optimizer.train()
+    for _ in range(4):
+        param.grad = torch.ones(3)
+        optimizer.step()
+    trained = param.detach().clone()
+    optimizer.eval()  # the parameters move to the averaged point x
+    assert not torch.equal(param.detach(), trained)
+    optimizer.train()
+    assert torch.allclose(param.detach(), trained)

@@ -196,11 +196,17 @@ def protocol(results: ResultSet) -> str:
     if own:
         text += " Tasks that keep their framework's schedule instead: " + "; ".join(own) + "."
     constant = [n for n in results.config.optimizers if base_optimizer_info(n).schedule == "constant"]
-    if not constant:
-        return text
-    return text + (f" Exception: {', '.join(constant)}, designed for a constant learning rate, get a linear "
-                       "warm-up over the first 5 % of the steps and then a constant lr; they train in "
-                       "optimizer.train() mode and are evaluated in optimizer.eval() mode (at the averaged weights).")
+    if constant:
+        text += (f" Exception: {', '.join(constant)}, designed for a constant learning rate, get a linear warm-up "
+                 "over the first 5 % of the steps and then a constant lr.")
+    for name in results.config.optimizers:
+        if base_optimizer_info(name).run_length_kwargs:
+            text += f" {name} gets {' = '.join(base_optimizer_info(name).run_length_kwargs)} = the run's steps."
+    modal = [n for n in results.config.optimizers if base_optimizer_info(n).train_eval_modes]
+    if modal:
+        text += (f" {', '.join(modal)} train in optimizer.train() mode and are evaluated in optimizer.eval() mode "
+                 "(at the averaged weights).")
+    return text
 
 
 def write_report(results: ResultSet, out: Path, *, wall_seconds: float | None = None, verdict: Verdict | None = None,

@@ -252,8 +252,10 @@ def train_once(task: Task, optimizer_name: str, lr: float, seed: int, batch_size
     init_digest = weights_digest(model)
     batches = iter(task.make_batches(torch.Generator().manual_seed(seed), batch_size))
     decay = task.weight_decay if weight_decay is None else weight_decay
-    optimizer = create_optimizer(model, optimizer_name, lr=lr, **arena_weight_decay(optimizer_name, decay))
     steps = task.steps
+    run_length = {name: steps for name in base_optimizer_info(optimizer_name).run_length_kwargs}
+    optimizer = create_optimizer(model, optimizer_name, lr=lr, **arena_weight_decay(optimizer_name, decay),
+                                 **run_length)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(optimizer_name, steps))
     set_optimizer_mode(optimizer, True)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)

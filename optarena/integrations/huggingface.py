@@ -37,8 +37,18 @@ def optimizer_cls_and_kwargs(name: str, lr: float | None = None, **kwargs: Any) 
                                                                                         dict[str, Any]]:
     """``(class, kwargs)`` for ``Trainer(optimizer_cls_and_kwargs=...)``: the registry's class, ``lr`` (``None``:
     its documented default), its fixed arguments and ``kwargs``, checked as :func:`optarena.create_optimizer`
-    checks them. Weight decay comes from ``TrainingArguments.weight_decay`` (the Trainer sets it per group)."""
+    checks them. Weight decay comes from ``TrainingArguments.weight_decay`` (the Trainer sets it per group).
+
+    Refused: optimizers that route parameters by module (``muon``: the Trainer hands over plain tensors, so the
+    embeddings and the head would reach Muon) and schedule-free ones (the Trainer would pair them with its default
+    decaying schedule): use :func:`create_optimizer_and_scheduler` for both."""
     info = get_optimizer_info(name)
+    if info.group_params is not None or info.schedule == "constant":
+        why = ("it routes parameters by module, and the Trainer passes plain tensors" if info.group_params is not None
+               else "it is schedule-free, and the Trainer would add its decaying schedule")
+        raise ValueError(f"Invalid optimizer: {name!r} through optimizer_cls_and_kwargs ({why}); build it with "
+                         "optarena.integrations.huggingface.create_optimizer_and_scheduler and pass "
+                         "Trainer(optimizers=...)")
     if "weight_decay" in kwargs:
         raise ValueError(f"Invalid weight_decay: {kwargs['weight_decay']!r} here (the Trainer overrides it per "
                          "parameter group); set TrainingArguments(weight_decay=...) instead")

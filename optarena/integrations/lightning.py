@@ -67,9 +67,8 @@ def optimizer_config(model: nn.Module, name: str, lr: float | None = None, weigh
     """
     info = base_optimizer_info(name)
     if info.schedule == "constant" and schedule is not None:
-        peak = max(schedule.values(), default=0)
-        after = [m for s, m in sorted(schedule.items()) if s >= max(k for k, v in schedule.items() if v == peak)]
-        if any(m < peak for m in after):
+        multipliers = [m for _, m in sorted(schedule.items())]
+        if any(later < earlier for earlier, later in zip(multipliers, multipliers[1:])):  # any decrease is a decay
             raise ValueError(f"Invalid schedule: {dict(schedule)!r} ({info.name!r} is schedule-free: warm-up then "
                              "a constant lr, e.g. {100: 1.0}; it averages instead of decaying)")
     optimizer = create_optimizer(model, name, lr=lr, weight_decay=weight_decay, **kwargs)

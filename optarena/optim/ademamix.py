@@ -136,6 +136,7 @@ class AdEMAMix(OptarenaOptimizer):
 
 register_optimizer(OptimizerInfo(
     "ademamix", AdEMAMix, 1e-3, num_betas=3, eps="number", state_bytes_per_param=12, elementwise=True,
+    run_length_kwargs=("alpha_warmup", "beta3_warmup"),
     # params 8 + grad 4 + three buffers read and written (24, or 12 in bf16)
     step_bytes=36, step_bytes_bf16_state=24, fused_chunks=(16, 4, 1),
     description="Adam with a slow second momentum mixed in (Pagliardini et al. 2024)",

@@ -161,6 +161,7 @@ class Amos(OptarenaOptimizer):
 register_optimizer(OptimizerInfo(
     # no betas (its one beta is not Adam's β2 in meaning: it is tied to lr), no Adam-style eps
     "amos", Amos, 1e-2, state_bytes_per_param=0, has_momentum=True,
+    schedule="constant",  # its decay is built in (the c and d factors); jestimator runs it at a constant lr
     # mean(g²) reads g once before θ is written; params 8 + grad 4 + 4 (read again for the update)
     step_bytes=16, step_bytes_bf16_state=16, fused_chunks=(4, 1),
     description="adaptive decay towards a per-tensor scale, no schedule (Tian & Parikh 2022)",

@@ -172,10 +172,16 @@ class MuonAdamW(Optimizer):
         return [h for h in (self.muon, self.adamw) if h is not None]
 
     def _half_of(self, p: Tensor) -> Optimizer:
-        for half in self._halves():
-            if any(q is p for g in half.param_groups for q in g["params"]):
-                return half
-        raise KeyError(f"{type(self).__name__}: a tensor of shape {tuple(p.shape)} that it does not optimize")
+        # a lookup table rebuilt when a tensor is missing from it (a new group, a copy of this optimizer): every
+        # state lookup goes through here, and a scan per lookup made a pass over all parameters quadratic
+        entry = self.__dict__.get("_owners", {}).get(id(p))
+        if entry is None or entry[0] is not p:
+            self._owners = {id(q): (q, half) for half in self._halves() for g in half.param_groups
+                            for q in g["params"]}
+            entry = self._owners.get(id(p))
+        if entry is None or entry[0] is not p:
+            raise KeyError(f"{type(self).__name__}: a tensor of shape {tuple(p.shape)} that it does not optimize")
+        return entry[1]
 
     def _sync(self) -> None:
         self.param_groups = [g for half in self._halves() for g in half.param_groups]

@@ -1,7 +1,9 @@
 """What every wrapper shares: it adds one idea to a base optimizer and forwards the rest (after optax).
 
 - ``param_groups`` and ``defaults`` *are* the base's objects, so an LR scheduler built on the outermost wrapper
-  drives the innermost optimizer, and ``add_param_group`` reaches the base.
+  drives the innermost optimizer, and ``add_param_group`` reaches the base. ``param_groups`` is read from the base
+  each time: the base's ``load_state_dict`` replaces its list, and a copy taken once would go stale.
+- ``train()`` / ``eval()`` reach the base (schedule-free optimizers switch their parameters between two points).
 - The wrapper's own per-parameter state lives in ``self.state`` (keyed by parameter, like torch.optim); its
   scalar bookkeeping is returned by ``_extra_state``.
 - ``state_dict()`` is the base's state_dict (top-level ``state`` and ``param_groups`` unchanged, so tools that read
@@ -34,9 +36,10 @@ class OptimizerWrapper(Optimizer):
             raise TypeError(f"{type(self).__name__}: base must be a torch.optim.Optimizer (or an optarena "
                             f"wrapper), got {type(base).__name__}")
         self.base = base
-        # Optimizer.__init__ sets up hooks and step patching; it builds its own groups, replaced by the base's.
+        # Optimizer.__init__ sets up hooks and step patching; the groups it would build are the base's already
+        self._initialising = True
         super().__init__([p for g in base.param_groups for p in g["params"]], base.defaults)
-        self.param_groups = base.param_groups
+        self._initialising = False
         self.defaults = base.defaults
         for p in self._params():
             self._init_param_state(p)
@@ -52,13 +55,28 @@ class OptimizerWrapper(Optimizer):
         pass
 
     # -- forwarding -----------------------------------------------------------------------------------------------
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return self.base.param_groups
+
+    @param_groups.setter
+    def param_groups(self, groups: list[dict[str, Any]]) -> None:
+        """Ignored: Optimizer.__init__ and __setstate__ assign lists of their own; the groups are the base's."""
+
+    def train(self) -> None:
+        """Forward ``train()`` (schedule-free optimizers: the parameters hold the training point)."""
+        _switch(self.base, "train")
+
+    def eval(self) -> None:
+        """Forward ``eval()`` (schedule-free optimizers: the parameters hold the evaluation point)."""
+        _switch(self.base, "eval")
+
     def _params(self) -> list[Tensor]:
         return [p for g in self.param_groups for p in g["params"]]
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        if self.param_groups is not getattr(self.base, "param_groups", None):
-            super().add_param_group(param_group)  # only while Optimizer.__init__ runs
-            return
+        if self.__dict__.get("_initialising", False):
+            return  # Optimizer.__init__ adding the base's own parameters: they are in the base's groups already
         self.base.add_param_group(param_group)
         for p in self.param_groups[-1]["params"]:
             self._init_param_state(p)
@@ -100,3 +118,9 @@ class OptimizerWrapper(Optimizer):
 @torch.no_grad()
 def clone_params(params: list[Tensor]) -> list[Tensor]:
     return [p.detach().clone() for p in params]
+
+
+def _switch(optimizer: Optimizer, mode: str) -> None:
+    method = getattr(optimizer, mode, None)
+    if callable(method):
+        method()

@@ -106,3 +106,8 @@ def test_helpers_reject_bad_arguments() -> None:
         optimizer_cls_and_kwargs("lion", momentum_x=0.9)
     with pytest.raises(ValueError, match="Invalid num_training_steps: 0"):
         create_optimizer_and_scheduler(tiny_gpt2(), args(Path("unused")), "lion", 0)
+    # the Trainer passes plain tensors (Muon would get the embeddings and the head) and adds a decaying schedule
+    with pytest.raises(ValueError, match="Invalid optimizer: 'muon' through optimizer_cls_and_kwargs"):
+        optimizer_cls_and_kwargs("muon")
+    with pytest.raises(ValueError, match="'schedulefree_adamw' through optimizer_cls_and_kwargs .it is schedule-free"):
+        optimizer_cls_and_kwargs("schedulefree_adamw")

@@ -12,6 +12,8 @@ def test_integrations_refuse_what_they_cannot_drive() -> None:
     lightning = pytest.importorskip("optarena.integrations.lightning")
     with pytest.raises(ValueError, match="Invalid schedule"):
         lightning.optimizer_config(nn.Linear(3, 2), "schedulefree_adamw", schedule={10: 1.0, 100: 0.1})
+    with pytest.raises(ValueError, match="Invalid schedule"):  # a dip is a decay too
+        lightning.optimizer_config(nn.Linear(3, 2), "schedulefree_adamw", schedule={0: 1.0, 50: 0.1, 100: 1.0})
     config = lightning.optimizer_config(nn.Linear(3, 2), "schedulefree_adamw", schedule={10: 1.0})
     callback, trainer = lightning.ScheduleFreeModes(), type("T", (), {"optimizers": [config["optimizer"]]})()
     callback.on_train_batch_start(trainer, None, None, 0)
