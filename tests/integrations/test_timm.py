@@ -11,7 +11,7 @@ pytest.importorskip("timm.optim")
 import optarena  # noqa: E402
 from optarena.integrations.timm import register_timm_optimizers  # noqa: E402
 
-OWN = ["lion", "rlion", "adan", "adax", "adafactor"]
+OWN = optarena.list_optimizers(source="optarena")
 
 
 def small_model() -> torch.nn.Module:
