@@ -203,6 +203,16 @@ class OptarenaOptimizer(Optimizer):
         applied: that needs every gradient of the step."""
         step_tensors(type(self)._update, group, params, grads, states)
 
+    def step_parameter(self, p: Tensor, group: dict[str, Any]) -> None:
+        """``p``'s step alone, as ``step()`` would make it (``optarena.step_in_backward`` calls it as soon as
+        ``p.grad`` is complete). No step-wide work: no gradient scale, no ``skip_nonfinite``. On the fused path
+        ``p`` gets a plan of its own (the kernels are shared)."""
+        self._check_grads([p])
+        state = self.state_for(p, group)
+        if fused.resolve_fused(group, [p]) and fused.fused_step(self, group, [p], [state], None, plan_key=id(p)):
+            return
+        self._step_runs(group, [p], [state], [[0]], None)
+
     # -- the paths ----------------------------------------------------------------------------------------------
     def _check_grads(self, params: list[Tensor]) -> None:
         for p in params:
