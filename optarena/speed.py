@@ -66,15 +66,19 @@ QUICK_LAYOUTS: dict[str, list[tuple[int, ...]]] = {
     "200x64": [(8, 8)] * 200,
 }
 
-PATHS = ("loop", "foreach", "fused", "fused-bf16")
+PATHS = ("loop", "foreach", "fused", "fused-bf16", "fused-int8")
 
 
 def step_bytes(name: str, path: str = "fused") -> int:
-    """The bytes a step of ``name`` must move per parameter element (``OptimizerInfo.step_bytes``)."""
+    """The bytes a step of ``name`` must move per parameter element (``OptimizerInfo.step_bytes``); with 8-bit state
+    each buffer moves 2 bytes instead of bf16's 4 (the block scales, 4 bytes per 256 elements, are left out)."""
     info = get_optimizer_info(name)
-    value = info.step_bytes_bf16_state if path == "fused-bf16" else info.step_bytes
+    value = info.step_bytes_bf16_state if path in ("fused-bf16", "fused-int8") else info.step_bytes
     if value is None:
         raise ValueError(f"{name!r} has no step_bytes in its OptimizerInfo")
+    if path == "fused-int8":
+        buffers = (info.step_bytes - value) // 4  # fp32 moves 8 bytes per buffer, bf16 4
+        value -= 2 * buffers
     return value
 
 
@@ -105,11 +109,15 @@ class Result:
 def candidates(optimizers: list[str], paths: list[str], peers: bool) -> list[Candidate]:
     out = []
     for name in optimizers:
-        cls = get_optimizer_info(name).cls
+        info = get_optimizer_info(name)
+        cls = info.cls
         for path in paths:
+            if path == "fused-int8" and not info.int8_state:
+                continue
             kwargs: dict[str, Any] = {
                 "loop": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True),
-                "fused-bf16": dict(fused=True, state_dtype=torch.bfloat16)}[path]
+                "fused-bf16": dict(fused=True, state_dtype=torch.bfloat16),
+                "fused-int8": dict(fused=True, state_dtype="int8")}[path]
             extra = dict(weight_decay=0.01) if name != "adafactor" else {}
             out.append(Candidate(f"{name} {path}", name, lambda ps, c=cls, k={**kwargs, **extra}: c(ps, **k),
                                  step_bytes(name, path)))

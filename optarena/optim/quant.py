@@ -62,9 +62,16 @@ def is_codes(state: dict[str, Tensor], key: str) -> bool:
 
 
 def _blocked(x: Tensor, nblocks: int) -> Tensor:
-    """``x`` flattened, zero-padded to whole blocks, as (nblocks, BLOCK)."""
+    """``x`` flattened, zero-padded to whole blocks, as (nblocks, BLOCK). The fused step only compiles tensors of
+    whole blocks (:func:`whole_blocks`): without the padding its loops over a block's elements stay fused."""
     flat = x.reshape(-1)
+    if flat.numel() % BLOCK == 0:
+        return flat.view(-1, BLOCK)
     return F.pad(flat, (0, nblocks * BLOCK - flat.numel())).view(nblocks, BLOCK)
+
+
+def whole_blocks(numel: int) -> bool:
+    return numel % BLOCK == 0
 
 
 def dequantize(codes: Tensor, absmax: Tensor) -> Tensor:

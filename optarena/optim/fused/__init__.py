@@ -78,8 +78,10 @@ def fused_step(opt: Any, group: dict[str, Any], params: list[Tensor], states: li
                             call.pack.segments)
                 call.pack.store()
                 continue
-            # a strided grad is copied by ravel (it is only read)
-            grads = [params[i].grad.ravel() if plan.flat else params[i].grad for i in call.indices]
+            # flat: shaped as the kernel's view of the parameter (1-D, or blocks for 8-bit state); a strided grad is
+            # copied by reshape (it is only read)
+            grads = ([params[i].grad.reshape(view.shape) for i, view in zip(call.indices, call.params)] if plan.flat
+                     else [params[i].grad for i in call.indices])
             call.kernel(call.params, grads, call.buffers, call.steps, *bucket.inputs)
     if plan.eager:
         opt._step_runs(group, params, states, ([i] for i in plan.eager), scale)
