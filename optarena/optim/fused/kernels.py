@@ -16,7 +16,7 @@ from torch import Tensor
 from .. import quant
 from ..ops import STATIC_SIZE
 from ..segments import Segments, laid_out
-from ..step import Update, step_tensors
+from ..step import INT8, Update, step_tensors
 from . import codegen
 
 #: Options of every fused kernel: no per-call size asserts (their cost grows with the tensor count, and the inputs
@@ -100,6 +100,11 @@ def kernel_for(opt: Any, key: tuple[Any, ...], consts: dict[str, Any], keys: tup
         options["cpp.enable_loop_tail_vec"] = False
     if scalar:
         options["cpp.simdlen"] = 1
+    if consts.get("state_dtype") == INT8:
+        # each 8-bit buffer's block scale is a reduction over its new values; by default inductor stores values
+        # read by several such loops in full-size temporaries, which cost more than recomputing them (Adan 85 → 33
+        # ms on 16M: benchmarks/NOTES.md, "8-bit state")
+        options.update(realize_reads_threshold=64, realize_opcount_threshold=1000, realize_acc_reads_threshold=64)
     options = codegen.inductor_options(options)
     guard_filter = codegen.guard_filter("none" if flat else "shapes")
     if guard_filter is not None:  # an option of torch.compile's own, not inductor's
