@@ -52,6 +52,9 @@ class OptimizerInfo:
     #: Whether each element's update depends only on that element's gradient, state and per-tensor scalars: such
     #: an optimizer can step a subset of rows (``Lazy``) and see every tensor as 1-D (the fused step).
     elementwise: bool = False
+    #: Whether it takes ``state_dtype="int8"`` (blockwise 8-bit moments: ``optarena.optim.quant``): its buffers are
+    #: elementwise moments made by ``zeros_state``, each declared signed or non-negative.
+    int8_state: bool = False
     #: The authors' rule for starting from a tuned AdamW configuration (``optarena.translate_hparams``).
     translation: Translation | None = None
     #: Whether the arena also runs it at AdamW-sized learning rates (claims about exactly that exist for it).

@@ -66,15 +66,19 @@ QUICK_LAYOUTS: dict[str, list[tuple[int, ...]]] = {
     "200x64": [(8, 8)] * 200,
 }
 
-PATHS = ("loop", "foreach", "fused", "fused-bf16")
+PATHS = ("loop", "foreach", "fused", "fused-bf16", "fused-int8")
 
 
 def step_bytes(name: str, path: str = "fused") -> int:
-    """The bytes a step of ``name`` must move per parameter element (``OptimizerInfo.step_bytes``)."""
+    """The bytes a step of ``name`` must move per parameter element (``OptimizerInfo.step_bytes``); with 8-bit state
+    each buffer moves 2 bytes instead of bf16's 4 (the block scales, 4 bytes per 256 elements, are left out)."""
     info = get_optimizer_info(name)
-    value = info.step_bytes_bf16_state if path == "fused-bf16" else info.step_bytes
+    value = info.step_bytes_bf16_state if path in ("fused-bf16", "fused-int8") else info.step_bytes
     if value is None:
         raise ValueError(f"{name!r} has no step_bytes in its OptimizerInfo")
+    if path == "fused-int8":
+        buffers = (info.step_bytes - value) // 4  # fp32 moves 8 bytes per buffer, bf16 4
+        value -= 2 * buffers
     return value
 
 
@@ -105,11 +109,15 @@ class Result:
 def candidates(optimizers: list[str], paths: list[str], peers: bool) -> list[Candidate]:
     out = []
     for name in optimizers:
-        cls = get_optimizer_info(name).cls
+        info = get_optimizer_info(name)
+        cls = info.cls
         for path in paths:
+            if path == "fused-int8" and not info.int8_state:
+                continue
             kwargs: dict[str, Any] = {
                 "loop": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True),
-                "fused-bf16": dict(fused=True, state_dtype=torch.bfloat16)}[path]
+                "fused-bf16": dict(fused=True, state_dtype=torch.bfloat16),
+                "fused-int8": dict(fused=True, state_dtype="int8")}[path]
             extra = dict(weight_decay=0.01) if name != "adafactor" else {}
             out.append(Candidate(f"{name} {path}", name, lambda ps, c=cls, k={**kwargs, **extra}: c(ps, **k),
                                  step_bytes(name, path)))
@@ -145,6 +153,36 @@ def _peer_candidates(optimizers: list[str]) -> list[Candidate]:
             out.append(Candidate("pytorch-optimizer Adan", "adan",
                                  lambda ps: po.Adan(ps, lr=1e-3, weight_decay=0.02), step_bytes("adan"),
                                  "pytorch-optimizer"))
+    except ImportError:
+        pass
+    out.extend(_memory_peer_candidates(optimizers))
+    return out
+
+
+def _memory_peer_candidates(optimizers: list[str]) -> list[Candidate]:
+    """bitsandbytes' blockwise 8-bit optimizers (and its 32-bit Lion) and torch-optimi's, where installed; the
+    bytes are those of the algorithm (8-bit state: 2 bytes per buffer read and written)."""
+    out = []
+    try:
+        import bitsandbytes as bnb
+
+        if "lion" in optimizers:
+            out.append(Candidate("bitsandbytes Lion8bit", "lion", lambda ps: bnb.optim.Lion8bit(
+                ps, lr=1e-4, weight_decay=0.01), step_bytes("lion", "fused-int8"), "bitsandbytes"))
+            out.append(Candidate("bitsandbytes Lion", "lion", lambda ps: bnb.optim.Lion(
+                ps, lr=1e-4, weight_decay=0.01), step_bytes("lion"), "bitsandbytes"))
+        out.append(Candidate("bitsandbytes AdamW8bit", "adamw", lambda ps: bnb.optim.AdamW8bit(
+            ps, lr=1e-3, weight_decay=0.01), step_bytes("adamw") - 12, "bitsandbytes"))
+    except ImportError:
+        pass
+    try:
+        import optimi
+
+        if "lion" in optimizers:
+            out.append(Candidate("torch-optimi Lion", "lion", lambda ps: optimi.Lion(
+                ps, lr=1e-4, weight_decay=0.01), step_bytes("lion"), "torch-optimi"))
+        out.append(Candidate("torch-optimi AdamW", "adamw", lambda ps: optimi.AdamW(
+            ps, lr=1e-3, weight_decay=0.01), step_bytes("adamw"), "torch-optimi"))
     except ImportError:
         pass
     return out
@@ -226,8 +264,9 @@ def run_layout(layout: str, shapes: list[tuple[int, ...]], cands: list[Candidate
     """Time ``cands`` on ``shapes``; ``bandwidth_pct`` is left 0 for the caller, which knows the run's bandwidth."""
     gen = torch.Generator().manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(s, generator=gen).mul_(0.02).to(device)) for s in shapes]
-    for p in params:
-        p.grad = torch.randn(p.shape, generator=gen).mul_(1e-3).to(device)
+    grads = [torch.randn(p.shape, generator=gen).mul_(1e-3).to(device) for p in params]
+    for p, g in zip(params, grads):
+        p.grad = g
     numel = sum(p.numel() for p in params)
     built: list[tuple[Candidate, torch.optim.Optimizer, float]] = []
     for cand in cands:
@@ -238,7 +277,14 @@ def run_layout(layout: str, shapes: list[tuple[int, ...]], cands: list[Candidate
         _sync(device)
         first = time.perf_counter() - start
         compile_s = getattr(opt, "fused_compile_seconds", 0.0) or (first if "fused" in cand.label else 0.0)
+        before = params[-1].detach().clone()
         opt.step()
+        # a step that frees the gradients (heavyball sets p.grad = None) or moves nothing would time a no-op
+        if any(p.grad is None for p in params) or torch.equal(before, params[-1]):
+            log(f"  {layout}: left out {cand.label}: its step freed the gradients or did not move the parameters")
+            for p, g in zip(params, grads):
+                p.grad = g
+            continue
         built.append((cand, opt, compile_s))
         log(f"  {layout}: built {cand.label} (first step {first:.2f} s)")
     samples: dict[str, list[float]] = {c.label: [] for c in cands}

@@ -96,8 +96,8 @@ class Adan(OptarenaOptimizer):
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         return {"step": step_counter(), "exp_avg": zeros_state(p, group=group),
-                "exp_avg_diff": zeros_state(p, group=group), "exp_avg_sq": zeros_state(p, group=group),
-                "prev_grad": zeros_state(p, group=group)}
+                "exp_avg_diff": zeros_state(p, group=group),
+                "exp_avg_sq": zeros_state(p, group=group, nonnegative=True), "prev_grad": zeros_state(p, group=group)}
 
     @torch.no_grad()
     def restart(self) -> None:
@@ -126,7 +126,7 @@ class Adan(OptarenaOptimizer):
 
 
 register_optimizer(OptimizerInfo(
-    "adan", Adan, 1e-3, num_betas=3, eps="number", state_bytes_per_param=16, elementwise=True,
+    "adan", Adan, 1e-3, num_betas=3, eps="number", state_bytes_per_param=16, elementwise=True, int8_state=True,
     step_bytes=44, step_bytes_bf16_state=28, fused_chunks=(16, 4, 1),
     description="adaptive Nesterov momentum (Xie et al. 2022)",
     translation=Translation(

@@ -91,7 +91,7 @@ class AdaX(OptarenaOptimizer):
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         return {"step": step_counter(), "exp_avg": zeros_state(p, group=group),
-                "exp_avg_sq": zeros_state(p, group=group)}
+                "exp_avg_sq": zeros_state(p, group=group, nonnegative=True)}
 
     @classmethod
     def _update(cls, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
@@ -104,7 +104,7 @@ class AdaX(OptarenaOptimizer):
 
 
 register_optimizer(OptimizerInfo(
-    "adax", AdaX, 1.5e-3, num_betas=2, eps="number", state_bytes_per_param=8, elementwise=True,
+    "adax", AdaX, 1.5e-3, num_betas=2, eps="number", state_bytes_per_param=8, elementwise=True, int8_state=True,
     step_bytes=28, step_bytes_bf16_state=20, fused_chunks=(16, 4, 1),
     description="exponential long-term memory of g² (Li et al. 2020)",
     translation=Translation(

@@ -121,7 +121,8 @@ class AdEMAMix(OptarenaOptimizer):
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         return {"step": step_counter(), "exp_avg": zeros_state(p, group=group),
-                "exp_avg_slow": zeros_state(p, group=group), "exp_avg_sq": zeros_state(p, group=group)}
+                "exp_avg_slow": zeros_state(p, group=group),
+                "exp_avg_sq": zeros_state(p, group=group, nonnegative=True)}
 
     @classmethod
     def _update(cls, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
@@ -136,7 +137,7 @@ class AdEMAMix(OptarenaOptimizer):
 
 register_optimizer(OptimizerInfo(
     "ademamix", AdEMAMix, 1e-3, num_betas=3, eps="number", state_bytes_per_param=12, elementwise=True,
-    run_length_kwargs=("alpha_warmup", "beta3_warmup"),
+    run_length_kwargs=("alpha_warmup", "beta3_warmup"), int8_state=True,
     # params 8 + grad 4 + three buffers read and written (24, or 12 in bf16)
     step_bytes=36, step_bytes_bf16_state=24, fused_chunks=(16, 4, 1),
     description="Adam with a slow second momentum mixed in (Pagliardini et al. 2024)",

@@ -18,11 +18,12 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from ..info import info_for
 from ..validation import check_choice
-from . import fused
+from . import fused, quant
 from .checkpoint import check_state_dict
 from .ops import Scalar
-from .step import group_by_device_and_dtype, math_dtype, runs_of, state_dtype_for, step_tensors
+from .step import INT8, group_by_device_and_dtype, math_dtype, runs_of, step_tensors
 
 ParamsT: TypeAlias = Iterable[Tensor] | Iterable[dict[str, Any]]
 
@@ -122,7 +123,11 @@ class OptarenaOptimizer(Optimizer):
         check_choice("fused", group["fused"], (None, False, True))
         if group["fused"] and group["foreach"]:
             raise ValueError("Invalid fused=True with foreach=True: choose one execution path")
-        check_choice("state_dtype", group["state_dtype"], (None, torch.float32, torch.bfloat16))
+        check_choice("state_dtype", group["state_dtype"], (None, torch.float32, torch.bfloat16, INT8))
+        info = info_for(type(self))
+        if group["state_dtype"] == INT8 and not (info is not None and info.int8_state):
+            raise ValueError(f"Invalid state_dtype: {INT8!r} ({type(self).__name__} does not keep its state in 8 "
+                             "bits; Lion, RLion, Adan, AdaX and AdEMAMix do)")
         check_choice("stochastic_rounding", group["stochastic_rounding"], (False, True))
         skip = group.setdefault("skip_nonfinite", self.defaults.setdefault("skip_nonfinite", False))
         check_choice("skip_nonfinite", skip, (False, True))
@@ -158,15 +163,17 @@ class OptarenaOptimizer(Optimizer):
             saved = state_dict["state"].get(saved_id)
             if saved is None:
                 continue
-            dtype = state_dtype_for(p, group)
+            # each buffer in the dtype a fresh state has: torch casts floats to the parameter's dtype, and even
+            # 8-bit codes to it; the saved values, not torch's casts, are converted (a round trip is bitwise)
+            expected = self.new_state(torch.empty_like(p, device="meta"), group)
             state = self.state[p]
             for key, value in saved.items():
                 if key == "step":
                     # torch casts "step" to float32 on the param's device for groups with fused=True (its own
                     # fused kernels' convention); a hand-made checkpoint may hold a number
                     state[key] = torch.tensor(float(value), dtype=torch.float64)  # its own, not the caller's
-                elif isinstance(value, Tensor) and value.is_floating_point() and state[key].dtype != dtype:
-                    state[key] = value.to(device=p.device, dtype=dtype)
+                elif isinstance(value, Tensor) and key in expected and state[key].dtype != expected[key].dtype:
+                    state[key] = value.to(device=p.device, dtype=expected[key].dtype)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -188,11 +195,15 @@ class OptarenaOptimizer(Optimizer):
         return loss
 
     # -- for wrappers that step chosen tensors (Lazy) ------------------------------------------------------------
+    def new_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+        """The state of ``p`` before its first step: the algorithm's, with the block scales of 8-bit buffers."""
+        return quant.add_scales(self._init_state(p, group))
+
     def state_for(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         """``p``'s state, created as before its first step if it has none yet."""
         state = self.state[p]
         if not state:
-            state.update(self._init_state(p, group))
+            state.update(self.new_state(p, group))
         return state
 
     def apply_update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
@@ -202,6 +213,16 @@ class OptarenaOptimizer(Optimizer):
         ``states`` may be gathered copies; they are updated in place. No gradient scale (Adan's clipping) is
         applied: that needs every gradient of the step."""
         step_tensors(type(self)._update, group, params, grads, states)
+
+    def step_parameter(self, p: Tensor, group: dict[str, Any]) -> None:
+        """``p``'s step alone, as ``step()`` would make it (``optarena.step_in_backward`` calls it as soon as
+        ``p.grad`` is complete). No step-wide work: no gradient scale, no ``skip_nonfinite``. On the fused path
+        ``p`` gets a plan of its own (the kernels are shared)."""
+        self._check_grads([p])
+        state = self.state_for(p, group)
+        if fused.resolve_fused(group, [p]) and fused.fused_step(self, group, [p], [state], None, plan_key=id(p)):
+            return
+        self._step_runs(group, [p], [state], [[0]], None)
 
     # -- the paths ----------------------------------------------------------------------------------------------
     def _check_grads(self, params: list[Tensor]) -> None:

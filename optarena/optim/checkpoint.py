@@ -25,7 +25,7 @@ def own_hyperparameters(cls: type) -> set[str]:
 
 def check_state_dict(opt: Optimizer, state_dict: Any) -> None:
     """Raise ``ValueError``, naming the group, parameter and key, unless ``state_dict`` can load into ``opt`` (an
-    ``OptarenaOptimizer``: its ``_check_group``, ``_check_machinery``, ``_init_state`` and ``_optional_state``)."""
+    ``OptarenaOptimizer``: its ``_check_group``, ``_check_machinery``, ``new_state`` and ``_optional_state``)."""
     name = type(opt).__name__
     where = f"{name}.load_state_dict"
     if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= set(state_dict):
@@ -59,7 +59,7 @@ def check_state_dict(opt: Optimizer, state_dict: Any) -> None:
 
 def _check_param_state(opt: Optimizer, saved: dict[str, Any], p: torch.Tensor, group: dict[str, Any],
                        where: str) -> None:
-    expected = opt._init_state(torch.empty_like(p, device="meta"), group)
+    expected = opt.new_state(torch.empty_like(p, device="meta"), group)
     unexpected = sorted(set(saved) - set(expected))
     missing = sorted(set(expected) - set(saved) - opt._optional_state(group))
     if unexpected or missing:

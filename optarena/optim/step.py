@@ -15,7 +15,7 @@ from typing import Any, TypeAlias
 import torch
 from torch import Tensor
 
-from . import ops
+from . import ops, quant
 
 #: ``update(group, params, grads, states)``: an algorithm's math on same-dtype fp32/fp64 tensors, updating params
 #: and state tensors in place. It must not read anything but its arguments (it is compiled once per configuration,
@@ -31,13 +31,23 @@ def math_dtype(p: Tensor) -> torch.dtype:
 
 
 def state_dtype_for(p: Tensor, group: dict[str, Any] | None = None) -> torch.dtype:
-    """The dtype of ``p``'s state buffers: the group's ``state_dtype``, or the math dtype when it is ``None``."""
+    """The dtype of ``p``'s floating-point state buffers: the group's ``state_dtype``, or the math dtype when it is
+    ``None`` or ``"int8"`` (whose codes are integers; their block scales and small tensors' state are float)."""
     chosen = None if group is None else group.get("state_dtype")
-    return math_dtype(p) if chosen is None else chosen
+    return math_dtype(p) if chosen is None or chosen == INT8 else chosen
 
 
-def zeros_state(p: Tensor, shape: Sequence[int] | None = None, group: dict[str, Any] | None = None) -> Tensor:
-    """A zero buffer for ``p``'s optimizer state, in the group's state dtype."""
+#: ``state_dtype`` of 8-bit blockwise-quantised state (:mod:`.quant`): codes, not a dtype of its own.
+INT8 = "int8"
+
+
+def zeros_state(p: Tensor, shape: Sequence[int] | None = None, group: dict[str, Any] | None = None,
+                nonnegative: bool = False) -> Tensor:
+    """A zero buffer for ``p``'s optimizer state, in the group's state dtype. With ``state_dtype="int8"`` a large
+    tensor's buffer is 8-bit codes (signed, or unsigned for a ``nonnegative`` moment); the optimizer adds their
+    block scales (``quant.add_scales``)."""
+    if group is not None and group.get("state_dtype") == INT8 and quant.quantizes(p):
+        return quant.zeros_codes(p, None if shape is None else tuple(shape), nonnegative)
     dtype = state_dtype_for(p, group)
     if shape is None:
         return torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
@@ -109,11 +119,34 @@ def step_tensors(update: Update, group: dict[str, Any], params: list[Tensor], gr
     for state in states:
         if "step" in state:
             state["step"].add_(1)
-    work_states = [{k: v if k == "step" else _as(v, work_dtype) for k, v in s.items()} for s in states]
+    work_states = [_work_state(s, work_dtype) for s in states]
     work = [_as(p, work_dtype) for p in params]
     update(group, work, grads, work_states)
     if work[0] is not params[0]:
         round_into(params, work, group["stochastic_rounding"])
-    dst = [s[k] for s, w in zip(states, work_states) for k in s if w[k] is not s[k]]
+    dst, src = [], []
+    for s, w in zip(states, work_states):
+        for k, value in w.items():
+            if value is s[k]:
+                continue
+            if quant.is_codes(s, k):
+                quant.quantize_(s[k], s[k + quant.SCALE_SUFFIX], value)
+            else:
+                dst.append(s[k])
+                src.append(value)
     if dst:
-        ops.copy_(dst, [w[k] for s, w in zip(states, work_states) for k in s if w[k] is not s[k]])
+        ops.copy_(dst, src)
+
+
+def _work_state(state: dict[str, Tensor], work_dtype: torch.dtype) -> dict[str, Tensor]:
+    """What the update sees of ``state``: the step count, and every buffer in the math dtype (8-bit codes decoded;
+    their block scales left out)."""
+    work = {}
+    for k, v in state.items():
+        if k == "step":
+            work[k] = v
+        elif quant.is_codes(state, k):
+            work[k] = _as(quant.dequantize(v, state[k + quant.SCALE_SUFFIX]), work_dtype)
+        elif not quant.is_scale(state, k):
+            work[k] = _as(v, work_dtype)
+    return work

@@ -15,6 +15,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from ..info import get_optimizer_info, info_for, list_optimizers
+from ..optim import quant
 from ..optim.adan import Adan
 from ..optim.base import OptarenaOptimizer
 from ._base import OptimizerWrapper
@@ -134,14 +135,18 @@ class Lazy(OptimizerWrapper):
         base = self.base
         assert isinstance(base, OptarenaOptimizer)
         state = base.state_for(p, group)
-        per_element = [k for k, v in state.items() if _is_per_element(v, p.shape)]
-        sub_state = {k: v.index_select(0, rows) if k in per_element else v for k, v in state.items()}
+        # 8-bit buffers (state_dtype="int8") are decoded whole, their rows stepped, and encoded again: a block's
+        # scale spans rows, so absent rows sharing a block with present ones are re-rounded to its new scale
+        full = quant.decoded(state)
+        per_element = [k for k, v in full.items() if _is_per_element(v, p.shape)]
+        sub_state = {k: v.index_select(0, rows) if k in per_element else v for k, v in full.items()}
         base.apply_update(group, [param_rows], [grad_rows], [sub_state])  # the step count advances in place
         for k, v in sub_state.items():
             if k in per_element:
-                state[k].index_copy_(0, rows, v)
+                full[k].index_copy_(0, rows, v)
             else:
                 state[k] = v
+        quant.encode_(state, full)
 
     def _torch_rows(self, group: dict[str, Any], p: Tensor, rows: Tensor, param_rows: Tensor,
                     grad_rows: Tensor) -> None:

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from ..optim import quant
 from ..optim.step import group_by_device_and_dtype, math_dtype
 from ..validation import check_choice, check_number
 from ._base import OptimizerWrapper
@@ -96,9 +97,9 @@ class Lookahead(OptimizerWrapper):
         state = self.state[p]
         state["slow"] = p.detach().to(dtype=math_dtype(p), copy=True)
         if self.pullback == "pullback":
-            momentum = self._momentum(p)
-            if momentum is not None:
-                state["slow_momentum"] = momentum.clone()
+            base_state, key = self._momentum(p)
+            if key is not None:
+                state["slow_momentum"] = quant.decoded(base_state)[key].clone()
 
     def _extra_state(self) -> dict[str, Any]:
         return {"inner_steps": self.inner_steps}
@@ -131,27 +132,30 @@ class Lookahead(OptimizerWrapper):
         if self.pullback == "none":
             return
         for p in params:
-            momentum = self._momentum(p)
-            if momentum is None:
+            base_state, key = self._momentum(p)
+            if key is None:
                 continue  # no momentum yet (no gradient so far) or an optimizer without one
             if self.pullback == "reset":
-                momentum.zero_()  # in place: the base keeps its own tensor
+                base_state[key].zero_()  # in place: the base keeps its own tensor (zero codes decode to zero)
                 continue
+            # 8-bit momentum (state_dtype="int8") is decoded for the interpolation and encoded again
+            momentum = quant.decoded(base_state)[key]
             state = self.state[p]
             slow_momentum = state.get("slow_momentum")
             if slow_momentum is None:
                 momentum.mul_(self.alpha)  # m_slow = 0
             else:
                 momentum.lerp_(slow_momentum, 1 - self.alpha)  # α·m + (1 − α)·m_slow
+            quant.encode_(base_state, {key: momentum})
             state["slow_momentum"] = momentum.clone()
 
-    def _momentum(self, p: Tensor) -> Tensor | None:
+    def _momentum(self, p: Tensor) -> tuple[dict[str, Any], str | None]:
+        """The base's state of ``p`` and the key of its momentum (None: it has none)."""
         state = innermost(self.base).state.get(p, {})
         for key in MOMENTUM_KEYS:
-            value = state.get(key)
-            if isinstance(value, Tensor):
-                return value
-        return None
+            if isinstance(state.get(key), Tensor):
+                return state, key
+        return state, None
 
     # -- evaluation -----------------------------------------------------------------------------------------------
     @contextmanager

@@ -17,12 +17,17 @@ import torch
 from torch import Tensor
 
 from ...info import DEFAULT_FUSED_CHUNKS, info_for
+from ..step import INT8
 from . import codegen
 from .kernels import SCHEDULED, StepValues, refill
 from .plan import FusedPlan, Request, make_plan
 
 __all__ = ["FusedPlan", "default_to_fused", "fused_step", "resolve_fused"]
 
+
+#: Tensors per call with 8-bit state: each tensor adds reductions whose scheduling inductor's compile time grows
+#: with faster than the count (200×82K Lion: 75 s with 32 per call; benchmarks/NOTES.md, "8-bit state").
+INT8_CHUNKS = (4, 1)
 
 #: Group keys that choose what happens around the kernels, not in them: groups that differ only there share kernels.
 NOT_IN_KERNELS = ("foreach", "fused", "skip_nonfinite")
@@ -40,34 +45,38 @@ def resolve_fused(group: dict[str, Any], params: Sequence[Tensor]) -> bool:
 
 
 def fused_step(opt: Any, group: dict[str, Any], params: list[Tensor], states: list[dict[str, Tensor]],
-               scale: Tensor | None) -> bool:
+               scale: Tensor | None, plan_key: int | None = None) -> bool:
     """Run the group's step through compiled kernels; False (nothing changed) if they cannot be compiled, after one
-    warning per optimizer. A configuration that failed is not tried again until it changes."""
+    warning per optimizer. A configuration that failed is not tried again until it changes. ``plan_key`` names the
+    plan (default: the group's id; one parameter's id when its step runs alone, inside backward)."""
+    plan_key = id(group) if plan_key is None else plan_key
     wd = group.get("weight_decay", 0.0)
     consts = {k: v for k, v in group.items() if k not in ("params", *SCHEDULED, *NOT_IN_KERNELS)}
     # a nonzero weight decay is a kernel input: its value is not part of the kernel's identity
     const_key = tuple((k, repr(v)) for k, v in sorted(consts.items()) if k != "weight_decay")
     key = (const_key, wd != 0, scale is not None, torch.get_num_threads(), codegen.adjusted())
-    if opt._fused_failures.get(id(group)) == key:
+    if opt._fused_failures.get(plan_key) == key:
         return False
     values = StepValues(group["lr"], wd if wd != 0 else None, scale, group.get("betas"))
-    plan = opt._fused_plans.get(id(group))
+    plan = opt._fused_plans.get(plan_key)
     if plan is None or not plan.serves(key, params, states):
         info = info_for(type(opt))
         # an unregistered algorithm may mix elements: its kernels keep real shapes, which is right for any math
         flat = info is not None and info.elementwise
         chunks = info.fused_chunks if info is not None else DEFAULT_FUSED_CHUNKS
+        if group.get("state_dtype") == INT8:
+            chunks = INT8_CHUNKS
         try:
             plan = make_plan(Request(opt, key, consts, values, flat, chunks), params, states)
         except Exception as err:  # noqa: BLE001 - whatever the compiler raised, foreach still works
             first = not opt._fused_failures
-            opt._fused_failures[id(group)] = key
-            opt._fused_plans.pop(id(group), None)
+            opt._fused_failures[plan_key] = key
+            opt._fused_plans.pop(plan_key, None)
             if first:
                 warnings.warn(f"{type(opt).__name__}(fused=True): torch.compile failed ({str(err)[:500]}); using "
                               "foreach instead", RuntimeWarning, stacklevel=4)
             return False
-        opt._fused_plans[id(group)] = plan
+        opt._fused_plans[plan_key] = plan
     for bucket in plan.buckets:
         refill(bucket.inputs, values)
         for call in bucket.calls:
@@ -76,8 +85,10 @@ def fused_step(opt: Any, group: dict[str, Any], params: list[Tensor], states: li
                             call.pack.segments)
                 call.pack.store()
                 continue
-            # a strided grad is copied by ravel (it is only read)
-            grads = [params[i].grad.ravel() if plan.flat else params[i].grad for i in call.indices]
+            # flat: shaped as the kernel's view of the parameter (1-D, or blocks for 8-bit state); a strided grad is
+            # copied by reshape (it is only read)
+            grads = ([params[i].grad.reshape(view.shape) for i, view in zip(call.indices, call.params)] if plan.flat
+                     else [params[i].grad for i in call.indices])
             call.kernel(call.params, grads, call.buffers, call.steps, *bucket.inputs)
     if plan.eager:
         opt._step_runs(group, params, states, ([i] for i in plan.eager), scale)

@@ -13,9 +13,10 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from .. import quant
 from ..ops import STATIC_SIZE
 from ..segments import Segments, laid_out
-from ..step import Update, step_tensors
+from ..step import INT8, Update, step_tensors
 from . import codegen
 
 #: Options of every fused kernel: no per-call size asserts (their cost grows with the tensor count, and the inputs
@@ -99,6 +100,11 @@ def kernel_for(opt: Any, key: tuple[Any, ...], consts: dict[str, Any], keys: tup
         options["cpp.enable_loop_tail_vec"] = False
     if scalar:
         options["cpp.simdlen"] = 1
+    if consts.get("state_dtype") == INT8:
+        # each 8-bit buffer's block scale is a reduction over its new values; by default inductor stores values
+        # read by several such loops in full-size temporaries, which cost more than recomputing them (Adan 85 → 33
+        # ms on 16M: benchmarks/NOTES.md, "8-bit state")
+        options.update(realize_reads_threshold=64, realize_opcount_threshold=1000, realize_acc_reads_threshold=64)
     options = codegen.inductor_options(options)
     guard_filter = codegen.guard_filter("none" if flat else "shapes")
     if guard_filter is not None:  # an option of torch.compile's own, not inductor's
@@ -135,6 +141,16 @@ def refill(inputs: tuple[Any, ...], values: StepValues) -> None:
             tensor.fill_(value)
 
 
+def _stand_in(shape: tuple[int, ...], param: Tensor, buffer: Tensor) -> Tensor:
+    """A stand-in for a state buffer of a flat kernel's parameter of ``shape``: of that shape, or one element per
+    8-bit block (the block scales: one per row of a blocked view)."""
+    shape = shape if buffer.dim() == param.dim() else (shape[0],)
+    if buffer.dtype in quant.CODE_DTYPES:
+        return torch.randint(-127 if buffer.dtype == torch.int8 else 0, 128, shape, dtype=buffer.dtype,
+                             device=buffer.device)
+    return torch.rand(shape, dtype=buffer.dtype, device=buffer.device)
+
+
 def compile_on_stand_ins(opt: Any, kernel: Kernel, args: tuple[Any, ...], hyper: tuple[Any, ...],
                          packed: bool, stand_in_size: int) -> None:
     """Compile ``kernel`` on stand-in tensors (the real ones stay untouched if compilation fails).
@@ -148,9 +164,14 @@ def compile_on_stand_ins(opt: Any, kernel: Kernel, args: tuple[Any, ...], hyper:
     start = time.perf_counter()
     if kernel.flat:
         sizes = [stand_in_size + 2 * i for i in range(len(ps))]
-        fake = [torch.randn(n, dtype=p.dtype, device=p.device) for n, p in zip(sizes, ps)]
-        fake_grads = [torch.randn(n, dtype=g.dtype, device=g.device) for n, g in zip(sizes, gs)]
-        fake_bufs = [[torch.rand(n, dtype=b.dtype, device=b.device) for n, b in zip(sizes, row)] for row in bufs]
+        blocked = ps[0].dim() == 2  # 8-bit state: (blocks, BLOCK) views, the block size compiled in
+        shapes = [(n, quant.BLOCK) if blocked else (n,) for n in sizes]
+        fake = [torch.randn(s, dtype=p.dtype, device=p.device) for s, p in zip(shapes, ps)]
+        fake_grads = [torch.randn(s, dtype=g.dtype, device=g.device) for s, g in zip(shapes, gs)]
+        fake_bufs = [[_stand_in(s, p, b) for s, p, b in zip(shapes, ps, row)] for row in bufs]
+        for t in (*fake, *fake_grads, *(b for row in fake_bufs for b in row)):
+            if t.dim() == 2:
+                torch._dynamo.mark_static(t, 1)
     else:
         fake = [p.detach().clone() for p in ps]
         fake_grads = [g.detach().clone() for g in gs]

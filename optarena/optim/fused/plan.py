@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .. import quant
 from ..ops import STATIC_SIZE, scalar_loops
 from ..step import math_dtype
 from .kernels import Kernel, StepValues, compile_on_stand_ins, kernel_for, kernel_inputs
@@ -116,7 +117,13 @@ def classify(params: list[Tensor], states: list[dict[str, Tensor]],
             continue
         state = states[i]
         step = float(state["step"]) if "step" in state else None
-        if p.numel() < SMALL_TENSOR and p.is_contiguous():
+        small = p.numel() < SMALL_TENSOR and p.is_contiguous()
+        if (small or not quant.whole_blocks(p.numel())) and any(v.dtype in quant.CODE_DTYPES for v in state.values()):
+            # 8-bit blocks of a pack's members would straddle member boundaries; a partial last block is padded,
+            # which a kernel compiled for whole blocks does not do
+            eager.append(i)
+            continue
+        if small:
             kind = ("flat", step) if flat else ("segmented", slice_shape(p.shape), step)
         else:
             kind = ("chunked", p.numel() >= SMALL_TENSOR if flat else _guarded_class(p.shape))
@@ -153,8 +160,12 @@ def _views(params: list[Tensor], states: list[dict[str, Tensor]], idx: list[int]
            flat: bool) -> tuple[list[Tensor], list[list[Tensor]], list[Tensor]]:
     """The kernel's parameter, state and step arguments for ``params[idx]``."""
     if flat:
-        ps = [params[i].detach().view(-1) for i in idx]  # plain tensors, as the stand-ins (guards check grads)
-        bufs = [[states[i][k].view(-1) for i in idx] for k in keys]
+        # plain tensors, as the stand-ins (guards check grads); with 8-bit state (B, 256) blocks, so that inductor
+        # runs each block's update, scale and encoding in one loop over blocks
+        shape = (-1, quant.BLOCK) if any(states[idx[0]][k].dtype in quant.CODE_DTYPES for k in keys) else (-1,)
+        ps = [params[i].detach().view(shape) for i in idx]
+        bufs = [[states[i][k].view(shape if states[i][k].numel() == params[i].numel() else (-1,)) for i in idx]
+                for k in keys]
     else:
         ps = [params[i].detach() for i in idx]  # a plain tensor, as the stand-ins (guards check types)
         bufs = [[states[i][k] for i in idx] for k in keys]

@@ -1,0 +1,129 @@
+"""The step inside backward: each parameter steps as soon as its gradient is complete, and the gradient is freed, so
+that the gradients of the whole model never exist at once (torch's ``register_post_accumulate_grad_hook``).
+
+Only an update that needs nothing but its own parameter's gradient can run this way; whatever needs the whole step
+(a global gradient norm, several backward passes, every parameter's update) is refused when the hooks are made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from .optim.base import OptarenaOptimizer
+from .wrappers import GradientAccumulation, LayerAdaptation, Lazy, Lookahead
+
+#: Why each wrapper cannot step one parameter at a time.
+WRAPPER_REASONS = {
+    GradientAccumulation: "it sums the gradients of several backward passes before one step, while the step inside "
+                          "backward steps and frees each gradient during every backward pass",
+    LayerAdaptation: "its trust ratio needs the whole update of step() (the base optimizer's new parameters) before "
+                     "it rescales it",
+    Lookahead: "it counts step() calls and pulls every parameter back to the slow weights every k of them",
+    Lazy: "it splits gradients into present rows and hides them from the base optimizer around step()",
+}
+
+#: The attribute that marks an optimizer whose steps run inside backward (one set of hooks per optimizer).
+ACTIVE = "_optarena_step_in_backward"
+
+
+class StepInBackward:
+    """The hooks made by :func:`step_in_backward`; ``remove()`` restores the usual ``backward(); step()``."""
+
+    def __init__(self, optimizer: OptarenaOptimizer, handles: list[Any]) -> None:
+        self.optimizer = optimizer
+        self._handles = handles
+
+    @property
+    def active(self) -> bool:
+        return bool(self._handles)
+
+    def remove(self) -> None:
+        """Remove the hooks: gradients accumulate again and ``optimizer.step()`` steps them. Idempotent."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        if getattr(self.optimizer, ACTIVE, None) is self:
+            delattr(self.optimizer, ACTIVE)
+
+    def __enter__(self) -> StepInBackward:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+def _check(optimizer: Optimizer) -> OptarenaOptimizer:
+    """``optimizer`` if its step can run per parameter; otherwise the error that says why not."""
+    for cls, reason in WRAPPER_REASONS.items():
+        if isinstance(optimizer, cls):
+            raise TypeError(f"step_in_backward cannot run {cls.__name__}: {reason}")
+    if not isinstance(optimizer, OptarenaOptimizer):
+        raise TypeError(f"step_in_backward runs optarena's optimizers, got {type(optimizer).__name__}: its step() "
+                        "is one call over all parameters that optarena cannot split per parameter (for torch.optim "
+                        "classes, make one optimizer per parameter and step it from "
+                        "Tensor.register_post_accumulate_grad_hook, as torch's tutorial shows)")
+    if getattr(optimizer, ACTIVE, None) is not None:
+        raise ValueError(f"step_in_backward: this {type(optimizer).__name__} already steps inside backward; remove() "
+                         "the first handle before making another")
+    if optimizer.defaults.get("max_grad_norm", 0) > 0:
+        raise ValueError(f"step_in_backward cannot run {type(optimizer).__name__} with "
+                         f"max_grad_norm={optimizer.defaults['max_grad_norm']!r}: its clipping scale is the global "
+                         "norm of every gradient, known only after the whole backward pass (use max_grad_norm=0)")
+    if optimizer.defaults.get("skip_nonfinite"):
+        raise ValueError("step_in_backward cannot run with skip_nonfinite=True: it skips or makes the step of every "
+                         "parameter at once, after seeing all gradients; inside backward the first parameters have "
+                         "stepped before the last gradient exists")
+    return optimizer
+
+
+def step_in_backward(model_or_params: nn.Module | Iterable[Tensor], optimizer: Optimizer) -> StepInBackward:
+    """Step each parameter of ``model_or_params`` that ``optimizer`` holds as soon as backward has completed its
+    gradient, then free that gradient (``p.grad = None``).
+
+    One training step is then ``loss.backward()`` alone: it gives the same parameters and state as
+    ``backward(); optimizer.step(); optimizer.zero_grad()`` (bitwise on the per-tensor loop path), with at most a
+    few gradients alive at a time. ``optimizer.step()`` must not be called (it finds no gradients);
+    ``torch.nn.utils.clip_grad_norm_`` cannot be used (no moment has all gradients). LR schedulers, ``maximize``,
+    ``state_dict``/``load_state_dict`` work as usual: the hooks read the param groups at each step.
+
+    Refused (``TypeError``/``ValueError`` naming the reason): wrappers (GradientAccumulation, LayerAdaptation,
+    Lookahead, Lazy), optimizers other than optarena's (torch.optim, MuonAdamW), Adan's ``max_grad_norm > 0`` and
+    ``skip_nonfinite=True``, which all need every gradient of the step. Returns a handle whose ``remove()`` undoes it.
+    """
+    opt = _check(optimizer)
+    candidates = model_or_params.parameters() if isinstance(model_or_params, nn.Module) else model_or_params
+    owner = {id(p): group for group in opt.param_groups for p in group["params"]}
+    params = [p for p in dict.fromkeys(candidates) if id(p) in owner and p.requires_grad]
+    if not params:
+        raise ValueError("step_in_backward: none of the given parameters requires grad and belongs to the "
+                         f"{type(opt).__name__} (pass the model, or parameters, that the optimizer was built on)")
+    for p in params:
+        if not p.is_leaf:
+            raise ValueError(f"step_in_backward: a parameter of shape {tuple(p.shape)} is not a leaf tensor; "
+                             "post-accumulate-grad hooks exist only on leaves")
+
+    def group_of(p: Tensor) -> dict[str, Any]:
+        # looked up at step time: load_state_dict and add_param_group replace the group dicts
+        group = owner.get(id(p))
+        if group is None or not any(g is group for g in opt.param_groups):
+            owner.clear()
+            owner.update({id(q): g for g in opt.param_groups for q in g["params"]})
+            group = owner[id(p)]
+        return group
+
+    def hook(p: Tensor) -> None:
+        group = group_of(p)
+        with torch.no_grad():
+            opt.step_parameter(p, group)
+        p.grad = None
+        # torch's LR schedulers warn unless they saw optimizer.step() called; these steps are the optimizer's
+        opt._opt_called = True  # type: ignore[attr-defined]
+
+    handle = StepInBackward(opt, [p.register_post_accumulate_grad_hook(hook) for p in params])
+    setattr(opt, ACTIVE, handle)
+    return handle

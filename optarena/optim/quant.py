@@ -1,0 +1,121 @@
+"""8-bit optimizer state (``state_dtype="int8"``): blockwise quantisation after Dettmers et al. 2022, "8-bit
+Optimizers via Block-wise Quantization" (arXiv 2110.02861), with a companding code instead of their dynamic tree.
+
+A state buffer is stored as 8-bit codes, one per element in the parameter's shape, and one float32 scale (the
+absolute maximum) per block of :data:`BLOCK` consecutive elements, under the key ``<key>_absmax``. The codes' dtype
+says which code they hold: ``int8`` for signed moments (momentum, gradient differences), ``x = a·q·|q|/127²``;
+``uint8`` for non-negative ones (second moments), ``x = a·(q/255)⁴``. Both spend more codes near zero than a linear
+code does, as the dynamic code does, yet decode with two multiplications and encode with a square root, so that the
+fused kernel dequantises, updates and requantises in one pass at memory speed (the choice and the measurement
+behind it: benchmarks/NOTES.md, "8-bit state"). Math is float32; encoding rounds to the nearest code.
+
+Tensors with fewer than :data:`MIN_QUANTIZED` elements (biases, norm weights) keep float32 state: a block scale
+would cost more than the bytes saved, and they are where a per-element error hurts most.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+#: Elements per block scale: 4 bytes per 256 elements, 0.016 B/param on top of the codes.
+BLOCK = 256
+#: Smaller tensors keep float32 state.
+MIN_QUANTIZED = 4096
+#: The name of a buffer's block scales in the state dict.
+SCALE_SUFFIX = "_absmax"
+#: The exponents of the codes: a signed code decodes as sign(q)·|q/127|^SIGNED_POWER, an unsigned one as
+#: (q/255)^UNSIGNED_POWER (a module constant, so that benchmarks/quant_codes.py can compare others).
+SIGNED_POWER = 2
+UNSIGNED_POWER = 4
+CODE_DTYPES = (torch.int8, torch.uint8)
+
+
+def quantizes(p: Tensor) -> bool:
+    """Whether ``p``'s state is stored in 8 bits under ``state_dtype="int8"``."""
+    return p.numel() >= MIN_QUANTIZED
+
+
+def blocks(numel: int) -> int:
+    return -(-numel // BLOCK)
+
+
+def zeros_codes(p: Tensor, shape: tuple[int, ...] | torch.Size | None, nonnegative: bool) -> Tensor:
+    """Zero codes for a buffer of ``p`` (its scales are added by :func:`add_scales`)."""
+    dtype = torch.uint8 if nonnegative else torch.int8
+    return torch.zeros(p.shape if shape is None else shape, dtype=dtype, device=p.device)
+
+
+def add_scales(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``state`` with a zero block-scale vector after each buffer of codes."""
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        out[key] = value
+        if value.dtype in CODE_DTYPES:
+            out[key + SCALE_SUFFIX] = torch.zeros(blocks(value.numel()), dtype=torch.float32, device=value.device)
+    return out
+
+
+def is_codes(state: dict[str, Tensor], key: str) -> bool:
+    return state[key].dtype in CODE_DTYPES and key + SCALE_SUFFIX in state
+
+
+def _blocked(x: Tensor, nblocks: int) -> Tensor:
+    """``x`` flattened, zero-padded to whole blocks, as (nblocks, BLOCK). The fused step only compiles tensors of
+    whole blocks (:func:`whole_blocks`): without the padding its loops over a block's elements stay fused."""
+    flat = x.reshape(-1)
+    if flat.numel() % BLOCK == 0:
+        return flat.view(-1, BLOCK)
+    return F.pad(flat, (0, nblocks * BLOCK - flat.numel())).view(nblocks, BLOCK)
+
+
+def whole_blocks(numel: int) -> bool:
+    return numel % BLOCK == 0
+
+
+def dequantize(codes: Tensor, absmax: Tensor) -> Tensor:
+    """The float32 values of ``codes`` with block scales ``absmax``, in the codes' shape."""
+    q = _blocked(codes.float(), absmax.numel())
+    if codes.dtype == torch.int8:
+        unit = q * q.abs() * (1 / 127**2) if SIGNED_POWER == 2 else q.sign() * (q.abs() * (1 / 127)) ** SIGNED_POWER
+    else:
+        unit = q * (1 / 255)
+        unit = unit.square().square() if UNSIGNED_POWER == 4 else unit**UNSIGNED_POWER
+    return (unit * absmax[:, None]).reshape(-1)[:codes.numel()].view(codes.shape)
+
+
+def quantize_(codes: Tensor, absmax: Tensor, x: Tensor) -> None:
+    """Encode float32 ``x`` into ``codes`` and ``absmax`` (in place), each element to its nearest code."""
+    blocked = _blocked(x, absmax.numel())
+    amax = blocked.abs().amax(1)
+    unit = blocked * torch.where(amax > 0, 1 / amax, 0.0)[:, None]  # in [-1, 1]; an all-zero block stays zero
+    if codes.dtype == torch.int8:
+        root = unit.abs().sqrt() if SIGNED_POWER == 2 else unit.abs() ** (1 / SIGNED_POWER)
+        q = (root * 127).round() * unit.sign()
+    else:
+        # a non-negative moment that rounding made slightly negative encodes as 0
+        root = unit.clamp(min=0).sqrt().sqrt() if UNSIGNED_POWER == 4 else unit.clamp(min=0) ** (1 / UNSIGNED_POWER)
+        q = (root * 255).round()
+    codes.copy_(q.reshape(-1)[:codes.numel()].view(codes.shape))
+    absmax.copy_(amax)
+
+
+def decoded(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``state`` with each buffer of codes decoded to float32 and the block scales left out; the other entries are
+    the state's own tensors."""
+    return {k: dequantize(v, state[k + SCALE_SUFFIX]) if is_codes(state, k) else v
+            for k, v in state.items() if not is_scale(state, k)}
+
+
+def encode_(state: dict[str, Tensor], values: dict[str, Tensor]) -> None:
+    """Encode the decoded buffers of ``values`` (from :func:`decoded`) back into ``state``'s codes."""
+    for k, v in values.items():
+        if is_codes(state, k):
+            quantize_(state[k], state[k + SCALE_SUFFIX], v)
+
+
+def is_scale(state: dict[str, Tensor], key: str) -> bool:
+    """Whether ``state[key]`` holds the block scales of a buffer of codes."""
+    owner = key.removesuffix(SCALE_SUFFIX)
+    return owner != key and owner in state and is_codes(state, owner)

@@ -1,0 +1,128 @@
+"""``optarena.step_in_backward``: each parameter steps inside backward, with the result of the usual step."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import optarena
+
+try:
+    from cases import CASES, build
+except ImportError:  # tests/ is a package
+    from tests.cases import CASES, build
+
+#: Every case whose step needs nothing but each parameter's own gradient.
+PER_PARAMETER = [c for c in CASES if c != "adan-clip-noprox"]
+
+
+def model_and_data(seed: int = 0) -> tuple[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]:
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(6, 16), nn.LayerNorm(16), nn.GELU(), nn.Linear(16, 3))
+    data = [(torch.randn(8, 6, generator=gen), torch.randn(8, 3, generator=gen)) for _ in range(10)]
+    return model, data
+
+
+def loss_of(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    x, y = batch
+    return nn.functional.mse_loss(model(x), y)
+
+
+def usual(model: nn.Module, opt: torch.optim.Optimizer, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    loss_of(model, batch).backward()
+    opt.step()
+    opt.zero_grad()
+
+
+def assert_same(a: nn.Module, b: nn.Module) -> None:
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("case", PER_PARAMETER)
+@pytest.mark.parametrize("maximize", [False, True])
+def test_same_parameters_as_the_usual_step_bitwise(case: str, maximize: bool) -> None:
+    model, data = model_and_data()
+    twin = copy.deepcopy(model)
+    ref = build(case, model.parameters(), foreach=False, maximize=maximize)
+    opt = build(case, twin.parameters(), foreach=False, maximize=maximize)
+    ref_sched = torch.optim.lr_scheduler.StepLR(ref, step_size=3, gamma=0.5)
+    handle = optarena.step_in_backward(twin, opt)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)
+    for batch in data:
+        usual(model, ref, batch)
+        ref_sched.step()
+        loss_of(twin, batch).backward()
+        assert all(p.grad is None for p in twin.parameters())  # every gradient was freed after its step
+        sched.step()
+    handle.remove()
+    assert_same(model, twin)
+    for p, q in zip(model.parameters(), twin.parameters()):
+        for key, value in ref.state[p].items():
+            assert torch.equal(value, opt.state[q][key]), key
+
+
+def test_checkpoint_resume_and_remove() -> None:
+    model, data = model_and_data()
+    twin = copy.deepcopy(model)
+    ref = optarena.Adan(model.parameters(), lr=1e-2, weight_decay=0.02, foreach=False)
+    opt = optarena.Adan(twin.parameters(), lr=1e-2, weight_decay=0.02, foreach=False)
+    handle = optarena.step_in_backward(twin.parameters(), opt)
+    for batch in data[:4]:
+        usual(model, ref, batch)
+        loss_of(twin, batch).backward()
+    saved = copy.deepcopy(opt.state_dict())
+    handle.remove()
+    fresh = optarena.Adan(twin.parameters(), lr=1.0, weight_decay=0.02, foreach=False)
+    fresh.load_state_dict(saved)  # replaces the group dicts: the hooks must find the new ones
+    with optarena.step_in_backward(twin, fresh):
+        for batch in data[4:7]:
+            usual(model, ref, batch)
+            loss_of(twin, batch).backward()
+    assert_same(model, twin)
+    # removed: gradients accumulate again and step() steps them
+    loss_of(twin, data[7]).backward()
+    assert all(p.grad is not None for p in twin.parameters())
+    usual(model, ref, data[7])
+    fresh.step()
+    assert_same(model, twin)
+
+
+def test_fused_path_matches_its_usual_step() -> None:
+    model, data = model_and_data()
+    twin = copy.deepcopy(model)
+    ref = optarena.Lion(model.parameters(), lr=1e-3, weight_decay=0.1, fused=True)
+    opt = optarena.Lion(twin.parameters(), lr=1e-3, weight_decay=0.1, fused=True)
+    optarena.step_in_backward(twin, opt)
+    for batch in data[:3]:
+        usual(model, ref, batch)
+        loss_of(twin, batch).backward()
+    for p, q in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(q, p, rtol=0, atol=1e-6)
+
+
+def test_refusals_name_the_reason() -> None:
+    model, _ = model_and_data()
+    lion = optarena.Lion(model.parameters())
+    cases = [
+        (optarena.GradientAccumulation(lion, 2), TypeError, "sums the gradients of several backward passes"),
+        (optarena.LayerAdaptation(optarena.Lion(model.parameters())), TypeError, "needs the whole update"),
+        (optarena.Lookahead(optarena.Lion(model.parameters())), TypeError, "counts step"),
+        (optarena.Adan(model.parameters(), max_grad_norm=1.0), ValueError, "max_grad_norm=1.0.*global norm"),
+        (optarena.Lion(model.parameters(), skip_nonfinite=True), ValueError, "skip_nonfinite=True"),
+        (torch.optim.SGD(model.parameters(), lr=0.1), TypeError, "got SGD"),
+    ]
+    for opt, error, message in cases:
+        with pytest.raises(error, match=message):
+            optarena.step_in_backward(model, opt)
+    handle = optarena.step_in_backward(model, lion)
+    with pytest.raises(ValueError, match="already steps inside backward"):
+        optarena.step_in_backward(model, lion)
+    handle.remove()
+    optarena.step_in_backward(model, lion).remove()  # possible again after remove()
+    with pytest.raises(ValueError, match="none of the given parameters"):
+        optarena.step_in_backward(nn.Linear(2, 2), lion)
