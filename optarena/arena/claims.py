@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .plan import default_lr, grid_lr, stress_lrs
-from .results import CellSummary, ResultSet, median, relative_gap
+from .results import CellSummary, ResultSet, median, no_worse, relative_gap
 from .storage import FAILURES, Record
 from .verdict import lr_plateau, never_learned
 
@@ -107,20 +107,21 @@ def lion_step_speed(results: ResultSet) -> tuple[str, str]:
 def lion_smaller_lr(results: ResultSet) -> tuple[str, str]:
     """The median over tasks of tuned AdamW lr / tuned Lion lr. Left out, and named: tasks where either never
     learned (its "tuned" lr is noise), where either chosen lr sits on the grid's final edge (only a bound), and
-    where every grid lr ties (the lr has no effect there)."""
+    where the lrs that tie with either chosen one run to the grid's edge (any lr beyond does as well: the chosen
+    one is an arbitrary pick from an open range, as on rastrigin, where every optimizer ends in one minimum)."""
     ratios, left_out = [], {}
     for spec, lion, adamw in _pairs(results, "lion", "adamw"):
         name = results.tasks[spec].name
         if not (lion.plan.chosen_lr and adamw.plan.chosen_lr):
             continue
         never = [o for o in ("lion", "adamw") if never_learned(results, spec, o)]
-        flat = [s for s in (lion, adamw) if (p := lr_plateau(results, s)) and p.points == len(s.plan.tuning_lrs) > 1]
+        flat = [s for s in (lion, adamw) if (p := lr_plateau(results, s)) and p.points > 1 and p.open_ended]
         if never:
             left_out[name] = f"{' and '.join(never)} never learned"
         elif lion.plan.at_edge or adamw.plan.at_edge:
             left_out[name] = "chosen lr on the grid's edge"
         elif flat:
-            left_out[name] = "every grid lr ties"
+            left_out[name] = "equally good lrs up to the grid's edge"
         else:
             ratios.append((adamw.plan.chosen_lr / lion.plan.chosen_lr, name))
     skipped = "; left out: " + ", ".join(f"{n} ({why})" for n, why in left_out.items()) if left_out else ""
@@ -246,7 +247,7 @@ def rlion_adamw_lr(results: ResultSet) -> tuple[str, str]:
         gap = _gap(results, spec, run.metric, adamw.metric_median)
         gaps.append((gap, name))
         worst = adamw.worst
-        inside = run.metric >= worst if results.tasks[spec].higher_is_better else run.metric <= worst
+        inside = no_worse(run.metric, worst, results.tasks[spec].higher_is_better)
         if not inside and gap < -COMPARABLE_MARGIN:
             behind.append(f"{name} {100 * gap:+.0f} %")
     if not considered:

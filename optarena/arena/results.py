@@ -12,6 +12,16 @@ from .plan import Cell, CellPlan, Outcome, point_key
 from .storage import ArenaStorage, Record
 from .task import Task
 
+NUMERICAL_TIE = 1e-5
+"""Results this close (relative) are one result: float32 noise. The 2-D functions ignore the seed, so their seed
+spread is 0 and only this tells 12.934429 from 12.934431 as the same local minimum."""
+
+
+def no_worse(value: float, than: float, higher_is_better: bool) -> bool:
+    """``value`` is at least as good as ``than``, up to ``NUMERICAL_TIE``."""
+    slack = NUMERICAL_TIE * max(abs(value), abs(than))
+    return value >= than - slack if higher_is_better else value <= than + slack
+
 
 def relative_gap(higher_is_better: bool, ours: float, theirs: float) -> float:
     """How much better ``ours`` is than ``theirs``, relative to ``|theirs|`` (positive: better)."""
@@ -65,11 +75,15 @@ class CellSummary:
 
     def ties(self, other: CellSummary) -> bool:
         """Two results tie when their difference lies inside the seed spread: either median inside the other's
-        range over seeds, ``[min, max]``."""
+        range over seeds, ``[min, max]`` (widened by ``NUMERICAL_TIE``)."""
         if self.metric_median is None or other.metric_median is None:
             return False
-        return (other.metric_min <= self.metric_median <= other.metric_max
-                or self.metric_min <= other.metric_median <= self.metric_max)
+
+        def inside(value: float, low: float, high: float) -> bool:
+            return no_worse(value, low, True) and no_worse(value, high, False)
+
+        return (inside(self.metric_median, other.metric_min, other.metric_max)
+                or inside(other.metric_median, self.metric_min, self.metric_max))
 
     def beats(self, other: CellSummary) -> bool:
         """Better than ``other`` beyond the seed spread (a result beats a run that has none)."""

@@ -16,8 +16,8 @@ import math
 import statistics
 from dataclasses import dataclass, field
 
-from .plan import point_key
-from .results import CellSummary, ResultSet, median, relative_gap
+from .plan import point_key, stress_lrs
+from .results import CellSummary, ResultSet, median, no_worse, relative_gap
 
 TAU_MAX = 4.0
 LEARNED_FRACTION = 0.05
@@ -187,20 +187,19 @@ class Plateau:
 
 
 def lr_plateau(results: ResultSet, summary: CellSummary) -> Plateau | None:
-    """The contiguous run of tuning-grid learning rates around the chosen one whose seed-0 result is no worse than
-    the chosen setting's worst seed: the range over which the lr hardly matters."""
+    """The contiguous run of learning rates around the chosen one whose seed-0 result is no worse than the chosen
+    setting's worst seed: the range over which the lr hardly matters. The tuning grid and the stress runs (seed 0,
+    the task's decay) both count: a stress run beyond the grid's edge can close the range."""
     chosen, worst = summary.plan.chosen_lr, summary.worst
-    if chosen is None or worst is None:
+    if chosen is None or worst is None or not summary.plan.tuning_lrs:
         return None
-    grid = sorted(summary.plan.tuning_lrs)
+    grid = sorted({point_key(lr, 0): lr for lr in [*summary.plan.tuning_lrs, *stress_lrs()]
+                   if results.at_lr(summary.cell, lr) is not None}.values())
     keys = [point_key(lr, 0) for lr in grid]
     if point_key(chosen, 0) not in keys:
         return None
-    good = []
-    for lr in grid:
-        record = results.at_lr(summary.cell, lr)
-        metric = record.metric if record is not None else None
-        good.append(metric is not None and (metric >= worst if summary.higher_is_better else metric <= worst))
+    good = [no_worse(m, worst, summary.higher_is_better) if (m := results.at_lr(summary.cell, lr).metric) is not None
+            else False for lr in grid]
     low = high = keys.index(point_key(chosen, 0))
     while low > 0 and good[low - 1]:
         low -= 1
