@@ -64,8 +64,8 @@ def test_the_pick_follows_the_runs(tmp_path):
                                "reached any task's target")
     assert "no optimizer beats the AdamW baseline beyond the seed spread on any task." in tie.pick
     assert "Cheapest in memory among those never beaten by adamw beyond the seed spread: lion (4.44" in tie.pick
-    same_memory = compute_verdict(_two(tmp_path, 0.115, state_bytes=80))
-    assert "Nothing that adamw never beats beyond the seed spread keeps less state than its 8.89" in same_memory.pick
+    same_memory = compute_verdict(_two(tmp_path, 0.115, state_bytes=80)).pick
+    assert "No optimizer that adamw never beats beyond the seed spread keeps less state than its 8.89" in same_memory
     better = compute_verdict(_two(tmp_path, 0.05))
     assert "AdamW is beaten beyond the seed spread by lion on linear" in better.pick
     assert better.standings["lion"].beats_adamw == ["linear"] and better.standings["adamw"].beats_adamw == []

@@ -119,7 +119,7 @@ def task_verdict(results: ResultSet, spec: str) -> TaskVerdict:
     summaries = headline(results, spec)
     ranked = sorted((s.metric_median, name) for name, s in summaries.items() if s.metric_median is not None)
     ranking = [(name, value) for value, name in (reversed(ranked) if task.higher_is_better else ranked)]
-    missing = {name: _why_no_result(s) for name, s in summaries.items() if s.metric_median is None}
+    missing = {name: _why_no_result(results, s) for name, s in summaries.items() if s.metric_median is None}
     if not ranking:
         return TaskVerdict(task.name, task.metric, task.higher_is_better, [], [], None, None, missing)
     winner = summaries[ranking[0][0]]
@@ -131,8 +131,10 @@ def task_verdict(results: ResultSet, spec: str) -> TaskVerdict:
                        one_seed)
 
 
-def _why_no_result(summary: CellSummary) -> str:
-    states = sorted({r.state for r in summary.finals}) or (["diverged"] if summary.tuning_diverged else [])
+def _why_no_result(results: ResultSet, summary: CellSummary) -> str:
+    """What became of an optimizer's runs on a task without a result: their states (diverged, error, ...)."""
+    runs = summary.finals or results.records_of(summary.cell)
+    states = sorted({r.state for r in runs if r.state != "complete"})
     return " / ".join(states) or "not run yet"
 
 
@@ -315,8 +317,8 @@ def pick_paragraph(results: ResultSet, tasks: list[TaskVerdict], standings: dict
                              f"{cheapest.name} ({cheapest.state_bytes_per_param:.2f} B/param of state against "
                              f"{best.state_bytes_per_param:.2f}).")
         else:
-            sentences.append(f"Nothing that {best.name} never beats beyond the seed spread keeps less state than its "
-                             f"{best.state_bytes_per_param:.2f} B/param.")
+            sentences.append(f"No optimizer that {best.name} never beats beyond the seed spread keeps less state than "
+                             f"its {best.state_bytes_per_param:.2f} B/param.")
     if "adamw" in standings and len(standings) > 1:
         winners = {n: s.beats_adamw for n, s in standings.items() if s.beats_adamw}
         if winners:

@@ -3,7 +3,6 @@ a pure-PyTorch CPU nms for torchvision (its registry wheel's C++ ops do not load
 
 import importlib.util
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -20,15 +19,18 @@ for key, value in {
 }.items():
     os.environ[key] = str(value)
 
-sys.path.insert(0, str(Path(__file__).parent))
-import torchvision_cpu_nms  # noqa: E402
+import warnings  # noqa: E402
 
-torchvision_cpu_nms.install()
+from optarena.integrations import torchvision_nms  # noqa: E402
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)
+    torchvision_nms.install()
 
 # The arena's worker processes (a fork server started from this environment) import ultralytics too: a
 # sitecustomize on their PYTHONPATH installs the same nms there.
 (_HOME / "site").mkdir()
 (_HOME / "site" / "sitecustomize.py").write_text(
-    f"import sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\n"
-    "import torchvision_cpu_nms\ntorchvision_cpu_nms.install()\n")
+    "import warnings\nwarnings.simplefilter('ignore', RuntimeWarning)\n"
+    "from optarena.integrations import torchvision_nms\ntorchvision_nms.install()\n")
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_HOME / "site"), os.environ.get("PYTHONPATH")]))

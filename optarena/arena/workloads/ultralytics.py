@@ -50,6 +50,9 @@ def _trainer_class() -> type:
     # ultralytics reads YOLO_VERBOSE once, on import: without it every run's progress bars would flood the
     # arena's terminal (the arena reports progress itself); a user's explicit setting wins
     os.environ.setdefault("YOLO_VERBOSE", "False")
+    from ...integrations.torchvision_nms import install
+
+    install()  # ultralytics' validation needs torchvision's nms; the CPU torch pin's torchvision has no C++ ops
     from ...integrations.ultralytics import OptarenaDetectionTrainer
 
     class ArenaTrainer(OptarenaDetectionTrainer):

@@ -1,16 +1,18 @@
-"""A pure-PyTorch CPU ``torchvision::nms`` for test machines where torchvision's C++ ops cannot load.
+"""A pure-PyTorch CPU ``torchvision::nms`` for machines where torchvision's C++ ops cannot load.
 
 The torchvision wheel that pip resolves next to the CPU torch pin (0.28.0) ships a ``_C.so`` that does not load
 here, and ``import torchvision`` then fails outright ("operator torchvision::nms does not exist": its fake-tensor
 registration needs the op's schema). ultralytics and timm import torchvision, and ultralytics' validation calls
 ``torchvision.ops.nms``. :func:`install` defines the ``nms`` (and ``qnms``, which torchvision also registers)
-schemas with a plain PyTorch implementation before torchvision is imported. Nothing else of torchvision's C++
-ops is provided; where the real ops load, this does nothing.
+schemas with a plain PyTorch implementation before torchvision is imported, with one warning. Nothing else of
+torchvision's C++ ops is provided; where the real ops load, this does nothing. The arena's ultralytics workloads
+install it in their worker processes, and the integration tests in theirs.
 """
 
 from __future__ import annotations
 
 import sys
+import warnings
 
 import torch
 
@@ -42,7 +44,7 @@ def nms(dets: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch
 
 
 def _qnms(dets: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
-    raise NotImplementedError("quantized nms is not provided by the test shim")
+    raise NotImplementedError("quantized nms is not provided by optarena's pure-PyTorch fallback")
 
 
 def torchvision_ops_load() -> bool:
@@ -72,4 +74,6 @@ def install() -> bool:
 
     # torchvision.ops.nms first asserts that the C++ library loaded; the op it then calls is ours
     torchvision.ops.boxes._assert_has_ops = lambda: None
+    warnings.warn("torchvision's C++ ops do not load next to this torch: optarena installed a pure-PyTorch nms (CPU, "
+                  "slower) so that ultralytics can validate", RuntimeWarning, stacklevel=2)
     return True
