@@ -27,10 +27,11 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", RuntimeWarning)
     torchvision_nms.install()
 
-# The arena's worker processes (a fork server started from this environment) import ultralytics too: a
-# sitecustomize on their PYTHONPATH installs the same nms there.
+# The arena's worker processes (a fork server started from this environment) import these tests' modules by name
+# and ultralytics too: a sitecustomize on their PYTHONPATH puts this folder on their path and installs the nms.
 (_HOME / "site").mkdir()
 (_HOME / "site" / "sitecustomize.py").write_text(
+    f"import sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\n"
     "import warnings\nwarnings.simplefilter('ignore', RuntimeWarning)\n"
     "from optarena.integrations import torchvision_nms\ntorchvision_nms.install()\n")
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_HOME / "site"), os.environ.get("PYTHONPATH")]))

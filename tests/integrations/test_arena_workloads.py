@@ -117,3 +117,44 @@ def test_workload_specs_and_options(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="built by ultralytics' trainer only"):
         train_once(load_task("noisy_quadratic", "tiny"), "musgd", 0.01, 0)
     assert torch.get_num_threads() >= 1
+
+
+def test_a_killed_workload_comparison_resumes_without_rerunning_finished_runs(tmp_path: Path) -> None:
+    """kill -9 of the whole command in the middle of a Lightning workload comparison: what finished stays, and the
+    next command runs only what is missing."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from optarena.arena.storage import ArenaStorage
+
+    out = tmp_path / "out"
+    spec = f"lightning:{MODULES}:Classifier:Blobs:metric=val_acc:higher_is_better=true:steps=16:evals=4"
+    command = [sys.executable, "-m", "optarena", "compare", "--task", spec, "--optimizers", "adamw", "--budget",
+               "tiny", "--seeds", "2", "--out", str(out), "--workers", "1", "--threads", "1"]
+    config = CompareConfig(optimizers=("adamw",), tasks=(spec,), budget="tiny", seeds=2, out=out)
+
+    def finished() -> dict[str, int]:
+        if not (out / "arena.db").exists():
+            return {}
+        store = ArenaStorage(config.storage)
+        return {f"{r.lr:.4g}|{r.seed}": r.trial_number for r in store.records(config.cells())
+                if r.state == "complete"}
+
+    process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while len(finished()) < 2 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    before = finished()
+    assert len(before) >= 2 and process.returncode == -signal.SIGKILL, "killed after the comparison had finished"
+
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    after = finished()
+    store = ArenaStorage(config.storage)
+    assert all(config.plan(cell, store.finished(cell)).complete for cell in config.cells())
+    assert len(after) > len(before) and all(after[key] == number for key, number in before.items())  # not rerun
