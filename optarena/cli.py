@@ -21,6 +21,23 @@ def _names(text: str) -> list[str]:
     return names
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _metric_name(text: str) -> str:
+    if not text.strip() or ":" in text:
+        raise argparse.ArgumentTypeError(f"expected a metric name without ':' (it separates a task spec's parts), "
+                                         f"got {text!r}")
+    return text
+
+
 def _ints(text: str) -> tuple[int, ...]:
     try:
         values = tuple(int(x) for x in text.split(",") if x.strip())
@@ -152,14 +169,15 @@ def build_parser() -> argparse.ArgumentParser:
     workload = compare.add_argument_group(
         "workloads", "for --task ultralytics:MODEL.yaml:DATA.yaml, lightning:pkg.module:Module[:DataModule] and "
                      "hf:pkg.module:function (a spec's own :key=value wins)")
-    workload.add_argument("--epochs", type=int, default=None, help="ultralytics epochs per run (default by budget: "
-                                                                   "tiny 1, quick 10, full 50)")
-    workload.add_argument("--imgsz", type=int, default=None, help="ultralytics training image size")
-    workload.add_argument("--metric", default=None, help="Lightning: a name the module logs in validation (default "
-                                                         "val_loss); HF: a compute_metrics key (default the eval loss)")
+    workload.add_argument("--epochs", type=_positive_int, default=None,
+                          help="ultralytics epochs per run (default by budget: tiny 1, quick 10, full 50)")
+    workload.add_argument("--imgsz", type=_positive_int, default=None, help="ultralytics training image size")
+    workload.add_argument("--metric", type=_metric_name, default=None,
+                          help="Lightning: a name the module logs in validation (default val_loss); HF: a "
+                               "compute_metrics key (default the eval loss)")
     workload.add_argument("--higher-is-better", action="store_true", default=None,
                           help="the --metric grows when training improves (accuracy, not loss)")
-    workload.add_argument("--steps", type=int, default=None,
+    workload.add_argument("--steps", type=_positive_int, default=None,
                           help="Lightning and HF optimizer steps per run (default by budget: tiny 20, quick 300, "
                                "full 2000)")
     compare.add_argument("--budget", choices=BUDGETS, default="quick")

@@ -169,6 +169,9 @@ def test_two_workers_share_one_comparison(tmp_path, monkeypatch):
     (["compare", "--tune", "weight_decay", "--tasks", "rosenbrock"], "Invalid tune: 'weight_decay'"),
     (["compare", "--tune", "lr,momentum", "--tasks", "rosenbrock"], "Invalid tune: 'lr,momentum'"),
     (["compare", "--storage", "postgresql://u:p@127.0.0.1:1/x", "--tasks", "rosenbrock"], "port 1 failed"),
+    (["compare", "--optimizers", "musgd", "--tasks", "rosenbrock"], "nothing can run (musgd on rosenbrock: only"),
+    (["compare", "--steps", "0", "--tasks", "rosenbrock"], "argument --steps: expected a positive integer, got '0'"),
+    (["compare", "--metric", "val:acc", "--tasks", "rosenbrock"], "a metric name without ':'"),
 ])
 def test_bad_input_gets_a_clear_error(argv, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:

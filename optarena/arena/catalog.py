@@ -45,7 +45,8 @@ WORKLOAD_TASKS: dict[str, tuple[str, tuple[str, ...]]] = {
 
 def default_tasks(budget: str) -> tuple[str, ...]:
     """The suite a comparison runs when no task is named: every built-in task, and the workloads of ``budget``."""
-    return tuple(BUILTIN_TASKS) + tuple(name for name, (_, budgets) in WORKLOAD_TASKS.items() if budget in budgets)
+    return tuple(BUILTIN_TASKS) + tuple(name for name, (_, budgets) in WORKLOAD_TASKS.items() if budget in budgets
+                                        and importlib.util.find_spec("ultralytics") is not None)
 
 
 def _import_factory(spec: str) -> Callable[..., Task]:

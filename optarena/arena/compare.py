@@ -54,6 +54,9 @@ def run_compare(config: CompareConfig, *, show_progress: bool = True):
     if "weight_decay" in config.tune and framework:
         raise ValueError(f"Invalid --tune: 'lr,weight_decay' on framework workloads ({', '.join(framework)}): their "
                          "weight decay is the framework's own setting; tune lr only there")
+    if not config.cells():
+        why = "; ".join(f"{o} on {tasks[spec].name}: {reason}" for spec, o, reason in config.not_run())
+        raise ValueError(f"Invalid --optimizers: nothing can run ({why})")
     created = _make_folders(config.out)
     try:
         store = config.open_storage()

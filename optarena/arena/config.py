@@ -127,9 +127,26 @@ class CompareConfig:
         return min(sizes, key=lambda b: (abs(b - task.batch_size), b))
 
     def cells(self) -> list[Cell]:
+        """Every task × batch size × optimizer, except the pairs that cannot run (:meth:`not_run`)."""
         tasks = self.load_tasks()
-        return cells_for([(spec, t.name, self.batch_sizes_for(t), t.higher_is_better, t.fingerprint)
-                          for spec, t in tasks.items()], self.optimizers, self.budget)
+        skipped = {(spec, optimizer) for spec, optimizer, _ in self.not_run()}
+        return [c for c in cells_for([(spec, t.name, self.batch_sizes_for(t), t.higher_is_better, t.fingerprint)
+                                      for spec, t in tasks.items()], self.optimizers, self.budget)
+                if (c.task, c.optimizer) not in skipped]
+
+    def not_run(self) -> list[tuple[str, str, str]]:
+        """(task spec, optimizer, why) for the pairs a framework cannot train: ultralytics builds no schedule-free
+        optimizer, and ultralytics' own optimizers (MuSGD) exist only inside its trainer."""
+        out = []
+        for spec, task in self.load_tasks().items():
+            for name in self.optimizers:
+                info = base_optimizer_info(name)
+                if task.framework == "ultralytics" and info.train_eval_modes:
+                    out.append((spec, name, "ultralytics validates an average of the training weights, which "
+                                            "schedule-free optimizers would have to switch to"))
+                elif info.source == "ultralytics" and task.framework != "ultralytics":
+                    out.append((spec, name, "only ultralytics' own trainer builds it"))
+        return out
 
     def plan(self, cell: Cell, finished: Mapping[str, Outcome]) -> CellPlan:
         task = self.load_tasks()[cell.task]

@@ -190,6 +190,9 @@ SEARCH = ("Tuning (--tune lr,weight_decay): instead of the lr grid, {trials} run
 def protocol(results: ResultSet) -> str:
     """The protocol paragraph, with the exceptions the roster brings (schedule-free optimizers)."""
     text = PROTOCOL
+    skipped = results.config.not_run()
+    if skipped:
+        text += " Not run: " + "; ".join(f"{o} on {results.tasks[spec].name} ({why})" for spec, o, why in skipped) + "."
     if "weight_decay" in results.config.tune:
         text += " " + SEARCH.format(trials=BUDGET_PRESETS[results.config.budget].search_trials)
     own = [f"{t.name}: {t.schedule}" for t in results.tasks.values() if t.schedule]

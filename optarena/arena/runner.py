@@ -198,6 +198,11 @@ def _evaluate(task: Task, model: nn.Module, optimizer: Optimizer | None = None) 
     return value
 
 
+def run_length_kwargs(optimizer_name: str, steps: int) -> dict[str, int]:
+    """The constructor arguments that take the run's length (AdEMAMix's warm-ups), set to ``steps``."""
+    return {name: steps for name in base_optimizer_info(optimizer_name).run_length_kwargs}
+
+
 def lr_multiplier(optimizer_name: str, steps: int) -> Callable[[int], float]:
     """The arena's schedule: cosine decay from the peak lr to 0, no warm-up; for optimizers designed for a constant
     lr (``OptimizerInfo.schedule == "constant"``: schedule-free) a linear warm-up over 5% of the steps, then
@@ -253,9 +258,8 @@ def train_once(task: Task, optimizer_name: str, lr: float, seed: int, batch_size
     batches = iter(task.make_batches(torch.Generator().manual_seed(seed), batch_size))
     decay = task.weight_decay if weight_decay is None else weight_decay
     steps = task.steps
-    run_length = {name: steps for name in base_optimizer_info(optimizer_name).run_length_kwargs}
     optimizer = create_optimizer(model, optimizer_name, lr=lr, **arena_weight_decay(optimizer_name, decay),
-                                 **run_length)
+                                 **run_length_kwargs(optimizer_name, steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(optimizer_name, steps))
     set_optimizer_mode(optimizer, True)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)

@@ -74,6 +74,8 @@ class Task:
     run: Callable[..., Any] | None = None
     #: How a workload schedules the lr where it does not use the arena's (said in the report's protocol).
     schedule: str = ""
+    #: The framework a workload trains through ("ultralytics", "lightning", "hf"); "" for the arena's own loop.
+    framework: str = ""
     #: Set by the loader (``load_task``): a hash of the definition (the fields above that shape a run, and the
     #: source file of the factory). Runs are stored under it, so a task changed between invocations runs anew.
     fingerprint: str = field(default="", init=False, compare=False)

@@ -63,6 +63,10 @@ def torchvision_ops_load() -> bool:
 def install() -> bool:
     """Make ``import torchvision`` and ``torchvision.ops.nms`` work on CPU; True if the shim was needed."""
     global _LIBRARY
+    import importlib.util
+
+    if importlib.util.find_spec("torchvision") is None:  # nothing to patch: what imports it will say it is missing
+        return False
     if _LIBRARY is not None or torchvision_ops_load():
         return _LIBRARY is not None
     _LIBRARY = torch.library.Library("torchvision", "DEF")

@@ -133,8 +133,8 @@ def test_a_killed_workload_comparison_resumes_without_rerunning_finished_runs(tm
     out = tmp_path / "out"
     spec = f"lightning:{MODULES}:Classifier:Blobs:metric=val_acc:higher_is_better=true:steps=16:evals=4"
     command = [sys.executable, "-m", "optarena", "compare", "--task", spec, "--optimizers", "adamw", "--budget",
-               "tiny", "--seeds", "2", "--out", str(out), "--workers", "1", "--threads", "1"]
-    config = CompareConfig(optimizers=("adamw",), tasks=(spec,), budget="tiny", seeds=2, out=out)
+               "tiny", "--seeds", "3", "--out", str(out), "--workers", "1", "--threads", "1"]
+    config = CompareConfig(optimizers=("adamw",), tasks=(spec,), budget="tiny", seeds=3, out=out)
 
     def finished() -> dict[str, int]:
         if not (out / "arena.db").exists():
@@ -158,3 +158,13 @@ def test_a_killed_workload_comparison_resumes_without_rerunning_finished_runs(tm
     store = ArenaStorage(config.storage)
     assert all(config.plan(cell, store.finished(cell)).complete for cell in config.cells())
     assert len(after) > len(before) and all(after[key] == number for key, number in before.items())  # not rerun
+
+
+def test_pairs_a_framework_cannot_train_are_left_out_and_named(tmp_path: Path) -> None:
+    config = CompareConfig(optimizers=("adamw", "schedulefree_adamw", "musgd"), tasks=("yolo_shapes", "rosenbrock"),
+                           budget="quick", out=tmp_path / "out")
+    assert [(spec, name) for spec, name, _ in config.not_run()] == [("yolo_shapes", "schedulefree_adamw"),
+                                                                     ("rosenbrock", "musgd")]
+    assert {(c.task, c.optimizer) for c in config.cells()} == {
+        ("yolo_shapes", "adamw"), ("yolo_shapes", "musgd"), ("rosenbrock", "adamw"),
+        ("rosenbrock", "schedulefree_adamw")}

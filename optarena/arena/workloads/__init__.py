@@ -68,11 +68,12 @@ def _unused(*args: Any, **kwargs: Any) -> Any:
 
 def workload_task(name: str, run: Callable[..., Any], *, metric: str, higher_is_better: bool, steps: int,
                   batch_size: int, description: str, target: float | None = None, batch_sizes: tuple[int, ...] = (),
-                  fingerprint: str, schedule: str = "") -> Task:
+                  fingerprint: str, schedule: str = "", framework: str = "") -> Task:
     """A :class:`Task` that the runner hands to ``run`` whole."""
     task = Task(name=_safe_name(name), make_model=_unused, make_batches=_unused, loss=_unused, evaluate=_unused,
                 metric=metric, higher_is_better=higher_is_better, target=target, steps=steps,
-                batch_size=batch_size, batch_sizes=batch_sizes, description=description, run=run, schedule=schedule)
+                batch_size=batch_size, batch_sizes=batch_sizes, description=description, run=run, schedule=schedule,
+                framework=framework)
     task.fingerprint = fingerprint
     return task
 
@@ -110,6 +111,7 @@ def ultralytics_task(model: str, data: str, options: dict[str, Any], budget: str
 
     task = workload_task(task_name, run, metric="val_mAP50-95", higher_is_better=True, steps=options["epochs"],
                          batch_size=batch, target=target, fingerprint=fingerprint,
+                         framework="ultralytics",
                          schedule="ultralytics' own warm-up (warmup_epochs, bias warm-up from 0) and linear decay to "
                                   "lrf, the same for every optimizer",
                          description=f"ultralytics {Path(model).name} on {data}, {options['epochs']} epochs "

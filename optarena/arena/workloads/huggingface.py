@@ -23,8 +23,9 @@ from typing import Any
 
 import torch
 
+from ...integrations.torchvision_nms import install as install_nms
 from ...registry import create_optimizer
-from ..runner import arena_weight_decay, lr_multiplier, ultralytics_only, weights_digest
+from ..runner import arena_weight_decay, lr_multiplier, run_length_kwargs, ultralytics_only, weights_digest
 from . import _digest, workload_task
 from .common import Diverged, Recorder, resolve, run_dir
 
@@ -36,6 +37,7 @@ OWN_KEYS = {"model_init", "args", "metric", "higher_is_better"}
 def hf_task(spec: str, positional: list[str], options: dict[str, Any], budget: str):
     if len(positional) != 2:
         raise ValueError(f"Invalid task: {spec!r} (expected 'hf:pkg.module:function')")
+    install_nms()  # the user's function may import transformers, which imports torchvision
     function, source = resolve(spec, positional[0], positional[1])
     if not callable(function):
         raise ValueError(f"Invalid task: {spec!r} ({positional[1]!r} is not callable)")
@@ -66,7 +68,8 @@ def hf_task(spec: str, positional: list[str], options: dict[str, Any], budget: s
         return _run(made, task.name, metric, higher, steps, max(1, steps // evals), optimizer, lr, seed, batch_size,
                     device=device, heartbeat=heartbeat, out=out, target=options.get("target"))
 
-    task = workload_task(options.get("name") or f"hf-{positional[1]}", run, metric=metric, higher_is_better=higher,
+    task = workload_task(options.get("name") or f"hf-{positional[1]}", run, framework="hf", metric=metric,
+                         higher_is_better=higher,
                          steps=steps, batch_size=args.per_device_train_batch_size, target=options.get("target"),
                          fingerprint=fingerprint, description=f"Hugging Face Trainer {positional[1]}, {steps} steps, "
                                                               f"metric {metric}")
@@ -76,6 +79,7 @@ def hf_task(spec: str, positional: list[str], options: dict[str, Any], budget: s
 def _run(made: dict[str, Any], task_name: str, metric: str, higher: bool, steps: int, eval_every: int,
          optimizer_name: str, lr: float, seed: int, batch_size: int, *, device: torch.device,
          heartbeat: Callable[[], None] | None, out: Path | None, target: float | None) -> Any:
+    install_nms()  # transformers' Trainer imports torchvision where it is installed
     from transformers import Trainer, TrainerCallback, set_seed
 
     ultralytics_only(optimizer_name)
@@ -88,8 +92,8 @@ def _run(made: dict[str, Any], task_name: str, metric: str, higher: bool, steps:
     set_seed(seed)
     model = made["model_init"]()
     record.digest = weights_digest(model)
-    optimizer = create_optimizer(model, optimizer_name, lr=lr, **arena_weight_decay(optimizer_name,
-                                                                                      args.weight_decay))
+    optimizer = create_optimizer(model, optimizer_name, lr=lr, **arena_weight_decay(optimizer_name, args.weight_decay),
+                                 **run_length_kwargs(optimizer_name, steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(optimizer_name, steps))
 
     class Measure(TrainerCallback):

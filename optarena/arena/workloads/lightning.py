@@ -25,8 +25,9 @@ from typing import Any
 
 import torch
 
+from ...integrations.torchvision_nms import install as install_nms
 from ...registry import create_optimizer, get_optimizer_info
-from ..runner import arena_weight_decay, lr_multiplier, ultralytics_only, weights_digest
+from ..runner import arena_weight_decay, lr_multiplier, run_length_kwargs, ultralytics_only, weights_digest
 from . import _digest, workload_task
 from .common import Diverged, Recorder, resolve, run_dir
 
@@ -51,6 +52,7 @@ class LightningWorkload:
 
 
 def _load(spec: str, positional: list[str], budget: str) -> tuple[LightningWorkload, str | None]:
+    install_nms()  # lightning imports torchvision (through torchmetrics)
     from lightning.pytorch import LightningDataModule, LightningModule
 
     if len(positional) not in (2, 3):
@@ -95,7 +97,7 @@ def lightning_task(spec: str, positional: list[str], options: dict[str, Any], bu
         return _run(workload, task.name, metric, higher, steps, weight_decay, max(1, steps // evals), optimizer, lr,
                     seed, device=device, heartbeat=heartbeat, out=out, target=options.get("target"))
 
-    task = workload_task(name, run, metric=metric, higher_is_better=higher, steps=steps,
+    task = workload_task(name, run, framework="lightning", metric=metric, higher_is_better=higher, steps=steps,
                          batch_size=workload.batch_size or 1, target=options.get("target"), fingerprint=fingerprint,
                          description=f"Lightning {positional[1]}, {steps} steps, metric {metric}")
     return task
@@ -104,6 +106,7 @@ def lightning_task(spec: str, positional: list[str], options: dict[str, Any], bu
 def _run(workload: LightningWorkload, task_name: str, metric: str, higher: bool, steps: int, weight_decay: float,
          eval_every: int, optimizer_name: str, lr: float, seed: int, *, device: torch.device,
          heartbeat: Callable[[], None] | None, out: Path | None, target: float | None) -> Any:
+    install_nms()
     import lightning.pytorch as pl
 
     from ...integrations.lightning import ScheduleFreeModes
@@ -117,8 +120,8 @@ def _run(workload: LightningWorkload, task_name: str, metric: str, higher: bool,
     built: dict[str, Any] = {}
 
     def configure_optimizers(self: Any) -> dict[str, Any]:
-        optimizer = create_optimizer(self, optimizer_name, lr=lr, **arena_weight_decay(optimizer_name,
-                                                                                          weight_decay))
+        optimizer = create_optimizer(self, optimizer_name, lr=lr, **arena_weight_decay(optimizer_name, weight_decay),
+                                     **run_length_kwargs(optimizer_name, steps))
         built["optimizer"] = optimizer
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(optimizer_name, steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
