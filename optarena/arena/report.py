@@ -95,7 +95,7 @@ def tasks_verdict_table(verdict: Verdict) -> Table:
         if not t.ranking:
             rows.append([t.task, "–", "–", "no result", ""])
             continue
-        margin = f"{100 * t.margin:+.1f} % vs {t.runner_up}" if t.margin is not None else "–"
+        margin = f"{t.margin_text} vs {t.runner_up}" if t.margin is not None else "–"
         rows.append([t.task, t.winner, margin, "tie" if t.is_tie else "beyond the seed spread",
                      ", ".join(t.tied) if t.is_tie else ""])
     return Table(["task", "best median", "margin over the runner-up", "difference", "tied (inside the seed spread)"],

@@ -88,6 +88,11 @@ class TaskVerdict:
         return self.runner_up is not None and self.runner_up in self.tied
 
     @property
+    def margin_text(self) -> str:
+        """The margin in percent; an equal result reads +0.0, never -0.0."""
+        return "–" if self.margin is None else f"{round(100 * self.margin, 1) + 0.0:+.1f} %"
+
+    @property
     def difference(self) -> str:
         if self.runner_up is None:
             return "the only result" if self.ranking else "no result"
@@ -106,7 +111,7 @@ class TaskVerdict:
         if self.runner_up is None:
             return text + f"{name} {value:.4g}, the only result" + missing
         second = dict(self.ranking)[self.runner_up]
-        gap = f"{name} {value:.4g} vs {self.runner_up} {second:.4g} ({100 * self.margin:+.1f} %), {self.difference}"
+        gap = f"{name} {value:.4g} vs {self.runner_up} {second:.4g} ({self.margin_text}), {self.difference}"
         if self.is_tie:
             return text + f"tie between {', '.join(self.tied)}: {gap}" + missing
         others = [n for n in self.tied if n != name]
