@@ -104,6 +104,7 @@ class ResultSet:
         for record in records:
             self._by_cell.setdefault(record.cell.study_name, []).append(record)
         self.summaries = {cell.study_name: self._summarise(cell) for cell in self.cells}
+        self._headline: dict[str, dict[str, CellSummary]] = {}
 
     @classmethod
     def load(cls, config: CompareConfig, store: ArenaStorage) -> ResultSet:
@@ -127,6 +128,14 @@ class ResultSet:
     def summary(self, task_spec: str, optimizer: str, batch_size: int | None = None) -> CellSummary | None:
         cell = self.cell(task_spec, optimizer, batch_size)
         return self.summaries[cell.study_name] if cell else None
+
+    def headline(self, task_spec: str) -> dict[str, CellSummary]:
+        """Each optimizer's summary at the task's default batch size, in roster order (built once per task: the
+        verdict and the claims ask for it per optimizer and per sentence)."""
+        if task_spec not in self._headline:
+            self._headline[task_spec] = {optimizer: summary for optimizer in self.config.optimizers
+                                         if (summary := self.summary(task_spec, optimizer)) is not None}
+        return self._headline[task_spec]
 
     def headline_cells(self) -> list[Cell]:
         """Cells at each task's default batch size: the ones most tables and plots show."""

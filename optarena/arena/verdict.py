@@ -26,16 +26,6 @@ counts as "never learned"."""
 
 
 # ------------------------------------------------------------------------------------------------------- per task
-def headline(results: ResultSet, spec: str) -> dict[str, CellSummary]:
-    """Each optimizer's summary at the task's default batch size, in roster order."""
-    out = {}
-    for optimizer in results.config.optimizers:
-        summary = results.summary(spec, optimizer)
-        if summary is not None:
-            out[optimizer] = summary
-    return out
-
-
 def best_result(summaries: dict[str, CellSummary]) -> float | None:
     values = [s.metric_median for s in summaries.values() if s.metric_median is not None]
     if not values:
@@ -58,7 +48,7 @@ def learned(summary: CellSummary, best: float | None) -> bool | None:
 
 
 def never_learned(results: ResultSet, spec: str, optimizer: str) -> bool:
-    summaries = headline(results, spec)
+    summaries = results.headline(spec)
     return optimizer in summaries and learned(summaries[optimizer], best_result(summaries)) is False
 
 
@@ -121,7 +111,7 @@ class TaskVerdict:
 
 def task_verdict(results: ResultSet, spec: str) -> TaskVerdict:
     task = results.tasks[spec]
-    summaries = headline(results, spec)
+    summaries = results.headline(spec)
     ranked = sorted((s.metric_median, name) for name, s in summaries.items() if s.metric_median is not None)
     ranking = [(name, value) for value, name in (reversed(ranked) if task.higher_is_better else ranked)]
     missing = {name: _why_no_result(results, s) for name, s in summaries.items() if s.metric_median is None}
@@ -159,7 +149,7 @@ def performance_ratios(results: ResultSet, attr: str) -> dict[str, dict[str, flo
     for spec, task in results.tasks.items():
         if task.target is None:
             continue
-        times = {name: time_to_target(s, attr) for name, s in headline(results, spec).items()}
+        times = {name: time_to_target(s, attr) for name, s in results.headline(spec).items()}
         best = min(times.values(), default=math.inf)
         # a best time of 0 (the untrained model met the target on most seeds) makes any later time infinitely
         # slower by the ratio: those count as misses, a target the task should not have had
@@ -200,19 +190,20 @@ def lr_plateau(results: ResultSet, summary: CellSummary) -> Plateau | None:
     chosen, worst = summary.plan.chosen_lr, summary.worst
     if chosen is None or worst is None or not summary.plan.tuning_lrs:
         return None
-    grid = sorted({point_key(lr, 0): lr for lr in [*summary.plan.tuning_lrs, *stress_lrs()]
-                   if results.at_lr(summary.cell, lr) is not None}.values())
-    keys = [point_key(lr, 0) for lr in grid]
+    ran = {point_key(lr, 0): (lr, record) for lr in [*summary.plan.tuning_lrs, *stress_lrs()]
+           if (record := results.at_lr(summary.cell, lr)) is not None}
+    grid = sorted(ran.values(), key=lambda item: item[0])
+    keys = [point_key(lr, 0) for lr, _ in grid]
     if point_key(chosen, 0) not in keys:
         return None
-    good = [no_worse(m, worst, summary.higher_is_better) if (m := results.at_lr(summary.cell, lr).metric) is not None
-            else False for lr in grid]
+    good = [record.metric is not None and no_worse(record.metric, worst, summary.higher_is_better)
+            for _, record in grid]
     low = high = keys.index(point_key(chosen, 0))
     while low > 0 and good[low - 1]:
         low -= 1
     while high < len(grid) - 1 and good[high + 1]:
         high += 1
-    return Plateau(math.log10(grid[high] / grid[low]), high - low + 1, low == 0 or high == len(grid) - 1)
+    return Plateau(math.log10(grid[high][0] / grid[low][0]), high - low + 1, low == 0 or high == len(grid) - 1)
 
 
 # --------------------------------------------------------------------------------------------------- overview
@@ -250,7 +241,7 @@ def compute_verdict(results: ResultSet) -> Verdict:
     for name in results.config.optimizers:
         plateaus, summaries, beats, blank = [], [], [], []
         for spec in results.tasks:
-            summaries_here = headline(results, spec)
+            summaries_here = results.headline(spec)
             if name not in summaries_here:
                 continue
             s = summaries_here[name]
@@ -276,7 +267,7 @@ def compute_verdict(results: ResultSet) -> Verdict:
 def _tied_with_on_every_task(results: ResultSet, candidate: str, best: str) -> bool:
     """``candidate`` is never beaten by ``best`` beyond the seed spread on any task where both have a summary."""
     for spec in results.tasks:
-        summaries = headline(results, spec)
+        summaries = results.headline(spec)
         if candidate in summaries and best in summaries and summaries[best].beats(summaries[candidate]):
             return False
     return True
