@@ -107,6 +107,20 @@ def test_the_lr_plateau_is_the_run_of_grid_points_within_the_seed_spread(tmp_pat
     assert lr_plateau(narrow, narrow.summaries[narrow.cells[0].study_name]).decades == 0.0
 
 
+def test_stress_runs_count_in_the_lr_plateau_only_beyond_the_grid(tmp_path):
+    """RLion's grid (≈9.5e-4, 3e-3, 9.5e-3) sits 0.02 decades from the stress lrs 1e-3 and 3.16e-3: a worse single
+    run there must not cut the plateau between grid points; the stress runs past the grid's top extend it."""
+    cfg = config(tmp_path, optimizers=("rlion",))
+    grid = tuple(ResultSet(cfg, []).summaries[cfg.cells()[0].study_name].plan.tuning_lrs)
+    runs = tuned(grid, (0.5, 0.1, 0.11), spread=0.02)  # the top two grid lrs within the chosen lr's seed spread
+    runs.update({(1e-3, 0): result(0.5), (3.162e-3, 0): result(0.5), (1e-2, 0): result(0.11),
+                 (3.162e-2, 0): result(None)})
+    results = ResultSet(cfg, records(cfg, "rlion", runs))
+    plateau = lr_plateau(results, results.summaries[cfg.cells()[0].study_name])
+    assert plateau.points == 3 and not plateau.open_ended
+    assert plateau.decades == pytest.approx(math.log10(1e-2 / grid[1]), abs=1e-3)
+
+
 def test_an_optimizer_that_never_left_the_untrained_models_result_is_named(tmp_path):
     cfg = config(tmp_path, optimizers=("adamw", "lion"))
     recs = records(cfg, "adamw", tuned(ADAMW_GRID, (0.3, 0.1, 0.2)))

@@ -185,12 +185,16 @@ class Plateau:
 
 def lr_plateau(results: ResultSet, summary: CellSummary) -> Plateau | None:
     """The contiguous run of learning rates around the chosen one whose seed-0 result is no worse than the chosen
-    setting's worst seed: the range over which the lr hardly matters. The tuning grid and the stress runs (seed 0,
-    the task's decay) both count: a stress run beyond the grid's edge can close the range."""
+    setting's worst seed: the range over which the lr hardly matters. The tuning grid counts, and the stress runs
+    (seed 0, the task's decay) beyond its edges: they can extend or close the range there. A stress lr inside the
+    grid would put one more single run between two grid points and shrink the plateau to whatever noise lies
+    between them (RLion's 0.02 decades on one task)."""
     chosen, worst = summary.plan.chosen_lr, summary.worst
-    if chosen is None or worst is None or not summary.plan.tuning_lrs:
+    grid_lrs = summary.plan.tuning_lrs
+    if chosen is None or worst is None or not grid_lrs:
         return None
-    ran = {point_key(lr, 0): (lr, record) for lr in [*summary.plan.tuning_lrs, *stress_lrs()]
+    outside = [lr for lr in stress_lrs() if lr < min(grid_lrs) or lr > max(grid_lrs)]
+    ran = {point_key(lr, 0): (lr, record) for lr in [*grid_lrs, *outside]
            if (record := results.at_lr(summary.cell, lr)) is not None}
     grid = sorted(ran.values(), key=lambda item: item[0])
     keys = [point_key(lr, 0) for lr, _ in grid]
