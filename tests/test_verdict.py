@@ -174,3 +174,13 @@ def test_adamw_alone_gets_no_baseline_sentence(tmp_path):
     cfg = config(tmp_path, optimizers=("adamw",))
     pick = compute_verdict(ResultSet(cfg, records(cfg, "adamw", tuned(ADAMW_GRID, (0.3, 0.1, 0.2))))).pick
     assert pick.startswith("Pick adamw") and "AdamW baseline" not in pick
+
+
+def test_the_protocol_says_which_optimizers_the_decay_search_cannot_move(tmp_path):
+    from optarena.arena.report import protocol
+
+    searched = protocol(ResultSet(config(tmp_path, optimizers=("adamw", "amos"), tune=("lr", "weight_decay")), []))
+    assert "quasi-random points" in searched and "amos translate every decay to 0" in searched
+    assert "translate every decay" not in protocol(
+        ResultSet(config(tmp_path, optimizers=("adamw", "lion"), tune=("lr", "weight_decay")), []))
+    assert "quasi-random" not in protocol(ResultSet(config(tmp_path, optimizers=("adamw", "amos")), []))

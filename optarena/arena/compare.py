@@ -54,6 +54,10 @@ def run_compare(config: CompareConfig, *, show_progress: bool = True):
     if "weight_decay" in config.tune and framework:
         raise ValueError(f"Invalid --tune: 'lr,weight_decay' on framework workloads ({', '.join(framework)}): their "
                          "weight decay is the framework's own setting; tune lr only there")
+    fixed = [f"{t.name} ({t.batch_size_owner})" for t in tasks.values() if t.batch_size_owner]
+    if config.batch_sizes and fixed:
+        raise ValueError(f"Invalid --batch-sizes: {','.join(map(str, config.batch_sizes))!r} on workloads whose batch "
+                         f"size is set elsewhere: {', '.join(fixed)}; every size would repeat one setting")
     if not config.cells():
         why = "; ".join(f"{o} on {tasks[spec].name}: {reason}" for spec, o, reason in config.not_run())
         raise ValueError(f"Invalid --optimizers: nothing can run ({why})")

@@ -195,6 +195,11 @@ def protocol(results: ResultSet) -> str:
         text += " Not run: " + "; ".join(f"{o} on {results.tasks[spec].name} ({why})" for spec, o, why in skipped) + "."
     if "weight_decay" in results.config.tune:
         text += " " + SEARCH.format(trials=BUDGET_PRESETS[results.config.budget].search_trials)
+        undecayed = [n for n in results.config.optimizers
+                     if (t := base_optimizer_info(n).translation) is not None and t.wd_factor == 0]
+        if undecayed:
+            text += (f" {', '.join(undecayed)} translate every decay to 0 (the decay is built into the rule): the "
+                     "search varies only their lr.")
     own = [f"{t.name}: {t.schedule}" for t in results.tasks.values() if t.schedule]
     if own:
         text += " Tasks that keep their framework's schedule instead: " + "; ".join(own) + "."

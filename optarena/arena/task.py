@@ -76,6 +76,9 @@ class Task:
     schedule: str = ""
     #: The framework a workload trains through ("ultralytics", "lightning", "hf"); "" for the arena's own loop.
     framework: str = ""
+    #: What fixes a workload's batch size where its run cannot take the arena's (a Lightning DataModule builds its
+    #: own loaders); "" where ``--batch-sizes`` applies.
+    batch_size_owner: str = ""
     #: Set by the loader (``load_task``): a hash of the definition (the fields above that shape a run, and the
     #: source file of the factory). Runs are stored under it, so a task changed between invocations runs anew.
     fingerprint: str = field(default="", init=False, compare=False)

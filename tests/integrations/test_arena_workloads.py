@@ -116,6 +116,14 @@ def test_workload_specs_and_options(tmp_path: Path) -> None:
         load_task(f"lightning:{MODULES}:Classifier:bogus=1", "tiny")
     with pytest.raises(ValueError, match="built by ultralytics' trainer only"):
         train_once(load_task("noisy_quadratic", "tiny"), "musgd", 0.01, 0)
+    lightning = f"lightning:{MODULES}:Classifier:Blobs:metric=val_acc:higher_is_better=true:steps=8"
+    for refused, match in ((dict(batch_sizes=(8, 16)), r"Invalid --batch-sizes: '8,16'.*\(its DataModule\)"),
+                           (dict(tune=("lr", "weight_decay")), "Invalid --tune: 'lr,weight_decay' on framework")):
+        config = CompareConfig(optimizers=("adamw",), tasks=(lightning,), budget="tiny", seeds=1,
+                               out=tmp_path / "refused", workers=1, **refused)
+        with pytest.raises(ValueError, match=match):
+            run_compare(config, show_progress=False)
+        assert not (tmp_path / "refused" / "arena.db").exists()  # refused before anything was written
     assert torch.get_num_threads() >= 1
 
 

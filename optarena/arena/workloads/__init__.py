@@ -68,12 +68,12 @@ def _unused(*args: Any, **kwargs: Any) -> Any:
 
 def workload_task(name: str, run: Callable[..., Any], *, metric: str, higher_is_better: bool, steps: int,
                   batch_size: int, description: str, target: float | None = None, batch_sizes: tuple[int, ...] = (),
-                  fingerprint: str, schedule: str = "", framework: str = "") -> Task:
+                  fingerprint: str, schedule: str = "", framework: str = "", batch_size_owner: str = "") -> Task:
     """A :class:`Task` that the runner hands to ``run`` whole."""
     task = Task(name=_safe_name(name), make_model=_unused, make_batches=_unused, loss=_unused, evaluate=_unused,
                 metric=metric, higher_is_better=higher_is_better, target=target, steps=steps,
                 batch_size=batch_size, batch_sizes=batch_sizes, description=description, run=run, schedule=schedule,
-                framework=framework)
+                framework=framework, batch_size_owner=batch_size_owner)
     task.fingerprint = fingerprint
     return task
 

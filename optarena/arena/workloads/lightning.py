@@ -97,7 +97,8 @@ def lightning_task(spec: str, positional: list[str], options: dict[str, Any], bu
         return _run(workload, task.name, metric, higher, steps, weight_decay, max(1, steps // evals), optimizer, lr,
                     seed, device=device, heartbeat=heartbeat, out=out, target=options.get("target"))
 
-    task = workload_task(name, run, framework="lightning", metric=metric, higher_is_better=higher, steps=steps,
+    task = workload_task(name, run, framework="lightning", batch_size_owner="its DataModule", metric=metric,
+                         higher_is_better=higher, steps=steps,
                          batch_size=workload.batch_size or 1, target=options.get("target"), fingerprint=fingerprint,
                          description=f"Lightning {positional[1]}, {steps} steps, metric {metric}")
     return task
