@@ -126,3 +126,32 @@ def test_refusals_name_the_reason() -> None:
     optarena.step_in_backward(model, lion).remove()  # possible again after remove()
     with pytest.raises(ValueError, match="none of the given parameters"):
         optarena.step_in_backward(nn.Linear(2, 2), lion)
+
+
+@pytest.mark.parametrize("name", ["lion", "adan"])
+@pytest.mark.parametrize("state_dtype, param_dtype", [(None, torch.bfloat16), ("int8", torch.float32),
+                                                      ("int8", torch.bfloat16)])
+def test_low_precision_params_and_8_bit_state_match_the_usual_step(name: str, state_dtype: str | None,
+                                                                   param_dtype: torch.dtype) -> None:
+    """bf16 parameters (fp32 math) and 8-bit state (a 64×96 weight is quantised, the rest stays fp32) give inside
+    backward what the usual step gives, bitwise, and a state_dict taken inside backward loads into the usual loop."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 96), nn.GELU(), nn.Linear(96, 64), nn.Linear(64, 3)).to(param_dtype)
+    _, data = model_and_data()
+    twin = copy.deepcopy(model)
+    kwargs = dict(lr=1e-3, weight_decay=0.1, foreach=False, state_dtype=state_dtype)
+    ref = optarena.create_optimizer(model.parameters(), name, **kwargs)
+    opt = optarena.create_optimizer(twin.parameters(), name, **kwargs)
+    with optarena.step_in_backward(twin, opt):
+        for batch in data[:6]:
+            usual(model, ref, [t.to(param_dtype) for t in batch])
+            loss_of(twin, [t.to(param_dtype) for t in batch]).backward()
+    assert_same(model, twin)
+    if state_dtype == "int8":
+        assert opt.state[twin[2].weight]["exp_avg"].dtype == torch.int8
+    resumed = optarena.create_optimizer(twin.parameters(), name, **kwargs)
+    resumed.load_state_dict(opt.state_dict())
+    for batch in data[6:]:
+        usual(model, ref, [t.to(param_dtype) for t in batch])
+        usual(twin, resumed, [t.to(param_dtype) for t in batch])
+    assert_same(model, twin)
