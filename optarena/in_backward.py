@@ -27,6 +27,12 @@ WRAPPER_REASONS = {
     Lazy: "it splits gradients into present rows and hides them from the base optimizer around step()",
 }
 
+#: Parameters under this many elements step in buckets of about as many elements (or at the end of backward): a
+#: step costs 25–60 µs of fixed overhead per call on CPU, more than a small tensor's arithmetic
+#: (benchmarks/NOTES.md, "Train step and memory placement"); the bucket's gradients, at most 1 MiB in fp32, are the
+#: only ones alive beside the one just completed.
+BUCKET_ELEMENTS = 1 << 18
+
 #: The attribute that marks an optimizer whose steps run inside backward (one set of hooks per optimizer).
 ACTIVE = "_optarena_step_in_backward"
 
@@ -87,9 +93,11 @@ def step_in_backward(model_or_params: nn.Module | Iterable[Tensor], optimizer: O
 
     One training step is then ``loss.backward()`` alone: it gives the same parameters and state as
     ``backward(); optimizer.step(); optimizer.zero_grad()`` (bitwise on the per-tensor loop path), with at most a
-    few gradients alive at a time. ``optimizer.step()`` must not be called (it finds no gradients);
-    ``torch.nn.utils.clip_grad_norm_`` cannot be used (no moment has all gradients). LR schedulers, ``maximize``,
-    ``state_dict``/``load_state_dict`` work as usual: the hooks read the param groups at each step.
+    bucket of small gradients (:data:`BUCKET_ELEMENTS`) alive beside the one just completed: a tensor of at least
+    that many elements steps at once, smaller ones together when their bucket fills or when backward ends.
+    ``optimizer.step()`` must not be called (it finds no gradients); ``torch.nn.utils.clip_grad_norm_`` cannot be
+    used (no moment has all gradients). LR schedulers, ``maximize``, ``state_dict``/``load_state_dict`` work as
+    usual: the hooks read the param groups at each step.
 
     Refused (``TypeError``/``ValueError`` naming the reason): wrappers (GradientAccumulation, LayerAdaptation,
     Lookahead, Lazy), optimizers other than optarena's (torch.optim, MuonAdamW), Adan's ``max_grad_norm > 0`` and
@@ -116,13 +124,36 @@ def step_in_backward(model_or_params: nn.Module | Iterable[Tensor], optimizer: O
             group = owner[id(p)]
         return group
 
-    def hook(p: Tensor) -> None:
-        group = group_of(p)
+    pending: dict[int, tuple[dict[str, Any], list[Tensor]]] = {}  # small parameters waiting, by group
+    flush_queued = False
+
+    def step(group: dict[str, Any], ready: list[Tensor]) -> None:
         with torch.no_grad():
-            opt.step_parameter(p, group)
-        p.grad = None
+            opt.step_parameters(ready, group)
+        for q in ready:
+            q.grad = None
         # torch's LR schedulers warn unless they saw optimizer.step() called; these steps are the optimizer's
         opt._opt_called = True  # type: ignore[attr-defined]
+
+    def flush() -> None:
+        nonlocal flush_queued
+        flush_queued = False
+        while pending:
+            step(*pending.popitem()[1])
+
+    def hook(p: Tensor) -> None:
+        nonlocal flush_queued
+        group = group_of(p)
+        if p.numel() >= BUCKET_ELEMENTS:
+            step(group, [p])
+            return
+        _, waiting = pending.setdefault(id(group), (group, []))
+        waiting.append(p)
+        if sum(q.numel() for q in waiting) >= BUCKET_ELEMENTS:
+            step(*pending.pop(id(group)))
+        elif not flush_queued:  # the rest steps when this backward pass ends
+            torch.autograd.Variable._execution_engine.queue_callback(flush)
+            flush_queued = True
 
     handle = StepInBackward(opt, [p.register_post_accumulate_grad_hook(hook) for p in params])
     setattr(opt, ACTIVE, handle)

@@ -155,3 +155,30 @@ def test_low_precision_params_and_8_bit_state_match_the_usual_step(name: str, st
         usual(model, ref, [t.to(param_dtype) for t in batch])
         usual(twin, resumed, [t.to(param_dtype) for t in batch])
     assert_same(model, twin)
+
+
+@pytest.mark.parametrize("bucket", [1, 40, 100, 10_000])
+def test_small_parameters_step_in_buckets_with_the_same_result(bucket: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parameters under BUCKET_ELEMENTS wait for their bucket to fill or for backward to end; larger ones step at
+    once. Every gradient is freed by the end of backward and the result is the usual step's, bitwise."""
+    from optarena import in_backward
+
+    monkeypatch.setattr(in_backward, "BUCKET_ELEMENTS", bucket)
+    model, data = model_and_data()
+    twin = copy.deepcopy(model)
+    ref = optarena.Adan(model.parameters(), lr=1e-2, weight_decay=0.02, foreach=False)
+    opt = optarena.Adan(twin.parameters(), lr=1e-2, weight_decay=0.02, foreach=True)
+    calls: list[list[int]] = []
+    stepped = opt.step_parameters
+    monkeypatch.setattr(opt, "step_parameters", lambda ps, g: (calls.append([p.numel() for p in ps]), stepped(ps, g)))
+    with optarena.step_in_backward(twin, opt):
+        for batch in data:
+            usual(model, ref, batch)
+            loss_of(twin, batch).backward()
+            assert all(p.grad is None for p in twin.parameters())
+    assert_same(model, twin)
+    sizes = [p.numel() for p in twin.parameters()]
+    assert sorted(n for call in calls[:len(calls) // len(data)] for n in call) == sorted(sizes)  # each once a step
+    for call in calls:  # a call holds one large tensor, or small ones that only the last made reach the bucket
+        assert len(call) == 1 or (max(call) < bucket and sum(call[:-1]) < bucket)
+    assert any(len(call) > 1 for call in calls) == (bucket > 1)  # with 1, every tensor steps alone

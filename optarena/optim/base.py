@@ -214,15 +214,13 @@ class OptarenaOptimizer(Optimizer):
         applied: that needs every gradient of the step."""
         step_tensors(type(self)._update, group, params, grads, states)
 
-    def step_parameter(self, p: Tensor, group: dict[str, Any]) -> None:
-        """``p``'s step alone, as ``step()`` would make it (``optarena.step_in_backward`` calls it as soon as
-        ``p.grad`` is complete). No step-wide work: no gradient scale, no ``skip_nonfinite``. On the fused path
-        ``p`` gets a plan of its own (the kernels are shared)."""
-        self._check_grads([p])
-        state = self.state_for(p, group)
-        if fused.resolve_fused(group, [p]) and fused.fused_step(self, group, [p], [state], None, plan_key=id(p)):
-            return
-        self._step_runs(group, [p], [state], [[0]], None)
+    def step_parameters(self, params: list[Tensor], group: dict[str, Any]) -> None:
+        """The step of ``params`` (all of ``group``) alone, as ``step()`` would make it (``optarena.step_in_backward``
+        calls it as soon as their gradients are complete). No step-wide work: no gradient scale, no
+        ``skip_nonfinite``. On the fused path the set gets a plan of its own, named by its first parameter (the
+        kernels are shared; a set that changes gets a new plan)."""
+        self._check_grads(params)
+        self._step_group(group, params, None, plan_key=id(params[0]))
 
     # -- the paths ----------------------------------------------------------------------------------------------
     def _check_grads(self, params: list[Tensor]) -> None:
@@ -242,12 +240,15 @@ class OptarenaOptimizer(Optimizer):
                               device=largest.device)
         return bool((largest.isfinite() & (largest <= limits)).all())
 
-    def _step_group(self, group: dict[str, Any], params: list[Tensor], scale: Scalar | None) -> None:
+    def _step_group(self, group: dict[str, Any], params: list[Tensor], scale: Scalar | None,
+                    plan_key: int | None = None) -> None:
+        """``params`` of ``group`` through the group's path; ``plan_key`` names their fused plan (default: the
+        group's, for a whole step)."""
         states = [self.state_for(p, group) for p in params]
-        if fused.resolve_fused(group, params) and fused.fused_step(self, group, params, states, scale):
+        if fused.resolve_fused(group, params) and fused.fused_step(self, group, params, states, scale, plan_key):
             return
         # the step counts of a pack may diverge on the other paths; the fused step, if it comes back, repacks
-        self._fused_plans.pop(id(group), None)
+        self._fused_plans.pop(id(group) if plan_key is None else plan_key, None)
         foreach = group["foreach"]
         if foreach is None:
             foreach = default_to_foreach(params)
