@@ -214,11 +214,12 @@ def run_model(name: str, cands: list[str], *, rounds: int, steps: int, warmup: i
 def format_table(model: str, res: dict[str, Any]) -> str:
     lines = [f"{model}: {res['tensors']} tensors, {res['params'] / 1e6:.2f}M params, gradients "
              f"{res['grad_MB']:.1f} MB",
-             "| candidate | ms/step | × AdamW fused | peak MB | live MB at backward's start / end | state MB |",
-             "|---|---|---|---|---|---|"]
+             "| candidate | ms/step | × AdamW fused | peak MB | live MB at backward's start / end | gradient MB "
+             "| state MB |", "|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
         lines.append(f"| {r['candidate']} | {r['ms']:.0f} | {r['ratio']:.2f} | {r['peak_MB']:.1f} | "
-                     f"{r['at_backward_MB']:.1f} / {r['after_backward_MB']:.1f} | {r['state_MB']:.1f} |")
+                     f"{r['at_backward_MB']:.1f} / {r['after_backward_MB']:.1f} | {res['grad_MB']:.1f} | "
+                     f"{r['state_MB']:.1f} |")
     return "\n".join(lines)
 
 
