@@ -127,20 +127,36 @@ def test_fused_path_matches_the_loop() -> None:
     torch.testing.assert_close(fused_state["exp_avg_absmax"], loop_state["exp_avg_absmax"])
 
 
-@pytest.mark.parametrize("path", [dict(foreach=False), dict(foreach=True)], ids=str)
-def test_checkpoint_resumes_bitwise_in_a_fresh_process(tmp_path: Path, path: dict) -> None:
+#: The fused step's 8-bit checkpoint: a tensor its compiled 8-bit kernel takes (whole blocks, too large to pack),
+#: quantised ones it steps eagerly (a partial last block; one small enough to pack) and small fp32-state tensors it
+#: packs into flat kernels.
+FUSED_SHAPES = [(256, 128), (96, 100), (65, 70), (100,), (7,), (5, 6), ()]
+
+
+def test_checkpoint_resumes_bitwise_in_a_fresh_process(tmp_path: Path) -> None:
+    """Saved after some steps, loaded with weights_only=True in a new process (one for every path: each costs an
+    import of torch, the fused one compiling its kernels anew) and continued there: bit for bit the run continued
+    here. The loop and foreach paths for every 8-bit optimizer, the fused path for Lion and Adan."""
+    runs = [(case, path, shapes(), 7, 4) for path in (dict(foreach=False), dict(foreach=True)) for case in INT8_CASES]
+    runs += [(case, dict(fused=True), FUSED_SHAPES, 6, 3) for case in ("lion", "adan")]
     payload, expected = {}, {}
-    for case in INT8_CASES:
+    for case, path, sizes, steps, k in runs:
         gen = torch.Generator().manual_seed(1)
-        params = params_from([torch.randn(s, generator=gen) for s in shapes()])
+        params = params_from([torch.randn(s, generator=gen) for s in sizes])
+        grads = [[torch.randn(s, generator=gen) for s in sizes] for _ in range(steps)]
         opt = build(case, params, state_dtype="int8", **path)
-        snapshot, expected[case] = checkpoint_midway(opt, params, grads_for(7), 4)
-        payload[case] = {**snapshot, "path": {**path, "state_dtype": "int8"}}
+        key = f"{case} {path}"
+        snapshot, expected[key] = checkpoint_midway(opt, params, grads, k)
+        payload[key] = {**snapshot, "case": case, "path": {**path, "state_dtype": "int8"}}
+        quantized = [quant.quantizes(p) for p in params]
+        assert [opt.state[p]["exp_avg"].dtype == torch.int8 for p in params] == quantized and any(quantized)
+        assert ("fused" in path) == (opt.fused_kernels_made > 0), key
     continued = continue_in_fresh_process("checkpoint_worker.py", payload, tmp_path)
-    for case in payload:
-        assert "torch.int8" in continued[case]["state_dtypes"]
-        for want, got in zip(expected[case], continued[case]["params"]):
-            assert torch.equal(want, got), case
+    for key in payload:
+        assert "torch.int8" in continued[key]["state_dtypes"], key
+        assert ("fused" in key) == (continued[key]["fused_kernels_made"] > 0), key
+        for want, got in zip(expected[key], continued[key]["params"]):
+            assert torch.equal(want, got), key
 
 
 @pytest.mark.parametrize("wrap", ["lookahead-pullback", "lookahead-reset", "lazy", "accumulation"])
