@@ -48,7 +48,7 @@ def main() -> None:
                           for kwargs in ({}, {"state_dtype": "int8"}))
             pairs.append((fp32, int8))
         gap = statistics.fmean(b - a for a, b in pairs)
-        print(f"| {name} | {LRS[name]:g} | " + " | ".join(f"{a:.3f} → {b:.3f}" for a, b in pairs) + f" | {gap:+.3f} |")
+        print(f"| {name} | {LRS[name]:g} | " + " | ".join(f"{a:.3f} → {b:.3f}" for a, b in pairs) + f" | {gap:+.4f} |")
 
 
 if __name__ == "__main__":
