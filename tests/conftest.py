@@ -1,18 +1,8 @@
-import os
-import tempfile
-from pathlib import Path
-
 import pytest
 import torch
 
 # The tests use tiny tensors: thread start-up costs more than it saves, and one thread keeps results repeatable.
 torch.set_num_threads(1)
-
-# One inductor cache per test run, empty at its start (no result or timing depends on an earlier run) and shared by
-# the run's xdist workers and the processes they start: they compile many of the same kernels, and a kernel's C++
-# build costs seconds (one cache per worker, as before, built each twice).
-_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"pid{os.getpid()}"
-os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(tempfile.gettempdir()) / f"optarena-tests-{_RUN}" / "inductor")
 
 #: test_fused's Adafactor tests that compile kernels of their own (their own eps; the compatibility code path): they
 #: share nothing with the others, so they need not wait for the group's worker.
