@@ -135,28 +135,40 @@ _OPEN_STORAGE = """
 import sys
 from optarena.arena.storage import ArenaStorage
 print("ready", flush=True)
-sys.stdin.readline()
-ArenaStorage(sys.argv[1])
+for url in sys.stdin:  # a new database each round, opened by every process at once
+    ArenaStorage(url.strip())
+    print("opened", flush=True)
 """
 
 
 def test_machines_starting_together_on_a_new_database_all_connect(postgres_url):
     """Optuna creates its tables on first contact; processes doing so at one moment race (PostgreSQL: a unique
-    violation, or DuplicateTable once the winner has committed), and each must retry rather than stop."""
+    violation, or DuplicateTable once the winner has committed), and each must retry rather than stop. Two rounds,
+    each on a new database, by the same 4 processes (each start costs an import of torch)."""
     import sqlalchemy
 
     url = sqlalchemy.engine.make_url(postgres_url)
-    for attempt in range(2):
-        database = f"fresh{attempt}"
-        _create_database(url.host, url.port, url.username, database)
-        fresh_url = url.set(database=database).render_as_string(hide_password=False)
-        processes = [subprocess.Popen([sys.executable, "-c", _OPEN_STORAGE, fresh_url],
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                     for _ in range(4)]
-        for p in processes:  # all imported: then all go at once
-            assert p.stdout.readline().strip() == "ready", p.communicate()
+    processes = [subprocess.Popen([sys.executable, "-c", _OPEN_STORAGE], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+
+    def expect(line: str) -> None:
         for p in processes:
-            p.stdin.write("go\n")
-            p.stdin.flush()
-        outputs = [p.communicate(timeout=120) for p in processes]
-        assert [p.returncode for p in processes] == [0] * 4, outputs
+            got = p.stdout.readline().strip()
+            if got != line:  # it failed: end all, show their output
+                for q in processes:
+                    q.kill()
+                pytest.fail(f"expected {line!r}, got {got!r}: {[q.communicate() for q in processes]}")
+
+    try:
+        expect("ready")  # all imported: then all go at once
+        for attempt in range(2):
+            database = f"fresh{attempt}"
+            _create_database(url.host, url.port, url.username, database)
+            fresh_url = url.set(database=database).render_as_string(hide_password=False)
+            for p in processes:
+                p.stdin.write(fresh_url + "\n")
+                p.stdin.flush()
+            expect("opened")
+    finally:
+        outputs = [p.communicate(timeout=120) for p in processes]  # closes their stdin: they exit
+    assert [p.returncode for p in processes] == [0] * 4, outputs

@@ -10,13 +10,28 @@ from cases import CASES, build
 from fresh_process import checkpoint_midway, continue_in_fresh_process
 
 import optarena
+from optarena.info import info_for
+from optarena.optim import quant
 
 SHAPES = [(), (7,), (5, 6), (2, 3, 4, 5)]
+#: With 8-bit state, also a tensor large enough to quantise (with a partial last block); the others keep fp32 state.
+INT8_SHAPES = [*SHAPES, (65, 70)]
+#: Each case with its default state, and each 8-bit-capable case again with state_dtype="int8".
+WITH_INT8 = [pytest.param(case, None, id=case) for case in CASES] + [
+    pytest.param(case, "int8", id=f"{case}-int8") for case in CASES if info_for(CASES[case][0]).int8_state]
 
 
-def make_params(dtype=torch.float32, seed=0):
+def make_params(dtype=torch.float32, seed=0, state_dtype=None):
     gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(s, generator=gen, dtype=torch.float32).to(dtype).requires_grad_() for s in SHAPES]
+    shapes = INT8_SHAPES if state_dtype == "int8" else SHAPES
+    return [torch.randn(s, generator=gen, dtype=torch.float32).to(dtype).requires_grad_() for s in shapes]
+
+
+def assert_quantized(optimizer, state_dtype) -> None:
+    """With 8-bit state, the large tensor's state must really be codes (else the int8 case tests nothing new)."""
+    if state_dtype == "int8":
+        big = optimizer.param_groups[0]["params"][-1]
+        assert quant.quantizes(big) and any(v.dtype in quant.CODE_DTYPES for v in optimizer.state[big].values())
 
 
 def make_grads(params, steps, seed=1):
@@ -31,65 +46,75 @@ def run(optimizer, params, grads_per_step):
         optimizer.step()
 
 
-@pytest.mark.parametrize("path", [dict(foreach=False), dict(foreach=True)], ids=str)
-def test_state_dict_resumes_in_a_fresh_process(tmp_path: Path, path: dict) -> None:
+def test_state_dict_resumes_in_a_fresh_process(tmp_path: Path) -> None:
     """Save after k steps, load into a fresh optimizer in a new Python process, continue: identical to an
-    uninterrupted run, bit for bit. The worker loads with weights_only=True. (The checkpoint format is the same on
-    every path; the fused path's packed state is saved, loaded with weights_only=True and resumed bit for bit in
-    test_fused, where its kernels are compiled already.)"""
+    uninterrupted run, bit for bit, for every case on the loop and the foreach path (one process for all: each
+    costs an import of torch). The worker loads with weights_only=True. (The checkpoint format is the same on every
+    path; the fused path's packed state is saved, loaded with weights_only=True and resumed bit for bit in
+    test_fused, where its kernels are compiled already, and in a fresh process with 8-bit state in
+    test_int8_state.)"""
     k, total = 4, 9
     payload, expected = {}, {}
-    for case in CASES:
-        params = make_params()
-        grads = make_grads(params, total)
-        snapshot, expected[case] = checkpoint_midway(build(case, params, **path), params, grads, k)
-        payload[case] = {**snapshot, "path": path}
+    for path in (dict(foreach=False), dict(foreach=True)):
+        for case in CASES:
+            params = make_params()
+            grads = make_grads(params, total)
+            key = f"{case} {path}"
+            snapshot, expected[key] = checkpoint_midway(build(case, params, **path), params, grads, k)
+            payload[key] = {**snapshot, "case": case, "path": path}
     continued = continue_in_fresh_process("checkpoint_worker.py", payload, tmp_path)
-    for case in payload:
-        for want, got in zip(expected[case], continued[case]["params"]):
-            assert torch.equal(want, got), case
+    for key in payload:
+        for want, got in zip(expected[key], continued[key]["params"]):
+            assert torch.equal(want, got), key
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_bf16_state_stays_fp32_across_load_state_dict(case: str) -> None:
-    params = make_params(torch.bfloat16)
-    optimizer = build(case, params)
+@pytest.mark.parametrize("case, state_dtype", WITH_INT8)
+def test_bf16_state_stays_fp32_across_load_state_dict(case: str, state_dtype: str | None) -> None:
+    """torch.optim casts loaded floating state to the param dtype; here it stays fp32 (8-bit codes stay codes and
+    their block scales fp32)."""
+    params = make_params(torch.bfloat16, state_dtype=state_dtype)
+    optimizer = build(case, params, state_dtype=state_dtype)
     run(optimizer, params, make_grads(params, 3))
+    assert_quantized(optimizer, state_dtype)
     saved = optimizer.state_dict()
-    fresh = build(case, params)
+    fresh = build(case, params, state_dtype=state_dtype)
     fresh.load_state_dict(saved)
     for p in params:
         for key, value in fresh.state[p].items():
             if key == "step":
                 continue
-            assert value.dtype == torch.float32, (case, key)
+            assert value.dtype == optimizer.state[p][key].dtype, (case, key)
+            assert value.dtype in (torch.float32, *quant.CODE_DTYPES), (case, key)
             assert torch.equal(value, optimizer.state[p][key]), (case, key)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("case", list(CASES))
-def test_low_precision_params_use_fp32_math(case: str, dtype: torch.dtype) -> None:
+@pytest.mark.parametrize("case, state_dtype", WITH_INT8)
+def test_low_precision_params_use_fp32_math(case: str, state_dtype: str | None, dtype: torch.dtype) -> None:
     """One step on bf16/fp16 params equals the fp32 step on the same values, rounded once to the param dtype."""
-    low = make_params(dtype)
+    low = make_params(dtype, state_dtype=state_dtype)
     high = [p.detach().float().requires_grad_() for p in low]
     grads = make_grads(low, 1)
-    opt_low, opt_high = build(case, low, lr=0.05), build(case, high, lr=0.05)
+    opt_low = build(case, low, lr=0.05, state_dtype=state_dtype)
+    opt_high = build(case, high, lr=0.05, state_dtype=state_dtype)
     run(opt_low, low, grads)
     run(opt_high, high, [[g.float() for g in grads[0]]])
+    assert_quantized(opt_low, state_dtype)
     for p_low, p_high in zip(low, high):
         assert p_low.dtype == dtype
         assert torch.equal(p_low, p_high.to(dtype))
-    assert all(v.dtype == torch.float32 for s in opt_low.state.values() for k, v in s.items() if k != "step")
+    assert all(v.dtype in (torch.float32, *quant.CODE_DTYPES)
+               for s in opt_low.state.values() for k, v in s.items() if k != "step")
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_lr_scheduler_drives_the_step(case: str) -> None:
+@pytest.mark.parametrize("case, state_dtype", WITH_INT8)
+def test_lr_scheduler_drives_the_step(case: str, state_dtype: str | None) -> None:
     """A LambdaLR halving the lr each step gives exactly the run with the group's lr set by hand, and differs
     from the constant-lr run."""
     results = []
     for mode in ("scheduler", "manual", "constant"):
-        params = make_params(torch.float64)
-        optimizer = build(case, params)
+        params = make_params(torch.float64, state_dtype=state_dtype)
+        optimizer = build(case, params, state_dtype=state_dtype)
         base_lr = optimizer.param_groups[0]["lr"]
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 0.5**epoch)
         for i, grads in enumerate(make_grads(params, 5)):
@@ -100,6 +125,7 @@ def test_lr_scheduler_drives_the_step(case: str) -> None:
             optimizer.step()
             if mode == "scheduler":
                 scheduler.step()
+        assert_quantized(optimizer, state_dtype)
         results.append([p.detach().clone() for p in params])
     scheduled, manual, constant = results
     assert all(torch.equal(a, b) for a, b in zip(scheduled, manual))
@@ -133,14 +159,16 @@ def test_closure_is_evaluated_with_grad_and_its_loss_returned(case: str) -> None
 
 
 @pytest.mark.parametrize("foreach", [False, True])
-@pytest.mark.parametrize("case", list(CASES))
-def test_maximize_equals_minimizing_the_negated_gradient(case: str, foreach: bool) -> None:
-    up, down = make_params(torch.float64), make_params(torch.float64)
+@pytest.mark.parametrize("case, state_dtype", WITH_INT8)
+def test_maximize_equals_minimizing_the_negated_gradient(case: str, state_dtype: str | None, foreach: bool) -> None:
+    up, down = make_params(torch.float64, state_dtype=state_dtype), make_params(torch.float64, state_dtype=state_dtype)
     grads = make_grads(up, 6)
-    run(build(case, up, maximize=True, foreach=foreach), up, grads)
-    run(build(case, down, foreach=foreach), down, [[-g for g in step] for step in grads])
+    maximizing = build(case, up, maximize=True, foreach=foreach, state_dtype=state_dtype)
+    run(maximizing, up, grads)
+    run(build(case, down, foreach=foreach, state_dtype=state_dtype), down, [[-g for g in step] for step in grads])
+    assert_quantized(maximizing, state_dtype)
     assert all(torch.equal(a, b) for a, b in zip(up, down))
-    assert not all(torch.equal(a, b) for a, b in zip(up, make_params(torch.float64)))
+    assert not all(torch.equal(a, b) for a, b in zip(up, make_params(torch.float64, state_dtype=state_dtype)))
 
 
 @pytest.mark.parametrize("case", list(CASES))

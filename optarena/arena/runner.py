@@ -236,14 +236,16 @@ def ultralytics_only(optimizer_name: str) -> None:
 
 def train_once(task: Task, optimizer_name: str, lr: float, seed: int, batch_size: int | None = None, *,
                device: str | torch.device = "cpu", heartbeat: Callable[[], None] | None = None,
-               weight_decay: float | None = None, out: Path | None = None) -> RunResult:
+               weight_decay: float | None = None, out: Path | None = None,
+               optimizer_kwargs: dict[str, Any] | None = None) -> RunResult:
     """Train ``task`` from the seed's initial weights with ``optimizer_name`` at peak learning rate ``lr``.
 
     The schedule is a cosine decay from ``lr`` to 0 over ``task.steps`` with no warm-up, the same for every
     optimizer but those designed for a constant lr (see :func:`lr_multiplier`); schedule-free optimizers train in
     ``train()`` mode and are evaluated in ``eval()`` mode. ``heartbeat`` is called after every step (it should
     throttle itself), so a long run shows it is alive. ``weight_decay`` replaces the task's AdamW-scale decay (each
-    optimizer gets its published translation of either). A workload (``task.run`` set) trains through its own
+    optimizer gets its published translation of either). ``optimizer_kwargs`` go to the optimizer's constructor
+    (``state_dtype="int8"``, say) on the arena's own loop. A workload (``task.run`` set) trains through its own
     framework instead, writing what the framework writes under ``out``.
     """
     device = torch.device(device)
@@ -259,7 +261,7 @@ def train_once(task: Task, optimizer_name: str, lr: float, seed: int, batch_size
     decay = task.weight_decay if weight_decay is None else weight_decay
     steps = task.steps
     optimizer = create_optimizer(model, optimizer_name, lr=lr, **arena_weight_decay(optimizer_name, decay),
-                                 **run_length_kwargs(optimizer_name, steps))
+                                 **run_length_kwargs(optimizer_name, steps), **(optimizer_kwargs or {}))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(optimizer_name, steps))
     set_optimizer_mode(optimizer, True)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)

@@ -1,6 +1,8 @@
 """One rank of a 2-process gloo job on CPU (started by test_distributed.py), or the single-process reference.
 
-Usage: distributed_worker.py CASE RANK WORLD_SIZE INIT_FILE OUT_DIR. Rank 0 saves its results to OUT_DIR/CASE.pt.
+Usage: distributed_worker.py CASES RANK WORLD_SIZE INIT_FILE OUT_DIR. CASES is one case or several joined by "+",
+run one after the other in the same process group (each start of a rank costs an import of torch and a rendezvous);
+rank 0 saves their results, by case, to OUT_DIR/CASES.pt.
 """
 
 from __future__ import annotations
@@ -128,18 +130,18 @@ def run(case: str, rank: int, world: int, out: Path) -> dict[str, Any]:
 
 
 def main() -> None:
-    case, rank, world, init_file, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], Path(sys.argv[5])
+    cases, rank, world, init_file, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], Path(sys.argv[5])
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        results = run(case, rank, world, out)
+        results = {case: run(case, rank, world, out) for case in cases.split("+")}
         if rank == 0:
-            torch.save(results, out / f"{case}.pt")
+            torch.save(results, out / f"{cases}.pt")
         # both ranks done with every collective before either tears gloo down: a rank that destroys the group
         # while its peer still sends aborted with "terminate called without an active exception" (2 runs in ~10)
         dist.barrier()
         # every collective of this rank is done: the test accepts a crash in gloo's teardown after this marker
-        (out / f"{case}.rank{rank}.done").touch()
+        (out / f"{cases}.rank{rank}.done").touch()
     finally:
         dist.destroy_process_group()
 

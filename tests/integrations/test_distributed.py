@@ -26,8 +26,8 @@ WORLD = 2
 
 
 def launch(case: str, out: Path) -> dict[str, Any]:
-    """Run ``case`` on WORLD fresh processes (rendezvous through a file: no port to pick) and return rank 0's
-    results."""
+    """Run ``case`` (or several joined by "+", in the same processes) on WORLD fresh processes (rendezvous through a
+    file: no port to pick) and return rank 0's results by case."""
     init_file = out / f"{case}.init"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent.parent), os.environ.get("PYTHONPATH", "")])}
     if sys.platform.startswith("linux"):
@@ -57,28 +57,39 @@ def max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return max(float((x - y).abs().max()) for x, y in zip(a, b))
 
 
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """DDP, FSDP2, ZeRO and the checkpoint's save in one 2-process job: each job's start costs every rank an import
+    of torch and a rendezvous. (Loading the checkpoint needs fresh processes: a job of its own.)"""
+    out = tmp_path_factory.mktemp("distributed")
+    return {**launch("ddp+fsdp2+zero+dcp_save", out), "out": out}
+
+
 def moved(name: str, kwargs: dict[str, Any]) -> float:
     return max_diff(worker.reference(name, kwargs), [p.detach() for p in worker.make_model().parameters()])
 
 
-def test_ddp_equals_single_process_full_batch(tmp_path: Path) -> None:
-    results = launch("ddp", tmp_path)
+@pytest.mark.xdist_group("distributed")  # one worker runs the module's job for all its tests
+def test_ddp_equals_single_process_full_batch(launched: dict[str, Any]) -> None:
+    results = launched["ddp"]
     for name, kwargs in worker.DDP_CASES:
         assert moved(name, kwargs) > 1e-4  # the comparison is not between two untrained models
         # float64: only the order of the gradient sums differs (all-reduce of two halves vs one full batch)
         assert max_diff(results[f"{name}{kwargs}"], worker.reference(name, kwargs)) < 1e-12, (name, kwargs)
 
 
-def test_fsdp2_sharded_steps_equal_single_process(tmp_path: Path) -> None:
-    results = launch("fsdp2", tmp_path)
+@pytest.mark.xdist_group("distributed")
+def test_fsdp2_sharded_steps_equal_single_process(launched: dict[str, Any]) -> None:
+    results = launched["fsdp2"]
     for name, kwargs in worker.FSDP2_CASES:
         assert max_diff(results[f"{name}{kwargs}"], worker.reference(name, kwargs)) < 1e-12, (name, kwargs)
     assert "Adafactor does not support sharded DTensor parameters" in results["adafactor_error"]
     assert "Shard(dim=0)" in results["adafactor_error"]
 
 
-def test_zero_redundancy_optimizer_wraps_optarena(tmp_path: Path) -> None:
-    results = launch("zero", tmp_path)
+@pytest.mark.xdist_group("distributed")
+def test_zero_redundancy_optimizer_wraps_optarena(launched: dict[str, Any]) -> None:
+    results = launched["zero"]
     for name, kwargs in worker.ZERO_CASES:
         key = f"{name}{kwargs}"
         assert max_diff(results[key], worker.reference(name, kwargs)) < 1e-12, key
@@ -104,8 +115,9 @@ def test_zero_refuses_adan_global_clipping() -> None:
         zero_redundancy_optimizer(worker.make_model(), "adan", max_grad_norm=1.0)
 
 
-def test_distributed_checkpoint_resumes_identically(tmp_path: Path) -> None:
-    uninterrupted = launch("dcp_save", tmp_path)["uninterrupted"]
-    resumed = launch("dcp_load", tmp_path)["resumed"]  # fresh processes, other initial weights
+@pytest.mark.xdist_group("distributed")
+def test_distributed_checkpoint_resumes_identically(launched: dict[str, Any]) -> None:
+    uninterrupted = launched["dcp_save"]["uninterrupted"]
+    resumed = launch("dcp_load", launched["out"])["dcp_load"]["resumed"]  # fresh processes, other initial weights
     assert all(torch.equal(a, b) for a, b in zip(uninterrupted, resumed))
     assert max_diff(uninterrupted, worker.reference("adan", {"max_grad_norm": 0.05}, steps=2 * worker.STEPS)) < 1e-12
