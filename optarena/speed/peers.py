@@ -54,6 +54,11 @@ PEERS: list[tuple[str, str, str, str, Build, Callable[[], int], bool]] = [
     ("heavyball AdamW", "adamw", "heavyball", "heavyball==3.2.*",
      lambda m: lambda ps: m.AdamW(ps, lr=1e-3, betas=(0.9, 0.999), weight_decay=0.01), lambda: step_bytes("adamw"),
      True),
+    # heavyball's own default compiles each elementwise op; compile_step=True compiles the whole step (1x16M: 17.6
+    # against 33.9 ms, benchmarks/NOTES.md "8-bit state", Peers)
+    ("heavyball AdamW compile_step", "adamw", "heavyball", "heavyball==3.2.*",
+     lambda m: lambda ps: m.AdamW(ps, lr=1e-3, betas=(0.9, 0.999), weight_decay=0.01, compile_step=True),
+     lambda: step_bytes("adamw"), True),
     ("torchao AdamW8bit", "adamw", "torchao.optim", "torchao",
      lambda m: lambda ps: m.AdamW8bit(ps, lr=1e-3, weight_decay=0.01), _adamw8bit_bytes, True),
 ]
@@ -67,7 +72,7 @@ def peer_candidates(optimizers: list[str]) -> tuple[list[Candidate], list[Unavai
     for label, algorithm, module, requirement, builder, min_bytes, compiles in PEERS:
         if algorithm != "adamw" and algorithm not in optimizers:
             continue
-        source = label.rsplit(" ", 1)[0]
+        source = label.split(" ", 1)[0]
         if module not in modules:
             try:
                 modules[module] = importlib.import_module(module)
