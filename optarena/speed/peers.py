@@ -1,5 +1,6 @@
 """Other libraries' optimizers that ``optarena speed`` times beside optarena's, where installed (none is a
-dependency; see README, "Speed"). A peer that is not installed, or lacks the algorithm, is reported with the reason.
+dependency; the ``peers`` extra pins the versions measured; README, "Speed"). A peer that is not installed, or lacks
+the algorithm, is reported with the reason.
 """
 
 from __future__ import annotations
