@@ -264,9 +264,25 @@ _register_ultralytics()
 
 
 def state_bytes(optimizer: Optimizer) -> int:
-    """Bytes held in ``optimizer.state`` tensors, measured (not the registry's nominal figure)."""
-    return sum(v.numel() * v.element_size() for s in optimizer.state.values() for v in s.values()
-               if isinstance(v, torch.Tensor))
+    """Bytes held in ``optimizer.state`` tensors, measured (not the registry's nominal figure). Nested containers
+    count (heavyball keeps one dict per view of a parameter), and a tensor subclass counts its inner tensors
+    (torchao's 8-bit state reports a float dtype but holds codes and scales); a tensor held twice counts once."""
+    seen: set[int] = set()
+
+    def size(value: Any) -> int:
+        if isinstance(value, Mapping):
+            return sum(size(v) for v in value.values())
+        if isinstance(value, (list, tuple)):
+            return sum(size(v) for v in value)
+        if not isinstance(value, torch.Tensor) or id(value) in seen:
+            return 0
+        seen.add(id(value))
+        if type(value) is not torch.Tensor and hasattr(value, "__tensor_flatten__"):
+            names, _ = value.__tensor_flatten__()
+            return sum(size(getattr(value, n)) for n in names)
+        return value.numel() * value.element_size()
+
+    return sum(size(s) for s in optimizer.state.values())
 
 
 __all__ = ["LOOKAHEAD_PREFIX", "OptimizerInfo", "Translation", "base_optimizer_info", "create_optimizer",

@@ -1,4 +1,5 @@
-"""``optarena speed`` smoke test: the quick layouts, two eager paths, a JSON file with every reported column."""
+"""``optarena speed``: the quick layouts, a JSON file with every reported column; peers that free or change the
+gradients, fail or are missing; the compiled reference; measured state bytes."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pytest
 import torch
 
 from optarena.cli import main
-from optarena.speed import cpu_description, peak_extra_bytes
+from optarena.registry import state_bytes
+from optarena.speed import Candidate, cpu_description, format_table, peak_extra_bytes, run_layout
 
 
 def test_speed_quick_writes_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -76,3 +78,164 @@ def test_cpu_description_names_model_family_and_widest_vector_unit(tmp_path: Pat
     assert cpu_description(str(cpuinfo)) == "AMD EPYC, family 26 model 2, avx512f"
     cpuinfo.write_text("model name\t: Some ARM core\nFeatures\t: fp asimd\n")
     assert cpu_description(str(cpuinfo)) == "Some ARM core, asimd"
+
+
+def _tiny_layout() -> list[tuple[int, ...]]:
+    return [(16, 32), (64,), (8, 8)]
+
+
+class _FreesGrads(torch.optim.SGD):
+    """Steps like SGD, then drops the gradients as heavyball does (``p.grad = None``)."""
+
+    @torch.no_grad()
+    def step(self, closure: object = None) -> None:  # type: ignore[override]
+        super().step()
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad = None
+
+
+class _ScalesGrads(torch.optim.SGD):
+    """Steps like SGD, then changes the gradients in place (pytorch-optimizer's Adan per-parameter path once left
+    them negated)."""
+
+    @torch.no_grad()
+    def step(self, closure: object = None) -> None:  # type: ignore[override]
+        super().step()
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad.mul_(-2)
+
+
+class _Frozen(torch.optim.SGD):
+    @torch.no_grad()
+    def step(self, closure: object = None) -> None:  # type: ignore[override]
+        pass
+
+
+class _Broken(torch.optim.SGD):
+    def step(self, closure: object = None) -> None:  # type: ignore[override]
+        raise RuntimeError("no kernel for this device")
+
+
+def _moves_after(label: str) -> Candidate:
+    """A candidate that checks, at every step, that it got the untouched gradients."""
+
+    def build(ps: list[torch.Tensor]) -> torch.optim.Optimizer:
+        expected = [p.grad.clone() for p in ps]
+        opt = torch.optim.SGD(ps, lr=0.1)
+        plain_step = opt.step
+
+        def step(closure: object = None) -> None:
+            assert all(p.grad is not None and torch.equal(p.grad, e) for p, e in zip(ps, expected))
+            plain_step()
+
+        opt.step = step  # type: ignore[method-assign]
+        return opt
+
+    return Candidate(label, "sgd", build, 12.0, "test")
+
+
+def test_peers_that_free_or_change_grads_are_timed_and_the_others_keep_their_gradients() -> None:
+    cands = [Candidate("frees", "sgd", lambda ps: _FreesGrads(ps, lr=0.1), 12.0, "test-peer"),
+             _moves_after("after frees"),
+             Candidate("scales", "sgd", lambda ps: _ScalesGrads(ps, lr=0.1), 12.0, "test-peer"),
+             _moves_after("after scales")]
+    results, missing = run_layout("tiny", _tiny_layout(), cands, steps=2, rounds=3, device=torch.device("cpu"),
+                                  log=lambda _: None)
+    assert missing == []
+    by_label = {r.label: r for r in results}
+    assert set(by_label) == {"frees", "after frees", "scales", "after scales"}
+    assert by_label["frees"].grads_restored and by_label["scales"].grads_restored
+    assert not by_label["after frees"].grads_restored
+    assert "timed step by step" in format_table(results)
+
+
+def test_candidates_that_fail_or_freeze_are_reported_with_the_reason() -> None:
+    cands = [Candidate("broken", "sgd", lambda ps: _Broken(ps, lr=0.1), 12.0, "test-peer"),
+             Candidate("frozen", "sgd", lambda ps: _Frozen(ps, lr=0.1), 12.0, "test-peer"),
+             _moves_after("sgd")]
+    results, missing = run_layout("tiny", _tiny_layout(), cands, steps=1, rounds=1, device=torch.device("cpu"),
+                                  log=lambda _: None)
+    assert [r.label for r in results] == ["sgd"]
+    reasons = {m.label: m.reason for m in missing}
+    assert "no kernel for this device" in reasons["broken"] and "did not move" in reasons["frozen"]
+    assert {m.layout for m in missing} == {"tiny"}
+    assert "not run: broken (tiny): failed to run: RuntimeError" in format_table(results, missing)
+    # optarena's own candidates are not excused: their failure is a bug
+    with pytest.raises(RuntimeError, match="no kernel"):
+        run_layout("tiny", _tiny_layout(), [Candidate("own", "sgd", lambda ps: _Broken(ps), 12.0)], steps=1,
+                   rounds=1, device=torch.device("cpu"), log=lambda _: None)
+
+
+def test_missing_peers_are_listed_with_the_reason_in_table_and_json(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from optarena.speed import peers
+
+    monkeypatch.setattr(peers, "PEERS", [
+        ("nowhere Lion", "lion", "optarena_no_such_peer", "no-such-peer", lambda m: lambda ps: m.Lion(ps),
+         lambda: 20, False),
+        ("nowhere AdamW", "adamw", "optarena_no_such_peer", "no-such-peer", lambda m: lambda ps: m.AdamW(ps),
+         lambda: 28, False),
+        ("torch Adan", "adan", "torch", "torch", lambda m: "torch has no Adan", lambda: 44, False)])
+    found, missing = peers.peer_candidates(["lion"])
+    assert found == [] and [m.label for m in missing] == ["nowhere Lion", "nowhere AdamW"]  # Adan not asked for
+    assert "not installed" in missing[0].reason and "pip install" in missing[0].reason
+    out = tmp_path / "speed.json"
+    assert main(["speed", "--quick", "--optimizers", "lion,adan", "--paths", "foreach", "--layouts", "200x64",
+                 "--rounds", "1", "--json", str(out)]) == 0
+    not_run = json.loads(out.read_text())["not_run"]
+    assert {m["label"]: m["reason"] for m in not_run}["torch Adan"] == "torch has no Adan"
+    assert {m["label"] for m in not_run} == {"nowhere Lion", "nowhere AdamW", "torch Adan"}
+
+
+def test_compiled_reference_steps_like_the_loop_path() -> None:
+    from optarena.speed import own_candidates
+
+    loop, compiled = own_candidates(["lion"], ["loop", "compiled"])[:2]
+    assert compiled.label == "lion compiled" and compiled.compiles and compiled.min_bytes == 20
+    gen = torch.Generator().manual_seed(1)
+    start = [torch.randn(s, generator=gen) for s in _tiny_layout()]
+    grads = [[torch.randn(s.shape, generator=gen) for s in start] for _ in range(3)]
+    finals = []
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    for cand in (loop, compiled):
+        params = [torch.nn.Parameter(s.clone()) for s in start]
+        opt = cand.build(params)
+        for step_grads in grads:
+            for p, g in zip(params, step_grads):
+                p.grad = g
+            opt.step()
+        finals.append(params)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > graphs  # really compiled, not run eagerly
+    assert opt.fused_compile_seconds > 0
+    for a, b in zip(*finals):
+        torch.testing.assert_close(a, b)
+        assert not torch.equal(a, torch.zeros_like(a))
+
+
+def test_state_bytes_counts_nested_state_and_tensor_subclasses_once() -> None:
+    p = torch.nn.Parameter(torch.zeros(512))
+    opt = torch.optim.SGD([p], lr=0.1)
+    shared = torch.zeros(10)
+    opt.state[p] = {0: {"exp_avg": torch.zeros(512), "steps": [shared, shared]}}  # heavyball keeps dicts per view
+    assert state_bytes(opt) == 512 * 4 + 10 * 4
+    subclass = pytest.importorskip("torchao.optim.subclass_8bit")
+    codes = subclass.OptimState8bit.zeros((512,), True, 256, torch.device("cpu"))
+    opt.state[p] = {"exp_avg": codes}
+    assert state_bytes(opt) == 512 + 2 * 4 + 256 * 4  # int8 codes, a scale per 256, the shared code table
+
+
+def test_heavyball_peer_runs_real_steps() -> None:
+    pytest.importorskip("heavyball")
+    from optarena.speed import peer_candidates
+
+    found, missing = peer_candidates(["lion"])
+    by_label = {c.label: c for c in found}
+    assert "heavyball Lion" in {m.label for m in missing} or "heavyball Lion" in by_label  # 3.2 has none
+    cands = [by_label["heavyball AdamW"], _moves_after("after heavyball")]
+    results, failed = run_layout("tiny", [(32, 32), (16,)], cands, steps=1, rounds=2, device=torch.device("cpu"),
+                                 log=lambda _: None)
+    assert failed == []
+    heavyball = next(r for r in results if r.label == "heavyball AdamW")
+    assert heavyball.grads_restored and heavyball.state_bytes_per_param == pytest.approx(8.0, abs=0.05)  # + step
