@@ -227,3 +227,36 @@ def test_int8_state_loss_cost_on_char_lm(name: str, lr: float) -> None:
             assert run.final_metric < 3.0 < run.eval_metric[0], (seed, run.eval_metric)  # it learned
         gaps.append(int8.final_metric - fp32.final_metric)
     assert abs(statistics.fmean(gaps)) < 0.05, gaps
+
+
+def test_the_fused_8bit_step_is_one_loop_over_blocks() -> None:
+    """With ``codegen.outer_loop_fusion`` inductor puts a block's maximum and its encoding into one parallel loop over
+    blocks (two loops and a third for the scales without it), and the kernel computes what the loop path does."""
+    from torch._inductor.utils import run_and_get_code
+
+    from optarena.optim.fused import codegen
+
+    if not codegen.adjusted():
+        pytest.skip("the adjustment is made on the tested torch only")
+    gen = torch.Generator().manual_seed(0)
+    n = 1 << 16  # large enough for a parallel loop
+    p, g = torch.randn(n, generator=gen), torch.randn(n, generator=gen)
+    codes, scales = torch.zeros(n, dtype=torch.int8), torch.zeros(quant.blocks(n))
+    quant.quantize_(codes, scales, torch.randn(n, generator=gen))
+
+    def lion_like(p: torch.Tensor, g: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+        m = quant.dequantize(codes, scales)
+        p.sub_(1e-3 * torch.sign(0.9 * m + 0.1 * g))
+        return quant.encode_blocks_(codes, m.lerp(g, 0.01), scales.numel())
+
+    views = [t.view(-1, quant.BLOCK) for t in (p, g, codes)] + [scales]
+    loop_p, loop_codes, loop_scales = p.clone(), codes.clone(), scales.clone()
+    m = quant.dequantize(loop_codes, loop_scales)
+    loop_p.sub_(1e-3 * torch.sign(0.9 * m + 0.1 * g))
+    quant.quantize_(loop_codes, loop_scales, m.lerp(g, 0.01))
+    with torch._inductor.config.patch(force_disable_caches=True), codegen.outer_loop_fusion():
+        new_scales, code = run_and_get_code(torch.compile(lion_like, fullgraph=True), *views)
+    assert "\n".join(code).count("for(int64_t x0=") == 1  # the loop over blocks; both inner loops in it
+    torch.testing.assert_close(p, loop_p, rtol=0, atol=1e-6)
+    assert (codes.int() - loop_codes.int()).abs().max() <= 1  # a compiled sqrt/round may land on a tie's neighbour
+    torch.testing.assert_close(new_scales, loop_scales)

@@ -87,7 +87,14 @@ def dequantize(codes: Tensor, absmax: Tensor) -> Tensor:
 
 def quantize_(codes: Tensor, absmax: Tensor, x: Tensor) -> None:
     """Encode float32 ``x`` into ``codes`` and ``absmax`` (in place), each element to its nearest code."""
-    blocked = _blocked(x, absmax.numel())
+    absmax.copy_(encode_blocks_(codes, x, absmax.numel()))
+
+
+def encode_blocks_(codes: Tensor, x: Tensor, nblocks: int) -> Tensor:
+    """Encode float32 ``x`` into ``codes`` (in place) and return its ``nblocks`` new block scales. The fused step
+    takes them as a kernel output instead of writing the scales it read: inductor then runs the block maximum and
+    the encoding in one loop over blocks (benchmarks/NOTES.md, "8-bit state")."""
+    blocked = _blocked(x, nblocks)
     amax = blocked.abs().amax(1)
     unit = blocked * torch.where(amax > 0, 1 / amax, 0.0)[:, None]  # in [-1, 1]; an all-zero block stays zero
     if codes.dtype == torch.int8:
@@ -98,7 +105,7 @@ def quantize_(codes: Tensor, absmax: Tensor, x: Tensor) -> None:
         root = unit.clamp(min=0).sqrt().sqrt() if UNSIGNED_POWER == 4 else unit.clamp(min=0) ** (1 / UNSIGNED_POWER)
         q = (root * 255).round()
     codes.copy_(q.reshape(-1)[:codes.numel()].view(codes.shape))
-    absmax.copy_(amax)
+    return amax
 
 
 def decoded(state: dict[str, Tensor]) -> dict[str, Tensor]:

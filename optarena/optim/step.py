@@ -103,10 +103,12 @@ def runs_of(indices: Sequence[int], size: Callable[[int], int], limit: int) -> l
 
 
 def step_tensors(update: Update, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-                 states: list[dict[str, Tensor]], scale: ops.Scalar | None = None) -> None:
+                 states: list[dict[str, Tensor]], scale: ops.Scalar | None = None,
+                 new_scales: list[dict[str, Tensor]] | None = None) -> None:
     """One step of ``update`` on same-dtype ``params`` (updated in place), their read-only ``grads`` and their
     ``states`` (updated in place; a ``"step"`` entry is advanced first). ``scale`` multiplies every gradient
-    (Adan's clipping); ``group["maximize"]`` flips its sign."""
+    (Adan's clipping); ``group["maximize"]`` flips its sign. With ``new_scales`` (one dict per state), 8-bit
+    buffers' new block scales go there by the codes' key instead of into the state (the fused kernels' outputs)."""
     work_dtype = math_dtype(params[0])
     grads = [_as(g, work_dtype) for g in grads]
     factor = -1.0 if group["maximize"] else None
@@ -125,12 +127,16 @@ def step_tensors(update: Update, group: dict[str, Any], params: list[Tensor], gr
     if work[0] is not params[0]:
         round_into(params, work, group["stochastic_rounding"])
     dst, src = [], []
-    for s, w in zip(states, work_states):
+    for i, (s, w) in enumerate(zip(states, work_states)):
         for k, value in w.items():
             if value is s[k]:
                 continue
             if quant.is_codes(s, k):
-                quant.quantize_(s[k], s[k + quant.SCALE_SUFFIX], value)
+                scales = s[k + quant.SCALE_SUFFIX]
+                if new_scales is None:
+                    quant.quantize_(s[k], scales, value)
+                else:
+                    new_scales[i][k] = quant.encode_blocks_(s[k], value, scales.numel())
             else:
                 dst.append(s[k])
                 src.append(value)

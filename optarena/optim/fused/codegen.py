@@ -74,7 +74,8 @@ def cache_key() -> Any:
             pass
 
         def uuid(self) -> str:
-            return f"optarena: low-precision tiling, fast float32 arctan; version 2; adjusted={adjusted()}"
+            return ("optarena: low-precision tiling, fast float32 arctan, outer-loop fusion; version 3; "
+                    f"adjusted={adjusted()}")
 
     return CacheKey()
 
@@ -85,7 +86,7 @@ def adjusted_codegen() -> Iterator[None]:
     if not adjusted():
         yield
         return
-    with low_precision_tiling(), fast_arctan():
+    with low_precision_tiling(), fast_arctan(), outer_loop_fusion():
         yield
 
 
@@ -166,3 +167,52 @@ def low_precision_tiling() -> Iterator[None]:
         yield
     finally:
         cpp.TilingSelect.select_tiling = original
+
+
+@contextlib.contextmanager
+def outer_loop_fusion() -> Iterator[None]:
+    """While compiling, let inductor's CPU outer-loop fusion put an 8-bit buffer's block maximum and its encoding
+    into one loop over blocks (both inner loops per block, its data still in L1), two fixes to torch 2.13's:
+
+    - a fused node keeps ordering-only ("weak") dependencies between its own members, and the vertical-fusion check
+      reads them as nodes between the reduction and its consumers ("intermediate nodes"); they are left out of that
+      check (the members stay in order inside the node);
+    - the local-buffer analysis asks every user of a buffer for its read index, and a user by ordering only (the
+      kernel writing the codes after the parameter update read them) has none (``KeyError``); it now has none,
+      so that buffer is not made local.
+
+    Measured: benchmarks/NOTES.md, "8-bit state".
+    """
+    try:
+        from torch._inductor import loop_body, scheduler
+    except ImportError:
+        yield
+        return
+    can_fuse_vertical = scheduler.Scheduler.can_fuse_vertical
+    get_read_expr = loop_body.LoopBody.get_read_expr
+
+    def without_own_weak_deps(self: Any, node1: Any, node2: Any, **kwargs: Any) -> bool:
+        own = node2.get_buffer_names()
+        inner = {dep for dep in node2.unmet_dependencies if isinstance(dep, scheduler.WeakDep) and dep.name in own}
+        if not inner:
+            return can_fuse_vertical(self, node1, node2, **kwargs)
+        unmet = node2.unmet_dependencies
+        node2.unmet_dependencies = unmet - inner
+        try:
+            return can_fuse_vertical(self, node1, node2, **kwargs)
+        finally:
+            node2.unmet_dependencies = unmet
+
+    def read_expr_or_none(self: Any, buffer_name: str) -> Any:
+        try:
+            return get_read_expr(self, buffer_name)
+        except KeyError:
+            return None
+
+    scheduler.Scheduler.can_fuse_vertical = without_own_weak_deps
+    loop_body.LoopBody.get_read_expr = read_expr_or_none
+    try:
+        yield
+    finally:
+        scheduler.Scheduler.can_fuse_vertical = can_fuse_vertical
+        loop_body.LoopBody.get_read_expr = get_read_expr

@@ -40,12 +40,20 @@ class StepValues(NamedTuple):
     betas: tuple[float, ...] | None
 
 
-def make_body(update: Update, consts: dict[str, Any], keys: tuple[str, ...]) -> Callable[..., None]:
-    """The function a kernel compiles: the group's values in, then the one step body on flat views (or packs)."""
+def code_keys(keys: tuple[str, ...]) -> list[str]:
+    """The keys among a kernel's state ``keys`` that hold 8-bit codes (their block scales are keys too)."""
+    return [key for key in keys if key + quant.SCALE_SUFFIX in keys]
+
+
+def make_body(update: Update, consts: dict[str, Any], keys: tuple[str, ...]) -> Callable[..., list[Tensor]]:
+    """The function a kernel compiles: the group's values in, then the one step body on flat views (or packs);
+    it returns the new block scales of 8-bit buffers (tensor-major, keys in order), which :class:`Kernel` copies
+    into the state."""
+    coded = code_keys(keys)
 
     def fused_step(params: list[Tensor], grads: list[Tensor], buffers: list[list[Tensor]], steps: list[Tensor],
                    lr: Tensor, weight_decay: Tensor | None, scale: Tensor | None, betas: list[Tensor] | None,
-                   segments: tuple[Tensor, ...] | None = None) -> None:
+                   segments: tuple[Tensor, ...] | None = None) -> list[Tensor]:
         group = dict(consts)
         group["lr"] = lr
         if weight_decay is not None:
@@ -55,8 +63,10 @@ def make_body(update: Update, consts: dict[str, Any], keys: tuple[str, ...]) -> 
         states = [{key: buffers[j][i] for j, key in enumerate(keys)} for i in range(len(params))]
         for state, step in zip(states, steps):
             state["step"] = step
+        new_scales: list[dict[str, Tensor]] = [{} for _ in params]
         with laid_out(None if segments is None else Segments(*segments)):
-            step_tensors(update, group, params, grads, states, scale)
+            step_tensors(update, group, params, grads, states, scale, new_scales if coded else None)
+        return [new[key] for new in new_scales for key in coded]
 
     return fused_step
 
@@ -65,15 +75,20 @@ def make_body(update: Update, consts: dict[str, Any], keys: tuple[str, ...]) -> 
 class Kernel:
     """One compiled step function, shared by every optimizer whose configuration has its key."""
 
-    fn: Callable[..., None]
+    fn: Callable[..., list[Tensor]]
     flat: bool
+    #: Rows of the state buffers argument that hold block scales, in the order of the kernel's outputs per tensor.
+    scale_rows: tuple[int, ...] = ()
     #: The shape signatures it was compiled for on stand-ins (kernels with real shapes compile per signature).
     compiled_for: set[Any] = field(default_factory=set)
     #: Why compiling it failed, if it did: a later plan that needs it falls back at once.
     failure: str | None = None
 
     def __call__(self, *args: Any) -> None:
-        self.fn(*args)
+        new_scales = self.fn(*args)
+        if new_scales:  # written here, not in the kernel: see quant.encode_blocks_
+            buffers = args[2]
+            torch._foreach_copy_([buffers[j][i] for i in range(len(args[0])) for j in self.scale_rows], new_scales)
 
 
 _KERNELS: dict[tuple[Any, ...], Kernel] = {}
@@ -110,7 +125,8 @@ def kernel_for(opt: Any, key: tuple[Any, ...], consts: dict[str, Any], keys: tup
     if guard_filter is not None:  # an option of torch.compile's own, not inductor's
         options["guard_filter_fn"] = guard_filter
     compiled = torch.compile(body, fullgraph=True, dynamic=True, options=options)
-    kernel = _KERNELS[key] = Kernel(compiled, flat)
+    scale_rows = tuple(keys.index(k + quant.SCALE_SUFFIX) for k in code_keys(keys))
+    kernel = _KERNELS[key] = Kernel(compiled, flat, scale_rows)
     opt.fused_kernels_made += 1
     if opt.fused_kernels_made == KERNELS_WARNING:
         warnings.warn(f"{type(opt).__name__}(fused=True) has compiled {KERNELS_WARNING} kernels: a hyper-parameter "
