@@ -69,7 +69,8 @@ def _broken_calls() -> bool:
 def misbehaving(budget: str = "quick") -> Task:
     """Like ``linear``, but while building the model of some runs (counted in the file OPTARENA_TEST_COUNTER, which
     also gets each run's process id) the process misbehaves as OPTARENA_TEST_ACTIONS says, e.g. "3:kill,5:exit":
-    "kill" (SIGKILL, as the OOM killer would), "int" (SIGINT), "exit" (sys.exit(3)) or "hang" (sleeps for an hour).
+    "kill" (SIGKILL, as the OOM killer would), "int" (SIGINT to the process group, as Ctrl-C; start the command
+    in a session of its own), "exit" (sys.exit(3)) or "hang" (sleeps for an hour).
     OPTARENA_TEST_PACE adds that many seconds to every step."""
     task = linear(budget)
     task.name = "misbehaving"
@@ -84,8 +85,10 @@ def misbehaving(budget: str = "quick") -> Task:
         actions = dict(item.split(":") for item in os.environ.get("OPTARENA_TEST_ACTIONS", "").split(",") if item)
         action = actions.get(str(count))
         if action is not None:
-            if action in ("kill", "int"):
-                os.kill(os.getpid(), signal.SIGKILL if action == "kill" else signal.SIGINT)
+            if action == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            elif action == "int":  # as Ctrl-C at a terminal: the whole process group, the command included
+                os.killpg(os.getpgrp(), signal.SIGINT)
             elif action == "exit":
                 sys.exit(3)
             elif action == "hang":

@@ -89,8 +89,10 @@ def _resume(out: Path, counter: Path, monkeypatch: pytest.MonkeyPatch) -> int:
 
 def test_ctrl_c_in_a_worker_stops_the_command_and_it_resumes(tmp_path, monkeypatch):
     out, counter = tmp_path / "out", tmp_path / "count"
+    # the task sends SIGINT to the command's process group, as a terminal's Ctrl-C does: a group of its own; a
+    # SIGINT to the worker alone could be swallowed by a __del__ running when it arrives, and the run went on
     interrupted = subprocess.run(_command(out), env=_env(counter, "5:int"), capture_output=True, text=True,
-                                 timeout=300)
+                                 timeout=300, start_new_session=True)
     assert interrupted.returncode == 130, interrupted.stderr
     assert "Run the same command again to resume" in interrupted.stdout
     finished_before = _finished(out)
