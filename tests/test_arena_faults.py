@@ -89,9 +89,14 @@ def _resume(out: Path, counter: Path, monkeypatch: pytest.MonkeyPatch) -> int:
 
 def test_ctrl_c_in_a_worker_stops_the_command_and_it_resumes(tmp_path, monkeypatch):
     out, counter = tmp_path / "out", tmp_path / "count"
-    # the task sends SIGINT to the command's process group, as a terminal's Ctrl-C does: a group of its own; a
-    # SIGINT to the worker alone could be swallowed by a __del__ running when it arrives, and the run went on
-    interrupted = subprocess.run(_command(out), env=_env(counter, "5:int"), capture_output=True, text=True,
+    # The task sends SIGINT to the command's process group, as a terminal's Ctrl-C does: a group of its own. An
+    # ignored SIGINT is inherited through exec, and Python then keeps ignoring it: Lightning's trainer ignores it
+    # for good after a KeyboardInterrupt, so a test before this one in the same xdist worker made the command deaf
+    # to it (it ran to the end, exit 0). A shell's Ctrl-C reaches a command that has the default handler.
+    command = _command(out)
+    command[1:3] = ["-c", "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                          "runpy.run_module('optarena', run_name='__main__', alter_sys=True)"]
+    interrupted = subprocess.run(command, env=_env(counter, "5:int"), capture_output=True, text=True,
                                  timeout=300, start_new_session=True)
     assert interrupted.returncode == 130, interrupted.stderr
     assert "Run the same command again to resume" in interrupted.stdout
