@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 import optarena
-from optarena.speed import _without_profiler_chatter, cpu_description
+from optarena.speed.measure import _without_profiler_chatter, cpu_description
 
 LR = 1e-5  # small: the numbers are about time and memory, the models need not learn
 

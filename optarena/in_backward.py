@@ -27,10 +27,10 @@ WRAPPER_REASONS = {
     Lazy: "it splits gradients into present rows and hides them from the base optimizer around step()",
 }
 
-#: Parameters under this many elements step in buckets of about as many elements (or at the end of backward): a
-#: step costs 25–60 µs of fixed overhead per call on CPU, more than a small tensor's arithmetic
-#: (benchmarks/NOTES.md, "Train step and memory placement"); the bucket's gradients, at most 1 MiB in fp32, are the
-#: only ones alive beside the one just completed.
+#: Parameters under this many elements step in buckets of at most as many elements (when the next would not fit,
+#: or at the end of backward): a step costs 25–60 µs of fixed overhead per call on CPU, more than a small tensor's
+#: arithmetic (benchmarks/NOTES.md, "Train step and memory placement"); a bucket's gradients, at most 1 MiB in fp32
+#: per param group, are the only ones alive beside the one just completed.
 BUCKET_ELEMENTS = 1 << 18
 
 #: The attribute that marks an optimizer whose steps run inside backward (one set of hooks per optimizer).
@@ -93,8 +93,10 @@ def step_in_backward(model_or_params: nn.Module | Iterable[Tensor], optimizer: O
 
     One training step is then ``loss.backward()`` alone: it gives the same parameters and state as
     ``backward(); optimizer.step(); optimizer.zero_grad()`` (bitwise on the per-tensor loop path), with at most a
-    bucket of small gradients (:data:`BUCKET_ELEMENTS`) alive beside the one just completed: a tensor of at least
-    that many elements steps at once, smaller ones together when their bucket fills or when backward ends.
+    bucket of small gradients per param group (:data:`BUCKET_ELEMENTS` elements) alive beside the one just
+    completed: a tensor of at least that many elements steps at once, smaller ones together when the next would
+    not fit in their bucket or when backward ends. A backward pass that raises leaves its waiting gradients
+    unstepped in ``.grad`` (as the usual loop would leave all of them).
     ``optimizer.step()`` must not be called (it finds no gradients); ``torch.nn.utils.clip_grad_norm_`` cannot be
     used (no moment has all gradients). LR schedulers, ``maximize``, ``state_dict``/``load_state_dict`` work as
     usual: the hooks read the param groups at each step.
@@ -125,35 +127,46 @@ def step_in_backward(model_or_params: nn.Module | Iterable[Tensor], optimizer: O
         return group
 
     pending: dict[int, tuple[dict[str, Any], list[Tensor]]] = {}  # small parameters waiting, by group
-    flush_queued = False
+    waiting_elements: dict[int, int] = {}
+    flush_for: int | None = None  # the backward pass whose end steps them (its graph task id)
 
     def step(group: dict[str, Any], ready: list[Tensor]) -> None:
-        with torch.no_grad():
-            opt.step_parameters(ready, group)
+        opt.step_parameters(ready, group)
         for q in ready:
             q.grad = None
         # torch's LR schedulers warn unless they saw optimizer.step() called; these steps are the optimizer's
         opt._opt_called = True  # type: ignore[attr-defined]
 
     def flush() -> None:
-        nonlocal flush_queued
-        flush_queued = False
+        nonlocal flush_for
+        flush_for = None
+        waiting_elements.clear()
         while pending:
             step(*pending.popitem()[1])
 
     def hook(p: Tensor) -> None:
-        nonlocal flush_queued
+        nonlocal flush_for
         group = group_of(p)
         if p.numel() >= BUCKET_ELEMENTS:
             step(group, [p])
             return
+        task = torch._C._current_graph_task_id()
+        if flush_for is not None and flush_for != task:
+            # a backward pass that raised never ran its flush: its waiting gradients stay in .grad, unstepped, and
+            # accumulate as gradients do after a failed backward() on the usual loop
+            pending.clear()
+            waiting_elements.clear()
+            flush_for = None
         _, waiting = pending.setdefault(id(group), (group, []))
+        if waiting_elements.get(id(group), 0) + p.numel() > BUCKET_ELEMENTS:  # at most BUCKET_ELEMENTS wait
+            step(group, waiting[:])
+            waiting.clear()
+            waiting_elements[id(group)] = 0
         waiting.append(p)
-        if sum(q.numel() for q in waiting) >= BUCKET_ELEMENTS:
-            step(*pending.pop(id(group)))
-        elif not flush_queued:  # the rest steps when this backward pass ends
+        waiting_elements[id(group)] = waiting_elements.get(id(group), 0) + p.numel()
+        if flush_for is None:  # the rest steps when this backward pass ends
             torch.autograd.Variable._execution_engine.queue_callback(flush)
-            flush_queued = True
+            flush_for = task
 
     handle = StepInBackward(opt, [p.register_post_accumulate_grad_hook(hook) for p in params])
     setattr(opt, ACTIVE, handle)

@@ -214,11 +214,21 @@ class OptarenaOptimizer(Optimizer):
         applied: that needs every gradient of the step."""
         step_tensors(type(self)._update, group, params, grads, states)
 
+    @torch.no_grad()
     def step_parameters(self, params: list[Tensor], group: dict[str, Any]) -> None:
         """The step of ``params`` (all of ``group``) alone, as ``step()`` would make it (``optarena.step_in_backward``
         calls it as soon as their gradients are complete). No step-wide work: no gradient scale, no
         ``skip_nonfinite``. On the fused path the set gets a plan of its own, named by its first parameter (the
         kernels are shared; a set that changes gets a new plan)."""
+        if not params:
+            raise ValueError("step_parameters: params is empty (pass the parameters whose gradients are complete)")
+        members = {id(p) for p in group["params"]}
+        for p in params:
+            if id(p) not in members:
+                raise ValueError(f"step_parameters: a parameter of shape {tuple(p.shape)} is not in the given group")
+            if p.grad is None:
+                raise ValueError(f"step_parameters: a parameter of shape {tuple(p.shape)} has no gradient (grad is "
+                                 "None)")
         self._check_grads(params)
         self._step_group(group, params, None, plan_key=id(params[0]))
 

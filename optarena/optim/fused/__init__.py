@@ -76,6 +76,13 @@ def fused_step(opt: Any, group: dict[str, Any], params: list[Tensor], states: li
                 warnings.warn(f"{type(opt).__name__}(fused=True): torch.compile failed ({str(err)[:500]}); using "
                               "foreach instead", RuntimeWarning, stacklevel=4)
             return False
+        # a parameter follows one plan: another that packs it with others would read a pack whose step counts this
+        # one let diverge (inside backward, buckets are plans of their own and may change membership)
+        mine = set(map(id, params))
+        overlapping = [k for k, other in opt._fused_plans.items()
+                       if k != plan_key and not mine.isdisjoint(map(id, other.params))]
+        for k in overlapping:
+            del opt._fused_plans[k]
         opt._fused_plans[plan_key] = plan
     for bucket in plan.buckets:
         refill(bucket.inputs, values)
