@@ -198,7 +198,8 @@ def protocol(results: ResultSet) -> str:
         undecayed = [n for n in results.config.optimizers
                      if (t := base_optimizer_info(n).translation) is not None and t.wd_factor == 0]
         if undecayed:
-            text += (f" {', '.join(undecayed)} translate every decay to 0 (the decay is built into the rule): the "
+            verb = "translates" if len(undecayed) == 1 else "translate"
+            text += (f" {', '.join(undecayed)} {verb} every decay to 0 (the decay is built into the rule): the "
                      "search varies only their lr.")
     own = [f"{t.name}: {t.schedule}" for t in results.tasks.values() if t.schedule]
     if own:

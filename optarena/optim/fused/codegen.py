@@ -1,11 +1,12 @@
 """What the fused step relies on beyond torch's public API, behind one check of the torch version.
 
 On the torch it was written and measured against (:data:`TESTED_TORCH`), the fused kernels (1) drop the guards that
-their key already pins, and (2) compile under two adjustments to inductor's CPU code generation: kernels mixing
-float32 with a 16-bit float type are vectorised at the 16-bit width, and float32 arctan takes Sleef's faster
-variant. Each reaches into inductor's or dynamo's internals. On any other torch (or with
-``OPTARENA_FUSED_COMPAT=1``) none of them is used: dynamo keeps all its guards and inductor generates its own code,
-so a newer torch makes the fused step slower, never wrong. The tests run the fused path both ways.
+their key already pins, and (2) compile under three adjustments to inductor's CPU code generation: kernels mixing
+float32 with a 16-bit float type are vectorised at the 16-bit width, float32 arctan takes Sleef's faster variant,
+and an 8-bit buffer's block maximum and encoding share one loop over blocks (outer-loop fusion). Each reaches into
+inductor's or dynamo's internals. On any other torch (or with ``OPTARENA_FUSED_COMPAT=1``) none of them is used:
+dynamo keeps all its guards and inductor generates its own code, so a newer torch makes the fused step slower,
+never wrong. The tests run the fused path both ways.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def cache_key() -> Any:
 
 @contextlib.contextmanager
 def adjusted_codegen() -> Iterator[None]:
-    """Both code-generation adjustments while a fused kernel compiles (none off the tested torch)."""
+    """The code-generation adjustments while a fused kernel compiles (none off the tested torch)."""
     if not adjusted():
         yield
         return
