@@ -108,11 +108,15 @@ def encode_blocks_(codes: Tensor, x: Tensor, nblocks: int) -> Tensor:
     return amax
 
 
+def decoded_entry(state: dict[str, Tensor], key: str) -> Tensor:
+    """``state[key]`` decoded to float32 if it holds codes; otherwise the state's own tensor."""
+    return dequantize(state[key], state[key + SCALE_SUFFIX]) if is_codes(state, key) else state[key]
+
+
 def decoded(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """``state`` with each buffer of codes decoded to float32 and the block scales left out; the other entries are
     the state's own tensors."""
-    return {k: dequantize(v, state[k + SCALE_SUFFIX]) if is_codes(state, k) else v
-            for k, v in state.items() if not is_scale(state, k)}
+    return {k: decoded_entry(state, k) for k in state if not is_scale(state, k)}
 
 
 def encode_(state: dict[str, Tensor], values: dict[str, Tensor]) -> None:

@@ -147,12 +147,4 @@ def step_tensors(update: Update, group: dict[str, Any], params: list[Tensor], gr
 def _work_state(state: dict[str, Tensor], work_dtype: torch.dtype) -> dict[str, Tensor]:
     """What the update sees of ``state``: the step count, and every buffer in the math dtype (8-bit codes decoded;
     their block scales left out)."""
-    work = {}
-    for k, v in state.items():
-        if k == "step":
-            work[k] = v
-        elif quant.is_codes(state, k):
-            work[k] = _as(quant.dequantize(v, state[k + quant.SCALE_SUFFIX]), work_dtype)
-        elif not quant.is_scale(state, k):
-            work[k] = _as(v, work_dtype)
-    return work
+    return {k: v if k == "step" else _as(v, work_dtype) for k, v in quant.decoded(state).items()}

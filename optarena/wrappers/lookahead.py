@@ -99,7 +99,7 @@ class Lookahead(OptimizerWrapper):
         if self.pullback == "pullback":
             base_state, key = self._momentum(p)
             if key is not None:
-                state["slow_momentum"] = quant.decoded(base_state)[key].clone()
+                state["slow_momentum"] = quant.decoded_entry(base_state, key).clone()
 
     def _extra_state(self) -> dict[str, Any]:
         return {"inner_steps": self.inner_steps}
@@ -139,7 +139,7 @@ class Lookahead(OptimizerWrapper):
                 base_state[key].zero_()  # in place: the base keeps its own tensor (zero codes decode to zero)
                 continue
             # 8-bit momentum (state_dtype="int8") is decoded for the interpolation and encoded again
-            momentum = quant.decoded(base_state)[key]
+            momentum = quant.decoded_entry(base_state, key)
             state = self.state[p]
             slow_momentum = state.get("slow_momentum")
             if slow_momentum is None:
