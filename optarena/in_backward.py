@@ -8,6 +8,7 @@ Only an update that needs nothing but its own parameter's gradient can run this 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -61,6 +62,15 @@ class StepInBackward:
 
     def __exit__(self, *exc: object) -> None:
         self.remove()
+
+
+@dataclass
+class _Bucket:
+    """Small parameters of one group whose gradients are complete and wait to step together."""
+
+    group: dict[str, Any]
+    params: list[Tensor] = field(default_factory=list)
+    elements: int = 0
 
 
 def _check(optimizer: Optimizer) -> OptarenaOptimizer:
@@ -126,8 +136,7 @@ def step_in_backward(model_or_params: nn.Module | Iterable[Tensor], optimizer: O
             group = owner[id(p)]
         return group
 
-    pending: dict[int, tuple[dict[str, Any], list[Tensor]]] = {}  # small parameters waiting, by group
-    waiting_elements: dict[int, int] = {}
+    pending: dict[int, _Bucket] = {}  # small parameters waiting, by group
     flush_for: int | None = None  # the backward pass whose end steps them (its graph task id)
 
     def step(group: dict[str, Any], ready: list[Tensor]) -> None:
@@ -140,9 +149,9 @@ def step_in_backward(model_or_params: nn.Module | Iterable[Tensor], optimizer: O
     def flush() -> None:
         nonlocal flush_for
         flush_for = None
-        waiting_elements.clear()
         while pending:
-            step(*pending.popitem()[1])
+            bucket = pending.popitem()[1]
+            step(bucket.group, bucket.params)
 
     def hook(p: Tensor) -> None:
         nonlocal flush_for
@@ -155,15 +164,13 @@ def step_in_backward(model_or_params: nn.Module | Iterable[Tensor], optimizer: O
             # a backward pass that raised never ran its flush: its waiting gradients stay in .grad, unstepped, and
             # accumulate as gradients do after a failed backward() on the usual loop
             pending.clear()
-            waiting_elements.clear()
             flush_for = None
-        _, waiting = pending.setdefault(id(group), (group, []))
-        if waiting_elements.get(id(group), 0) + p.numel() > BUCKET_ELEMENTS:  # at most BUCKET_ELEMENTS wait
-            step(group, waiting[:])
-            waiting.clear()
-            waiting_elements[id(group)] = 0
-        waiting.append(p)
-        waiting_elements[id(group)] = waiting_elements.get(id(group), 0) + p.numel()
+        bucket = pending.setdefault(id(group), _Bucket(group))
+        if bucket.elements + p.numel() > BUCKET_ELEMENTS:  # at most BUCKET_ELEMENTS wait
+            step(group, bucket.params)
+            bucket = pending[id(group)] = _Bucket(group)
+        bucket.params.append(p)
+        bucket.elements += p.numel()
         if flush_for is None:  # the rest steps when this backward pass ends
             torch.autograd.Variable._execution_engine.queue_callback(flush)
             flush_for = task
