@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 import optarena
-from optarena.speed.measure import _without_profiler_chatter, cpu_description
+from optarena.speed.measure import cpu_description, memory_events, profiled_events
 
 LR = 1e-5  # small: the numbers are about time and memory, the models need not learn
 
@@ -133,17 +133,12 @@ BACKWARD = "train_step.backward"
 
 def phase_peaks(step: Callable[[], None]) -> tuple[float, float, float]:
     """(peak, live at backward's start, live at its end) in MB of (allocated − freed) tensor bytes during one call,
-    from the profiler's memory events, as ``optarena.speed.peak_extra_bytes`` counts them (whose chatter filter
-    this borrows)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with _without_profiler_chatter(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
-    events = list(prof.profiler.kineto_results.events())
+    from the profiler's memory events, as ``optarena.speed.peak_extra_bytes`` counts them."""
+    events = profiled_events(step)
     mark = next(e for e in events if e.name() == BACKWARD)
     start, end = mark.start_ns(), mark.start_ns() + mark.duration_ns()
     live = peak = at_start = at_end = 0
-    for e in sorted((e for e in events if e.name() == "[memory]"), key=lambda e: e.start_ns()):
+    for e in memory_events(events):
         live += e.nbytes()
         peak = max(peak, live)
         at_start = live if e.start_ns() < start else at_start

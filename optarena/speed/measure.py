@@ -86,17 +86,26 @@ def _without_profiler_chatter() -> Iterator[None]:
                 sys.stderr.write(kept.decode(errors="replace"))
 
 
-def peak_extra_bytes(step: Callable[[], Any]) -> int:
-    """Peak of (allocated − freed) bytes during one call, from the profiler's memory events (CPU and GPU)."""
+def profiled_events(step: Callable[[], Any]) -> list[Any]:
+    """The profiler's events (CPU and GPU, with memory) of one call; a memory event is named ``"[memory]"`` and its
+    ``nbytes()`` is +bytes for an allocation, -bytes for a free."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     with _without_profiler_chatter(), profile(activities=activities, profile_memory=True) as prof:
         step()
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                    key=lambda e: e.start_ns())
+    return list(prof.profiler.kineto_results.events())
+
+
+def memory_events(events: list[Any]) -> list[Any]:
+    """The memory events of ``events`` in time order."""
+    return sorted((e for e in events if e.name() == "[memory]"), key=lambda e: e.start_ns())
+
+
+def peak_extra_bytes(step: Callable[[], Any]) -> int:
+    """Peak of (allocated − freed) bytes during one call, from the profiler's memory events (CPU and GPU)."""
     live = peak = 0
-    for e in events:  # +bytes for an allocation, -bytes for a free
+    for e in memory_events(profiled_events(step)):
         live += e.nbytes()
         peak = max(peak, live)
     return peak
