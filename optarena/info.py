@@ -66,6 +66,10 @@ class OptimizerInfo:
     step_bytes_bf16_state: int | None = None
     #: Tensors per compiled call of the fused step, largest first (see ``optarena.optim.fused``).
     fused_chunks: tuple[int, ...] = DEFAULT_FUSED_CHUNKS
+    #: Whether its fused 8-bit kernels keep the new moments in per-block buffers instead of recomputing them for the
+    #: encoding (``fused.kernels.INT8_LOCAL_BUFFERS``): measured faster for Lion only; others' kernels then store
+    #: full-size temporaries (benchmarks/NOTES.md, "8-bit state").
+    int8_local_buffers: bool = False
     #: The name under which ultralytics' own trainer builds this optimizer (then ultralytics keeps it).
     ultralytics_name: str | None = None
     #: How ``create_optimizer`` groups the parameters when the optimizer routes them by module, not by shape alone

@@ -77,12 +77,18 @@ def whole_blocks(numel: int) -> bool:
 def dequantize(codes: Tensor, absmax: Tensor) -> Tensor:
     """The float32 values of ``codes`` with block scales ``absmax``, in the codes' shape."""
     q = _blocked(codes.float(), absmax.numel())
+    # the code's own scale joins the block's (one multiplication per block, not per element)
     if codes.dtype == torch.int8:
-        unit = q * q.abs() * (1 / 127**2) if SIGNED_POWER == 2 else q.sign() * (q.abs() * (1 / 127)) ** SIGNED_POWER
+        if SIGNED_POWER == 2:
+            x = q * q.abs() * (absmax * (1 / 127**2))[:, None]
+        else:
+            x = q.sign() * (q.abs() * (1 / 127)) ** SIGNED_POWER * absmax[:, None]
+    elif UNSIGNED_POWER == 4:
+        square = q * q  # exact: q ≤ 255
+        x = square * square * (absmax * (1 / 255**4))[:, None]
     else:
-        unit = q * (1 / 255)
-        unit = unit.square().square() if UNSIGNED_POWER == 4 else unit**UNSIGNED_POWER
-    return (unit * absmax[:, None]).reshape(-1)[:codes.numel()].view(codes.shape)
+        x = (q * (1 / 255)) ** UNSIGNED_POWER * absmax[:, None]
+    return x.reshape(-1)[:codes.numel()].view(codes.shape)
 
 
 def quantize_(codes: Tensor, absmax: Tensor, x: Tensor) -> None:
@@ -99,7 +105,7 @@ def encode_blocks_(codes: Tensor, x: Tensor, nblocks: int) -> Tensor:
     unit = blocked * torch.where(amax > 0, 1 / amax, 0.0)[:, None]  # in [-1, 1]; an all-zero block stays zero
     if codes.dtype == torch.int8:
         root = unit.abs().sqrt() if SIGNED_POWER == 2 else unit.abs() ** (1 / SIGNED_POWER)
-        q = (root * 127).round() * unit.sign()
+        q = torch.copysign((root * 127).round(), unit)  # a few bit operations, where sign() and a product are six
     else:
         # a non-negative moment that rounding made slightly negative encodes as 0
         root = unit.clamp(min=0).sqrt().sqrt() if UNSIGNED_POWER == 4 else unit.clamp(min=0) ** (1 / UNSIGNED_POWER)

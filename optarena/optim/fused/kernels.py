@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from ...info import info_for
 from .. import quant
 from ..ops import STATIC_SIZE
 from ..segments import Segments, laid_out
@@ -23,6 +24,14 @@ from . import codegen
 #: are checked here once); ``hoisted``'s table written by one loop (otherwise one Python call per cell per kernel
 #: call on CPU).
 INDUCTOR_OPTIONS: dict[str, Any] = {"size_asserts": False, "force_pointwise_cat": True}
+#: 8-bit kernels: recompute the values that the block maximum and the encoding both read. Inductor's defaults
+#: store some in full-size temporaries, which cost more (Adan 85 → 33 ms on 16M: benchmarks/NOTES.md, "8-bit state").
+INT8_RECOMPUTE: dict[str, Any] = {"realize_reads_threshold": 64, "realize_opcount_threshold": 1000,
+                                  "realize_acc_reads_threshold": 64}
+#: 8-bit kernels of ``OptimizerInfo.int8_local_buffers``: store a value of 8+ operations read twice (the new
+#: moment), which outer-loop fusion keeps in a per-block buffer; the parameter update then joins the first loop.
+INT8_LOCAL_BUFFERS: dict[str, Any] = {"realize_reads_threshold": 4, "realize_opcount_threshold": 8,
+                                      "realize_acc_reads_threshold": 8}
 #: Hyper-parameters the kernels take as tensor inputs, because schedules change them between steps: every LR
 #: scheduler the lr, OneCycleLR and CyclicLR ``betas[0]``. A nonzero weight decay and a gradient scale are inputs too;
 #: the other hyper-parameters are compiled in.
@@ -116,10 +125,9 @@ def kernel_for(opt: Any, key: tuple[Any, ...], consts: dict[str, Any], keys: tup
     if scalar:
         options["cpp.simdlen"] = 1
     if consts.get("state_dtype") == INT8:
-        # each 8-bit buffer's block scale is a reduction over its new values; by default inductor stores values
-        # read by several such loops in full-size temporaries, which cost more than recomputing them (Adan 85 → 33
-        # ms on 16M: benchmarks/NOTES.md, "8-bit state")
-        options.update(realize_reads_threshold=64, realize_opcount_threshold=1000, realize_acc_reads_threshold=64)
+        info = info_for(type(opt))
+        # each 8-bit buffer's block scale is a reduction over its new values, which the encoding reads again
+        options.update(INT8_LOCAL_BUFFERS if info is not None and info.int8_local_buffers else INT8_RECOMPUTE)
     options = codegen.inductor_options(options)
     guard_filter = codegen.guard_filter("none" if flat else "shapes")
     if guard_filter is not None:  # an option of torch.compile's own, not inductor's
