@@ -206,7 +206,7 @@ def test_guarded_kernels_are_keyed_by_their_small_trailing_sizes(monkeypatch: py
     fused = optarena.Adafactor(fused_params, fused=True, **kwargs)
     # (monkeypatch would delete the config entry on undo: it is not in the module's __dict__)
     with torch._dynamo.config.patch(recompile_limit=2), warnings.catch_warnings():
-        warnings.simplefilter("error")  # no fallback to foreach
+        warnings.simplefilter("error", RuntimeWarning)  # no fallback to foreach (which warns so)
         for step in range(3):
             set_grads(loop_params, step)
             set_grads(fused_params, step)
@@ -615,7 +615,7 @@ def test_fused_without_torch_internals_equals_loop(case: str, monkeypatch: pytes
         set_grads(fused_params, step)
         loop.step()
         with warnings.catch_warnings():
-            warnings.simplefilter("error")  # no fallback to foreach
+            warnings.simplefilter("error", RuntimeWarning)  # no fallback to foreach (which warns so)
             fused.step()
         assert cpp.TilingSelect.select_tiling is tiling
         for a, b in zip(loop_params, fused_params):
@@ -623,6 +623,8 @@ def test_fused_without_torch_internals_equals_loop(case: str, monkeypatch: pytes
         sync(fused, fused_params, loop, loop_params)
     assert fused._fused_plans and not seen
     assert all(plan.key[-1] is False for plan in fused._fused_plans.values())  # kernels of their own
+    assert all(call.kernel.direct is None for plan in fused._fused_plans.values() for bucket in plan.buckets
+               for call in bucket.calls)  # dynamo's frame and guards on every call
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -633,3 +635,48 @@ def test_fused_without_torch_internals_equals_loop(case: str, monkeypatch: pytes
 def test_fused_argument_validation(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         optarena.Lion([torch.nn.Parameter(torch.zeros(2))], **kwargs)
+
+
+def test_flat_kernels_are_called_without_dynamo() -> None:
+    """On the tested torch a flat kernel (no guards) calls inductor's graph directly, once it reproduced dynamo's
+    result on the stand-ins bitwise; the steps still equal the loop's."""
+    if not codegen.adjusted():
+        pytest.skip("the adjustment is made on the tested torch only")
+    loop_params, fused_params = make_params(), make_params()
+    loop = optarena.Lion(loop_params, lr=1e-2, foreach=False)
+    fused = optarena.Lion(fused_params, lr=1e-2, fused=True)
+    for step in range(3):
+        set_grads(loop_params, step)
+        set_grads(fused_params, step)
+        loop.step()
+        fused.step()
+        calls = [c for plan in fused._fused_plans.values() for bucket in plan.buckets for c in bucket.calls]
+        assert calls and all(c.kernel.direct is not None for c in calls)
+        for call in calls:  # from now on dynamo's compiled function must not be needed
+            call.kernel.fn = None
+        for a, b in zip(loop_params, fused_params):
+            torch.testing.assert_close(b, a, rtol=RTOL, atol=ATOL)
+        sync(fused, fused_params, loop, loop_params)
+
+
+def test_a_direct_call_that_differs_from_dynamos_is_not_adopted() -> None:
+    kernel = kernels.Kernel(flat=True)
+
+    def dynamo(params: list[torch.Tensor], *rest: object) -> list[torch.Tensor]:
+        params[0].add_(1)
+        return []
+
+    def another(params: list[torch.Tensor], *rest: object) -> list[torch.Tensor]:
+        params[0].add_(2)
+        return []
+
+    kernel.fn = dynamo
+    before = ([torch.zeros(3)],)
+    after = ([torch.zeros(3)],)
+    kernel(*after)
+    kernel.offer_direct(another)
+    kernel.check_direct(kernels._copied(before), after)
+    assert kernel.direct is None and kernel.offered is None
+    kernel.offer_direct(dynamo)
+    kernel.check_direct(kernels._copied(before), after)
+    assert kernel.direct is dynamo

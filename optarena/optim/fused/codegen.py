@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import os
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -46,6 +48,60 @@ SHAPE_GUARDS = frozenset({"TENSOR_MATCH", "SHAPE_ENV", "SEQUENCE_LENGTH", "DUPLI
 
 def shape_guards_only(guards: list[Any]) -> list[bool]:
     return [guard.guard_type in SHAPE_GUARDS for guard in guards]
+
+
+def compile_kernel(body: Callable[..., Any], options: dict[str, Any], guard_filter: Any,
+                   on_graph: Callable[[Callable[..., Any] | None], None] | None = None) -> Callable[..., Any]:
+    """``torch.compile`` of a kernel's ``body`` by inductor with ``options``. With ``on_graph`` (on the adjusted torch
+    only), the compiled graph is also handed to it, when the body compiles, as a function of the body's own
+    arguments (:func:`direct_call`), or None if the body compiles a second time (then only dynamo knows which graph
+    fits). For a kernel whose guards are all dropped, dynamo's work per call is then only to take the tensors out of
+    the argument lists: calling the graph directly saves ~15–22 µs per call (benchmarks/NOTES.md, "Calling the
+    graph directly")."""
+    compile_options = dict(options)
+    if guard_filter is not None:  # an option of torch.compile's own, not inductor's
+        compile_options["guard_filter_fn"] = guard_filter
+    if on_graph is None or not adjusted():
+        return torch.compile(body, fullgraph=True, dynamic=True, options=compile_options)
+    inductor = torch._TorchCompileInductorWrapper(None, options, True)
+    compiled_graphs = 0
+
+    def backend(gm: torch.fx.GraphModule, example_inputs: list[Any], **kwargs: Any) -> Any:
+        nonlocal compiled_graphs
+        compiled = inductor(gm, example_inputs, **kwargs)
+        compiled_graphs += 1
+        on_graph(direct_call(body, gm, compiled) if compiled_graphs == 1 else None)
+        return compiled
+
+    return torch.compile(body, backend=backend, fullgraph=True, dynamic=True,
+                         options={k: v for k, v in compile_options.items() if k == "guard_filter_fn"})
+
+
+def direct_call(body: Callable[..., Any], gm: torch.fx.GraphModule, compiled: Callable[..., Any]
+                ) -> Callable[..., Any] | None:
+    """``compiled`` (dynamo's graph ``gm`` of ``body``, compiled) as a function of ``body``'s arguments: each graph
+    input is read from them by the expression dynamo recorded as its source (``L['params'][0]``,
+    ``L['params'][0].size()[0]``). None if an input comes from elsewhere (a global, a constant)."""
+    expressions = []
+    for node in gm.graph.find_nodes(op="placeholder"):
+        source = getattr(node.meta.get("grapharg"), "source", None)
+        name = getattr(source, "name", None)
+        name = name() if callable(name) else name
+        if not isinstance(name, str) or not name.startswith("L["):
+            return None
+        expressions.append(re.sub(r"L\['(\w+)'\]", r"\1", name))
+    parameters = inspect.signature(body).parameters.values()
+    defaults = {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+    header = ", ".join(f"{p.name}=defaults[{p.name!r}]" if p.name in defaults else p.name for p in parameters)
+    try:
+        inputs = eval(f"lambda {header}: [{', '.join(expressions)}]", {"defaults": defaults})  # noqa: S307
+    except SyntaxError:
+        return None
+
+    def call(*args: Any) -> Any:
+        return compiled(*inputs(*args))
+
+    return call
 
 
 def inductor_options(options: dict[str, Any]) -> dict[str, Any]:

@@ -84,7 +84,6 @@ def make_body(update: Update, consts: dict[str, Any], keys: tuple[str, ...]) -> 
 class Kernel:
     """One compiled step function, shared by every optimizer whose configuration has its key."""
 
-    fn: Callable[..., list[Tensor]]
     flat: bool
     #: Rows of the state buffers argument that hold block scales, in the order of the kernel's outputs per tensor.
     scale_rows: tuple[int, ...] = ()
@@ -92,9 +91,35 @@ class Kernel:
     compiled_for: set[Any] = field(default_factory=set)
     #: Why compiling it failed, if it did: a later plan that needs it falls back at once.
     failure: str | None = None
+    #: The compiled body (``torch.compile``), set by ``kernel_for``.
+    fn: Callable[..., list[Tensor]] | None = None
+    #: The compiled graph called without dynamo (``codegen.direct_call``), once it computed on the stand-ins exactly
+    #: what ``fn`` did; ``offered`` is the one waiting for that check.
+    direct: Callable[..., list[Tensor]] | None = None
+    offered: Callable[..., list[Tensor]] | None = None
+
+    def offer_direct(self, call: Callable[..., list[Tensor]] | None) -> None:
+        self.offered = call
+        if call is None:  # compiled twice: only dynamo's cache knows which graph serves a call
+            self.direct = None
+
+    def check_direct(self, before: tuple[Any, ...], after: tuple[Any, ...]) -> None:
+        """Adopt the offered direct call if, run on ``before`` (copies of the stand-ins ``fn`` just stepped into
+        ``after``), it leaves every tensor bitwise as ``fn`` did."""
+        offered, self.offered = self.offered, None
+        if offered is None:
+            return
+        self._run(offered, *before)
+        if all(torch.equal(x, y) for x, y in zip(_tensors(before), _tensors(after), strict=True)):
+            self.direct = offered
 
     def __call__(self, *args: Any) -> None:
-        new_scales = self.fn(*args)
+        fn = self.direct or self.fn
+        assert fn is not None, "a kernel is called before kernel_for compiled it"
+        self._run(fn, *args)
+
+    def _run(self, fn: Callable[..., list[Tensor]], *args: Any) -> None:
+        new_scales = fn(*args)
         if new_scales:  # written here, not in the kernel: see quant.encode_blocks_
             buffers = args[2]
             torch._foreach_copy_([buffers[j][i] for i in range(len(args[0])) for j in self.scale_rows], new_scales)
@@ -128,13 +153,12 @@ def kernel_for(opt: Any, key: tuple[Any, ...], consts: dict[str, Any], keys: tup
         info = info_for(type(opt))
         # each 8-bit buffer's block scale is a reduction over its new values, which the encoding reads again
         options.update(INT8_LOCAL_BUFFERS if info is not None and info.int8_local_buffers else INT8_RECOMPUTE)
-    options = codegen.inductor_options(options)
-    guard_filter = codegen.guard_filter("none" if flat else "shapes")
-    if guard_filter is not None:  # an option of torch.compile's own, not inductor's
-        options["guard_filter_fn"] = guard_filter
-    compiled = torch.compile(body, fullgraph=True, dynamic=True, options=options)
     scale_rows = tuple(keys.index(k + quant.SCALE_SUFFIX) for k in code_keys(keys))
-    kernel = _KERNELS[key] = Kernel(compiled, flat, scale_rows)
+    kernel = _KERNELS[key] = Kernel(flat, scale_rows)
+    # a flat kernel keeps no guards (its key pins every input's kind), so it may skip dynamo's frame on each call
+    kernel.fn = codegen.compile_kernel(body, codegen.inductor_options(options),
+                                       codegen.guard_filter("none" if flat else "shapes"),
+                                       kernel.offer_direct if flat else None)
     opt.fused_kernels_made += 1
     if opt.fused_kernels_made == KERNELS_WARNING:
         warnings.warn(f"{type(opt).__name__}(fused=True) has compiled {KERNELS_WARNING} kernels: a hyper-parameter "
@@ -175,6 +199,24 @@ def _stand_in(shape: tuple[int, ...], param: Tensor, buffer: Tensor) -> Tensor:
     return torch.rand(shape, dtype=buffer.dtype, device=buffer.device)
 
 
+def _tensors(args: Any) -> list[Tensor]:
+    """The tensors in ``args`` (nested lists and tuples), in order."""
+    if isinstance(args, Tensor):
+        return [args]
+    if isinstance(args, (list, tuple)):
+        return [t for arg in args for t in _tensors(arg)]
+    return []
+
+
+def _copied(args: Any) -> Any:
+    """``args`` with every tensor cloned, the lists and tuples rebuilt."""
+    if isinstance(args, Tensor):
+        return args.clone()
+    if isinstance(args, (list, tuple)):
+        return type(args)(_copied(arg) for arg in args)
+    return args
+
+
 def compile_on_stand_ins(opt: Any, kernel: Kernel, args: tuple[Any, ...], hyper: tuple[Any, ...],
                          packed: bool, stand_in_size: int) -> None:
     """Compile ``kernel`` on stand-in tensors (the real ones stay untouched if compilation fails).
@@ -212,6 +254,10 @@ def compile_on_stand_ins(opt: Any, kernel: Kernel, args: tuple[Any, ...], hyper:
                   for s in steps]
     # Dynamo would first trace the group's floats (eps, RLion's α) as symbolic inputs, find that they must be
     # constants and trace again; they are constants of the kernel's key anyway.
+    stand_ins = (fake, fake_grads, fake_bufs, fake_steps, *hyper, segments)
+    copies = _copied(stand_ins) if kernel.flat and codegen.adjusted() else None  # to check a direct call on
     with torch._dynamo.config.patch(specialize_float=True), codegen.adjusted_codegen():
-        kernel(fake, fake_grads, fake_bufs, fake_steps, *hyper, segments)
+        kernel(*stand_ins)
+    if copies is not None:
+        kernel.check_direct(copies, stand_ins)
     opt.fused_compile_seconds += time.perf_counter() - start
