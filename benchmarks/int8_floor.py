@@ -1,12 +1,13 @@
-"""What an 8-bit Lion step can reach on this CPU: a hand-written C loop beside optarena's fused 8-bit Lion and torch's
-fused AdamW, interleaved in one process.
+"""What an 8-bit Lion or Adan step can reach on this CPU: hand-written C loops beside optarena's fused 8-bit Lion and
+Adan and torch's fused AdamW, interleaved in one process.
 
 The C loop (compiled here with gcc: ``-O3 -march=native -ffast-math -fopenmp``) does per 256-element block what
 ``optarena.optim.quant`` and Lion's rule say, in the fewest operations: decode the block's codes (``a·q·|q|/127²``),
 update the parameters with the sign of the interpolated momentum, keep the new momentum in a 1 KiB buffer while
-taking its absolute maximum, then encode it (square root, round, sign). It is a floor for the generated kernel, not
-a replacement: optarena's kernels come from the rule's one Python function. Lion's fp32 state and the hand loop's
-state live in separate tensors, so the three candidates move the same bytes as in ``optarena speed``.
+taking its absolute maximum, then encode it (square root, round, sign); the Adan loop does the same for its four
+buffers (its second moment in the unsigned code, a fourth root). They are floors for the generated kernels, not
+a replacement: optarena's kernels come from the rule's one Python function. Every candidate has tensors of its own
+and moves the bytes it does in ``optarena speed``.
 
     PYTHONPATH=. python benchmarks/int8_floor.py [--sizes 1048576,16777216] [--rounds 7]
 """
@@ -55,6 +56,47 @@ void lion8(float* restrict p, const float* restrict g, int8_t* restrict codes, f
     scales[b] = amax;
   }
 }
+
+static inline float dec_s(int8_t q, float unit) { float f = (float)q; return f * fabsf(f) * unit; }
+static inline int8_t enc_s(float x, float inv) {
+  float u = x * inv; return (int8_t)copysignf(nearbyintf(sqrtf(fabsf(u)) * 127.0f), u);
+}
+// Adan (no weight decay, t > 1) with its four buffers in 8 bits: m, d and the previous gradient signed, n unsigned
+void adan8(float* restrict p, const float* restrict g, int8_t* restrict cm, int8_t* restrict cd, uint8_t* restrict cn,
+           int8_t* restrict cg, float* restrict sm, float* restrict sd, float* restrict sn, float* restrict sg,
+           long nblocks, float b1, float b2, float b3, float c3, float s1, float s2, float eps) {
+  #pragma omp parallel for schedule(static)
+  for (long b = 0; b < nblocks; b++) {
+    float fm[256] __attribute__((aligned(64)));
+    float fd[256] __attribute__((aligned(64)));
+    float fn[256] __attribute__((aligned(64)));
+    const float um = sm[b] * (1.0f / (127.0f * 127.0f)), ud = sd[b] * (1.0f / (127.0f * 127.0f));
+    const float ug = sg[b] * (1.0f / (127.0f * 127.0f)), un = sn[b] / (255.0f * 255.0f * 255.0f * 255.0f);
+    const long o = b * 256;
+    float am = 0.0f, ad = 0.0f, an = 0.0f, ag = 0.0f;
+    #pragma omp simd reduction(max:am, ad, an, ag)
+    for (int i = 0; i < 256; i++) {
+      float gi = g[o + i], prev = dec_s(cg[o + i], ug), q = (float)cn[o + i];
+      float diff = gi - prev;
+      float m = dec_s(cm[o + i], um), d = dec_s(cd[o + i], ud), n = q * q * q * q * un;
+      m += (1.0f - b1) * (gi - m);
+      d += (1.0f - b2) * (diff - d);
+      float ng = gi + b2 * diff;
+      n = b3 * n + (1.0f - b3) * ng * ng;
+      float denom = sqrtf(n) * c3 + eps;
+      p[o + i] -= (s1 * m + s2 * d) / denom;
+      fm[i] = m; fd[i] = d; fn[i] = n;
+      am = fmaxf(am, fabsf(m)); ad = fmaxf(ad, fabsf(d)); an = fmaxf(an, n); ag = fmaxf(ag, fabsf(gi));
+    }
+    const float im = am > 0 ? 1 / am : 0, id = ad > 0 ? 1 / ad : 0, in = an > 0 ? 1 / an : 0, ig = ag > 0 ? 1 / ag : 0;
+    #pragma omp simd
+    for (int i = 0; i < 256; i++) {
+      cm[o + i] = enc_s(fm[i], im); cd[o + i] = enc_s(fd[i], id); cg[o + i] = enc_s(g[o + i], ig);
+      cn[o + i] = (uint8_t)nearbyintf(sqrtf(sqrtf(fn[i] * in)) * 255.0f);
+    }
+    sm[b] = am; sd[b] = ad; sn[b] = an; sg[b] = ag;
+  }
+}
 """
 
 
@@ -65,6 +107,7 @@ def build() -> ctypes.CDLL:
                     "liblion8.so"], cwd=folder, check=True)
     lib = ctypes.CDLL(str(folder / "liblion8.so"))
     lib.lion8.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long, ctypes.c_float, ctypes.c_float, ctypes.c_float]
+    lib.adan8.argtypes = [ctypes.c_void_p] * 10 + [ctypes.c_long] + [ctypes.c_float] * 7
     return lib
 
 
@@ -91,13 +134,24 @@ def main() -> None:
         p, g = torch.randn(n, generator=gen), torch.randn(n, generator=gen)
         codes = torch.randint(-127, 128, (n,), dtype=torch.int8, generator=gen)
         scales = torch.rand(n // 256, generator=gen)
-        # the tensors stay alive until the next size: the call holds only their addresses
-        candidates = {"hand-written C loop, 8-bit Lion": functools.partial(
-            lib.lion8, p.data_ptr(), g.data_ptr(), codes.data_ptr(), scales.data_ptr(), n // 256, 1e-4, 0.9, 0.99)}
+        signed = [torch.randint(-127, 128, (n,), dtype=torch.int8, generator=gen) for _ in range(3)]
+        unsigned = torch.randint(0, 256, (n,), dtype=torch.uint8, generator=gen)
+        adan_scales = [torch.rand(n // 256, generator=gen) for _ in range(4)]
+        m, d, prev = signed
+        # the tensors stay alive until the next size: the calls hold only their addresses
+        candidates = {
+            "hand-written C loop, 8-bit Lion": functools.partial(
+                lib.lion8, p.data_ptr(), g.data_ptr(), codes.data_ptr(), scales.data_ptr(), n // 256, 1e-4, 0.9,
+                0.99),
+            "hand-written C loop, 8-bit Adan": functools.partial(
+                lib.adan8, p.data_ptr(), g.data_ptr(), m.data_ptr(), d.data_ptr(), unsigned.data_ptr(), prev.data_ptr(),
+                *(t.data_ptr() for t in adan_scales), n // 256, 0.98, 0.92, 0.99, 10.0, 1e-4, 1e-4, 1e-8)}
         for name, make in (("torch AdamW fused", lambda ps: torch.optim.AdamW(ps, lr=1e-4, fused=True)),
                            ("optarena Lion fused, 8-bit state",
                             lambda ps: optarena.Lion(ps, lr=1e-4, fused=True, state_dtype="int8")),
-                           ("optarena Lion fused", lambda ps: optarena.Lion(ps, lr=1e-4, fused=True))):
+                           ("optarena Lion fused", lambda ps: optarena.Lion(ps, lr=1e-4, fused=True)),
+                           ("optarena Adan fused, 8-bit state",
+                            lambda ps: optarena.Adan(ps, lr=1e-4, fused=True, state_dtype="int8"))):
             param = torch.nn.Parameter(torch.randn(n, generator=gen))
             param.grad = torch.randn(n, generator=gen)
             opt = make([param])

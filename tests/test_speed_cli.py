@@ -35,9 +35,11 @@ def test_speed_quick_writes_table_and_json(tmp_path: Path, capsys: pytest.Captur
     assert next(r for r in rows if r["label"] == "adan loop")["state_bytes_per_param"] == pytest.approx(16, abs=0.2)
 
 
-def test_speed_rejects_unknown_names() -> None:
-    with pytest.raises(SystemExit):
-        main(["speed", "--optimizers", "lino"])
+def test_speed_rejects_unknown_names(capsys: pytest.CaptureFixture[str]) -> None:
+    for flag, value in (("--optimizers", "lino"), ("--layouts", "1x16M,3x7")):
+        with pytest.raises(SystemExit):
+            main(["speed", flag, value])
+        assert f"unknown {value.split(',')[-1]}" in capsys.readouterr().err  # argparse's message, no traceback
 
 
 def test_model_layouts_are_opt_in_and_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--paths", type=_csv(PATHS), default=list(DEFAULT_PATHS),
                         help=f"comma-separated paths (default: {','.join(DEFAULT_PATHS)}; 'compiled', "
                              "torch.compile of the foreach step, is a reference on request)")
-    parser.add_argument("--layouts", default=None,
+    parser.add_argument("--layouts", type=_csv([*LAYOUTS, *QUICK_LAYOUTS, *MODEL_LAYOUTS]), default=None,
                         help=f"comma-separated layouts (default: {','.join(LAYOUTS)}; --quick: "
                              f"{','.join(QUICK_LAYOUTS)}); also the parameter shapes of a real model: "
                              f"{','.join(MODEL_LAYOUTS)}")
@@ -73,8 +73,9 @@ def _run(args: argparse.Namespace) -> int:
     torch.set_flush_denormal(True)  # AdamW's moments drift into subnormals; that would time the FPU, not the step
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     default = QUICK_LAYOUTS if args.quick else LAYOUTS
-    layouts = _csv([*default, *MODEL_LAYOUTS])(args.layouts) if args.layouts else list(default)
-    shapes = {name: default[name] if name in default else MODEL_LAYOUTS[name]() for name in layouts}
+    layouts = args.layouts or list(default)
+    fixed = {**LAYOUTS, **QUICK_LAYOUTS}
+    shapes = {name: fixed[name] if name in fixed else MODEL_LAYOUTS[name]() for name in layouts}
     steps = args.steps or (2 if args.quick else 3)
     rounds = args.rounds or (2 if args.quick else 5)
     device = torch.device(args.device)
