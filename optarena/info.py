@@ -67,8 +67,8 @@ class OptimizerInfo:
     #: Tensors per compiled call of the fused step, largest first (see ``optarena.optim.fused``).
     fused_chunks: tuple[int, ...] = DEFAULT_FUSED_CHUNKS
     #: Whether its fused 8-bit kernels keep the new moments in per-block buffers instead of recomputing them for the
-    #: encoding (``fused.kernels.INT8_LOCAL_BUFFERS``): measured faster for Lion only; others' kernels then store
-    #: full-size temporaries (benchmarks/NOTES.md, "8-bit state").
+    #: encoding (``fused.kernels.INT8_LOCAL_BUFFERS``): measured faster for Lion only; AdaX's and AdEMAMix's kernels
+    #: then store full-size temporaries, Adan's and RLion's gain nothing clear (benchmarks/NOTES.md, "8-bit state").
     int8_local_buffers: bool = False
     #: The name under which ultralytics' own trainer builds this optimizer (then ultralytics keeps it).
     ultralytics_name: str | None = None

@@ -263,7 +263,7 @@ def test_the_fused_8bit_step_is_one_loop_over_blocks() -> None:
     torch.testing.assert_close(new_scales, loop_scales)
 
 
-def test_lions_fused_8bit_kernel_keeps_the_new_moment_per_block() -> None:
+def test_lions_fused_8bit_kernel_keeps_the_new_moment_per_block(monkeypatch: pytest.MonkeyPatch) -> None:
     """Lion's 8-bit kernel (``int8_local_buffers``) stores its new moment in a per-block buffer that the encoding
     reads, instead of recomputing it or writing a full-size temporary; the parameter update runs in the first loop."""
     from torch._inductor.utils import run_and_get_code
@@ -272,6 +272,9 @@ def test_lions_fused_8bit_kernel_keeps_the_new_moment_per_block() -> None:
 
     if not codegen.adjusted():
         pytest.skip("the adjustment is made on the tested torch only")
+    from optarena.optim.fused import kernels
+
+    monkeypatch.setattr(kernels, "_KERNELS", {})  # compiled here, whatever earlier tests compiled
     gen = torch.Generator().manual_seed(0)
     p = torch.nn.Parameter(torch.randn(1 << 16, generator=gen))
     p.grad = torch.randn(1 << 16, generator=gen)
@@ -281,7 +284,7 @@ def test_lions_fused_8bit_kernel_keeps_the_new_moment_per_block() -> None:
     kernel = "\n".join(code)
     assert kernel.count("for(int64_t x0=") == 1 and kernel.count("for(int64_t x1=") == 2
     assert "float* local_buffer_data" in kernel
-    assert not re.search(r"empty_strided_cpu\(\(s\d+, 256\)", kernel)  # no full-size temporary
+    assert not re.search(r"empty_strided_cpu\(\((s\d+, 256|256\*s\d+,)\)", kernel)  # no full-size temporary
     first_loop = kernel.split("for(int64_t x1=")[1]
     parameter_store = r"\.store\(out_ptr\d+ \+ static_cast<int64_t>\(x1 \+ 256L\*x0\)\)"
     assert "tmp_acc0_vec = " in first_loop and re.search(parameter_store, first_loop)  # block maximum, new parameters

@@ -77,7 +77,9 @@ def whole_blocks(numel: int) -> bool:
 def dequantize(codes: Tensor, absmax: Tensor) -> Tensor:
     """The float32 values of ``codes`` with block scales ``absmax``, in the codes' shape."""
     q = _blocked(codes.float(), absmax.numel())
-    # the code's own scale joins the block's (one multiplication per block, not per element)
+    # the code's own scale joins the block's (one multiplication per block, not per element); for a block whose
+    # maximum is below ~1e-28 (unsigned) or ~1e-34 (signed) that product is subnormal, and a process that flushes
+    # subnormals decodes the block as zeros: moments that small step nothing anyway
     if codes.dtype == torch.int8:
         if SIGNED_POWER == 2:
             x = q * q.abs() * (absmax * (1 / 127**2))[:, None]

@@ -100,16 +100,20 @@ class Kernel:
 
     def offer_direct(self, call: Callable[..., list[Tensor]] | None) -> None:
         self.offered = call
-        if call is None:  # compiled twice: only dynamo's cache knows which graph serves a call
+        if call is None:  # compiled a second time: only dynamo's cache knows which graph serves a call
             self.direct = None
 
     def check_direct(self, before: tuple[Any, ...], after: tuple[Any, ...]) -> None:
-        """Adopt the offered direct call if, run on ``before`` (copies of the stand-ins ``fn`` just stepped into
-        ``after``), it leaves every tensor bitwise as ``fn`` did."""
+        """Adopt the offered direct call if, run on ``before`` (the stand-ins as they were before ``fn`` stepped
+        them into ``after``), it leaves every tensor equal (``torch.equal``) to what ``fn`` left. One that fails or
+        differs is dropped: dynamo's call still works."""
         offered, self.offered = self.offered, None
         if offered is None:
             return
-        self._run(offered, *before)
+        try:
+            self._run(offered, *before)
+        except Exception:  # noqa: BLE001 - an input dynamo reads in a way the direct call does not
+            return
         if all(torch.equal(x, y) for x, y in zip(_tensors(before), _tensors(after), strict=True)):
             self.direct = offered
 
@@ -151,8 +155,10 @@ def kernel_for(opt: Any, key: tuple[Any, ...], consts: dict[str, Any], keys: tup
         options["cpp.simdlen"] = 1
     if consts.get("state_dtype") == INT8:
         info = info_for(type(opt))
-        # each 8-bit buffer's block scale is a reduction over its new values, which the encoding reads again
-        options.update(INT8_LOCAL_BUFFERS if info is not None and info.int8_local_buffers else INT8_RECOMPUTE)
+        # each 8-bit buffer's block scale is a reduction over its new values, which the encoding reads again; the
+        # per-block buffers need codegen.outer_loop_fusion (without it they become full-size temporaries)
+        local = info is not None and info.int8_local_buffers and codegen.adjusted()
+        options.update(INT8_LOCAL_BUFFERS if local else INT8_RECOMPUTE)
     scale_rows = tuple(keys.index(k + quant.SCALE_SUFFIX) for k in code_keys(keys))
     kernel = _KERNELS[key] = Kernel(flat, scale_rows)
     # a flat kernel keeps no guards (its key pins every input's kind), so it may skip dynamo's frame on each call
@@ -229,9 +235,9 @@ def compile_on_stand_ins(opt: Any, kernel: Kernel, args: tuple[Any, ...], hyper:
     ps, gs, bufs, steps, segments = args
     start = time.perf_counter()
     if kernel.flat:
-        sizes = [stand_in_size + 2 * i for i in range(len(ps))]
         blocked = ps[0].dim() == 2  # 8-bit state: (blocks, BLOCK) views, the block size compiled in
-        shapes = [(n, quant.BLOCK) if blocked else (n,) for n in sizes]
+        shapes = [(stand_in_size // quant.BLOCK + 1 + 2 * i, quant.BLOCK) if blocked else (stand_in_size + 2 * i,)
+                  for i in range(len(ps))]
         fake = [torch.randn(s, dtype=p.dtype, device=p.device) for s, p in zip(shapes, ps)]
         fake_grads = [torch.randn(s, dtype=g.dtype, device=g.device) for s, g in zip(shapes, gs)]
         fake_bufs = [[_stand_in(s, p, b) for s, p, b in zip(shapes, ps, row)] for row in bufs]
@@ -255,7 +261,9 @@ def compile_on_stand_ins(opt: Any, kernel: Kernel, args: tuple[Any, ...], hyper:
     # Dynamo would first trace the group's floats (eps, RLion's α) as symbolic inputs, find that they must be
     # constants and trace again; they are constants of the kernel's key anyway.
     stand_ins = (fake, fake_grads, fake_bufs, fake_steps, *hyper, segments)
-    copies = _copied(stand_ins) if kernel.flat and codegen.adjusted() else None  # to check a direct call on
+    # what the kernel writes, as it was, to check a direct call on (gradients and hyper-parameters are only read)
+    copies = ((_copied(fake), fake_grads, _copied(fake_bufs), _copied(fake_steps), *hyper, segments)
+              if kernel.flat and codegen.adjusted() else None)
     with torch._dynamo.config.patch(specialize_float=True), codegen.adjusted_codegen():
         kernel(*stand_ins)
     if copies is not None:
