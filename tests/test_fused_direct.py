@@ -15,52 +15,63 @@ def kernels_of(opt: torch.optim.Optimizer) -> list[kernels.Kernel]:
     return [call.kernel for plan in opt._fused_plans.values() for bucket in plan.buckets for call in bucket.calls]
 
 
+#: Two chunked tensors of different sizes (whole 8-bit blocks) and small ones that flat packs take.
+SHAPES = [(256, 256), (128, 512), (320,), (7, 5), (9,), ()]
+
+
+def tensors_of(opt: torch.optim.Optimizer, params: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [t for p in params for t in (p.detach(), *opt.state[p].values())]
+
+
 @pytest.mark.parametrize("state_dtype", [None, "int8"], ids=["fp32-state", "int8-state"])
 @pytest.mark.parametrize("name", ["lion", "adan"])
 def test_the_direct_call_steps_exactly_as_dynamos(name: str, state_dtype: str | None,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each step is made twice from the same parameters and state: by the direct call, then through dynamo's
-    compiled function; every tensor ends equal. 256×256 is a chunked kernel (and whole 8-bit blocks)."""
+    """Each step is made twice from the same parameters and state: by the direct calls (every kernel has one:
+    chunks and packs), then through dynamo's compiled functions; every tensor ends equal."""
     if not codegen.adjusted():
         pytest.skip("the adjustment is made on the tested torch only")
     monkeypatch.setattr(kernels, "_KERNELS", {})  # compiled here, whatever earlier tests compiled
     gen = torch.Generator().manual_seed(0)
-    p = torch.nn.Parameter(torch.randn(256, 256, generator=gen))
-    opt = optarena.create_optimizer([p], name, lr=1e-3, fused=True, state_dtype=state_dtype)
-    for _ in range(3):
-        p.grad = torch.randn(256, 256, generator=gen)
-        before = [p.detach().clone(), *(t.clone() for t in opt.state[p].values())] if opt.state[p] else None
+    params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in SHAPES]
+    opt = optarena.create_optimizer(params, name, lr=1e-3, fused=True, state_dtype=state_dtype)
+    for step in range(3):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen)
+        before = [t.clone() for t in tensors_of(opt, params)]
         opt.step()
-        assert kernels_of(opt) and all(k.direct is not None for k in kernels_of(opt))
-        direct = [p.detach().clone(), *(t.clone() for t in opt.state[p].values())]
-        if before is None:  # the first step made the state: nothing to replay it from
+        assert len(kernels_of(opt)) >= 2 and all(k.direct is not None for k in kernels_of(opt))
+        direct = [t.clone() for t in tensors_of(opt, params)]
+        if step == 0:  # the first step made the state: nothing to replay it from
             continue
         with torch.no_grad():
-            for tensor, value in zip([p, *opt.state[p].values()], before, strict=True):
+            for tensor, value in zip(tensors_of(opt, params), before, strict=True):
                 tensor.copy_(value)
         with monkeypatch.context() as patch:
             for kernel in kernels_of(opt):
                 patch.setattr(kernel, "direct", None)
             opt.step()
-        for tensor, value in zip([p.detach(), *opt.state[p].values()], direct, strict=True):
+        for tensor, value in zip(tensors_of(opt, params), direct, strict=True):
             assert torch.equal(tensor, value)
 
 
-def test_strided_gradients_reach_the_kernel_contiguous() -> None:
-    """A gradient already in the kernel's shape but strided (``p.grad = g[::2]``) is copied; read in place, the
-    kernel (which assumes unit strides) would step with the wrong elements."""
+@pytest.mark.parametrize("shape, state_dtype", [((1 << 16,), None), ((256, 256), "int8")], ids=["1-D", "8-bit"])
+def test_strided_gradients_reach_the_kernel_contiguous(shape: tuple[int, ...], state_dtype: str | None) -> None:
+    """A gradient already in the kernel's shape but strided (``p.grad = g[..., ::2]``; an 8-bit kernel's view of a
+    256×256 parameter is 256 blocks of 256) is copied: read in place, the kernel, which assumes unit strides, would
+    step with the wrong elements. The same step with a contiguous copy of the gradient is the reference."""
     gen = torch.Generator().manual_seed(0)
-    fused_p = torch.nn.Parameter(torch.randn(1 << 16, generator=gen))
-    loop_p = torch.nn.Parameter(fused_p.detach().clone())
-    fused = optarena.Lion([fused_p], lr=1e-2, fused=True)
-    loop = optarena.Lion([loop_p], lr=1e-2, foreach=False)
+    strided_p = torch.nn.Parameter(torch.randn(shape, generator=gen))
+    dense_p = torch.nn.Parameter(strided_p.detach().clone())
+    strided = optarena.Lion([strided_p], lr=1e-2, fused=True, state_dtype=state_dtype)
+    dense = optarena.Lion([dense_p], lr=1e-2, fused=True, state_dtype=state_dtype)
     for _ in range(2):
-        wide = torch.randn(2 << 16, generator=gen)
-        fused_p.grad, loop_p.grad = wide[::2], wide[::2].clone()
-        assert not fused_p.grad.is_contiguous()
-        fused.step()
-        loop.step()
-        torch.testing.assert_close(fused_p, loop_p, rtol=0, atol=1e-6)
+        wide = torch.randn(*shape[:-1], 2 * shape[-1], generator=gen)
+        strided_p.grad, dense_p.grad = wide[..., ::2], wide[..., ::2].contiguous()
+        assert not strided_p.grad.is_contiguous()
+        strided.step()
+        dense.step()
+        assert kernels_of(strided) and torch.equal(strided_p, dense_p)
 
 
 def test_a_direct_call_that_differs_or_fails_is_not_adopted() -> None:

@@ -236,8 +236,8 @@ def compile_on_stand_ins(opt: Any, kernel: Kernel, args: tuple[Any, ...], hyper:
     start = time.perf_counter()
     if kernel.flat:
         blocked = ps[0].dim() == 2  # 8-bit state: (blocks, BLOCK) views, the block size compiled in
-        shapes = [(stand_in_size // quant.BLOCK + 1 + 2 * i, quant.BLOCK) if blocked else (stand_in_size + 2 * i,)
-                  for i in range(len(ps))]
+        rows = max(stand_in_size // quant.BLOCK, 2) | 1  # odd, ≥ 3: no row count specialised to 0 or 1
+        shapes = [(rows + 2 * i, quant.BLOCK) if blocked else (stand_in_size + 2 * i,) for i in range(len(ps))]
         fake = [torch.randn(s, dtype=p.dtype, device=p.device) for s, p in zip(shapes, ps)]
         fake_grads = [torch.randn(s, dtype=g.dtype, device=g.device) for s, g in zip(shapes, gs)]
         fake_bufs = [[_stand_in(s, p, b) for s, p, b in zip(shapes, ps, row)] for row in bufs]
