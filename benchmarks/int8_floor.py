@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -102,16 +103,16 @@ void adan8(float* restrict p, const float* restrict g, int8_t* restrict cm, int8
 
 def build() -> ctypes.CDLL:
     folder = Path(tempfile.mkdtemp(prefix="optarena-int8-floor-"))
-    (folder / "lion8.c").write_text(SOURCE)
-    subprocess.run(["gcc", "-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC", "lion8.c", "-o",
-                    "liblion8.so"], cwd=folder, check=True)
-    lib = ctypes.CDLL(str(folder / "liblion8.so"))
+    (folder / "int8_floor.c").write_text(SOURCE)
+    subprocess.run(["gcc", "-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC", "int8_floor.c", "-o",
+                    "libint8_floor.so"], cwd=folder, check=True)
+    lib = ctypes.CDLL(str(folder / "libint8_floor.so"))
     lib.lion8.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long, ctypes.c_float, ctypes.c_float, ctypes.c_float]
     lib.adan8.argtypes = [ctypes.c_void_p] * 10 + [ctypes.c_long] + [ctypes.c_float] * 7
     return lib
 
 
-def median_ms(step, steps: int) -> float:
+def median_ms(step: Callable[[], object], steps: int) -> float:
     times = []
     for _ in range(steps):
         start = time.perf_counter()

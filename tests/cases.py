@@ -24,3 +24,8 @@ CASES: dict[str, tuple[type, dict]] = {
 def build(case: str, params, **overrides):
     cls, kwargs = CASES[case]
     return cls(params, **{**kwargs, **overrides})
+
+
+def kernels_of(opt) -> list:
+    """The compiled kernels a fused optimizer's plans call."""
+    return [call.kernel for plan in opt._fused_plans.values() for bucket in plan.buckets for call in bucket.calls]

@@ -24,9 +24,9 @@ from optarena.wrappers import GradientAccumulation, LayerAdaptation, Lazy, Looka
 from optarena.wrappers.lookahead import innermost
 
 try:
-    from cases import CASES, build
+    from cases import CASES, build, kernels_of
 except ImportError:  # tests/ is a package
-    from tests.cases import CASES, build
+    from tests.cases import CASES, build, kernels_of
 
 # 0-d, 1-d, 2-d, 3-d; 15 flat tensors, four 4×3 matrices and four more scalars (the elementwise algorithms pack all
 # of these small tensors into flat kernels; Adafactor packs the 12 vectors with the five scalars, the 5×6 matrix with
@@ -623,8 +623,7 @@ def test_fused_without_torch_internals_equals_loop(case: str, monkeypatch: pytes
         sync(fused, fused_params, loop, loop_params)
     assert fused._fused_plans and not seen
     assert all(plan.key[-1] is False for plan in fused._fused_plans.values())  # kernels of their own
-    assert all(call.kernel.direct is None for plan in fused._fused_plans.values() for bucket in plan.buckets
-               for call in bucket.calls)  # dynamo's frame and guards on every call
+    assert all(kernel.direct is None for kernel in kernels_of(fused))  # dynamo's frame and guards on every call
 
 
 @pytest.mark.parametrize("kwargs, match", [

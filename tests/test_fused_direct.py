@@ -10,9 +10,10 @@ import torch
 import optarena
 from optarena.optim.fused import codegen, kernels
 
-
-def kernels_of(opt: torch.optim.Optimizer) -> list[kernels.Kernel]:
-    return [call.kernel for plan in opt._fused_plans.values() for bucket in plan.buckets for call in bucket.calls]
+try:
+    from cases import kernels_of
+except ImportError:  # tests/ is a package
+    from tests.cases import kernels_of
 
 
 #: Two chunked tensors of different sizes (whole 8-bit blocks) and small ones that flat packs take.

@@ -108,9 +108,9 @@ def encode_blocks_(codes: Tensor, x: Tensor, nblocks: int) -> Tensor:
     if codes.dtype == torch.int8:
         root = unit.abs().sqrt() if SIGNED_POWER == 2 else unit.abs() ** (1 / SIGNED_POWER)
         rounded = (root * 127).round()
-        # a compare and a blend; sign()·x costs six vector operations and copysign a call into Sleef per 16 elements
-        # through int32: two vector instructions where float→int8 takes six (no step time measurably saved), and a
-        # NaN or infinite value encodes as 0 on every path (the direct conversion gave −128 in vector lanes)
+        # the sign by a compare and a blend (sign()·x costs six vector operations, copysign a call into Sleef per 16
+        # elements); through int32, two vector instructions where float→int8 takes six (no step time measurably
+        # saved), and a NaN or infinite value encodes as 0 on every path (directly, −128 in vector lanes)
         q = torch.where(unit < 0, -rounded, rounded).to(torch.int32)
     else:
         # a non-negative moment that rounding made slightly negative encodes as 0

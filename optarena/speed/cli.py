@@ -48,8 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layouts", type=_csv([*LAYOUTS, *QUICK_LAYOUTS, *MODEL_LAYOUTS]), default=None,
                         help=f"comma-separated layouts (default: {','.join(LAYOUTS)}; --quick: "
                              f"{','.join(QUICK_LAYOUTS)}, which any run may name); also the parameter shapes of a "
-                             "real model: "
-                             f"{','.join(MODEL_LAYOUTS)}")
+                             f"real model: {','.join(MODEL_LAYOUTS)}")
     parser.add_argument("--quick", action="store_true", help="small layouts and few steps: a smoke test")
     parser.add_argument("--steps", type=int, default=None, help="steps per timed sample (default 3; --quick 2)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5; --quick 2)")

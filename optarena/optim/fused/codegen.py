@@ -60,11 +60,10 @@ def compile_kernel(body: Callable[..., Any], options: dict[str, Any], guard_filt
     fits). For a kernel whose guards are all dropped, dynamo's work per call is then only to take the tensors out of
     the argument lists: calling the graph directly saves ~15–22 µs per call (benchmarks/NOTES.md, "calling the
     graph directly")."""
-    compile_options = dict(options)
-    if guard_filter is not None:  # an option of torch.compile's own, not inductor's
-        compile_options["guard_filter_fn"] = guard_filter
+    # an option of torch.compile's own, not inductor's
+    guards = {} if guard_filter is None else {"guard_filter_fn": guard_filter}
     if on_graph is None or not adjusted():
-        return torch.compile(body, fullgraph=True, dynamic=True, options=compile_options)
+        return torch.compile(body, fullgraph=True, dynamic=True, options={**options, **guards})
     inductor = torch._TorchCompileInductorWrapper(None, options, True)
     compiled_graphs = 0
 
@@ -79,8 +78,7 @@ def compile_kernel(body: Callable[..., Any], options: dict[str, Any], guard_filt
         on_graph(direct)
         return compiled
 
-    return torch.compile(body, backend=backend, fullgraph=True, dynamic=True,
-                         options={k: v for k, v in compile_options.items() if k == "guard_filter_fn"})
+    return torch.compile(body, backend=backend, fullgraph=True, dynamic=True, options=guards)
 
 
 def direct_call(body: Callable[..., Any], gm: torch.fx.GraphModule, compiled: Callable[..., Any]

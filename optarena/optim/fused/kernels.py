@@ -258,12 +258,12 @@ def compile_on_stand_ins(opt: Any, kernel: Kernel, args: tuple[Any, ...], hyper:
     # then assumes they are equal) would fail a guard on the first real step.
     fake_steps = [torch.zeros(3 if packed and kernel.flat else s.numel(), dtype=s.dtype, device=s.device)
                   for s in steps]
-    # Dynamo would first trace the group's floats (eps, RLion's α) as symbolic inputs, find that they must be
-    # constants and trace again; they are constants of the kernel's key anyway.
     stand_ins = (fake, fake_grads, fake_bufs, fake_steps, *hyper, segments)
     # what the kernel writes, as it was, to check a direct call on (gradients and hyper-parameters are only read)
     copies = ((_copied(fake), fake_grads, _copied(fake_bufs), _copied(fake_steps), *hyper, segments)
               if kernel.flat and codegen.adjusted() else None)
+    # Dynamo would first trace the group's floats (eps, RLion's α) as symbolic inputs, find that they must be
+    # constants and trace again; they are constants of the kernel's key anyway.
     with torch._dynamo.config.patch(specialize_float=True), codegen.adjusted_codegen():
         kernel(*stand_ins)
     if copies is not None:
