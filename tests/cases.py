@@ -26,6 +26,11 @@ def build(case: str, params, **overrides):
     return cls(params, **{**kwargs, **overrides})
 
 
+def calls_of(opt) -> list:
+    """The kernel calls of a fused optimizer's plans."""
+    return [call for plan in opt._fused_plans.values() for bucket in plan.buckets for call in bucket.calls]
+
+
 def kernels_of(opt) -> list:
     """The compiled kernels a fused optimizer's plans call."""
-    return [call.kernel for plan in opt._fused_plans.values() for bucket in plan.buckets for call in bucket.calls]
+    return [call.kernel for call in calls_of(opt)]

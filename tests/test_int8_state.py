@@ -20,10 +20,10 @@ from optarena.demo import train_digits
 from optarena.optim import quant
 
 try:
-    from cases import build
+    from cases import build, calls_of
     from fresh_process import checkpoint_midway, continue_in_fresh_process
 except ImportError:  # tests/ is a package
-    from tests.cases import build
+    from tests.cases import build, calls_of
     from tests.fresh_process import checkpoint_midway, continue_in_fresh_process
 
 INT8_CASES = ["lion", "rlion-arctan", "adan", "adax", "ademamix"]
@@ -114,8 +114,9 @@ def test_paths_agree_and_state_bytes(case: str) -> None:
 @pytest.mark.xdist_group("fused-int8")  # compiles the 8-bit Lion kernel that the fresh-process checkpoint test uses
 def test_fused_path_matches_the_loop() -> None:
     gen = torch.Generator().manual_seed(1)
-    # 60K elements of whole blocks: the compiled kernel (a partial last block would step eagerly)
-    start = [torch.randn(s, generator=gen) for s in [(240, 256), (100,)]]
+    # whole blocks, 60K elements and 8K (below the packing size): compiled kernels (a partial last block would step
+    # eagerly)
+    start = [torch.randn(s, generator=gen) for s in [(240, 256), (32, 256), (100,)]]
     results = []
     for path in (dict(foreach=False), dict(fused=True)):
         params = params_from(start)
@@ -125,17 +126,23 @@ def test_fused_path_matches_the_loop() -> None:
             for p in params:
                 p.grad = torch.randn(p.shape, generator=gen)
             opt.step()
-        results.append((params, opt.state[params[0]]))
-    (loop, loop_state), (fused, fused_state) = results
+        results.append((params, [opt.state[p] for p in params[:2]]))
+        if "fused" in path:
+            plans = list(opt._fused_plans.values())
+            assert [plan.eager for plan in plans] == [[]]
+            assert sorted(i for call in calls_of(opt) for i in call.indices) == [0, 1, 2]
+    (loop, loop_states), (fused, fused_states) = results
     for p, q in zip(loop, fused):
         torch.testing.assert_close(q, p, rtol=0, atol=1e-6)
-    # a compiled sqrt/round may land on the neighbouring code at a tie
-    assert (loop_state["exp_avg"].int() - fused_state["exp_avg"].int()).abs().max() <= 1
-    torch.testing.assert_close(fused_state["exp_avg_absmax"], loop_state["exp_avg_absmax"])
+    for loop_state, fused_state in zip(loop_states, fused_states):
+        # a compiled sqrt/round may land on the neighbouring code at a tie
+        assert (loop_state["exp_avg"].int() - fused_state["exp_avg"].int()).abs().max() <= 1
+        torch.testing.assert_close(fused_state["exp_avg_absmax"], loop_state["exp_avg_absmax"])
 
 
 #: The fused step's 8-bit checkpoint: a tensor its compiled 8-bit kernel takes (whole blocks, too large to pack),
-#: quantised ones it steps eagerly (a partial last block; whole blocks but small enough to pack) and small
+#: one with whole blocks below the packing size (also a compiled kernel), one it steps eagerly (a partial last
+#: block) and small
 #: fp32-state tensors it packs into flat kernels.
 FUSED_SHAPES = [(256, 128), (300, 200), (64, 128), (100,), (7,), (5, 6), ()]
 

@@ -117,13 +117,13 @@ def classify(params: list[Tensor], states: list[dict[str, Tensor]],
             continue
         state = states[i]
         step = float(state["step"]) if "step" in state else None
-        small = p.numel() < SMALL_TENSOR and p.is_contiguous()
-        if (small or not quant.whole_blocks(p.numel())) and any(v.dtype in quant.CODE_DTYPES for v in state.values()):
-            # 8-bit blocks of a pack's members would straddle member boundaries; a partial last block is padded,
-            # which a kernel compiled for whole blocks does not do
+        quantized = any(v.dtype in quant.CODE_DTYPES for v in state.values())
+        if quantized and not quant.whole_blocks(p.numel()):
+            # a partial last block is padded, which a kernel compiled for whole blocks does not do
             eager.append(i)
             continue
-        if small:
+        # small 8-bit tensors are chunked, not packed: a pack has no block scales of its own
+        if p.numel() < SMALL_TENSOR and p.is_contiguous() and not quantized:
             kind = ("flat", step) if flat else ("segmented", slice_shape(p.shape), step)
         else:
             kind = ("chunked", p.numel() >= SMALL_TENSOR if flat else _guarded_class(p.shape))
