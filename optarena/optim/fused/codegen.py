@@ -1,9 +1,10 @@
 """What the fused step relies on beyond torch's public API, behind one check of the torch version.
 
 On the torch it was written and measured against (:data:`TESTED_TORCH`), the fused kernels (1) drop the guards that
-their key already pins, (2) compile under three adjustments to inductor's CPU code generation: kernels mixing
+their key already pins, (2) compile under four adjustments to inductor's CPU code generation: kernels mixing
 float32 with a 16-bit float type are vectorised at the 16-bit width, float32 arctan takes Sleef's faster variant,
-and an 8-bit buffer's block maximum and encoding share one loop over blocks (outer-loop fusion), and (3) where no
+an 8-bit buffer's block maximum and encoding share one loop over blocks (outer-loop fusion), and the generated C++
+is rewritten to read scalars once and clamp in fewer instructions (:mod:`.rewrite`), and (3) where no
 guard is left, call inductor's compiled graph without dynamo's frame, reading its inputs by the source expressions
 dynamo records (:func:`compile_kernel`, through torch's private inductor wrapper). Each reaches into inductor's or
 dynamo's internals. On any other torch (or with ``OPTARENA_FUSED_COMPAT=1``) none of them is used: dynamo keeps all
@@ -22,6 +23,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+
+from . import rewrite
 
 #: The torch release whose internals the adjustments were written for.
 TESTED_TORCH = "2.13."
@@ -135,8 +138,8 @@ def cache_key() -> Any:
             pass
 
         def uuid(self) -> str:
-            return ("optarena: low-precision tiling, fast float32 arctan, outer-loop fusion; version 4; "
-                    f"adjusted={adjusted()}")
+            return ("optarena: low-precision tiling, fast float32 arctan, outer-loop fusion, rewritten kernels; "
+                    f"version 5; adjusted={adjusted()}")
 
     return CacheKey()
 
@@ -147,8 +150,33 @@ def adjusted_codegen() -> Iterator[None]:
     if not adjusted():
         yield
         return
-    with low_precision_tiling(), fast_arctan(), outer_loop_fusion():
+    with low_precision_tiling(), fast_arctan(), outer_loop_fusion(), rewritten_kernels():
         yield
+
+
+@contextlib.contextmanager
+def rewritten_kernels() -> Iterator[None]:
+    """While compiling, pass each CPU kernel's C++ source through :func:`rewrite.rewrite` (the intrinsics of its
+    rewrites on x86 with AVX2 or AVX-512 only)."""
+    try:
+        from torch._inductor.codegen import cpp
+
+        original = cpp.CppScheduling.define_kernel
+        isa = cpp.cpu_vec_isa.pick_vec_isa()
+        x86 = isinstance(isa, (cpp.cpu_vec_isa.VecAVX2, cpp.cpu_vec_isa.VecAVX512))
+    except (ImportError, AttributeError):
+        yield
+        return
+    vector_bits = isa.bit_width() if x86 else 0
+
+    def define_kernel(self: Any, src_code: str, *args: Any, **kwargs: Any) -> Any:
+        return original(self, rewrite.rewrite(src_code, vector_bits), *args, **kwargs)
+
+    cpp.CppScheduling.define_kernel = define_kernel
+    try:
+        yield
+    finally:
+        cpp.CppScheduling.define_kernel = original
 
 
 @contextlib.contextmanager

@@ -1,0 +1,156 @@
+"""The rewrites of inductor's generated C++ (optarena.optim.fused.rewrite): each applies where its pattern proves it
+safe and leaves everything else as inductor wrote it; the compiled kernels keep NaN where the rule does."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import optarena
+from optarena.optim.fused import codegen, rewrite
+
+START = "inductor_cpu_integer_div_error_flag = &inductor_cpu_integer_div_error;"
+
+
+def kernel(body: str, header: str = "") -> str:
+    return (f'extern "C" void kernel(const float* in_ptr0, const double* in_ptr1, float* out_ptr0)\n{{\n'
+            f"    {START}\n{header}    #pragma omp parallel\n    {{\n{body}    }}\n}}\n")
+
+
+def test_a_scalar_input_is_read_once_at_the_start() -> None:
+    body = ("        for(int64_t x0=0; x0<ks0; x0+=16)\n        {\n"
+            "            auto tmp1 = in_ptr1[static_cast<int64_t>(0L)];\n"
+            "            auto tmp2 = at::vec::Vectorized<float>::loadu(in_ptr0 + x0, 16);\n        }\n")
+    out = rewrite.read_scalars_once(kernel(body))
+    assert f"{START}\n    const auto in_ptr1_value = in_ptr1[static_cast<int64_t>(0L)];" in out
+    assert "auto tmp1 = in_ptr1_value;" in out
+    assert out.count("in_ptr1[") == 1
+
+
+def test_an_input_aliased_to_a_written_buffer_is_read_where_it_was() -> None:
+    body = "        auto tmp1 = in_ptr2[static_cast<int64_t>(0L)];\n"
+    source = kernel(body, header="    auto in_ptr2 = in_out_ptr0;\n")
+    assert rewrite.read_scalars_once(source) == source
+
+
+ROWS = """            for(int64_t x0=0; x0<ks0; x0+=1)
+            {
+                out_ptr1[static_cast<int64_t>(x0)] = tmp_acc0;
+                #pragma GCC ivdep
+                for(int64_t x1=0; x1<256; x1+=16)
+                {
+                    auto tmp0 = in_ptr0[static_cast<int64_t>(x0)];
+                    auto tmp1 = out_ptr1[static_cast<int64_t>(x0)];
+                    auto tmp2 = out_ptr2[static_cast<int64_t>(x0)];
+                    out_ptr2[static_cast<int64_t>(x0)] = tmp0;
+                }
+                for(int64_t x1=0; x1<256; x1+=16)
+                {
+                    auto tmp0 = in_ptr0[static_cast<int64_t>(x0)];
+                }
+            }
+"""
+
+
+def test_a_row_value_is_read_before_its_loop_unless_the_loop_writes_it() -> None:
+    out = rewrite.read_block_values_once(kernel(ROWS))
+    lines = [line.strip() for line in out.splitlines()]
+    first = lines.index("#pragma GCC ivdep")  # the reads go before the pragma, which binds to its loop
+    assert lines[first - 2:first] == ["const auto in_ptr0_row0 = in_ptr0[static_cast<int64_t>(x0)];",
+                                      "const auto out_ptr1_row1 = out_ptr1[static_cast<int64_t>(x0)];"]
+    assert "auto tmp2 = out_ptr2[static_cast<int64_t>(x0)];" in lines  # written in the loop: read in place
+    assert "const auto in_ptr0_row2 = in_ptr0[static_cast<int64_t>(x0)];" in lines  # each loop its own name
+    assert lines.count("auto tmp0 = in_ptr0_row0;") == 1 and lines.count("auto tmp0 = in_ptr0_row2;") == 1
+
+
+CLAMP = """        for(int64_t x0=0; x0<ks0; x0+=16)
+        {
+            auto tmp0 = at::vec::Vectorized<float>::loadu(in_ptr0 + x0, 16);
+            auto tmp1 = static_cast<float>(-1.5);
+            auto tmp2 = at::vec::Vectorized<float>(tmp1);
+            auto tmp3 = at::vec::maximum(tmp0, tmp2);
+            auto tmp4 = static_cast<float>(0.0);
+            auto tmp5 = at::vec::Vectorized<float>(tmp4);
+            auto tmp6 = at::vec::minimum(tmp5, tmp3);
+            auto tmp7 = at::vec::maximum(tmp3, tmp6);
+        }
+        for(int64_t x0=0; x0<ks0; x0+=16)
+        {
+            auto tmp2 = at::vec::Vectorized<float>::loadu(in_ptr0 + x0, 16);
+            auto tmp3 = at::vec::maximum(tmp0, tmp2);
+        }
+"""
+
+
+@pytest.mark.parametrize("bits", [512, 256])
+def test_a_clamp_against_a_nonzero_constant_is_one_instruction_with_the_constant_first(bits: int) -> None:
+    out = rewrite.clamp_by_one_instruction(kernel(CLAMP), bits)
+    assert f"auto tmp3 = at::vec::Vectorized<float>(_mm{bits}_max_ps(tmp2, tmp0));" in out
+    assert "auto tmp6 = at::vec::minimum(tmp5, tmp3);" in out  # zero: a tie of ±0 would pick another sign
+    assert "auto tmp7 = at::vec::maximum(tmp3, tmp6);" in out  # no constant
+    assert out.count("at::vec::maximum(tmp0, tmp2)") == 1  # the second loop's tmp2 is a load, not the constant
+
+
+ACCUMULATE = """        at::vec::Vectorized<float> tmp_acc0_vec = at::vec::Vectorized<float>(-inf);
+        at::vec::Vectorized<int32_t> tmp_acc1_vec = at::vec::Vectorized<int32_t>(min);
+        for(int64_t x1=0; x1<256; x1+=16)
+        {
+            auto tmp0 = at::vec::Vectorized<float>::loadu(in_ptr0 + x1, 16);
+            auto tmp1 = tmp0.abs();
+            auto tmp2 = at::vec::convert<int32_t>(tmp0).abs();
+            tmp_acc0_vec = at::vec::maximum(tmp_acc0_vec, tmp1);
+            tmp_acc1_vec = at::vec::maximum(tmp_acc1_vec, tmp2);
+        }
+        for(int64_t x1=0; x1<256; x1+=16)
+        {
+            auto tmp0 = at::vec::Vectorized<float>::loadu(in_ptr0 + x1, 16);
+            tmp_acc0_vec = at::vec::maximum(tmp_acc0_vec, tmp0);
+        }
+"""
+
+
+def test_a_running_maximum_of_absolute_values_compares_bits() -> None:
+    out = rewrite.abs_max_by_integer_max(kernel(ACCUMULATE), 512)
+    assert ("tmp_acc0_vec = at::vec::Vectorized<float>(_mm512_castsi512_ps(_mm512_max_epi32("
+            "_mm512_castps_si512(tmp_acc0_vec), _mm512_castps_si512(tmp1))));") in out
+    assert "tmp_acc1_vec = at::vec::maximum(tmp_acc1_vec, tmp2);" in out  # an integer accumulator
+    assert "tmp_acc0_vec = at::vec::maximum(tmp_acc0_vec, tmp0);" in out  # not an absolute value
+
+
+def test_the_bit_order_of_non_negative_floats_is_their_order() -> None:
+    """What :func:`rewrite.abs_max_by_integer_max` relies on, over the kinds of float: zero, subnormal, normal,
+    infinite, NaN (above infinity), and −∞ (the accumulator's start) below all of them."""
+    values = torch.tensor([0.0, 1e-40, 1e-38, 0.5, 1.0, 3e38, math.inf, math.nan])
+    bits = values.view(torch.int32)
+    assert torch.equal(bits.sort().values, bits) and (bits[:-1] < bits[1:]).all()
+    assert torch.tensor(-math.inf).view(torch.int32) < bits.min()
+
+
+def test_rewrite_leaves_the_intrinsics_out_off_x86() -> None:
+    source = kernel(CLAMP) + kernel(ACCUMULATE)
+    assert "_mm" not in rewrite.rewrite(source, 0) and "_mm" not in rewrite.rewrite(source, 128)
+
+
+@pytest.mark.parametrize("state_dtype", [None, "int8"])
+def test_fused_lion_keeps_a_nan_gradient_nan(state_dtype: str | None) -> None:
+    """The rewritten clamp and block maximum still let a NaN through: the parameter entry with a NaN gradient
+    becomes NaN on the fused path as on the loop path, and no other entry does; the state agrees too."""
+    if not codegen.adjusted():
+        pytest.skip("the rewrites are made on the tested torch only")
+    results = []
+    for path in (dict(foreach=False), dict(fused=True)):
+        p = torch.nn.Parameter(torch.ones(1 << 15))
+        opt = optarena.Lion([p], lr=0.1, state_dtype=state_dtype, **path)
+        for step in range(3):
+            p.grad = torch.full_like(p, 0.5)
+            if step == 1:
+                p.grad[300] = math.nan
+            opt.step()
+        results.append((p.detach().clone(), opt.state[p]))
+    (loop, loop_state), (fused, fused_state) = results
+    assert fused[300].isnan() and loop[300].isnan()
+    torch.testing.assert_close(fused, loop, equal_nan=True)
+    for key in loop_state:  # with 8-bit state, the NaN block's scale is NaN (its codes all 0) on both paths
+        torch.testing.assert_close(fused_state[key], loop_state[key], equal_nan=True)
