@@ -273,6 +273,7 @@ def test_the_fused_8bit_step_is_one_loop_over_blocks() -> None:
 def test_lions_fused_8bit_kernel_keeps_the_new_moment_per_block(monkeypatch: pytest.MonkeyPatch) -> None:
     """Lion's 8-bit kernel (``int8_local_buffers``) stores its new moment in a per-block buffer that the encoding
     reads, instead of recomputing it or writing a full-size temporary; the parameter update runs in the first loop."""
+    from torch._inductor import cpu_vec_isa
     from torch._inductor.utils import run_and_get_code
 
     from optarena.optim.fused import codegen
@@ -296,3 +297,8 @@ def test_lions_fused_8bit_kernel_keeps_the_new_moment_per_block(monkeypatch: pyt
     parameter_store = r"\.store\(out_ptr\d+ \+ static_cast<int64_t>\(x1 \+ 256L\*x0\)\)"
     assert "tmp_acc0_vec = " in first_loop and re.search(parameter_store, first_loop)  # block maximum, new parameters
     assert opt.fused_kernels_made == 1
+    # fused.rewrite: lr and the betas read once per call, the block's scale once per block
+    assert re.search(r"const auto in_ptr\d+_value = ", kernel) and re.search(r"const auto \w+_row\d+ = ", kernel)
+    if isinstance(cpu_vec_isa.pick_vec_isa(), (cpu_vec_isa.VecAVX2, cpu_vec_isa.VecAVX512)):
+        # x86: the sign's clamp and the block maximum in one instruction each
+        assert re.search(r"_mm\d+_max_ps\(", first_loop) and re.search(r"_mm\d+_max_epi32\(", first_loop)

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import inspect
 import os
 import re
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -138,8 +140,10 @@ def cache_key() -> Any:
             pass
 
         def uuid(self) -> str:
-            return ("optarena: low-precision tiling, fast float32 arctan, outer-loop fusion, rewritten kernels; "
-                    f"version 5; adjusted={adjusted()}")
+            # the rewrites' own source too: an edit to them must not reuse kernels rewritten the old way
+            rewrites = hashlib.sha256(Path(rewrite.__file__).read_bytes()).hexdigest()[:16]
+            return ("optarena: low-precision tiling, fast float32 arctan, outer-loop fusion, rewritten kernels "
+                    f"{rewrites}; version 5; adjusted={adjusted()}")
 
     return CacheKey()
 
@@ -167,11 +171,15 @@ def rewritten_kernels() -> Iterator[None]:
     except (ImportError, AttributeError):
         yield
         return
+    if getattr(original, "rewrites", False):  # already inside one: rewriting twice finds nothing new
+        yield
+        return
     vector_bits = isa.bit_width() if x86 else 0
 
     def define_kernel(self: Any, src_code: str, *args: Any, **kwargs: Any) -> Any:
         return original(self, rewrite.rewrite(src_code, vector_bits), *args, **kwargs)
 
+    define_kernel.rewrites = True  # type: ignore[attr-defined]
     cpp.CppScheduling.define_kernel = define_kernel
     try:
         yield

@@ -21,8 +21,9 @@ from ..step import math_dtype
 from .kernels import Kernel, StepValues, compile_on_stand_ins, kernel_for, kernel_inputs
 from .pack import Pack, pack_runs, slice_shape
 
-#: Tensors with fewer elements are packed: a parallel region per tiny tensor costs more than it saves. Larger ones
-#: are compiled on large stand-in sizes, so that inductor emits OpenMP-parallel loops.
+#: Tensors with fewer elements are packed (with 8-bit state: chunked, in kernels of their own size class): a
+#: parallel region per tiny tensor costs more than it saves. Larger ones are compiled on large stand-in sizes, so
+#: that inductor emits OpenMP-parallel loops.
 SMALL_TENSOR = 1 << 15
 #: Fewest small tensors with the same last two dims that a non-elementwise algorithm packs together (a lone one is
 #: chunked: a pack of one would specialise the kernel to one member).

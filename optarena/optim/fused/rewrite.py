@@ -1,5 +1,6 @@
 """Rewrites of the C++ source that inductor generates for a fused kernel on an x86 CPU (the adjusted torch only:
-``codegen.rewritten_kernels``), each computing the same values in fewer instructions.
+``codegen.rewritten_kernels``), each computing the same numbers in fewer instructions (a NaN stays a NaN, though
+not always with the same bits).
 
 The kernels store through vector intrinsics, whose types may alias any memory, so the C++ compiler reloads every
 scalar input (lr, the betas, a block's scale) and redoes the arithmetic on it on each vector iteration: it cannot
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import math
 import re
+import struct
 from collections import defaultdict
 from collections.abc import Callable
 
@@ -53,11 +55,11 @@ def read_scalars_once(source: str) -> str:
         return source
     aliased = _aliases(source)
     names = sorted({name for name in re.findall(r"\b(in_ptr\d+)\[static_cast<int64_t>\(0L\)\]", source)
-                    if name not in aliased and f"&{name}[" not in source})
+                    if name not in aliased and f"&{name}[" not in source and f"{name}_value" not in source})
     if not names:
         return source
     for name in names:
-        source = source.replace(f"{name}[static_cast<int64_t>(0L)]", f"{name}_value")
+        source = re.sub(rf"\b{name}\[static_cast<int64_t>\(0L\)\]", f"{name}_value", source)
     indent = re.search(rf"\n([ \t]*){re.escape(start)}", source).group(1)
     reads = "".join(f"\n{indent}const auto {name}_value = {name}[static_cast<int64_t>(0L)];" for name in names)
     return source.replace(start, start + reads)
@@ -74,14 +76,26 @@ def _block_end(lines: list[str], start: int) -> int:
     return len(lines) - 1
 
 
-def _writes(body: str, name: str) -> bool:
-    return f".store({name}" in body or re.search(rf"\b{name}\[[^\]]*\]\s*=(?!=)", body) is not None
+def _only_row_reads(body: str, name: str) -> bool:
+    """Whether ``name`` appears in ``body`` only as the read ``name[static_cast<int64_t>(x0)]``, outside any masked
+    lambda (``[&]``: a read it guards may lie past the pointer's rows)."""
+    reads = len(re.findall(rf"\b{name}\[static_cast<int64_t>\(x0\)\](?!\s*[-+*/|&^]?=(?!=))", body))  # not written
+    return reads == len(re.findall(rf"\b{name}\b", body)) and "[&]" not in body
+
+
+def _collapsed(out: list[str]) -> bool:
+    """Whether the loop about to follow ``out`` is the second of a ``collapse(2)``: nothing may stand between them."""
+    i = len(out) - 1
+    while i >= 0 and out[i].strip() in ("", "{"):
+        i -= 1
+    return i >= 1 and out[i].lstrip().startswith("for(") and "collapse(" in out[i - 1]
 
 
 def read_block_values_once(source: str) -> str:
     """Reads of a per-row value (``in_ptr1[static_cast<int64_t>(x0)]``) inside an inner loop over ``x1`` moved to
-    just before that loop: an input is not written inside the kernel; an output only where the loop does not
-    write it."""
+    just before that loop, where the loop touches that pointer in no other way (no write, no other index) and the
+    pointer is not an alias of a written buffer: inductor writes a buffer it also reads through another pointer
+    only after reading it, so the value before the loop is the value in it."""
     aliased = _aliases(source)
     lines = source.split("\n")
     out: list[str] = []
@@ -97,13 +111,16 @@ def read_block_values_once(source: str) -> str:
         while out and out[-1].lstrip().startswith("#pragma"):
             pragmas.insert(0, out.pop())
         indent = re.match(r"\s*", lines[i]).group(0)
-        for name in sorted(set(re.findall(rf"\b({_POINTER})\[static_cast<int64_t>\(x0\)\]", body))):
-            if name in aliased or (not name.startswith("in_ptr") and _writes(body, name)):
+        names = sorted(set(re.findall(rf"\b({_POINTER})\[static_cast<int64_t>\(x0\)\]", body)))
+        if _collapsed(out):
+            names = []
+        for name in names:
+            if name in aliased or not _only_row_reads(body, name) or f"{name}_row" in source:
                 continue
             value = f"{name}_row{count}"
             count += 1
             out.append(f"{indent}const auto {value} = {name}[static_cast<int64_t>(x0)];")
-            body = body.replace(f"{name}[static_cast<int64_t>(x0)]", value)
+            body = re.sub(rf"\b{name}\[static_cast<int64_t>\(x0\)\]", value, body)
         out += pragmas + body.split("\n")
         i = end + 1
     return "\n".join(out)
@@ -111,9 +128,12 @@ def read_block_values_once(source: str) -> str:
 
 def _per_loop(source: str, rewrite_one: Callable[[str, dict[str, list[str]]], str]) -> str:
     """``rewrite_one`` applied to each stretch of ``source`` from one ``for`` to the next, with the right-hand sides
-    given there to each ``tmp`` name (inductor numbers them again in every loop body)."""
-    pieces = re.split(r"(?=^[ \t]*for\()", source, flags=re.MULTILINE)
-    return "".join(rewrite_one(piece, _definitions(piece)) for piece in pieces)
+    given there to each ``tmp`` name (the names repeat across a kernel's loops with other meanings)."""
+    return "".join(rewrite_one(piece, _definitions(piece)) for piece in _pieces(source))
+
+
+def _pieces(source: str) -> list[str]:
+    return re.split(r"(?=^[ \t]*for\()", source, flags=re.MULTILINE)
 
 
 def _definitions(source: str) -> dict[str, list[str]]:
@@ -123,14 +143,23 @@ def _definitions(source: str) -> dict[str, list[str]]:
     return found
 
 
+def _float32(literal: str) -> float | None:
+    """The float a C++ ``static_cast<float>(literal)`` gives, or None if it overflows."""
+    try:
+        return struct.unpack("f", struct.pack("f", float(literal)))[0]
+    except (OverflowError, ValueError):
+        return None
+
+
 def _nonzero_constants(definitions: dict[str, list[str]]) -> set[str]:
-    """Names that are float vectors of one finite nonzero literal wherever they are defined."""
+    """Names that are float vectors of one finite nonzero float32 wherever they are defined."""
 
     def literal(name: str) -> bool:
         values = definitions.get(name, [])
         for value in values:
             match = re.fullmatch(r"static_cast<float>\(([-+0-9.eE]+)\)", value)
-            if match is None or not math.isfinite(float(match.group(1))) or float(match.group(1)) == 0:
+            number = None if match is None else _float32(match.group(1))
+            if number is None or not math.isfinite(number) or number == 0:
                 return False
         return bool(values)
 
@@ -143,8 +172,9 @@ def _nonzero_constants(definitions: dict[str, list[str]]) -> set[str]:
 
 def clamp_by_one_instruction(source: str, vector_bits: int) -> str:
     """``at::vec::maximum(x, c)`` and ``minimum`` with ``c`` a nonzero constant as one ``max_ps``/``min_ps`` with
-    ``c`` first: the same value for every ``x``, NaN included (a nonzero ``c`` cannot tie with ``x`` in any other
-    bits, so which operand a tie returns does not matter)."""
+    ``c`` first: the same value for every number ``x``, and NaN for a NaN (x's own, where ATen's returns an all-ones
+    NaN); a nonzero ``c`` cannot tie with ``x`` in other bits (as ±0 tie), so which operand a tie returns does not
+    matter."""
     prefix, _ = _WIDTHS[vector_bits]
 
     def in_loop(piece: str, definitions: dict[str, list[str]]) -> str:
@@ -163,28 +193,44 @@ def clamp_by_one_instruction(source: str, vector_bits: int) -> str:
     return _per_loop(source, in_loop)
 
 
+_ASSIGNMENT = re.compile(r"^\s*(tmp_acc\d+_vec) = (.*);\s*$", flags=re.MULTILINE)
+
+
 def abs_max_by_integer_max(source: str, vector_bits: int) -> str:
     """A float running maximum ``acc = at::vec::maximum(acc, y)`` with ``y = x.abs()`` as a signed integer maximum
-    of their bits: for non-negative floats (and the accumulator's start, −∞, a negative integer) the integer order is
-    the float order; a NaN's bits are above infinity's, so a NaN still ends as the maximum, as it did."""
+    of their bits, where every assignment to ``acc`` is of that form: then ``acc`` holds its start (−∞, a negative
+    integer) or non-negative floats, whose integer order is their float order, and a NaN's bits are above infinity's,
+    so a NaN still ends as the maximum (a positive NaN, where ATen's maximum gives an all-ones one). An accumulator
+    also assigned otherwise (a masked tail's ``max_masked_reduce``, whose NaN is negative as an integer) is left."""
     prefix, bits = _WIDTHS[vector_bits]
-    declared = defaultdict(set)
+    cast = f"{prefix}_castps_si{bits}"
+    declared: dict[str, set[str]] = defaultdict(set)
     for kind, name in re.findall(r"(at::vec::\S+) (tmp_acc\d+_vec) = ", source):
         declared[name].add(kind)
-    float_accumulators = {name for name, kinds in declared.items() if kinds == {"at::vec::Vectorized<float>"}}
-    cast = f"{prefix}_castps_si{bits}"
+    eligible = {name for name, kinds in declared.items() if kinds == {"at::vec::Vectorized<float>"}}
+
+    def y_of(acc: str, value: str, definitions: dict[str, list[str]]) -> str | None:
+        """``y`` if ``value`` is ``at::vec::maximum(acc, y)`` with ``y`` an absolute value."""
+        match = re.fullmatch(rf"at::vec::maximum\({acc}, (tmp\d+)\)", value)
+        values = definitions.get(match.group(1), []) if match else []
+        return match.group(1) if values and all(re.fullmatch(r"tmp\d+\.abs\(\)", v) for v in values) else None
+
+    for piece in _pieces(source):
+        definitions = _definitions(piece)
+        eligible -= {acc for acc, value in _ASSIGNMENT.findall(piece) if y_of(acc, value, definitions) is None}
+    for acc in list(eligible):  # an assignment of another form anywhere (inside a lambda, say)
+        if len(re.findall(rf"(?<!> )\b{acc} = ", source)) != len(re.findall(rf"^\s*{acc} = ", source, re.MULTILINE)):
+            eligible.discard(acc)
 
     def in_loop(piece: str, definitions: dict[str, list[str]]) -> str:
-        absolute = {name for name, values in definitions.items()
-                    if all(re.fullmatch(r"tmp\d+\.abs\(\)", value) for value in values)}
-
         def integer_max(match: re.Match[str]) -> str:
-            acc, y = match.groups()
-            if acc not in float_accumulators or y not in absolute:
+            acc, value = match.groups()
+            y = y_of(acc, value, definitions) if acc in eligible else None
+            if y is None:
                 return match.group(0)
-            return (f"{acc} = at::vec::Vectorized<float>({prefix}_castsi{bits}_ps({prefix}_max_epi32({cast}({acc}), "
-                    f"{cast}({y}))));")
+            integer = f"{prefix}_max_epi32({cast}({acc}), {cast}({y}))"
+            return match.group(0).replace(value, f"at::vec::Vectorized<float>({prefix}_castsi{bits}_ps({integer}))")
 
-        return re.sub(r"(tmp_acc\d+_vec) = at::vec::maximum\(\1, (tmp\d+)\);", integer_max, piece)
+        return _ASSIGNMENT.sub(integer_max, piece)
 
     return _per_loop(source, in_loop)
