@@ -4,6 +4,7 @@ safe and leaves everything else as inductor wrote it; the compiled kernels keep 
 from __future__ import annotations
 
 import math
+import struct
 
 import pytest
 import torch
@@ -159,12 +160,22 @@ def test_a_running_maximum_of_absolute_values_compares_bits() -> None:
 
 
 def test_the_bit_order_of_non_negative_floats_is_their_order() -> None:
-    """What :func:`rewrite.abs_max_by_integer_max` relies on, over the kinds of float: zero, subnormal, normal,
-    infinite, NaN (above infinity), and −∞ (the accumulator's start) below all of them."""
-    values = torch.tensor([0.0, 1e-40, 1e-38, 0.5, 1.0, 3e38, math.inf, math.nan])
-    bits = values.view(torch.int32)
-    assert torch.equal(bits.sort().values, bits) and (bits[:-1] < bits[1:]).all()
-    assert torch.tensor(-math.inf).view(torch.int32) < bits.min()
+    """What :func:`rewrite.abs_max_by_integer_max` relies on, over the kinds of float32: zero, subnormal, normal,
+    largest, infinite, then NaN above them, and −∞ (the accumulator's start) below all."""
+
+    def as_float(bits: int) -> float:
+        return struct.unpack("<f", struct.pack("<I", bits))[0]
+
+    flushing = as_float(1) == 0  # an earlier test in this process may flush subnormals (they would read as zero)
+    torch.set_flush_denormal(False)
+    try:
+        bits = [0, 1, 0x00800000, 0x3F000000, 0x3F800000, 0x7F7FFFFF, 0x7F800000]
+        floats = [as_float(b) for b in bits]
+        assert floats == sorted(floats) and len(set(floats)) == len(floats) and floats[-1] == math.inf
+        assert math.isnan(as_float(0x7FC00000)) and 0x7FC00000 > bits[-1]
+        assert struct.unpack("<i", struct.pack("<f", -math.inf))[0] < 0
+    finally:
+        torch.set_flush_denormal(flushing)
 
 
 def test_rewrite_leaves_the_intrinsics_out_of_other_isas() -> None:
