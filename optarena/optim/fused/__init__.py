@@ -25,10 +25,6 @@ from .plan import FusedPlan, Request, make_plan
 __all__ = ["FusedPlan", "default_to_fused", "fused_step", "resolve_fused"]
 
 
-#: Tensors per call with 8-bit state: each tensor adds reductions whose scheduling inductor's compile time grows
-#: with faster than the count (200×82K Lion: 75 s with 32 per call; benchmarks/NOTES.md, "8-bit state").
-INT8_CHUNKS = (4, 1)
-
 #: Group keys that choose what happens around the kernels, not in them: groups that differ only there share kernels.
 NOT_IN_KERNELS = ("foreach", "fused", "skip_nonfinite")
 
@@ -74,9 +70,8 @@ def fused_step(opt: Any, group: dict[str, Any], params: list[Tensor], states: li
         info = info_for(type(opt))
         # an unregistered algorithm may mix elements: its kernels keep real shapes, which is right for any math
         flat = info is not None and info.elementwise
-        chunks = info.fused_chunks if info is not None else DEFAULT_FUSED_CHUNKS
-        if group.get("state_dtype") == INT8:
-            chunks = INT8_CHUNKS
+        chunks = DEFAULT_FUSED_CHUNKS if info is None else (
+            info.int8_fused_chunks if group.get("state_dtype") == INT8 else info.fused_chunks)
         try:
             plan = make_plan(Request(opt, key, consts, values, flat, chunks), params, states)
         except Exception as err:  # noqa: BLE001 - whatever the compiler raised, foreach still works

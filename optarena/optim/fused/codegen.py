@@ -129,10 +129,12 @@ def inductor_options(options: dict[str, Any]) -> dict[str, Any]:
 
 
 @functools.cache
-def cache_key() -> Any:
+def cache_key(sizes: str) -> Any:
     """A post-grad pass that changes nothing; inductor puts its ``uuid`` into the key of its on-disk cache, so that
-    kernels generated with and without the adjustments never stand in for each other. (Made on first use: it
-    imports inductor, which only the fused path needs.)"""
+    kernels generated with and without the adjustments never stand in for each other, nor kernels first compiled on
+    other ``sizes``: inductor decides from the size hints which loops run in parallel, yet keys its cache on the
+    symbolic graph alone (a kernel for 4-tensor calls of 82K elements, compiled after the one for calls of 4096,
+    ran its first tensor on one thread). (Made on first use: it imports inductor, which only the fused path needs.)"""
     from torch._inductor.custom_graph_pass import CustomGraphPass
 
     class CacheKey(CustomGraphPass):
@@ -143,7 +145,7 @@ def cache_key() -> Any:
             # the rewrites' own source too: an edit to them must not reuse kernels rewritten the old way
             rewrites = hashlib.sha256(Path(rewrite.__file__).read_bytes()).hexdigest()[:16]
             return ("optarena: low-precision tiling, fast float32 arctan, outer-loop fusion, rewritten kernels "
-                    f"{rewrites}; version 5; adjusted={adjusted()}")
+                    f"{rewrites}; version 6; adjusted={adjusted()}; compiled on {sizes}")
 
     return CacheKey()
 

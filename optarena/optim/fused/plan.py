@@ -18,7 +18,7 @@ from torch import Tensor
 from .. import quant
 from ..ops import STATIC_SIZE, scalar_loops
 from ..step import math_dtype
-from .kernels import Kernel, StepValues, compile_on_stand_ins, kernel_for, kernel_inputs
+from .kernels import Kernel, StepValues, compile_on_stand_ins, kernel_for, kernel_inputs, stand_in_shapes
 from .pack import Pack, pack_runs, slice_shape
 
 #: Tensors with fewer elements are packed (with 8-bit state: chunked, in kernels of their own size class): a
@@ -89,8 +89,19 @@ class Request:
     flat: bool
     chunks: tuple[int, ...]
 
-    def kernel(self, config: tuple[Any, ...], keys: tuple[str, ...], scalar: bool = False) -> Kernel:
-        return kernel_for(self.opt, config, self.consts, keys, self.flat, scalar)
+    def kernel(self, config: tuple[Any, ...], keys: tuple[str, ...], params: list[Tensor],
+               scalar: bool = False) -> Kernel:
+        """The kernel of ``config`` for a call on ``params``."""
+        # what inductor compiles on: stand-ins, or clones of the real tensors
+        shapes = stand_in_shapes(params, stand_in_size(params)) if self.flat else [tuple(p.shape) for p in params]
+        sizes = ", ".join(map(str, shapes))
+        return kernel_for(self.opt, config, self.consts, keys, self.flat, sizes, scalar)
+
+
+def stand_in_size(params: list[Tensor]) -> int:
+    """The elements of a flat kernel's first stand-in for a call on ``params``: odd, and large where inductor should
+    emit parallel loops (it parallelises a loop from the size hints it is compiled on)."""
+    return 37 if all(p.numel() < SMALL_TENSOR for p in params) else SMALL_TENSOR * 2 + 1
 
 
 def _guarded_class(shape: tuple[int, ...] | torch.Size) -> tuple[int, tuple[int | None, ...]]:
@@ -151,9 +162,10 @@ def chunk(request: Request, params: list[Tensor], states: list[dict[str, Tensor]
             while len(run) - start >= size:
                 idx = run[start:start + size]
                 start += size
-                kernel = request.kernel((*config, size, kind), keys,
+                views = _views(params, states, idx, keys, request.flat)
+                kernel = request.kernel((*config, size, kind), keys, views[0],
                                         scalar=not request.flat and scalar_loops(params[idx[0]].shape))
-                calls.append(Call(kernel, idx, *_views(params, states, idx, keys, request.flat)))
+                calls.append(Call(kernel, idx, *views))
     return calls
 
 
@@ -191,7 +203,8 @@ def pack(request: Request, params: list[Tensor], states: list[dict[str, Tensor]]
         slices = packed.flat_param.shape[1:]
         size_class = ("packed", packed.numel >= SMALL_TENSOR, packed.flat_param.dim(),
                       None if request.flat else static_sizes(slices))
-        kernel = request.kernel((*config, 1, size_class), keys, scalar=not request.flat and scalar_loops(slices))
+        kernel = request.kernel((*config, 1, size_class), keys, [packed.flat_param],
+                                scalar=not request.flat and scalar_loops(slices))
         bucket.calls.append(Call(kernel, run, [packed.flat_param], [[flat] for flat in packed.flat_state],
                                  packed.steps, packed))
     return sum(2 * n * dtype.itemsize for (_, dtype), n in sizes.items())
@@ -210,11 +223,10 @@ def precompile(request: Request, plan: FusedPlan) -> None:
             if shapes in call.kernel.compiled_for:
                 continue
             grads = [call.pack.flat_grad] if call.pack is not None else [plan.params[i].grad for i in call.indices]
-            # odd sizes, large where inductor should emit parallel loops
-            size = 37 if all(p.numel() < SMALL_TENSOR for p in call.params) else SMALL_TENSOR * 2 + 1
             try:
                 compile_on_stand_ins(request.opt, call.kernel, (call.params, grads, call.buffers, call.steps,
-                                                                segments), bucket.inputs, call.pack is not None, size)
+                                                                segments), bucket.inputs, call.pack is not None,
+                                     stand_in_size(call.params))
             except Exception as err:  # noqa: BLE001 - whatever the compiler raised, foreach still works
                 call.kernel.failure = f"{type(err).__name__}: {err}"
                 raise RuntimeError(call.kernel.failure) from err

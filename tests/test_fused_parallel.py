@@ -1,0 +1,60 @@
+"""Which loops of a fused kernel run in parallel: inductor decides it from the sizes a kernel is compiled on, so those
+sizes must suit the tensors the kernel will step, and a kernel compiled on other sizes must not be reused."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+import optarena
+from optarena.optim.fused import codegen, kernels
+
+pytestmark = pytest.mark.skipif(not codegen.adjusted(), reason="the cache key and stand-ins are those of the tested "
+                                                               "torch's adjusted kernels")
+
+
+@pytest.fixture(autouse=True)
+def two_threads():
+    """Kernels compiled for two threads (the tests run on one, for which inductor parallelises nothing)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def step_code(shapes: list[tuple[int, ...]], state_dtype: str | None, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The C++ of the kernels of one fused Lion step on fresh parameters of ``shapes`` (kernels made anew, through
+    inductor's on-disk cache, which serves the code of a graph it has seen)."""
+    from torch._inductor.utils import run_and_get_code
+
+    monkeypatch.setattr(kernels, "_KERNELS", {})
+    params = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt = optarena.Lion(params, lr=1e-3, fused=True, state_dtype=state_dtype)
+    _, code = run_and_get_code(opt.step)
+    assert code and opt.fused_kernels_made == 1
+    return "\n".join(code)
+
+
+@pytest.mark.parametrize("state_dtype", [None, "int8"], ids=["fp32-state", "int8-state"])
+def test_a_kernel_compiled_on_small_tensors_does_not_serve_large_ones(
+        state_dtype: str | None, monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """Small tensors' kernel (a pack, or 8-bit tensors of few blocks) first, then one 64K-element tensor's, whose
+    graph is the same: the large one's loop is parallel, not the small one's code from inductor's cache (which keys on
+    the graph, not the sizes: without the sizes in optarena's key, a 16M-element Lion step ran on one thread after
+    any small-tensor step on the machine)."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # an empty cache, which both compiles fill
+    step_code([(4096,)] * 3, state_dtype, monkeypatch)
+    large = step_code([(1 << 16,)], state_dtype, monkeypatch)
+    assert large.count("for(int64_t x0=") == 1 and "#pragma omp for" in large
+
+
+def test_8bit_tensors_of_one_call_have_their_loops_parallelised_alike(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call's small 8-bit tensors are compiled on stand-ins of at least as many blocks as the smallest 8-bit
+    tensor has: all their loops parallel or none (a first stand-in of 3 blocks left the first tensor to one thread)."""
+    code = step_code([(4096,)] * 4, "int8", monkeypatch)
+    loops = len(re.findall(r"for\(int64_t x0=", code))
+    assert loops == 4 and code.count("#pragma omp for") in (0, loops)
