@@ -43,17 +43,17 @@ def test_a_kernel_compiled_on_small_tensors_does_not_serve_large_ones(monkeypatc
                                                                      tmp_path) -> None:
     """Small tensors' kernel (a pack) first, then one 64K-element tensor's, whose graph is the same: the large one's
     loop is parallel, not the small one's code from inductor's cache (which keys on the graph, not the sizes: without
-    the sizes in optarena's key, a 16M-element Lion step ran on one thread after any small-tensor step on the machine;
-    8-bit kernels too)."""
+    the sizes in optarena's key, a 16M-element Lion step ran on one thread after any small-tensor step on the
+    machine)."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # an empty cache, which both compiles fill
     step_code([(4096,)] * 3, None, monkeypatch)
     large = step_code([(1 << 16,)], None, monkeypatch)
     assert large.count("for(int64_t x0=") == 1 and "#pragma omp for" in large
 
 
-def test_8bit_tensors_of_one_call_have_their_loops_parallelised_alike(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A call's small 8-bit tensors are compiled on stand-ins of at least as many blocks as the smallest 8-bit
-    tensor has: all their loops parallel or none (a first stand-in of 3 blocks left the first tensor to one thread)."""
-    code = step_code([(4096,)] * 4, "int8", monkeypatch)
-    loops = len(re.findall(r"for\(int64_t x0=", code))
-    assert loops == 4 and code.count("#pragma omp for") in (0, loops)
+def test_every_loop_of_an_8bit_call_is_parallel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lion's 8-bit calls take 8 tensors, compiled on stand-ins of at least as many blocks as the smallest 8-bit
+    tensor has and as inductor needs to parallelise a loop: all 8 loops are parallel (a first stand-in of 3 blocks
+    left the first tensor of each call to one thread)."""
+    code = step_code([(4096,)] * 8, "int8", monkeypatch)
+    assert len(re.findall(r"for\(int64_t x0=", code)) == 8 and code.count("#pragma omp for") == 8

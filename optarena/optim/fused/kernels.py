@@ -227,9 +227,10 @@ def _copied(args: Any) -> Any:
 def stand_in_shapes(params: list[Tensor], stand_in_size: int) -> list[tuple[int, ...]]:
     """The shapes of a flat kernel's stand-ins for a call on ``params`` (1-D, or 8-bit state's blocks)."""
     if params[0].dim() == 2:  # 8-bit state: (blocks, BLOCK) views, the block size compiled in
-        # odd (no row count specialised to 1), and no fewer blocks than the smallest 8-bit tensor has: inductor
-        # parallelises a loop by the sizes it is compiled on (YOLOv8n's 8-bit Lion: 0.88–0.91× → 0.84–0.86×)
-        rows = max(stand_in_size // quant.BLOCK, quant.MIN_QUANTIZED // quant.BLOCK) | 1
+        # odd (never the block size), and no fewer blocks than the smallest 8-bit tensor has, nor than inductor needs
+        # to parallelise a loop (2 per thread: cpp.min_chunk_size 512 elements a thread), so that every loop of a
+        # call is parallel (YOLOv8n's 8-bit Lion: 0.88–0.91× → 0.84–0.86× with the first tensor no longer serial)
+        rows = max(stand_in_size // quant.BLOCK, quant.MIN_QUANTIZED // quant.BLOCK, 2 * torch.get_num_threads()) | 1
         return [(rows + 2 * i, quant.BLOCK) for i in range(len(params))]
     return [(stand_in_size + 2 * i,) for i in range(len(params))]
 

@@ -91,10 +91,11 @@ class Request:
 
     def kernel(self, config: tuple[Any, ...], keys: tuple[str, ...], params: list[Tensor],
                scalar: bool = False) -> Kernel:
-        """The kernel of ``config`` for a call on ``params``."""
-        # what inductor compiles on: stand-ins, or clones of the real tensors
-        shapes = stand_in_shapes(params, stand_in_size(params)) if self.flat else [tuple(p.shape) for p in params]
-        sizes = ", ".join(map(str, shapes))
+        """The kernel of ``config`` for a call on ``params``. A flat kernel's cache key names its stand-ins' shapes
+        (``config`` fixes them). A kernel with real shapes serves every shape its guards pass, and the shapes of its
+        first compile choose its parallel loops, in this process as from inductor's cache (benchmarks/NOTES.md,
+        "Compile sizes and tensors per call")."""
+        sizes = ", ".join(map(str, stand_in_shapes(params, stand_in_size(params)))) if self.flat else "real shapes"
         return kernel_for(self.opt, config, self.consts, keys, self.flat, sizes, scalar)
 
 
