@@ -67,8 +67,8 @@ class OptimizerInfo:
     #: Tensors per compiled call of the fused step, largest first (see ``optarena.optim.fused``).
     fused_chunks: tuple[int, ...] = DEFAULT_FUSED_CHUNKS
     #: The same with 8-bit state, where a call's compile time grows faster than its tensor count (200×82K Lion: 75 s
-    #: with 32 per call); more per call pays only where the kernel is memory-bound (benchmarks/NOTES.md, "Compile
-    #: sizes and tensors per call").
+    #: with 32 per call); more per call paid only for Lion's kernel, the least arithmetic per byte
+    #: (benchmarks/NOTES.md, "Compile sizes and tensors per call").
     int8_fused_chunks: tuple[int, ...] = (4, 1)
     #: Whether its fused 8-bit kernels keep the new moments in per-block buffers instead of recomputing them for the
     #: encoding (``fused.kernels.INT8_LOCAL_BUFFERS``): measured faster for Lion only; AdaX's and AdEMAMix's kernels

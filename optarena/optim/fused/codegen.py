@@ -133,8 +133,8 @@ def cache_key(sizes: str) -> Any:
     """A post-grad pass that changes nothing; inductor puts its ``uuid`` into the key of its on-disk cache, so that
     kernels generated with and without the adjustments never stand in for each other, nor kernels first compiled on
     other ``sizes``: inductor decides from the size hints which loops run in parallel, yet keys its cache on the
-    symbolic graph alone (a kernel for 4-tensor calls of 82K elements, compiled after the one for calls of 4096,
-    ran its first tensor on one thread). (Made on first use: it imports inductor, which only the fused path needs.)"""
+    symbolic graph alone (Lion's kernel for a 64K-element tensor, compiled after the one for a pack of small tensors,
+    had no parallel loop). (Made on first use: it imports inductor, which only the fused path needs.)"""
     from torch._inductor.custom_graph_pass import CustomGraphPass
 
     class CacheKey(CustomGraphPass):
