@@ -2,7 +2,8 @@
 
 Codes compared (``optarena.optim.quant``): for signed moments linear (power 1), the companding code sign(q)·(q/127)²
 (power 2) and Dettmers et al.'s dynamic tree code (a 256-entry table, nearest entry by search; written here for the
-comparison only); for non-negative second moments linear, (q/255)², (q/255)⁴ and the unsigned dynamic code. Block
+comparison only); for non-negative second moments linear, (q/255)², (q/255)⁴ and the unsigned dynamic code; and a
+minifloat pair taken from the float's exponent bits (no roots). Block
 sizes 64, 256, 2048. The gradients mix a constant signal with noise whose scale varies by 1000× across rows (as
 across a layer's units), so blocks see both small and large moments.
 
@@ -50,12 +51,40 @@ def table_quantize_(codes: torch.Tensor, absmax: torch.Tensor, x: torch.Tensor) 
     absmax.copy_(amax)
 
 
+#: Minifloat codes from a float's bits, relative to the block maximum: the code plus BASE, shifted into the exponent
+#: and top 3 mantissa bits, is the value (signed: sign + 4 exponent bits, code 127 = 1; unsigned: 5 exponent bits,
+#: code 255 = 1); code 0 is 0. Encoding rounds in the bits (nearest within a binade); no roots.
+MINIFLOAT_BASE = {torch.int8: 889, torch.uint8: 761}
+MINIFLOAT_TOP = {torch.int8: 127, torch.uint8: 255}
+
+
+def minifloat_dequantize(codes: torch.Tensor, absmax: torch.Tensor) -> torch.Tensor:
+    c = quant._blocked(codes.to(torch.int32), absmax.numel())
+    magnitude = torch.where(c == 0, 0.0, ((c.abs() + MINIFLOAT_BASE[codes.dtype]) << 20).view(torch.float32))
+    x = torch.where(c < 0, -magnitude, magnitude) * absmax[:, None]
+    return x.reshape(-1)[:codes.numel()].view(codes.shape)
+
+
+def minifloat_quantize_(codes: torch.Tensor, absmax: torch.Tensor, x: torch.Tensor) -> None:
+    blocked = quant._blocked(x, absmax.numel())
+    amax = blocked.abs().amax(1)
+    unit = blocked * torch.where(amax > 0, 1 / amax, 0.0)[:, None]
+    bits = unit.abs().contiguous().view(torch.int32)
+    c = (((bits + (1 << 19)) >> 20) - MINIFLOAT_BASE[codes.dtype]).clamp(0, MINIFLOAT_TOP[codes.dtype])
+    c = torch.where(unit < 0, -c, c)
+    codes.copy_(c.reshape(-1)[:codes.numel()].view(codes.shape))
+    absmax.copy_(amax)
+
+
+CODE_FUNCTIONS = {"dynamic": (table_dequantize, table_quantize_),
+                  "minifloat": (minifloat_dequantize, minifloat_quantize_)}
+
+
 def configure(signed: str, unsigned: str, block: int) -> None:
     quant.BLOCK = block
-    dynamic = signed == "dynamic"
-    assert dynamic == (unsigned == "dynamic")  # one pair of functions serves both codes
-    quant.dequantize, quant.quantize_ = (table_dequantize, table_quantize_) if dynamic else ORIGINAL
-    if not dynamic:
+    assert (signed in CODE_FUNCTIONS) == (signed == unsigned)  # one pair of functions serves both codes
+    quant.dequantize, quant.quantize_ = CODE_FUNCTIONS.get(signed, ORIGINAL)
+    if signed not in CODE_FUNCTIONS:
         quant.SIGNED_POWER, quant.UNSIGNED_POWER = int(signed), int(unsigned)
 
 
@@ -91,8 +120,9 @@ def main() -> None:
           "AdEMAMix drift |")
     print("|---|---|---|---|---|---|---|---|---|")
     per_row = [("1", "1", 256), ("2", "2", 256), ("2", "4", 256), ("dynamic", "dynamic", 256),
-               ("2", "4", 64), ("2", "4", 2048), ("dynamic", "dynamic", 2048)]
-    per_element = [("1", "1", 256), ("2", "2", 256), ("2", "4", 256), ("dynamic", "dynamic", 256)]
+               ("minifloat", "minifloat", 256), ("2", "4", 64), ("2", "4", 2048), ("dynamic", "dynamic", 2048)]
+    per_element = [("1", "1", 256), ("2", "2", 256), ("2", "4", 256), ("dynamic", "dynamic", 256),
+                   ("minifloat", "minifloat", 256)]
     for kind, configs in (("element", per_element), ("row", per_row)):
         grads = gradients(100, (512, 1024), per_element=kind == "element")
         for signed, unsigned, block in configs:
