@@ -8,8 +8,8 @@ taking its absolute maximum, then encode it (square root, round, sign); the Adan
 buffers (its second moment in the unsigned code, a fourth root). They are floors for the generated kernels, not
 a replacement: optarena's kernels come from the rule's one Python function. For Adan, cheaper codes beside it
 (linear; a minifloat from the float's exponent bits; linear with the scales known, one pass) and a loop that only
-moves its bytes show what bounds an 8-bit Adan step. Every candidate has tensors of its own
-and moves the bytes it does in ``optarena speed``.
+moves its bytes show what bounds an 8-bit Adan step. The optarena and torch candidates have tensors of their own and
+move the bytes they do in ``optarena speed``; the C loops share theirs (each only rewrites them).
 
     PYTHONPATH=. python benchmarks/int8_floor.py [--sizes 1048576,16777216] [--rounds 7]
 """
@@ -237,7 +237,7 @@ def main() -> None:
         base = statistics.median(samples["torch AdamW fused"])
         for name, values in samples.items():
             ms = statistics.median(values)
-            print(f"{n:>9}  {name:<34} {ms:8.3f} ms  {ms / base:5.2f}× torch fused AdamW")
+            print(f"{n:>9}  {name:<52} {ms:8.3f} ms  {ms / base:5.2f}× torch fused AdamW")
 
 
 if __name__ == "__main__":

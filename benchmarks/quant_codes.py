@@ -82,7 +82,7 @@ CODE_FUNCTIONS = {"dynamic": (table_dequantize, table_quantize_),
 
 def configure(signed: str, unsigned: str, block: int) -> None:
     quant.BLOCK = block
-    assert (signed in CODE_FUNCTIONS) == (signed == unsigned)  # one pair of functions serves both codes
+    assert signed == unsigned or not {signed, unsigned} & CODE_FUNCTIONS.keys()  # one pair serves both codes
     quant.dequantize, quant.quantize_ = CODE_FUNCTIONS.get(signed, ORIGINAL)
     if signed not in CODE_FUNCTIONS:
         quant.SIGNED_POWER, quant.UNSIGNED_POWER = int(signed), int(unsigned)
