@@ -36,6 +36,70 @@ def test_an_input_aliased_to_a_written_buffer_is_read_where_it_was() -> None:
     assert rewrite.read_scalars_once(source) == source
 
 
+def test_reads_at_any_constant_index_are_read_once() -> None:
+    body = ("        auto tmp1 = in_ptr1[static_cast<int64_t>(2L)];\n"
+            "        auto tmp2 = in_ptr1[static_cast<int64_t>(0L)];\n")
+    out = rewrite.read_scalars_once(kernel(body))
+    assert "const auto in_ptr1_value = in_ptr1[static_cast<int64_t>(0L)];" in out
+    assert "const auto in_ptr1_value2 = in_ptr1[static_cast<int64_t>(2L)];" in out
+    assert "auto tmp1 = in_ptr1_value2;" in out and "auto tmp2 = in_ptr1_value;" in out
+
+
+SCALAR_MATH = """        for(int64_t x0=0; x0<ks0; x0+=16)
+        {
+            auto tmp0 = in_ptr1_value;
+            auto tmp1 = static_cast<double>(1.0);
+            auto tmp2 = double(tmp1 - tmp0);
+            auto tmp3 = c10::convert<float>(tmp2);
+            auto tmp4 = at::vec::Vectorized<float>(tmp3);
+            auto tmp5 = decltype(tmp0)(-tmp0);
+            auto tmp6 = std::pow(tmp0, tmp1);
+            auto tmp7 = in_ptr1_row0;
+            auto tmp8 = double(tmp7 * tmp0);
+            auto tmp9 = static_cast<int64_t>(4);
+            auto tmp10 = c10::convert<double>(tmp9);
+            auto tmp11 = double(tmp0 + tmp10);
+            auto tmp12 = x0;
+            auto tmp13 = double(tmp1 * tmp1);
+            auto tmp13 = at::vec::Vectorized<float>::loadu(in_ptr0 + x0, 16);
+        }
+        for (int64_t x0_tail = 0; x0_tail < ks0; x0_tail++)
+        {
+            auto tmp2 = double(tmp1 - tmp0);
+        }
+"""
+
+
+def test_arithmetic_on_scalars_alone_is_done_once_at_the_start() -> None:
+    """Scalar arithmetic on inputs read once and on floating-point constants moves to the kernel's start under names
+    of its own; a vector, a per-row value, an integer, an index and a name defined twice stay where they are; a
+    tmp defined in another loop (the tail's tmp1, tmp0) is not taken for this one's."""
+    source = kernel(SCALAR_MATH, header="    const auto in_ptr1_value = in_ptr1[static_cast<int64_t>(0L)];\n")
+    out = rewrite.hoist_scalar_math(source)
+    start = out.split("#pragma omp parallel")[0]
+    assert "const auto hoisted0 = double((static_cast<double>(1.0)) - in_ptr1_value);" in start
+    assert "const auto hoisted1 = c10::convert<float>(hoisted0);" in start
+    assert "const auto hoisted2 = decltype(in_ptr1_value)(-in_ptr1_value);" in start
+    assert "const auto hoisted3 = std::pow(in_ptr1_value, (static_cast<double>(1.0)));" in start
+    assert start.count("const auto hoisted") == 4
+    assert start.index("const auto in_ptr1_value =") < start.index("const auto hoisted0")
+    loop = out.split("#pragma omp parallel")[1]
+    for line in ("auto tmp2 = hoisted0;", "auto tmp3 = hoisted1;", "auto tmp4 = at::vec::Vectorized<float>(tmp3);",
+                 "auto tmp8 = double(tmp7 * tmp0);", "auto tmp11 = double(tmp0 + tmp10);", "auto tmp12 = x0;",
+                 "auto tmp13 = double(tmp1 * tmp1);", "            auto tmp2 = double(tmp1 - tmp0);"):
+        assert line in loop, line
+    assert rewrite.hoist_scalar_math(out) == out
+
+
+def test_a_clamp_in_a_loop_with_a_scalar_tail_is_one_instruction() -> None:
+    """The tail loop (``for (``) defines the same tmp names as scalars: it is a loop of its own."""
+    tail = ("        for (int64_t x0_tail = 0; x0_tail < ks0; x0_tail++)\n        {\n"
+            "            auto tmp2 = max_propagate_nan(tmp0, tmp1);\n        }\n")
+    out = rewrite.clamp_by_one_instruction(kernel(CLAMP.split("        for(int64_t x0=0;")[1].join(
+        ["        for(int64_t x0=0;", ""]) + tail), 512)
+    assert "_mm512_max_ps(tmp2, tmp0)" in out
+
+
 ROWS = """            for(int64_t x0=0; x0<ks0; x0+=1)
             {
                 out_ptr1[static_cast<int64_t>(x0)] = tmp_acc0;

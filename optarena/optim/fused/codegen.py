@@ -142,10 +142,15 @@ def cache_key(sizes: str) -> Any:
             pass
 
         def uuid(self) -> str:
-            # the rewrites' own source too: an edit to them must not reuse kernels rewritten the old way
+            from torch._inductor import cpu_vec_isa
+
+            # the rewrites' own source too: an edit to them must not reuse kernels rewritten the old way; and the
+            # vector ISA, which inductor's key leaves out (with ATEN_CPU_CAPABILITY=avx2 after an AVX-512 compile, a
+            # kernel with AVX-512 intrinsics came back and failed to build)
             rewrites = hashlib.sha256(Path(rewrite.__file__).read_bytes()).hexdigest()[:16]
             return ("optarena: low-precision tiling, fast float32 arctan, outer-loop fusion, rewritten kernels "
-                    f"{rewrites}; version 6; adjusted={adjusted()}; compiled on {sizes}")
+                    f"{rewrites}; version 6; adjusted={adjusted()}; compiled on {sizes}; "
+                    f"isa={cpu_vec_isa.pick_vec_isa()}")
 
     return CacheKey()
 

@@ -7,7 +7,9 @@ scalar input (lr, the betas, a block's scale) and redoes the arithmetic on it on
 know a store left it unchanged. An 8-bit Lion step spent about a third of its instructions so (benchmarks/NOTES.md,
 "Rewriting the generated kernels"). The rewrites:
 
-- :func:`read_scalars_once`: a one-element input is read once, when the kernel starts;
+- :func:`read_scalars_once`: an input read at a constant index (lr, a beta) is read once, when the kernel starts;
+- :func:`hoist_scalar_math`: arithmetic on those values and constants alone (``1 − β`` in double, a bias
+  correction) is done once, when the kernel starts, not on every vector iteration;
 - :func:`read_block_values_once`: a value per row (a block's scale) is read once before the loop over the row;
 - :func:`clamp_by_one_instruction`: a NaN-keeping maximum or minimum against a nonzero constant is one instruction
   (the constant first: x86's max and min return their second operand when either is NaN), not four;
@@ -33,6 +35,7 @@ _POINTER = r"(?:in_ptr|out_ptr|in_out_ptr)\d+"
 def rewrite(source: str, vector_bits: int) -> str:
     """``source`` with every rewrite that applies to a kernel vectorised ``vector_bits`` wide."""
     source = read_scalars_once(source)
+    source = hoist_scalar_math(source)
     source = read_block_values_once(source)
     if vector_bits in _WIDTHS:
         source = clamp_by_one_instruction(source, vector_bits)
@@ -46,23 +49,78 @@ def _aliases(source: str) -> set[str]:
     return set(re.findall(rf"auto ({_POINTER}) = {_POINTER};", source))
 
 
+_START = "inductor_cpu_integer_div_error_flag = &inductor_cpu_integer_div_error;"
+
+
+def _scalar_name(name: str, index: str) -> str:
+    return f"{name}_value" if index == "0" else f"{name}_value{index}"
+
+
 def read_scalars_once(source: str) -> str:
-    """Reads of a one-element input (``in_ptr3[static_cast<int64_t>(0L)]``) moved to the kernel's start. An input
-    pointer is only read (a write goes through an ``out_ptr`` or ``in_out_ptr``, after every read of the value it
-    replaces), so the value at the start is the value everywhere."""
-    start = "inductor_cpu_integer_div_error_flag = &inductor_cpu_integer_div_error;"
-    if source.count(start) != 1:
+    """Reads of an input at a constant index (``in_ptr3[static_cast<int64_t>(0L)]``, a table's ``[2L]``) moved to
+    the kernel's start. An input pointer is only read (a write goes through an ``out_ptr`` or ``in_out_ptr``, after
+    every read of the value it replaces), so the value at the start is the value everywhere."""
+    if source.count(_START) != 1:
         return source
     aliased = _aliases(source)
-    names = sorted({name for name in re.findall(r"\b(in_ptr\d+)\[static_cast<int64_t>\(0L\)\]", source)
-                    if name not in aliased and f"&{name}[" not in source and f"{name}_value" not in source})
-    if not names:
+    reads = sorted({(name, index) for name, index in re.findall(r"\b(in_ptr\d+)\[static_cast<int64_t>\((\d+)L\)\]",
+                                                                  source)
+                    if name not in aliased and f"&{name}[" not in source and f"{name}_value" not in source},
+                   key=lambda read: (int(read[0][6:]), int(read[1])))
+    if not reads:
         return source
-    for name in names:
-        source = re.sub(rf"\b{name}\[static_cast<int64_t>\(0L\)\]", f"{name}_value", source)
-    indent = re.search(rf"\n([ \t]*){re.escape(start)}", source).group(1)
-    reads = "".join(f"\n{indent}const auto {name}_value = {name}[static_cast<int64_t>(0L)];" for name in names)
-    return source.replace(start, start + reads)
+    for name, index in reads:
+        source = re.sub(rf"\b{name}\[static_cast<int64_t>\({index}L\)\]", _scalar_name(name, index), source)
+    indent = re.search(rf"\n([ \t]*){re.escape(_START)}", source).group(1)
+    lines = "".join(f"\n{indent}const auto {_scalar_name(name, index)} = {name}[static_cast<int64_t>({index}L)];"
+                    for name, index in reads)
+    return source.replace(_START, _START + lines)
+
+
+#: What a definition that is computed once may consist of: ``tmp`` names computed once, the inputs read once,
+#: floating-point literals and casts, pure math functions and operators; no integer arithmetic (a division by zero
+#: that a loop would never reach must not run at the start), no index, no vector.
+_SCALAR_EXPRESSION = re.compile(
+    r"(?:tmp\d+|in_ptr\d+_value\d*|static_cast<(?:float|double)>|c10::convert<(?:float|double)>|double|float|decltype"
+    r"|std::(?:pow|sqrt|exp|log)|\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|==|!=|<=|>=|[-+*/(),<>]|\s+)*")
+
+
+def hoist_scalar_math(source: str) -> str:
+    """Definitions computed from the inputs read once (:func:`read_scalars_once`) and constants alone moved to the
+    kernel's start, each under a name of its own (``auto tmp8 = double(tmp7 - tmp2);`` in a loop becomes ``auto tmp8
+    = hoisted0;``): inductor restates them, and gcc converts ``1 − β`` from double on every vector iteration."""
+    if source.count(_START) != 1:
+        return source
+    hoisted: list[str] = []
+
+    def in_loop(piece: str, definitions: dict[str, list[str]]) -> str:
+        names: dict[str, str] = {}  # tmp name → what stands for it at the kernel's start
+
+        def once(match: re.Match[str]) -> str:
+            line, name, value = match.group(0), match.group(1), match.group(2)
+            used = re.findall(r"\btmp\d+\b", value)
+            if (len(definitions[name]) != 1 or not _SCALAR_EXPRESSION.fullmatch(value)
+                    or any(tmp not in names for tmp in used)):
+                return line
+            value = re.sub(r"\btmp\d+\b", lambda m: names[m.group(0)], value)
+            if not used:  # a constant or an input read once: nothing to compute
+                names[name] = value if re.fullmatch(r"in_ptr\d+_value\d*", value) else f"({value})"
+                return line
+            names[name] = f"hoisted{len(hoisted)}"
+            hoisted.append(f"const auto {names[name]} = {value};")
+            return line.replace(match.group(2), names[name])
+
+        return re.sub(r"\bauto (tmp\d+) = (.*);\s*$", once, piece, flags=re.MULTILINE)
+
+    source = _per_loop(source, in_loop)
+    if not hoisted:
+        return source
+    lines = source.split("\n")
+    at = next(i for i, line in enumerate(lines) if _START in line)
+    while re.match(r"\s*const auto in_ptr\d+_value\d* = ", lines[at + 1]):
+        at += 1
+    indent = re.match(r"\s*", lines[at]).group(0)
+    return "\n".join(lines[:at + 1] + [indent + line for line in hoisted] + lines[at + 1:])
 
 
 def _block_end(lines: list[str], start: int) -> int:
@@ -133,7 +191,7 @@ def _per_loop(source: str, rewrite_one: Callable[[str, dict[str, list[str]]], st
 
 
 def _pieces(source: str) -> list[str]:
-    return re.split(r"(?=^[ \t]*for\()", source, flags=re.MULTILINE)
+    return re.split(r"(?=^[ \t]*for ?\()", source, flags=re.MULTILINE)  # "for (": a scalar tail loop
 
 
 def _definitions(source: str) -> dict[str, list[str]]:
