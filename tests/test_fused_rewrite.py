@@ -91,6 +91,23 @@ def test_arithmetic_on_scalars_alone_is_done_once_at_the_start() -> None:
     assert rewrite.hoist_scalar_math(out) == out
 
 
+def test_integer_inputs_and_aliases_are_hoisted_safely() -> None:
+    """An integer input's arithmetic stays in its loop (a division by zero there may never run); an alias whose
+    value's name begins the defined name (``tmp12 = tmp1``) keeps its own name."""
+    source = ('extern "C" void kernel(const int64_t* in_ptr0, const double* in_ptr1)\n{\n'
+              f"    {START}\n"
+              "    const auto in_ptr0_value = in_ptr0[static_cast<int64_t>(0L)];\n"
+              "    const auto in_ptr1_value = in_ptr1[static_cast<int64_t>(0L)];\n"
+              "    for(int64_t x0=0; x0<ks0; x0+=1)\n    {\n"
+              "        auto tmp0 = in_ptr0_value;\n        auto tmp2 = tmp0 / tmp0;\n"
+              "        auto tmp1 = double(in_ptr1_value * in_ptr1_value);\n        auto tmp12 = tmp1;\n"
+              "        auto tmp13 = double(tmp12 + tmp1);\n    }\n}\n")
+    out = rewrite.hoist_scalar_math(source)
+    assert "auto tmp2 = tmp0 / tmp0;" in out and "in_ptr0_value /" not in out
+    assert "auto tmp12 = hoisted1;" in out and "const auto hoisted1 = hoisted0;" in out
+    assert "const auto hoisted2 = double(hoisted1 + hoisted0);" in out
+
+
 def test_a_clamp_in_a_loop_with_a_scalar_tail_is_one_instruction() -> None:
     """The tail loop (``for (``) defines the same tmp names as scalars: it is a loop of its own."""
     tail = ("        for (int64_t x0_tail = 0; x0_tail < ks0; x0_tail++)\n        {\n"

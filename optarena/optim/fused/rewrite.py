@@ -80,9 +80,9 @@ def read_scalars_once(source: str) -> str:
 #: What a definition that is computed once may consist of: ``tmp`` names computed once, the inputs read once,
 #: floating-point literals and casts, pure math functions and operators; no integer arithmetic (a division by zero
 #: that a loop would never reach must not run at the start), no index, no vector.
-_SCALAR_EXPRESSION = re.compile(
-    r"(?:tmp\d+|in_ptr\d+_value\d*|static_cast<(?:float|double)>|c10::convert<(?:float|double)>|double|float|decltype"
-    r"|std::(?:pow|sqrt|exp|log)|\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|==|!=|<=|>=|[-+*/(),<>]|\s+)*")
+_SCALAR_EXPRESSION = re.compile(  # each token ends where the next cannot continue it: no backtracking into digits
+    r"(?:tmp\d+\b|in_ptr\d+_value\d*\b|static_cast<(?:float|double)>|c10::convert<(?:float|double)>|double\b|float\b"
+    r"|decltype\b|std::(?:pow|sqrt|exp|log)\b|\d+(?:\.\d*)?(?:[eE][-+]?\d+)?(?![\d.eE])|==|!=|<=|>=|[-+*/(),<>]|\s+)*")
 
 
 def hoist_scalar_math(source: str) -> str:
@@ -91,6 +91,8 @@ def hoist_scalar_math(source: str) -> str:
     = hoisted0;``): inductor restates them, and gcc converts ``1 − β`` from double on every vector iteration."""
     if source.count(_START) != 1:
         return source
+    # inputs of a floating type only: integer arithmetic (a division by zero) must stay where a loop guards it
+    floating = set(re.findall(r"const (?:float|double)\* (in_ptr\d+)\b", source))
     hoisted: list[str] = []
 
     def in_loop(piece: str, definitions: dict[str, list[str]]) -> str:
@@ -99,16 +101,18 @@ def hoist_scalar_math(source: str) -> str:
         def once(match: re.Match[str]) -> str:
             line, name, value = match.group(0), match.group(1), match.group(2)
             used = re.findall(r"\btmp\d+\b", value)
+            inputs = re.findall(r"\b(in_ptr\d+)_value\d*\b", value)
             if (len(definitions[name]) != 1 or not _SCALAR_EXPRESSION.fullmatch(value)
-                    or any(tmp not in names for tmp in used)):
+                    or any(tmp not in names for tmp in used) or any(i not in floating for i in inputs)):
                 return line
             value = re.sub(r"\btmp\d+\b", lambda m: names[m.group(0)], value)
-            if not used:  # a constant or an input read once: nothing to compute
-                names[name] = value if re.fullmatch(r"in_ptr\d+_value\d*", value) else f"({value})"
+            if re.fullmatch(r"in_ptr\d+_value\d*", value) or not (used or inputs):  # nothing to compute
+                names[name] = value if inputs else f"({value})"
                 return line
             names[name] = f"hoisted{len(hoisted)}"
             hoisted.append(f"const auto {names[name]} = {value};")
-            return line.replace(match.group(2), names[name])
+            start, end = match.span(2)
+            return line[:start - match.start()] + names[name] + line[end - match.start():]
 
         return re.sub(r"\bauto (tmp\d+) = (.*);\s*$", once, piece, flags=re.MULTILINE)
 
@@ -191,7 +195,8 @@ def _per_loop(source: str, rewrite_one: Callable[[str, dict[str, list[str]]], st
 
 
 def _pieces(source: str) -> list[str]:
-    return re.split(r"(?=^[ \t]*for ?\()", source, flags=re.MULTILINE)  # "for (": a scalar tail loop
+    # a vector loop's scalar tail ("for (int64_t x0_tail") too: it defines the same tmp names as scalars
+    return re.split(r"(?=^[ \t]*for(?:\(| \(int64_t x\d+_tail\b))", source, flags=re.MULTILINE)
 
 
 def _definitions(source: str) -> dict[str, list[str]]:
