@@ -89,7 +89,7 @@ def hoist_scalar_math(source: str) -> str:
     """Definitions computed from the inputs read once (:func:`read_scalars_once`) and constants alone moved to the
     kernel's start, each under a name of its own (``auto tmp8 = double(tmp7 - tmp2);`` in a loop becomes ``auto tmp8
     = hoisted0;``): inductor restates them, and gcc converts ``1 − β`` from double on every vector iteration."""
-    if source.count(_START) != 1:
+    if source.count(_START) != 1 or "const auto hoisted" in source:  # once: the names would repeat
         return source
     # inputs of a floating type only: integer arithmetic (a division by zero) must stay where a loop guards it
     floating = set(re.findall(r"const (?:float|double)\* (in_ptr\d+)\b", source))
