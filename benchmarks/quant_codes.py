@@ -40,9 +40,7 @@ def table_dequantize(codes: torch.Tensor, absmax: torch.Tensor) -> torch.Tensor:
 
 
 def table_quantize_(codes: torch.Tensor, absmax: torch.Tensor, x: torch.Tensor) -> None:
-    blocked = quant._blocked(x, absmax.numel())
-    amax = blocked.abs().amax(1)
-    unit = blocked * torch.where(amax > 0, 1 / amax, 0.0)[:, None]
+    amax, unit = quant.unit_blocks(x, absmax.numel())
     table = TABLES[codes.dtype]
     mids = (table[1:] + table[:-1]) / 2
     index = torch.searchsorted(mids, unit.reshape(-1).contiguous())
@@ -66,9 +64,7 @@ def minifloat_dequantize(codes: torch.Tensor, absmax: torch.Tensor) -> torch.Ten
 
 
 def minifloat_quantize_(codes: torch.Tensor, absmax: torch.Tensor, x: torch.Tensor) -> None:
-    blocked = quant._blocked(x, absmax.numel())
-    amax = blocked.abs().amax(1)
-    unit = blocked * torch.where(amax > 0, 1 / amax, 0.0)[:, None]
+    amax, unit = quant.unit_blocks(x, absmax.numel())
     bits = unit.abs().contiguous().view(torch.int32)
     c = (((bits + (1 << 19)) >> 20) - MINIFLOAT_BASE[codes.dtype]).clamp(0, MINIFLOAT_TOP[codes.dtype])
     c = torch.where(unit < 0, -c, c)

@@ -142,8 +142,7 @@ def test_fused_path_matches_the_loop() -> None:
 
 #: The fused step's 8-bit checkpoint: a tensor its compiled 8-bit kernel takes (whole blocks, too large to pack),
 #: one with whole blocks below the packing size (also a compiled kernel), one it steps eagerly (a partial last
-#: block) and small
-#: fp32-state tensors it packs into flat kernels.
+#: block) and small fp32-state tensors it packs into flat kernels.
 FUSED_SHAPES = [(256, 128), (300, 200), (64, 128), (100,), (7,), (5, 6), ()]
 
 

@@ -102,9 +102,7 @@ def encode_blocks_(codes: Tensor, x: Tensor, nblocks: int) -> Tensor:
     """Encode float32 ``x`` into ``codes`` (in place) and return its ``nblocks`` new block scales. The fused step
     takes them as a kernel output instead of writing the scales it read: inductor then runs the block maximum and
     the encoding in one loop over blocks (benchmarks/NOTES.md, "8-bit state")."""
-    blocked = _blocked(x, nblocks)
-    amax = blocked.abs().amax(1)
-    unit = blocked * torch.where(amax > 0, 1 / amax, 0.0)[:, None]  # in [-1, 1]; an all-zero block stays zero
+    amax, unit = unit_blocks(x, nblocks)
     if codes.dtype == torch.int8:
         root = unit.abs().sqrt() if SIGNED_POWER == 2 else unit.abs() ** (1 / SIGNED_POWER)
         rounded = (root * 127).round()
@@ -118,6 +116,14 @@ def encode_blocks_(codes: Tensor, x: Tensor, nblocks: int) -> Tensor:
         q = (root * 255).round()
     codes.copy_(q.reshape(-1)[:codes.numel()].view(codes.shape))
     return amax
+
+
+def unit_blocks(x: Tensor, nblocks: int) -> tuple[Tensor, Tensor]:
+    """``x``'s block maxima of absolute values and ``x`` as (nblocks, BLOCK) divided by them: in [-1, 1]; an
+    all-zero block stays zero."""
+    blocked = _blocked(x, nblocks)
+    amax = blocked.abs().amax(1)
+    return amax, blocked * torch.where(amax > 0, 1 / amax, 0.0)[:, None]
 
 
 def decoded_entry(state: dict[str, Tensor], key: str) -> Tensor:

@@ -1,15 +1,15 @@
 """What the fused step relies on beyond torch's public API, behind one check of the torch version.
 
 On the torch it was written and measured against (:data:`TESTED_TORCH`), the fused kernels (1) drop the guards that
-their key already pins, (2) compile under four adjustments to inductor's CPU code generation: kernels mixing
-float32 with a 16-bit float type are vectorised at the 16-bit width, float32 arctan takes Sleef's faster variant,
-an 8-bit buffer's block maximum and encoding share one loop over blocks (outer-loop fusion), and the generated C++
-is rewritten to read scalars once and clamp in fewer instructions (:mod:`.rewrite`), and (3) where no
+their key already pins, (2) compile under four adjustments to inductor's CPU code generation: kernels mixing float32
+with a 16-bit float type are vectorised at the 16-bit width, float32 arctan takes Sleef's faster variant, an 8-bit
+buffer's block maximum and encoding share one loop over blocks (outer-loop fusion), and the generated C++ is rewritten
+to read scalars and do arithmetic on them once and to clamp in fewer instructions (:mod:`.rewrite`), and (3) where no
 guard is left, call inductor's compiled graph without dynamo's frame, reading its inputs by the source expressions
 dynamo records (:func:`compile_kernel`, through torch's private inductor wrapper). Each reaches into inductor's or
-dynamo's internals. On any other torch (or with ``OPTARENA_FUSED_COMPAT=1``) none of them is used: dynamo keeps all
-its guards and inductor generates its own code, so a newer torch makes the fused step slower, never wrong. The
-tests run the fused path both ways.
+dynamo's internals. On any other torch (or with ``OPTARENA_FUSED_COMPAT=1``) none of them is used: dynamo keeps all its
+guards and inductor generates its own code, so a newer torch makes the fused step slower, never wrong. The tests run the
+fused path both ways.
 """
 
 from __future__ import annotations
