@@ -1,5 +1,16 @@
+import os
+import shutil
+import tempfile
+
 import pytest
 import torch
+
+# One inductor cache for the whole run, empty at its start as on CI (a kernel cached by an earlier run cannot hide a
+# compile failure), shared by pytest-xdist's workers and the fresh processes that tests start, which inherit the
+# variable: a kernel compiled by one is read by the others, not compiled again. The controller (or a run without
+# xdist) makes it before any worker starts and removes it at the end.
+if "PYTEST_XDIST_WORKER" not in os.environ:
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="optarena-tests-inductor-")
 
 # The tests use tiny tensors: thread start-up costs more than it saves, and one thread keeps results repeatable.
 torch.set_num_threads(1)
@@ -19,3 +30,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if (item.module.__name__.endswith("test_fused") and "[adafactor" in item.name
                 and "bf16-state" not in item.name and item.originalname not in OWN_KERNELS):
             item.add_marker(pytest.mark.xdist_group("fused-adafactor"))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        shutil.rmtree(os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,10 @@ def continue_in_fresh_process(worker: str, payload: Any, tmp_path: Path) -> Any:
     ``weights_only=True``, as the Hugging Face Trainer does, and saves its result) and return that result."""
     src, dst = tmp_path / "checkpoint.pt", tmp_path / "continued.pt"
     torch.save(payload, src)
-    subprocess.run([sys.executable, str(TESTS_DIR / worker), str(src), str(dst)], check=True, cwd=TESTS_DIR)
+    # one thread, as in the tests (conftest): a fused kernel names its thread count, so the new process then reads
+    # the kernels compiled here from the run's inductor cache instead of compiling them again
+    subprocess.run([sys.executable, str(TESTS_DIR / worker), str(src), str(dst)], check=True, cwd=TESTS_DIR,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"})
     return torch.load(dst, weights_only=True)
 
 

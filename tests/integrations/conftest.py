@@ -15,7 +15,7 @@ _HOME = Path(tempfile.mkdtemp(prefix="optarena-integrations-"))
 for key, value in {
     "YOLO_OFFLINE": "1", "YOLO_CONFIG_DIR": _HOME / "ultralytics", "MPLCONFIGDIR": _HOME / "matplotlib",
     "HF_HOME": _HOME / "huggingface", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-    "WANDB_DISABLED": "true", "WANDB_MODE": "disabled", "TORCHINDUCTOR_CACHE_DIR": _HOME / "inductor",
+    "WANDB_DISABLED": "true", "WANDB_MODE": "disabled",
 }.items():
     os.environ[key] = str(value)
 
