@@ -43,12 +43,13 @@ def resolve_fused(group: dict[str, Any], params: Sequence[Tensor]) -> bool:
 def _as_view(grad: Tensor, view: Tensor) -> Tensor:
     """``grad`` shaped as a flat kernel's view of its parameter (1-D, or blocks for 8-bit state) and contiguous, as
     the kernel reads it; a strided one is copied (it is only read). ``reshape(view.shape)`` cost 2.1 µs a tensor,
-    ``reshape(-1)`` 0.9, the checks that usually make it unneeded 0.2 (benchmarks/NOTES.md, "calling the graph
-    directly")."""
+    ``reshape(-1)`` 0.9, ``ravel()`` 0.7, the checks that usually make it unneeded 0.2 (benchmarks/NOTES.md,
+    "calling the graph directly")."""
     if grad.shape == view.shape and grad.is_contiguous():
         return grad
-    flat = grad.reshape(-1) if view.dim() == 1 else grad.reshape(-1, view.shape[-1])
-    return flat.contiguous()
+    if view.dim() == 1:
+        return grad.ravel()  # contiguous: a copy only where grad is strided
+    return grad.reshape(-1, view.shape[-1]).contiguous()
 
 
 def fused_step(opt: Any, group: dict[str, Any], params: list[Tensor], states: list[dict[str, Tensor]],
