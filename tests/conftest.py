@@ -1,16 +1,11 @@
+from __future__ import annotations
+
 import os
 import shutil
 import tempfile
 
 import pytest
 import torch
-
-# One inductor cache for the whole run, empty at its start as on CI (a kernel cached by an earlier run cannot hide a
-# compile failure), shared by pytest-xdist's workers and the fresh processes that tests start, which inherit the
-# variable: a kernel compiled by one is read by the others, not compiled again. The controller (or a run without
-# xdist) makes it before any worker starts and removes it at the end.
-if "PYTEST_XDIST_WORKER" not in os.environ:
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="optarena-tests-inductor-")
 
 # The tests use tiny tensors: thread start-up costs more than it saves, and one thread keeps results repeatable.
 torch.set_num_threads(1)
@@ -32,6 +27,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.xdist_group("fused-adafactor"))
 
 
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    if "PYTEST_XDIST_WORKER" not in os.environ:
-        shutil.rmtree(os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
+#: The run's inductor cache, made by this process (None in an xdist worker, or where the caller chose one).
+_INDUCTOR_CACHE: str | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One inductor cache for the whole run, empty at its start as on CI (a kernel cached by an earlier run cannot hide
+    a compile failure), shared by pytest-xdist's workers and the fresh processes that tests start, which inherit the
+    variable: a kernel compiled by one is read by the others, not compiled again. The controller (or a run without
+    xdist) makes it before any worker starts; a ``TORCHINDUCTOR_CACHE_DIR`` set by the caller is kept (e.g. a warm
+    cache for a quick re-run of a few tests)."""
+    global _INDUCTOR_CACHE
+    if "PYTEST_XDIST_WORKER" not in os.environ and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        _INDUCTOR_CACHE = os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="optarena-tests-inductor-")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _INDUCTOR_CACHE is not None:
+        shutil.rmtree(_INDUCTOR_CACHE, ignore_errors=True)
