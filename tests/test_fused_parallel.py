@@ -51,6 +51,26 @@ def test_a_kernel_compiled_on_small_tensors_does_not_serve_large_ones(monkeypatc
     assert large.count("for(int64_t x0=") == 1 and "#pragma omp for" in large
 
 
+def test_a_kernel_with_real_shapes_compiled_on_a_small_matrix_does_not_step_large_ones(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Adafactor's kernels keep real shapes: a lone small matrix (400 elements a thread: serial loops) and a large one
+    both took the 1-tensor kernel of their guarded class (2-D, no small sizes), and dynamo's shape guards let one graph
+    serve both (their row counts are multiples of 4, not of 8: the column means' block guard passes). Compiled on the
+    small one first, it stepped the large one on one thread (Adafactor on 4100×4096: 25.0 against 20.5 ms); the size
+    class is now part of the kernel's key (and of the cache key)."""
+    from torch._inductor.utils import run_and_get_code
+
+    monkeypatch.setattr(kernels, "_KERNELS", {})
+    codes = []
+    for shape in [(20, 40), (260, 320)]:
+        param = torch.nn.Parameter(torch.randn(shape))
+        param.grad = torch.randn_like(param)
+        _, code = run_and_get_code(optarena.Adafactor([param], fused=True).step)
+        codes.append("\n".join(code))
+    assert codes[0] and "#pragma omp for" not in codes[0]
+    assert "#pragma omp for" in codes[1]
+
+
 def test_every_loop_of_an_8bit_call_is_parallel(monkeypatch: pytest.MonkeyPatch) -> None:
     """Lion's 8-bit calls take 8 tensors, compiled on stand-ins of at least as many blocks as the smallest 8-bit
     tensor has and as inductor needs to parallelise a loop: all 8 loops are parallel (a first stand-in of 3 blocks

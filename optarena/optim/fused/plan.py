@@ -92,17 +92,31 @@ class Request:
     def kernel(self, config: tuple[Any, ...], keys: tuple[str, ...], params: list[Tensor],
                scalar: bool = False) -> Kernel:
         """The kernel of ``config`` for a call on ``params``. A flat kernel's cache key names its stand-ins' shapes
-        (``config`` fixes them). A kernel with real shapes serves every shape its guards pass, and the shapes of its
-        first compile choose its parallel loops, in this process as from inductor's cache (benchmarks/NOTES.md,
-        "Compile sizes and tensors per call")."""
-        sizes = ", ".join(map(str, stand_in_shapes(params, stand_in_size(params)))) if self.flat else "real shapes"
+        (``config`` fixes them). A kernel with real shapes serves every shape its guards pass within its size class
+        (``config`` holds it; so does the cache key), and the shapes of its first compile choose its parallel loops, in
+        this process as from inductor's cache (benchmarks/NOTES.md, "Compile sizes and tensors per call")."""
+        if self.flat:
+            sizes = ", ".join(map(str, stand_in_shapes(params, stand_in_size(params))))
+        else:
+            sizes = f"real shapes, {'under' if _small(params) else 'at least'} {SMALL_TENSOR} elements"
         return kernel_for(self.opt, config, self.consts, keys, self.flat, sizes, scalar)
 
 
 def stand_in_size(params: list[Tensor]) -> int:
     """The elements of a flat kernel's first stand-in for a call on ``params``: odd, and large where inductor should
     emit parallel loops (it parallelises a loop from the size hints it is compiled on)."""
-    return 37 if all(p.numel() < SMALL_TENSOR for p in params) else SMALL_TENSOR * 2 + 1
+    return 37 if _small(params) else SMALL_TENSOR * 2 + 1
+
+
+def _small(params: list[Tensor]) -> bool:
+    return all(p.numel() < SMALL_TENSOR for p in params)
+
+
+def _chunked(p: Tensor, flat: bool) -> tuple[Any, ...]:
+    """The kind of a chunked tensor: its size class (inductor parallelises the loops of a kernel compiled on large
+    sizes only, and a kernel with real shapes serves the shapes of its guarded class: one first compiled on a lone
+    small matrix stepped large ones on one thread), and for a kernel with real shapes its guarded class."""
+    return "chunked", p.numel() >= SMALL_TENSOR, None if flat else _guarded_class(p.shape)
 
 
 def _guarded_class(shape: tuple[int, ...] | torch.Size) -> tuple[int, tuple[int | None, ...]]:
@@ -139,13 +153,13 @@ def classify(params: list[Tensor], states: list[dict[str, Tensor]],
         if p.numel() < SMALL_TENSOR and p.is_contiguous() and not quantized:
             kind = ("flat", step) if flat else ("segmented", slice_shape(p.shape), step)
         else:
-            kind = ("chunked", p.numel() >= SMALL_TENSOR if flat else _guarded_class(p.shape))
+            kind = _chunked(p, flat)
         state_dtypes = tuple((k, v.dtype) for k, v in state.items() if k != "step")
         classes[(p.device, p.dtype, tuple(state), state_dtypes, kind)].append(i)
     for class_key in list(classes):
         if class_key[-1][0] == "segmented" and len(classes[class_key]) < MIN_SEGMENTED:
             for i in classes.pop(class_key):
-                classes[(*class_key[:-1], ("chunked", _guarded_class(params[i].shape)))].append(i)
+                classes[(*class_key[:-1], _chunked(params[i], flat))].append(i)
     return eager, classes
 
 
