@@ -69,6 +69,7 @@ def test_a_kernel_with_real_shapes_compiled_on_a_small_matrix_does_not_step_larg
         codes.append("\n".join(code))
     assert codes[0] and "#pragma omp for" not in codes[0]
     assert "#pragma omp for" in codes[1]
+    assert len(kernels._KERNELS) == 2  # one per size class (not only the cache key: also with inductor's cache off)
 
 
 def test_every_loop_of_an_8bit_call_is_parallel(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -133,7 +133,8 @@ def static_sizes(shape: tuple[int, ...] | torch.Size) -> tuple[int | None, ...]:
 def classify(params: list[Tensor], states: list[dict[str, Tensor]],
              flat: bool) -> tuple[list[int], dict[tuple[Any, ...], list[int]]]:
     """The tensors left to the eager loop, and the others by class: device, dtype, state keys and dtypes, and kind
-    (packed: with the step count, and for non-elementwise algorithms the slice shape; chunked: a size class)."""
+    (packed: with the step count, and for non-elementwise algorithms the slice shape; chunked: a size class, and for
+    non-elementwise algorithms the guarded class)."""
     eager: list[int] = []
     classes: dict[tuple[Any, ...], list[int]] = defaultdict(list)
     for i, p in enumerate(params):
