@@ -109,6 +109,7 @@ def stand_in_size(params: list[Tensor]) -> int:
 
 
 def _small(params: list[Tensor]) -> bool:
+    """Whether a call's tensors are all small: its kernel's size class."""
     return all(p.numel() < SMALL_TENSOR for p in params)
 
 
