@@ -112,8 +112,8 @@ def test_a_clamp_in_a_loop_with_a_scalar_tail_is_one_instruction() -> None:
     """The tail loop (``for (``) defines the same tmp names as scalars: it is a loop of its own."""
     tail = ("        for (int64_t x0_tail = 0; x0_tail < ks0; x0_tail++)\n        {\n"
             "            auto tmp2 = max_propagate_nan(tmp0, tmp1);\n        }\n")
-    out = rewrite.clamp_by_one_instruction(kernel(CLAMP.split("        for(int64_t x0=0;")[1].join(
-        ["        for(int64_t x0=0;", ""]) + tail), 512)
+    first_loop = CLAMP[:CLAMP.index("        for(int64_t x0=0;", 1)]
+    out = rewrite.clamp_by_one_instruction(kernel(first_loop + tail), 512)
     assert "_mm512_max_ps(tmp2, tmp0)" in out
 
 

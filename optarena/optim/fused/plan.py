@@ -117,7 +117,7 @@ def _chunked(p: Tensor, flat: bool) -> tuple[Any, ...]:
     """The kind of a chunked tensor: its size class (inductor parallelises the loops of a kernel compiled on large
     sizes only, and a kernel with real shapes serves the shapes of its guarded class: one first compiled on a lone
     small matrix stepped large ones on one thread), and for a kernel with real shapes its guarded class."""
-    return "chunked", p.numel() >= SMALL_TENSOR, None if flat else _guarded_class(p.shape)
+    return "chunked", not _small([p]), None if flat else _guarded_class(p.shape)
 
 
 def _guarded_class(shape: tuple[int, ...] | torch.Size) -> tuple[int, tuple[int | None, ...]]:
@@ -218,7 +218,7 @@ def pack(request: Request, params: list[Tensor], states: list[dict[str, Tensor]]
         where = (params[run[0]].device, params[run[0]].dtype)
         packed = Pack(params, states, run, keys, *scratch[where], segmented=not request.flat)
         slices = packed.flat_param.shape[1:]
-        size_class = ("packed", packed.numel >= SMALL_TENSOR, packed.flat_param.dim(),
+        size_class = ("packed", not _small([packed.flat_param]), packed.flat_param.dim(),
                       None if request.flat else static_sizes(slices))
         kernel = request.kernel((*config, 1, size_class), keys, [packed.flat_param],
                                 scalar=not request.flat and scalar_loops(slices))
