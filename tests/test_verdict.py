@@ -107,6 +107,20 @@ def test_the_lr_plateau_is_the_run_of_grid_points_within_the_seed_spread(tmp_pat
     assert lr_plateau(narrow, narrow.summaries[narrow.cells[0].study_name]).decades == 0.0
 
 
+def test_plateaus_equal_to_the_printed_tenth_of_a_decade_are_equally_robust(tmp_path):
+    """AdamW's plateau reaches up one grid step (log10(3.162e-3 / 1e-3) = 0.49996 decades), Lion's down one
+    (log10(1e-4 / 3.162e-5) = 0.50004): both are printed as 0.5, and the verdict names both as the most robust."""
+    cfg = config(tmp_path, optimizers=("adamw", "lion"))
+    recs = records(cfg, "adamw", tuned(ADAMW_GRID, (0.3, 0.1, 0.11), spread=0.02))
+    recs += records(cfg, "lion", tuned(LION_GRID, (0.11, 0.1, 0.3), spread=0.02))
+    results = ResultSet(cfg, recs)
+    widths = [lr_plateau(results, s).decades for s in results.summaries.values()]
+    assert widths[0] != widths[1] and widths == pytest.approx([0.5, 0.5], abs=1e-3)
+    verdict = compute_verdict(results)
+    assert [s.plateau_decades for s in verdict.standings.values()] == [0.5, 0.5]
+    assert "Most robust to the learning rate: adamw, lion (" in verdict.pick
+
+
 def test_stress_runs_count_in_the_lr_plateau_only_beyond_the_grid(tmp_path):
     """RLion's grid (≈9.5e-4, 3e-3, 9.5e-3) sits 0.02 decades from the stress lrs 1e-3 and 3.16e-3: a worse single
     run there must not cut the plateau between grid points; the stress runs past the grid's top extend it."""
