@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from synthetic import ADAMW_GRID, LION_GRID, config, records, result, tuned
+from synthetic import ADAMW_GRID, LION_GRID, SECOND, config, records, result, tuned
 
 from optarena.arena.claims import FAILS, HOLDS, LARGER, SMALLER, UNMEASURED, evaluate_claims, range_verdict
 from optarena.arena.results import ResultSet
@@ -85,11 +85,14 @@ def _batch_runs(cfg, lion_at: dict[int, tuple[float, float]]) -> list:
 
 @pytest.mark.parametrize("lion_at, verdict, why", [
     ({16: (0.5, 0.0), 64: (0.1, 0.0)}, HOLDS, "(trails), bs 64"),
-    ({16: (0.5, 0.0), 64: (0.45, 0.0)}, FAILS, "Lion trails at every batch size"),
-    ({16: (0.11, 0.0), 64: (0.1, 0.0)}, FAILS, "Lion does not trail below 64"),  # inside AdamW's spread: a tie
+    ({16: (0.5, 0.0), 64: (0.45, 0.0)}, FAILS, "Lion trails at bs 64, so at every batch size"),
+    ({16: (0.11, 0.0), 64: (0.1, 0.0)}, FAILS, "Lion does not trail at bs 16"),  # inside AdamW's spread: a tie
+    ({16: (0.5, 0.0), 64: (0.1, 0.0), 256: (0.5, 0.0)}, FAILS, "Lion trails at bs 256"),  # "not above it"
+    ({16: (0.5, 0.0), 32: (0.1, 0.0), 64: (0.1, 0.0)}, FAILS,
+     "(trails), bs 32 0.1 vs 0.11 (level or ahead), bs 64 0.1 vs 0.11 (level or ahead): Lion does not trail at bs 32"),
 ])
 def test_the_batch_claim_is_a_batch_size_effect(tmp_path, lion_at, verdict, why):
-    cfg = config(tmp_path, batch_sizes=(16, 64))
+    cfg = config(tmp_path, batch_sizes=tuple(lion_at))
     measured, found = claims(cfg, _batch_runs(cfg, lion_at))[BATCH]
     assert found == verdict and why in measured
 
@@ -140,3 +143,76 @@ def test_the_rlion_divergence_claim_needs_lion_to_diverge(tmp_path):
     both += records(cfg, "rlion", {(0.1, 0): result(None)})
     measured, verdict = claims(cfg, adamw + both)[RLION_STABLE]
     assert verdict == FAILS and "(RLion too)" in measured
+
+
+def test_claim_verdicts_compare_their_figures_as_printed(tmp_path):
+    cfg = config(tmp_path)
+    adamw = records(cfg, "adamw", tuned(ADAMW_GRID, (0.3, 0.1, 0.2), state_bytes=80000, opt_ms=1.0))
+    for lion_bytes, lion_ms, saving, speedup in [(44320, 0.9804, 45, "2.0"), (43680, 0.9796, 45, "2.0"),
+                                                 (40000, 0.8496, 50, "15.0")]:  # 44.6/45.4 %, 1.96/2.04/15.04 %
+        lion = records(cfg, "lion", tuned(LION_GRID, (0.3, 0.1, 0.2), state_bytes=lion_bytes, opt_ms=lion_ms))
+        found = claims(cfg, adamw + lion)
+        assert found[MEMORY] == (found[MEMORY][0], HOLDS) and f"{saving} % less" in found[MEMORY][0]
+        assert found[SPEED] == (found[SPEED][0], HOLDS) and f"{speedup} % less time" in found[SPEED][0]
+    adamw = records(cfg, "adamw", tuned(ADAMW_GRID, (0.3, 0.1, 0.2)))  # 0.1 on both seeds: no spread
+    for at, verdict, text in [(0.1104, FAILS, "linear -10.4 %"), (0.1096, HOLDS, "median -9.6 %")]:
+        measured, found = claims(cfg, adamw + _rlion(cfg, at))[RLION_LR]
+        assert found == verdict and text in measured
+
+
+@pytest.mark.parametrize("adan_hit", [151, 149, 101, 99])  # 0.604, 0.596, 0.404, 0.396 of AdamW's 250: 0.60, 0.40
+def test_the_adan_claim_holds_at_the_printed_edges_of_about_half(tmp_path, adan_hit):
+    cfg = config(tmp_path)
+    steps = tuple(range(301))
+    adamw = records(cfg, "adamw", tuned(ADAMW_GRID, (0.3, 0.1, 0.2), steps=steps,
+                                        curve=(1.0, *(0.5 if s < 250 else 0.1 for s in steps[1:]))))
+    curve = (1.0, *(0.09 if s >= adan_hit else 0.5 for s in steps[1:]))
+    adan = records(cfg, "adan", tuned(ADAMW_GRID, (0.29, 0.09, 0.39), steps=steps, curve=curve))
+    assert claims(cfg, adamw + adan)[ADAN][1] == HOLDS
+
+
+def test_the_adan_claim_does_not_count_a_result_passed_on_the_way_to_diverging(tmp_path):
+    cfg = config(tmp_path, seeds=3)
+    steps = (0, 10, 20, 30, 40)
+    adamw = records(cfg, "adamw", tuned(ADAMW_GRID, (0.3, 0.1, 0.2), seeds=3, steps=steps,
+                                        curve=(1.0, 0.5, 0.3, 0.2, 0.1)))
+    adan = tuned(ADAMW_GRID, (0.29, 0.09, 0.39), seeds=3, steps=steps, curve=(1.0, 0.5, 0.09, 0.09, 0.09))
+    adan[(1e-3, 1)] = adan[(1e-3, 2)] = result(None, steps=steps, curve=(1.0, 0.5, 0.09, 0.09))
+    measured, verdict = claims(cfg, adamw + records(cfg, "adan", adan))[ADAN]
+    assert verdict == FAILS and "Adan diverged on 2 of 3 seeds" in measured
+
+
+def test_the_lr_claim_after_a_search_holds_only_inside_3_to_10(tmp_path):
+    from optarena.arena.plan import BUDGET_PRESETS, default_lr, search_points
+
+    cfg = config(tmp_path, tasks=(config(tmp_path).tasks[0], SECOND), optimizers=("adamw", "lion"),
+                 tune=("lr", "weight_decay"), budget="quick")
+
+    def runs(optimizer: str, best: int) -> dict:
+        points = search_points(default_lr(optimizer), 0.01, BUDGET_PRESETS["quick"].search_trials)
+        found = {(lr, 0, wd): result(0.1 if i == best else 0.3) for i, (lr, wd) in enumerate(points)}
+        found[(points[best][0], 1, points[best][1])] = result(0.11)
+        return found
+
+    recs = []
+    for task, adamw_best in (("linear", 0), ("linear2", 4)):
+        recs += records(cfg, "adamw", runs("adamw", adamw_best), task=task)
+        recs += records(cfg, "lion", runs("lion", 8), task=task)
+    measured, verdict = claims(cfg, recs)[LR]
+    assert "= 10.9 (" in measured and verdict == LARGER
+
+
+def test_a_failed_run_is_no_evidence_for_either_rlion_claim(tmp_path):
+    from optarena.arena.storage import Record
+
+    cfg = config(tmp_path)
+    adamw = records(cfg, "adamw", tuned(ADAMW_GRID, (0.3, 0.1, 0.2), spread=0.02))
+    rlion_cell = next(c for c in cfg.cells() if c.optimizer == "rlion")
+    runs = [r for r in _rlion(cfg, 0.11, lion_diverges_at=0.1) if not (r.cell == rlion_cell and r.lr in (1e-3, 0.1))]
+    runs += [Record(rlion_cell, lr, 0, state, None, "boom", 99, "w", "h") for lr, state in
+             ((1e-3, "timed out"), (0.1, "error"))]
+    found = claims(cfg, adamw + runs)
+    assert found[RLION_LR][1] == UNMEASURED and "RLion's run failed: linear (timed out)" in found[RLION_LR][0]
+    measured, verdict = found[RLION_STABLE]
+    assert verdict == UNMEASURED and "Lion diverged in 0 of 3 runs" in measured
+    assert "left out, a run failed: linear lr 0.001 (RLion), linear lr 0.1 (RLion)" in measured

@@ -8,7 +8,7 @@ import pytest
 from synthetic import ADAMW_GRID, LION_GRID, SECOND, config, records, result, tuned
 
 from optarena.arena.plan import default_lr, search_points
-from optarena.arena.report import TERMINAL_WIDTH, terminal_summary, write_report
+from optarena.arena.report import TERMINAL_WIDTH, summary_table, tasks_verdict_table, terminal_summary, write_report
 from optarena.arena.results import ResultSet
 from optarena.arena.verdict import compute_verdict, lr_plateau, profile, score, task_verdict
 
@@ -56,6 +56,75 @@ def test_one_seed_or_one_result_is_said_so(tmp_path):
     diverged = records(cfg, "lion", {(lr, 0): result(None) for lr in LION_GRID})
     alone = task_verdict(ResultSet(cfg, recs[:3] + diverged), cfg.tasks[0])
     assert "adamw 0.1, the only result; no result: lion (diverged)" in alone.sentence()
+
+
+def test_results_printed_alike_tie_whatever_their_spread(tmp_path):
+    cfg = config(tmp_path, optimizers=("adamw", "lion"))  # no seed spread, as on the 2-D functions
+    recs = records(cfg, "adamw", tuned(ADAMW_GRID, (0.3, 0.1, 0.2)))
+    recs += records(cfg, "lion", tuned(LION_GRID, (0.3, 0.10003, 0.2)))
+    verdict = compute_verdict(ResultSet(cfg, recs))
+    task = verdict.tasks[0]
+    assert task.is_tie and "tie between adamw, lion: adamw 0.1 vs lion 0.1 (+0.0 %), equal as printed" in (
+        task.sentence())
+    assert tasks_verdict_table(verdict).rows[0][3:] == ["tie (equal as printed)", "adamw, lion"]
+    assert verdict.standings["lion"].first == 1 and "Level with it: lion." in verdict.pick
+
+
+def test_one_seed_is_said_in_the_table_and_the_pick_too(tmp_path):
+    cfg = config(tmp_path, optimizers=("adamw", "lion"), seeds=1)
+    recs = records(cfg, "adamw", tuned(ADAMW_GRID, (0.3, 0.11, 0.2), seeds=1))
+    recs += records(cfg, "lion", tuned(LION_GRID, (0.3, 0.1, 0.2), seeds=1))
+    verdict = compute_verdict(ResultSet(cfg, recs))
+    assert tasks_verdict_table(verdict).rows[0][3] == "one seed: no spread measured"
+    assert "beaten beyond the seed spread" not in verdict.pick
+    assert "Ahead of AdamW where a result stands on one seed (no spread measured): lion on linear." in verdict.pick
+    assert "picked for its speed" not in verdict.pick  # no target was reached: no speed to pick it for
+
+
+def test_a_diverged_seed_counts_in_the_median_and_opens_the_spread(tmp_path):
+    cfg = config(tmp_path, optimizers=("adamw", "adan"), seeds=3)
+    adamw = records(cfg, "adamw", tuned(ADAMW_GRID, (0.3, 0.1, 0.2), seeds=3))
+    adan = tuned(ADAMW_GRID, (0.29, 0.09, 0.39), seeds=3)
+    adan[(1e-3, 1)] = adan[(1e-3, 2)] = result(None)  # diverged on two of three seeds: no median result
+    results = ResultSet(cfg, adamw + records(cfg, "adan", adan))
+    verdict = compute_verdict(results)
+    assert "adamw 0.1, the only result; no result: adan (diverged)" in verdict.tasks[0].sentence()
+    assert verdict.pick.startswith("Pick adamw") and summary_table(results).rows[1][4] == "diverged"
+    adan[(1e-3, 1)] = result(0.095)  # one diverged seed of three: the median is the worse of the other two
+    results = ResultSet(cfg, adamw + records(cfg, "adan", adan))
+    assert summary_table(results).rows[1][4] == "0.095 [0.09, diverged]"
+    verdict = task_verdict(results, cfg.tasks[0])  # adamw's 0.1 is inside adan's spread, which reaches divergence
+    assert verdict.winner == "adan" and verdict.is_tie and "inside the seed spread" in verdict.sentence()
+
+
+def test_the_pick_compares_scores_and_state_as_printed(tmp_path):
+    cfg = config(tmp_path, tasks=(config(tmp_path).tasks[0], SECOND), optimizers=("adamw", "lion"), seeds=3)
+    recs = []
+    for task, lion_steps in (("linear", 100), ("linear2", 101)):  # lion's score 0.9989 prints as 1.00
+        recs += records(cfg, "adamw", tuned(ADAMW_GRID, (0.3, 0.1, 0.2), seeds=3, spread=0.01, to_target=100),
+                        task=task)
+        recs += records(cfg, "lion", tuned(LION_GRID, (0.3, 0.1, 0.2), seeds=3, to_target=lion_steps), task=task)
+    pick = compute_verdict(ResultSet(cfg, recs)).pick
+    assert "score 1.00 in steps" in pick and "Level with it on both counts: lion." in pick
+    cfg = config(tmp_path, optimizers=("adamw", "lion"))
+    recs = records(cfg, "adamw", tuned(ADAMW_GRID, (0.3, 0.1, 0.2), spread=0.01, to_target=100, seconds=5.0))
+    recs += records(cfg, "lion", tuned(LION_GRID, (0.3, 0.1, 0.2), spread=0.01, to_target=200, seconds=1.0))
+    pick = compute_verdict(ResultSet(cfg, recs)).pick
+    assert pick.startswith("Pick adamw: the fastest to the tasks' targets in steps (AlgoPerf-style score 1.00 in "
+                           "steps, 0.00 in seconds, where lion scores higher (up to 1.00)")
+    # 8.00 B/param against 8.000008 (a step counter): one figure as printed, so nothing keeps less state
+    recs = records(cfg, "adamw", tuned(ADAMW_GRID, (0.3, 0.1, 0.2), spread=0.02, state_bytes=72.00008))
+    recs += records(cfg, "lion", tuned(LION_GRID, (0.3, 0.105, 0.2), state_bytes=72))
+    pick = compute_verdict(ResultSet(cfg, recs)).pick
+    assert "No optimizer that adamw never beats beyond the seed spread keeps less state than its 8.00" in pick
+
+
+def test_a_zero_runner_up_gets_no_relative_margin(tmp_path):
+    cfg = config(tmp_path, optimizers=("adamw", "lion"))
+    recs = records(cfg, "adamw", tuned(ADAMW_GRID, (0.3, 0.0, 0.2)))
+    recs += records(cfg, "lion", tuned(LION_GRID, (0.3, -0.5, 0.2)))
+    verdict = task_verdict(ResultSet(cfg, recs), cfg.tasks[0])
+    assert verdict.margin is None and "(no relative margin: adamw at 0)" in verdict.sentence()
 
 
 def test_the_pick_follows_the_runs(tmp_path):
@@ -141,6 +210,25 @@ def test_an_optimizer_that_never_left_the_untrained_models_result_is_named(tmp_p
     recs += records(cfg, "lion", {(lr, s): result(1.0, curve=(1.0, 1.0)) for lr in LION_GRID for s in (0, 1)})
     verdict = compute_verdict(ResultSet(cfg, recs))
     assert verdict.standings["lion"].never_learned == ["linear"] and verdict.standings["adamw"].never_learned == []
+
+
+def test_a_plateau_of_never_learning_is_not_robustness(tmp_path):
+    cfg = config(tmp_path, optimizers=("adamw", "lion"))
+    recs = records(cfg, "adamw", tuned(ADAMW_GRID, (0.3, 0.1, 0.2), spread=0.02))
+    recs += records(cfg, "lion", {(lr, s): result(1.0, curve=(1.0, 1.0)) for lr in LION_GRID for s in (0, 1)})
+    verdict = compute_verdict(ResultSet(cfg, recs))
+    assert verdict.standings["lion"].plateau_decades is None and "Most robust" not in verdict.pick
+
+
+def test_the_table_names_every_optimizer_tied_with_the_best(tmp_path):
+    cfg = config(tmp_path, optimizers=("adamw", "lion", "adan"), seeds=3)
+    recs = records(cfg, "adamw", tuned(ADAMW_GRID, (0.3, 0.1, 0.2), seeds=3))
+    recs += records(cfg, "lion", tuned(LION_GRID, (0.3, 0.11, 0.2), seeds=3))  # the runner-up, beyond the spread
+    adan = tuned(ADAMW_GRID, (0.3, 0.09, 0.4), seeds=3)
+    adan[(1e-3, 1)], adan[(1e-3, 2)] = result(0.13), result(0.2)  # third, but its spread holds adamw's 0.1
+    verdict = compute_verdict(ResultSet(cfg, recs + records(cfg, "adan", adan)))
+    assert tasks_verdict_table(verdict).rows[0][3:] == ["beyond the seed spread", "adamw, adan"]
+    assert verdict.standings["adan"].first == 1
 
 
 def test_the_report_and_the_terminal_open_with_the_verdict(tmp_path):

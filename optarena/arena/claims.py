@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .plan import default_lr, grid_lr, stress_lrs
-from .results import CellSummary, ResultSet, median, no_worse, relative_gap
+from .results import CellSummary, ResultSet, as_printed, median, no_worse, plural, relative_gap
 from .storage import FAILURES, Record
 from .verdict import lr_plateau, never_learned
 
@@ -86,10 +86,10 @@ def lion_memory(results: ResultSet) -> tuple[str, str]:
              if sa.state_bytes_per_param and sb.state_bytes_per_param]
     if not pairs:
         return "needs lion and adamw", UNMEASURED
-    ratio = statistics.median(lion / adamw for lion, adamw in pairs)
+    saving = as_printed(100 * (1 - statistics.median(lion / adamw for lion, adamw in pairs)), ".0f")
     lion, adamw = (statistics.median(p[i] for p in pairs) for i in (0, 1))
-    return (f"state {lion:.2f} vs {adamw:.2f} B/param (medians): Lion keeps {100 * (1 - ratio):.0f} % less "
-            f"(median of {len(pairs)} tasks; claimed 50 %)", range_verdict(1 - ratio, 0.45, 0.55))
+    return (f"state {lion:.2f} vs {adamw:.2f} B/param (medians): Lion keeps {saving:.0f} % less "
+            f"(median of {plural(len(pairs), 'task')}; claimed 50 %)", range_verdict(saving, 45, 55))
 
 
 def lion_step_speed(results: ResultSet) -> tuple[str, str]:
@@ -97,11 +97,11 @@ def lion_step_speed(results: ResultSet) -> tuple[str, str]:
               if sa.opt_step_ms and sb.opt_step_ms]
     if not ratios:
         return "needs lion and adamw", UNMEASURED
-    speedup = 1 - statistics.median(ratios)
-    measured = (f"Lion's step takes {100 * speedup:.1f} % less time than AdamW's (positive: Lion faster; median "
-                f"of {len(ratios)} tasks, range {100 * (1 - max(ratios)):+.0f} to {100 * (1 - min(ratios)):+.0f} %; "
-                f"claimed 2 to 15 %)")
-    return measured, range_verdict(speedup, 0.02, 0.15)
+    speedup = as_printed(100 * (1 - statistics.median(ratios)), ".1f")
+    measured = (f"Lion's step takes {speedup:.1f} % less time than AdamW's (positive: Lion faster; median "
+                f"of {plural(len(ratios), 'task')}, range {100 * (1 - max(ratios)):+.0f} to "
+                f"{100 * (1 - min(ratios)):+.0f} %; claimed 2 to 15 %)")
+    return measured, range_verdict(speedup, 2, 15)
 
 
 def lion_smaller_lr(results: ResultSet) -> tuple[str, str]:
@@ -123,41 +123,48 @@ def lion_smaller_lr(results: ResultSet) -> tuple[str, str]:
         elif flat:
             left_out[name] = "equally good lrs up to the grid's edge"
         else:
-            ratios.append((adamw.plan.chosen_lr / lion.plan.chosen_lr, name))
+            ratios.append((as_printed(adamw.plan.chosen_lr / lion.plan.chosen_lr, ".3g"), name))
     skipped = "; left out: " + ", ".join(f"{n} ({why})" for n, why in left_out.items()) if left_out else ""
     if not ratios:
         return "needs tuned lion and adamw that learned, with interior optima" + skipped, UNMEASURED
-    ratio = statistics.median(r for r, _ in ratios)
-    inside = sum(2.9 <= r <= 11 for r, _ in ratios)
+    # compared as printed (3 digits): the grid's points are rounded to 4, so its ratio 10 may be 10.003
+    ratio = as_printed(statistics.median(r for r, _ in ratios), ".3g")
+    inside = sum(3 <= r <= 10 for r, _ in ratios)
     per_task = ", ".join(f"{n} {r:.3g}" for r, n in sorted(ratios))
-    measured = (f"tuned AdamW lr / tuned Lion lr = {ratio:.3g} (median of {len(ratios)} tasks, {inside} inside "
-                f"3–10; {per_task}){skipped}")
-    # the grid moves in steps of √10, so 3.16 and 10 are the grid's values inside "3–10×"
-    return measured, range_verdict(ratio, 2.9, 11, none=1.0)
+    measured = (f"tuned AdamW lr / tuned Lion lr = {ratio:.3g} (median of {plural(len(ratios), 'task')}, {inside} "
+                f"inside 3–10; {per_task}){skipped}")
+    return measured, range_verdict(ratio, 3, 10, none=1.0)
 
 
 def lion_small_batch(results: ResultSet) -> tuple[str, str]:
     """Holds where Lion trails AdamW beyond the seed spread at every batch size below 64 and is not beaten beyond
-    it at some batch size of 64 or more: a batch-size effect, not Lion trailing everywhere."""
+    it at any batch size of 64 or more: a batch-size effect, as the claim words it."""
     lines, verdicts = [], []
     for spec, task in results.tasks.items():
         sizes = results.config.batch_sizes_for(task)
         if not any(b < 64 for b in sizes) or not any(b >= 64 for b in sizes) or _batch_has_no_effect(results, spec,
                                                                                                         sizes):
             continue
-        trails_small, fine_large, texts = [], [], []
+        trails_at: dict[int, bool] = {}
+        texts = []
         for bs in sizes:
             lion, adamw = results.summary(spec, "lion", bs), results.summary(spec, "adamw", bs)
             if not (lion and adamw and lion.metric_median is not None and adamw.metric_median is not None):
                 continue
-            trails = adamw.beats(lion)
-            texts.append(f"bs {bs} {lion.metric_median:.3g} vs {adamw.metric_median:.3g} "
-                         f"({'trails' if trails else 'level or ahead'})")
-            (trails_small if bs < 64 else fine_large).append(trails if bs < 64 else not trails)
-        if trails_small and fine_large:
-            effect = all(trails_small) and any(fine_large)
-            why = ("" if effect else ": Lion trails at every batch size" if all(trails_small) else
-                   ": Lion does not trail below 64")
+            trails_at[bs] = adamw.beats(lion)
+            texts.append(f"bs {bs} {lion.metric_median:.4g} vs {adamw.metric_median:.4g} "
+                         f"({'trails' if trails_at[bs] else 'level or ahead'})")
+        level_small = [bs for bs, trails in trails_at.items() if bs < 64 and not trails]
+        trails_large = [bs for bs, trails in trails_at.items() if bs >= 64 and trails]
+        if len({bs < 64 for bs in trails_at}) == 2:  # measured on both sides of 64
+            effect = not level_small and not trails_large
+            reasons = []
+            if level_small:
+                reasons.append(f"Lion does not trail at bs {', '.join(map(str, level_small))}")
+            if trails_large:
+                reasons.append(f"Lion trails at bs {', '.join(map(str, trails_large))}"
+                           + (", so at every batch size" if all(trails_at.values()) else ""))
+            why = f": {' and '.join(reasons)}" if reasons else ""
             lines.append(f"{task.name} {task.metric} ({'higher' if task.higher_is_better else 'lower'} is better), "
                          f"Lion vs AdamW: " + ", ".join(texts) + why)
             verdicts.append(effect)
@@ -191,6 +198,10 @@ def adan_half_steps(results: ResultSet) -> tuple[str, str]:
         if never_learned(results, spec, "adamw"):
             left_out.append(task.name)
             continue
+        if adan.metric_median is None and adan.diverged:  # it may pass AdamW's result on the way to diverging
+            fractions.append(math.inf)
+            lines.append(f"{task.name} never (Adan diverged on {adan.diverged} of {plural(adan.runs, 'seed')})")
+            continue
         target = adamw.metric_median
         adamw_hit = _first_hit(*results.median_curve(adamw.cell, "eval_steps", "eval_metric")[:2], target,
                                task.higher_is_better)
@@ -205,6 +216,7 @@ def adan_half_steps(results: ResultSet) -> tuple[str, str]:
     if not fractions:
         return "needs adan and adamw", UNMEASURED
     typical = statistics.median(fractions)
+    typical = typical if math.isinf(typical) else as_printed(typical, ".2f")
     measured = (f"Adan's steps to AdamW's final median over AdamW's own (below 1: Adan faster; claimed about 0.5): "
                 f"median {'never' if math.isinf(typical) else f'{typical:.2f}'} ({'; '.join(lines)})")
     if left_out:
@@ -231,7 +243,7 @@ def rlion_adamw_lr(results: ResultSet) -> tuple[str, str]:
     """At AdamW's default lr, no warm-up, RLion's result must be comparable to tuned AdamW's (inside AdamW's seed
     spread or within ``COMPARABLE_MARGIN`` of its median) on every task where AdamW learned: not merely finite."""
     lr = default_lr("adamw")
-    gaps, behind, left_out, considered = [], [], [], 0
+    gaps, behind, left_out, failed, considered = [], [], [], [], 0
     for spec, by_lr in _stress(results, "rlion").items():
         adamw, run = results.summary(spec, "adamw"), by_lr.get(grid_lr(lr, 0))
         if run is None or adamw is None or adamw.metric_median is None:
@@ -240,25 +252,36 @@ def rlion_adamw_lr(results: ResultSet) -> tuple[str, str]:
             left_out.append(spec)
             continue
         name = results.tasks[spec].name
+        if run.state in FAILURES:  # no result: no evidence either way
+            failed.append(f"{name} ({run.state})")
+            continue
         considered += 1
         if run.metric is None:
             behind.append(f"{name} ({run.state})")
             continue
         gap = _gap(results, spec, run.metric, adamw.metric_median)
+        if gap is None:  # AdamW's median is 0: no relative gap, only the seed spread decides
+            gap = 0.0 if no_worse(run.metric, 0.0, results.tasks[spec].higher_is_better) else -math.inf
+        gap = gap if math.isinf(gap) else as_printed(100 * gap, ".1f") / 100
         gaps.append((gap, name))
-        worst = adamw.worst
-        inside = no_worse(run.metric, worst, results.tasks[spec].higher_is_better)
+        inside = no_worse(run.metric, adamw.worst, results.tasks[spec].higher_is_better)
         if not inside and gap < -COMPARABLE_MARGIN:
-            behind.append(f"{name} {100 * gap:+.0f} %")
+            behind.append(f"{name} {100 * gap:+.1f} %")
+    skipped = ""
+    if left_out:
+        skipped += f"; left out (AdamW never learned): {_names(results, left_out)}"
+    if failed:
+        skipped += f"; left out, RLion's run failed: {', '.join(failed)}"
     if not considered:
-        return "needs rlion (with its runs at AdamW-sized lrs) and adamw", UNMEASURED
+        return "needs rlion (with its runs at AdamW-sized lrs) and adamw" + skipped, UNMEASURED
+    typical = median(g for g, _ in gaps)
     measured = f"RLion at lr {lr:g}, no warm-up, vs tuned AdamW (negative: RLion worse): " + (
-        f"median {100 * median(g for g, _ in gaps):+.1f} % over {len(gaps)} tasks" if gaps else "no finite result")
+        f"median {100 * typical:+.1f} % over {plural(len(gaps), 'task')}" if typical is not None else
+        "no finite result")
     if behind:
         measured += (f"; behind beyond AdamW's seed spread and {100 * COMPARABLE_MARGIN:.0f} % on "
-                     f"{len(behind)} of {considered} tasks: {', '.join(behind)}")
-    if left_out:
-        measured += f"; left out (AdamW never learned): {_names(results, left_out)}"
+                     f"{len(behind)} of {plural(considered, 'task')}: {', '.join(behind)}")
+    measured += skipped
     return measured, FAILS if behind else HOLDS
 
 
@@ -267,9 +290,10 @@ def rlion_stable_where_lion_diverges(results: ResultSet) -> tuple[str, str]:
     both = [(spec, lr) for spec in lion if spec in rlion for lr in lion[spec] if lr in rlion[spec]]
     if not both:
         return "needs lion and rlion", UNMEASURED
+    # a run that failed (error, crash, timeout) has no result: no evidence either way
+    failed = [(s, lr) for s, lr in both if lion[s][lr].state in FAILURES or rlion[s][lr].state in FAILURES]
+    both = [p for p in both if p not in failed]
     lion_bad = [(s, lr) for s, lr in both if lion[s][lr].state == "diverged"]
-    failed = [(s, lr) for s, lr in lion_bad if rlion[s][lr].state in FAILURES]  # no result: no evidence either way
-    lion_bad = [p for p in lion_bad if p not in failed]
     rlion_bad = [(s, lr) for s, lr in lion_bad if rlion[s][lr].state == "diverged"]
     lrs = sorted({lr for _, lr in both})
     measured = (f"at lr {', '.join(f'{lr:g}' for lr in lrs)} (no warm-up) Lion diverged in {len(lion_bad)} of "
@@ -278,8 +302,9 @@ def rlion_stable_where_lion_diverges(results: ResultSet) -> tuple[str, str]:
         measured += " (" + ", ".join(f"{results.tasks[s].name} lr {lr:g}"
                                      f"{' (RLion too)' if (s, lr) in rlion_bad else ''}" for s, lr in lion_bad) + ")"
     if failed:
-        measured += "; left out, RLion's run failed: " + ", ".join(f"{results.tasks[s].name} lr {lr:g}"
-                                                                   for s, lr in failed)
+        measured += "; left out, a run failed: " + ", ".join(
+            f"{results.tasks[s].name} lr {lr:g} ({'Lion' if lion[s][lr].state in FAILURES else 'RLion'})"
+            for s, lr in failed)
     if not lion_bad:
         return measured, UNMEASURED
     return measured, HOLDS if not rlion_bad else FAILS

@@ -18,7 +18,7 @@ from ..info import base_optimizer_info
 from .claims import ClaimResult, evaluate_claims
 from .plan import BUDGET_PRESETS, point_key
 from .plots import make_plots, write_atomically
-from .results import CellSummary, ResultSet
+from .results import METRIC_FORMAT, CellSummary, ResultSet
 from .storage import FAILURES
 from .verdict import TAU_MAX, Verdict, compute_verdict
 
@@ -50,11 +50,13 @@ def _last_line(text: str | None) -> str:
     return next(iter(reversed((text or "").strip().splitlines())), "")
 
 
-def _num(value: float | None, fmt: str = ".4g") -> str:
+def _num(value: float | None, fmt: str = METRIC_FORMAT) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
 
 
 def _metric(summary: CellSummary) -> str:
+    """The median and the range over seeds; a diverged seed is the range's losing end (the median counts it as
+    worse than any result)."""
     if summary.metric_median is None:
         if summary.diverged or (summary.plan.chosen_lr is None and summary.tuning_diverged):
             return "diverged"
@@ -62,7 +64,10 @@ def _metric(summary: CellSummary) -> str:
         return " / ".join(sorted(failed)) if failed else "–"
     text = _num(summary.metric_median)
     if summary.runs > 1:
-        text += f" [{_num(summary.metric_min)}, {_num(summary.metric_max)}]"
+        low, high = _num(summary.metric_min), _num(summary.metric_max)
+        if summary.diverged:
+            low, high = ("diverged", high) if summary.higher_is_better else (low, "diverged")
+        text += f" [{low}, {high}]"
     return text
 
 
@@ -96,10 +101,10 @@ def tasks_verdict_table(verdict: Verdict) -> Table:
             rows.append([t.task, "–", "–", "no result", ""])
             continue
         margin = f"{t.margin_text} vs {t.runner_up}" if t.margin is not None else "–"
-        rows.append([t.task, t.winner, margin, "tie" if t.is_tie else "beyond the seed spread",
-                     ", ".join(t.tied) if t.is_tie else ""])
-    return Table(["task", "best median", "margin over the runner-up", "difference", "tied (inside the seed spread)"],
-                 rows)
+        rows.append([t.task, t.winner, margin, f"tie ({t.difference})" if t.is_tie else t.difference,
+                     ", ".join(t.tied) if len(t.tied) > 1 else ""])
+    return Table(["task", "best median", "margin over the runner-up", "difference to the runner-up",
+                  "tied with the best (inside the seed spread)"], rows)
 
 
 def standings_table(verdict: Verdict) -> Table:
@@ -118,8 +123,8 @@ SCORING = (f"Score: the AlgoPerf performance-profile score, the area under ρ(τ
            f"in seconds of training including compilation. First or tied: tasks where its median is the best or "
            f"inside the seed spread of the best. lr plateau: the width, in decades, of the tuning-grid learning "
            f"rates around the chosen one whose result is no worse than the chosen setting's worst seed (median "
-           f"over tasks; 0 when only the chosen lr qualifies; – after --tune lr,weight_decay, whose points form no "
-           f"grid). Memory: medians over tasks.")
+           f"over the tasks it learned; 0 when only the chosen lr qualifies; – after --tune lr,weight_decay, whose "
+           f"points form no grid). Memory: medians over tasks.")
 
 
 def tasks_table(results: ResultSet) -> Table:
@@ -297,8 +302,7 @@ def terminal_summary(results: ResultSet, paths: dict[str, Path], *, wall_seconds
                     continue
                 lr = _num(s.plan.chosen_lr, ".2g") + ("*" if s.plan.at_edge else "") + (
                     f", wd {s.plan.chosen_wd:.2g}" if s.plan.chosen_wd is not None else "")
-                metric = _metric(s) if s.metric_median is None else (
-                    f"{s.metric_median:.3g} [{s.metric_min:.3g}, {s.metric_max:.3g}]")
+                metric = _metric(s)
                 rows.append([optimizer, lr, metric, f"{s.reached}/{s.runs}" if task.target is not None else "–",
                              _num(s.steps_to_target, ".0f")])
             direction = "higher" if task.higher_is_better else "lower"

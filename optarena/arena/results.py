@@ -15,6 +15,18 @@ from .task import Task
 NUMERICAL_TIE = 1e-5
 """Results this close (relative) are one result: float32 noise. The 2-D functions ignore the seed, so their seed
 spread is 0 and only this tells 12.934429 from 12.934431 as the same local minimum."""
+METRIC_FORMAT = ".4g"
+"""How the report prints a result. Two results printed alike are one result, whatever their spread."""
+
+
+def as_printed(value: float, fmt: str) -> float:
+    """``value`` as the report prints it with ``fmt``: what a sentence beside the printed number compares, so that
+    the number and the sentence cannot disagree (2.04 % and 1.96 % both print as 2.0 %)."""
+    return float(format(value, fmt))
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def no_worse(value: float, than: float, higher_is_better: bool) -> bool:
@@ -23,14 +35,27 @@ def no_worse(value: float, than: float, higher_is_better: bool) -> bool:
     return value >= than - slack if higher_is_better else value <= than + slack
 
 
-def relative_gap(higher_is_better: bool, ours: float, theirs: float) -> float:
-    """How much better ``ours`` is than ``theirs``, relative to ``|theirs|`` (positive: better)."""
-    return (1 if higher_is_better else -1) * (ours - theirs) / max(abs(theirs), 1e-12)
+def relative_gap(higher_is_better: bool, ours: float, theirs: float) -> float | None:
+    """How much better ``ours`` is than ``theirs``, relative to ``|theirs|`` (positive: better); None where
+    ``theirs`` is 0 and ``ours`` is not (no relative gap to a zero)."""
+    if theirs == 0:
+        return 0.0 if ours == 0 else None
+    return (1 if higher_is_better else -1) * (ours - theirs) / abs(theirs)
 
 
 def median(values: Iterable[float | None]) -> float | None:
     finite = [v for v in values if v is not None and math.isfinite(v)]
     return statistics.median(finite) if finite else None
+
+
+def median_counting_divergence(metrics: list[float], diverged: int, higher_is_better: bool) -> float | None:
+    """The median over seeds of a final metric, a diverged seed counting as worse than any result: None (no
+    result) where the median falls on diverged seeds, as with two of three diverged."""
+    ranked: list[float | None] = [*sorted(metrics, reverse=higher_is_better), *[None] * diverged]
+    if not ranked:
+        return None
+    middle = ranked[(len(ranked) - 1) // 2: len(ranked) // 2 + 1]
+    return None if None in middle else statistics.fmean(middle)
 
 
 @dataclass
@@ -40,8 +65,10 @@ class CellSummary:
     finals: list[Record]
     """Runs at the chosen lr, one per seed (seed 0 included)."""
     metric_median: float | None
+    """The median over the finals, a diverged seed counting as worse than any result (None if it falls there)."""
     metric_min: float | None
     metric_max: float | None
+    """The range of the finals with a result (a diverged seed has none: it opens the spread on the losing side)."""
     diverged: int
     """Diverged runs among the finals."""
     tuning_diverged: int
@@ -63,8 +90,14 @@ class CellSummary:
         return len(self.finals)
 
     @property
+    def with_result(self) -> int:
+        """Finals that ended with a result (not diverged, not failed): the seeds a spread is measured over."""
+        return sum(r.metric is not None for r in self.finals)
+
+    @property
     def worst(self) -> float | None:
-        """The worst seed's metric: the edge of the seed spread on the losing side."""
+        """The worst metric among the seeds with a result: the edge of the seed spread on the losing side (beyond
+        it where a seed diverged)."""
         return self.metric_min if self.higher_is_better else self.metric_max
 
     def better_than(self, value: float) -> bool:
@@ -75,15 +108,20 @@ class CellSummary:
 
     def ties(self, other: CellSummary) -> bool:
         """Two results tie when their difference lies inside the seed spread: either median inside the other's
-        range over seeds, ``[min, max]`` (widened by ``NUMERICAL_TIE``)."""
+        range over seeds, ``[min, max]`` (widened by ``NUMERICAL_TIE``; open on the losing side where a seed
+        diverged), or the two medians printed alike."""
         if self.metric_median is None or other.metric_median is None:
             return False
+        if format(self.metric_median, METRIC_FORMAT) == format(other.metric_median, METRIC_FORMAT):
+            return True
+        return other._spread_holds(self.metric_median) or self._spread_holds(other.metric_median)
 
-        def inside(value: float, low: float, high: float) -> bool:
-            return no_worse(value, low, True) and no_worse(value, high, False)
-
-        return (inside(self.metric_median, other.metric_min, other.metric_max)
-                or inside(other.metric_median, self.metric_min, self.metric_max))
+    def _spread_holds(self, value: float) -> bool:
+        """Whether ``value`` lies inside this result's seed spread."""
+        low, high = self.metric_min, self.metric_max
+        if self.diverged:  # a diverged seed: worse than any result
+            low, high = (-math.inf, high) if self.higher_is_better else (low, math.inf)
+        return no_worse(value, low, True) and no_worse(value, high, False)
 
     def beats(self, other: CellSummary) -> bool:
         """Better than ``other`` beyond the seed spread (a result beats a run that has none)."""
@@ -163,11 +201,13 @@ class ResultSet:
             return median(getattr(r, attr) for r in source)
 
         reached = [r for r in results if r.steps_to_target is not None and not r.diverged]
+        diverged = sum(r.state == "diverged" for r in finals)
         return CellSummary(
             cell=cell, plan=plan, finals=finals,
-            metric_median=median(metrics), metric_min=min(metrics, default=None),
+            metric_median=median_counting_divergence(metrics, diverged, cell.higher_is_better),
+            metric_min=min(metrics, default=None),
             metric_max=max(metrics, default=None),
-            diverged=sum(r.state == "diverged" for r in finals),
+            diverged=diverged,
             tuning_diverged=sum(r.state == "diverged" for r in records if point_key(r.lr, r.seed, r.wd) in tuning),
             reached=len(reached),
             # runs that never reached the target do not enter the median: the count ``reached`` says how many did

@@ -17,7 +17,7 @@ import statistics
 from dataclasses import dataclass, field
 
 from .plan import point_key, stress_lrs
-from .results import CellSummary, ResultSet, median, no_worse, relative_gap
+from .results import METRIC_FORMAT, CellSummary, ResultSet, as_printed, median, no_worse, relative_gap
 
 TAU_MAX = 4.0
 LEARNED_FRACTION = 0.05
@@ -67,7 +67,7 @@ class TaskVerdict:
     without_result: dict[str, str] = field(default_factory=dict)
     """Optimizers with no result on the task, and why (diverged, crashed, ...)."""
     one_seed: bool = False
-    """The winner or the runner-up ran on one seed only: no spread was measured."""
+    """The winner or the runner-up has a result on one seed only: no spread was measured."""
 
     @property
     def winner(self) -> str | None:
@@ -86,9 +86,11 @@ class TaskVerdict:
     def difference(self) -> str:
         if self.runner_up is None:
             return "the only result" if self.ranking else "no result"
-        if self.one_seed:
-            return "one seed: no spread measured"
-        return "inside the seed spread" if self.is_tie else "beyond the seed spread"
+        if self.is_tie:
+            values = dict(self.ranking)
+            alike = format(values[self.winner], METRIC_FORMAT) == format(values[self.runner_up], METRIC_FORMAT)
+            return "equal as printed" if alike else "inside the seed spread"
+        return "one seed: no spread measured" if self.one_seed else "beyond the seed spread"
 
     def sentence(self) -> str:
         direction = "higher" if self.higher_is_better else "lower"
@@ -99,9 +101,11 @@ class TaskVerdict:
             return text + "no optimizer produced a result" + missing
         name, value = self.ranking[0]
         if self.runner_up is None:
-            return text + f"{name} {value:.4g}, the only result" + missing
+            return text + f"{name} {value:{METRIC_FORMAT}}, the only result" + missing
         second = dict(self.ranking)[self.runner_up]
-        gap = f"{name} {value:.4g} vs {self.runner_up} {second:.4g} ({self.margin_text}), {self.difference}"
+        margin = self.margin_text if self.margin is not None else f"no relative margin: {self.runner_up} at 0"
+        gap = (f"{name} {value:{METRIC_FORMAT}} vs {self.runner_up} {second:{METRIC_FORMAT}} ({margin}), "
+               f"{self.difference}")
         if self.is_tie:
             return text + f"tie between {', '.join(self.tied)}: {gap}" + missing
         others = [n for n in self.tied if n != name]
@@ -121,9 +125,14 @@ def task_verdict(results: ResultSet, spec: str) -> TaskVerdict:
     tied = [name for name, _ in ranking if name == ranking[0][0] or summaries[name].ties(winner)]
     runner_up = ranking[1][0] if len(ranking) > 1 else None
     margin = relative_gap(task.higher_is_better, ranking[0][1], ranking[1][1]) if runner_up else None
-    one_seed = runner_up is not None and min(winner.runs, summaries[runner_up].runs) < 2
+    one_seed = runner_up is not None and not spread_measured(winner, summaries[runner_up])
     return TaskVerdict(task.name, task.metric, task.higher_is_better, ranking, tied, margin, runner_up, missing,
                        one_seed)
+
+
+def spread_measured(a: CellSummary, b: CellSummary) -> bool:
+    """Whether both results have a seed spread: at least two seeds each that ended with a result."""
+    return min(a.with_result, b.with_result) >= 2
 
 
 def _why_no_result(results: ResultSet, summary: CellSummary) -> str:
@@ -232,8 +241,10 @@ class OptimizerStanding:
     state_bytes_per_param: float | None
     peak_memory_mb: float | None
     beats_adamw: list[str]
-    """Tasks on which it beats AdamW beyond the seed spread."""
+    """Tasks on which it beats AdamW beyond the seed spread (or AdamW has no result)."""
     never_learned: list[str]
+    ahead_of_adamw_on_one_seed: list[str] = field(default_factory=list)
+    """Tasks on which it is ahead of AdamW where one of them has a result on one seed only: no spread measured."""
 
 
 @dataclass
@@ -251,26 +262,30 @@ def compute_verdict(results: ResultSet) -> Verdict:
     ratios_seconds = performance_ratios(results, "seconds_to_target")
     standings = {}
     for name in results.config.optimizers:
-        plateaus, summaries, beats, blank = [], [], [], []
+        plateaus, summaries, beats, one_seed, blank = [], [], [], [], []
         for spec in results.tasks:
             summaries_here = results.headline(spec)
             if name not in summaries_here:
                 continue
             s = summaries_here[name]
             summaries.append(s)
-            if (plateau := lr_plateau(results, s)) is not None:
+            task = results.tasks[spec].name
+            # every lr leaves a model that never learned where it was: a plateau of not learning, not robustness
+            if learned(s, best_result(summaries_here)) is False:
+                blank.append(task)
+            elif (plateau := lr_plateau(results, s)) is not None:
                 plateaus.append(plateau.decades)
             adamw = summaries_here.get("adamw")
             if name != "adamw" and adamw is not None and s.beats(adamw):
-                beats.append(results.tasks[spec].name)
-            if learned(s, best_result(summaries_here)) is False:
-                blank.append(results.tasks[spec].name)
+                measured = adamw.metric_median is None or spread_measured(s, adamw)
+                (beats if measured else one_seed).append(task)
         standings[name] = OptimizerStanding(
             name, score(ratios_steps, name), score(ratios_seconds, name),
             first=sum(name in t.tied for t in tasks), tasks=len(summaries),
             plateau_decades=plateau_width(plateaus),
             state_bytes_per_param=median(s.state_bytes_per_param for s in summaries),
-            peak_memory_mb=median(s.peak_memory_mb for s in summaries), beats_adamw=beats, never_learned=blank)
+            peak_memory_mb=median(s.peak_memory_mb for s in summaries), beats_adamw=beats, never_learned=blank,
+            ahead_of_adamw_on_one_seed=one_seed)
     if not any(s.score_steps for s in standings.values()):  # no target reached anywhere: no score to show
         for standing in standings.values():
             standing.score_steps = standing.score_seconds = None
@@ -293,35 +308,45 @@ def pick_paragraph(results: ResultSet, tasks: list[TaskVerdict], standings: dict
     scored = any(s.score_steps for s in standings.values())  # some optimizer reached some task's target
 
     def rank(s: OptimizerStanding) -> tuple[float, int]:
-        return (s.score_steps or 0.0 if scored else 0.0, s.first)
+        """The score as printed, then the tasks first or tied for first."""
+        return (as_printed(s.score_steps or 0.0, ".2f") if scored else 0.0, s.first)
 
     ordered = sorted(standings.values(), key=rank, reverse=True)  # stable: roster order breaks exact ties
     best = ordered[0]
     finals = f"best or tied for best final result on {best.first} of {best.tasks} tasks"
     if scored:
-        sentences = [f"Pick {best.name}: the fastest to the tasks' targets (AlgoPerf-style score "
-                     f"{best.score_steps:.2f} in steps, {best.score_seconds:.2f} in seconds; 1 = first to every "
+        seconds = {s.name: as_printed(s.score_seconds or 0.0, ".2f") for s in ordered}
+        faster = [n for n, v in seconds.items() if v > seconds[best.name]]
+        in_seconds = f"{seconds[best.name]:.2f} in seconds"
+        if faster:  # seconds count compilation and the machine's noise: said, but steps decide
+            in_seconds += (f", where {', '.join(faster)} score{'s' if len(faster) == 1 else ''} higher (up to "
+                           f"{max(seconds[n] for n in faster):.2f})")
+        sentences = [f"Pick {best.name}: the fastest to the tasks' targets{' in steps' if faster else ''} "
+                     f"(AlgoPerf-style score {best.score_steps:.2f} in steps, {in_seconds}; 1 = first to every "
                      f"target), and {finals}."]
     else:
         sentences = [f"Pick {best.name}: {finals}. No optimizer reached any task's target, so there is no "
                      f"AlgoPerf-style score."]
     level = [s.name for s in ordered[1:] if rank(s) == rank(best)]
     if level:
-        sentences.append(f"Level with it on both counts: {', '.join(level)}.")
+        sentences.append(f"Level with it{' on both counts' if scored else ''}: {', '.join(level)}.")
     widths = {n: s.plateau_decades for n, s in standings.items() if s.plateau_decades is not None}
     if widths:
         widest = max(widths.values())
         robust = [n for n, w in widths.items() if w == widest]
         sentences.append(f"Most robust to the learning rate: {', '.join(robust)} (results no worse than the chosen "
-                         f"setting's worst seed over {widest:.1f} decades of lr, median over tasks)." if widest > 0
+                         f"setting's worst seed over {widest:.1f} decades of lr, median over the tasks it "
+                         "learned)." if widest > 0
                          else "No optimizer's result holds up at a neighbouring grid lr (median over tasks): each "
                               "needs its tuned learning rate.")
     if best.state_bytes_per_param is not None:
+        def state_bytes(s: OptimizerStanding) -> float:
+            return as_printed(s.state_bytes_per_param, ".2f")
+
         peers = [s for s in standings.values() if s.state_bytes_per_param is not None
-                 and s.state_bytes_per_param < best.state_bytes_per_param
-                 and _tied_with_on_every_task(results, s.name, best.name)]
+                 and state_bytes(s) < state_bytes(best) and _tied_with_on_every_task(results, s.name, best.name)]
         if peers:
-            cheapest = min(peers, key=lambda s: s.state_bytes_per_param)
+            cheapest = min(peers, key=state_bytes)
             sentences.append(f"Cheapest in memory among those never beaten by {best.name} beyond the seed spread: "
                              f"{cheapest.name} ({cheapest.state_bytes_per_param:.2f} B/param of state against "
                              f"{best.state_bytes_per_param:.2f}).")
@@ -335,7 +360,11 @@ def pick_paragraph(results: ResultSet, tasks: list[TaskVerdict], standings: dict
                 f"{n} on {', '.join(t)}" for n, t in winners.items()) + ".")
         else:
             sentences.append("On the final metric, no optimizer beats the AdamW baseline beyond the seed spread on "
-                             "any task" + ("." if best.name == "adamw" else
+                             "any task" + ("." if best.name == "adamw" or not scored else
                                            f": {best.name} is picked for its speed to the targets, and AdamW is "
                                            "as good a choice for the end result."))
+        ahead = {n: s.ahead_of_adamw_on_one_seed for n, s in standings.items() if s.ahead_of_adamw_on_one_seed}
+        if ahead:
+            sentences.append("Ahead of AdamW where a result stands on one seed (no spread measured): " + "; ".join(
+                f"{n} on {', '.join(t)}" for n, t in ahead.items()) + ".")
     return " ".join(sentences)
