@@ -79,6 +79,23 @@ def test_scheduler_on_the_outer_wrapper_drives_the_base() -> None:
     assert lion.param_groups[0]["lr"] == pytest.approx(5e-3)
 
 
+@pytest.mark.parametrize("order", ["lookahead(accumulate(lion))", "accumulate(lookahead(lion))"])
+def test_the_outermost_wrapper_says_whether_the_real_optimizer_stepped(order: str) -> None:
+    """The README's loop steps the scheduler when ``opt.did_update``: true every N-th micro-batch whatever wraps the
+    accumulation (a Lookahead outside it once reported True on every micro-batch)."""
+    params = params64()
+    lion = optarena.Lion(params, lr=1e-2)
+    optimizer = (Lookahead(GradientAccumulation(lion, steps=N), k=K) if order.startswith("lookahead") else
+                 GradientAccumulation(Lookahead(lion, k=K), steps=N))
+    updates = []
+    for grads in micro_grads(params, 3):
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        optimizer.step()
+        updates.append(optimizer.did_update)
+    assert updates == [(t + 1) % N == 0 for t in range(3 * N)]
+
+
 def test_factory_builds_wrapped_optimizers() -> None:
     model = torch.nn.Sequential(torch.nn.Embedding(20, 4), torch.nn.Linear(4, 2))
     optimizer = optarena.create_optimizer(model, "lookahead_lion", lr=1e-3, accumulate=4,

@@ -72,7 +72,7 @@ def _pairs(results: ResultSet, a: str, b: str) -> list[tuple[str, CellSummary, C
     return pairs
 
 
-def _gap(results: ResultSet, spec: str, ours: float, theirs: float) -> float:
+def _gap(results: ResultSet, spec: str, ours: float, theirs: float) -> float | None:
     return relative_gap(results.tasks[spec].higher_is_better, ours, theirs)
 
 

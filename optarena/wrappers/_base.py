@@ -27,9 +27,6 @@ class OptimizerWrapper(Optimizer):
 
     #: The key under which ``state_dict()`` stores this wrapper's state.
     state_key: ClassVar[str]
-    #: Whether the last ``step()`` reached the real optimizer. GradientAccumulation sets it False between updates;
-    #: Lookahead reads it down the chain so that only real updates count as its inner steps.
-    did_update: bool = True
 
     def __init__(self, base: Optimizer) -> None:
         if not isinstance(base, Optimizer):
@@ -70,6 +67,13 @@ class OptimizerWrapper(Optimizer):
     def eval(self) -> None:
         """Forward ``eval()`` (schedule-free optimizers: the parameters hold the evaluation point)."""
         _switch(self.base, "eval")
+
+    @property
+    def did_update(self) -> bool:
+        """Whether the last ``step()`` reached the real optimizer: False between GradientAccumulation's updates,
+        whatever wraps it (``Lookahead(GradientAccumulation(...)).did_update`` is what a scheduler loop checks, and
+        what Lookahead counts as its inner steps by)."""
+        return getattr(self.base, "did_update", True)
 
     def _params(self) -> list[Tensor]:
         return [p for g in self.param_groups for p in g["params"]]

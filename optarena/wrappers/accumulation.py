@@ -60,7 +60,7 @@ class GradientAccumulation(OptimizerWrapper):
         check_choice("skip_nonfinite", skip_nonfinite, (False, True))
         self.steps = int(steps)
         self.skip_nonfinite = skip_nonfinite
-        self.did_update = False
+        self._updated = False
         self.micro_step = 0
         self.skipped_updates = 0
         super().__init__(base)
@@ -88,7 +88,7 @@ class GradientAccumulation(OptimizerWrapper):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self.did_update = False
+        self._updated = False
         self._accumulate()
         self.micro_step += 1
         if self.micro_step < self.steps:
@@ -100,8 +100,13 @@ class GradientAccumulation(OptimizerWrapper):
             self.skipped_updates += 1
             return loss
         self._step_base_on_mean(with_sums, sums)
-        self.did_update = True
+        self._updated = True
         return loss
+
+    @property
+    def did_update(self) -> bool:
+        """Whether the last ``step()`` ran the base optimizer (and the base reached the real one)."""
+        return self._updated and super().did_update
 
     @torch.no_grad()
     def _accumulate(self) -> None:

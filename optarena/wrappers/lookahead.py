@@ -29,14 +29,7 @@ def innermost(optimizer: Optimizer) -> Optimizer:
     return optimizer
 
 
-def inner_step_happened(optimizer: Optimizer) -> bool:
-    """False when a wrapper in the chain (e.g. GradientAccumulation between updates) reports that its last
-    ``step()`` did not reach the real optimizer: such calls are not Lookahead's inner steps."""
-    while isinstance(optimizer, OptimizerWrapper):
-        if not optimizer.did_update:
-            return False
-        optimizer = optimizer.base
-    return True
+
 
 
 class Lookahead(OptimizerWrapper):
@@ -111,7 +104,7 @@ class Lookahead(OptimizerWrapper):
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One inner step of the base; every k-th one is followed by the slow-weight sync."""
         loss = self._base_step(closure)
-        if not inner_step_happened(self.base):
+        if not self.did_update:  # e.g. GradientAccumulation between updates: not an inner step
             return loss
         self.inner_steps += 1
         if self.inner_steps >= self.k:
