@@ -9,12 +9,18 @@ import sys
 import tempfile
 from pathlib import Path
 
-import lightning as L
-import torch
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from optarena.integrations import torchvision_nms
 
-from optarena.integrations.lightning import optimizer_config
+# lightning imports torchvision (through torchmetrics), whose registry wheel next to the CPU torch pin cannot load its
+# C++ ops: a pure-PyTorch nms first (README, "torchvision here"); where torchvision's own ops load this does nothing
+torchvision_nms.install()
+
+import lightning as L  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+
+from optarena.integrations.lightning import optimizer_config  # noqa: E402
 
 
 class Regressor(L.LightningModule):

@@ -7,6 +7,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from .arena.plan import DEFAULT_OPTIMIZERS
 from .arena.task import BUDGETS
 from .registry import base_optimizer_info, get_optimizer_info, list_optimizers
 
@@ -158,7 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare = commands.add_parser("compare", help="fair side-by-side comparison with tuned lrs, report and claims")
     compare.add_argument("--optimizers", type=_names, default=None,
-                         help="comma-separated names (default: adamw,lion,rlion,adan; more with --budget full)")
+                         help="comma-separated names (default: the budget's roster, tiny "
+                              f"{','.join(DEFAULT_OPTIMIZERS['tiny'])}, quick adds "
+                              f"{','.join(DEFAULT_OPTIMIZERS['quick'][len(DEFAULT_OPTIMIZERS['tiny']):])}; "
+                              "`optarena list` for every name)")
     compare.add_argument("--tasks", default=None,
                          help="comma-separated built-in tasks (see `optarena tasks`) or module:function specs "
                               "(default: every built-in task)")
