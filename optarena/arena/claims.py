@@ -116,7 +116,10 @@ def lion_smaller_lr(results: ResultSet) -> tuple[str, str]:
             continue
         never = [o for o in ("lion", "adamw") if never_learned(results, spec, o)]
         flat = [s for s in (lion, adamw) if (p := lr_plateau(results, s)) and p.points > 1 and p.open_ended]
-        if never:
+        without = [o for o, s in (("lion", lion), ("adamw", adamw)) if s.metric_median is None]
+        if without:
+            left_out[name] = f"{' and '.join(without)} without a result"
+        elif never:
             left_out[name] = f"{' and '.join(never)} never learned"
         elif lion.plan.at_edge or adamw.plan.at_edge:
             left_out[name] = "chosen lr on the grid's edge"
@@ -149,10 +152,15 @@ def lion_small_batch(results: ResultSet) -> tuple[str, str]:
         texts = []
         for bs in sizes:
             lion, adamw = results.summary(spec, "lion", bs), results.summary(spec, "adamw", bs)
-            if not (lion and adamw and lion.metric_median is not None and adamw.metric_median is not None):
+            if not (lion and adamw and adamw.metric_median is not None):
                 continue
-            trails_at[bs] = adamw.beats(lion)
-            texts.append(f"bs {bs} {lion.metric_median:.4g} vs {adamw.metric_median:.4g} "
+            if lion.metric_median is None and not lion.lost_to_divergence:  # failed (or not run): no evidence
+                if results.records_of(lion.cell):
+                    texts.append(f"bs {bs} left out (Lion's runs failed)")
+                continue
+            trails_at[bs] = adamw.beats(lion)  # a Lion that diverged trails a result
+            ours = "diverged" if lion.metric_median is None else f"{lion.metric_median:.4g}"
+            texts.append(f"bs {bs} {ours} vs {adamw.metric_median:.4g} "
                          f"({'trails' if trails_at[bs] else 'level or ahead'})")
         level_small = [bs for bs, trails in trails_at.items() if bs < 64 and not trails]
         trails_large = [bs for bs, trails in trails_at.items() if bs >= 64 and trails]
@@ -243,7 +251,7 @@ def rlion_adamw_lr(results: ResultSet) -> tuple[str, str]:
     """At AdamW's default lr, no warm-up, RLion's result must be comparable to tuned AdamW's (inside AdamW's seed
     spread or within ``COMPARABLE_MARGIN`` of its median) on every task where AdamW learned: not merely finite."""
     lr = default_lr("adamw")
-    gaps, behind, left_out, failed, considered = [], [], [], [], 0
+    gaps, behind, left_out, failed, no_gap, considered = [], [], [], [], [], 0
     for spec, by_lr in _stress(results, "rlion").items():
         adamw, run = results.summary(spec, "adamw"), by_lr.get(grid_lr(lr, 0))
         if run is None or adamw is None or adamw.metric_median is None:
@@ -259,12 +267,15 @@ def rlion_adamw_lr(results: ResultSet) -> tuple[str, str]:
         if run.metric is None:
             behind.append(f"{name} ({run.state})")
             continue
-        gap = _gap(results, spec, run.metric, adamw.metric_median)
-        if gap is None:  # AdamW's median is 0: no relative gap, only the seed spread decides
-            gap = 0.0 if no_worse(run.metric, 0.0, results.tasks[spec].higher_is_better) else -math.inf
-        gap = gap if math.isinf(gap) else as_printed(100 * gap, ".1f") / 100
-        gaps.append((gap, name))
         inside = no_worse(run.metric, adamw.worst, results.tasks[spec].higher_is_better)
+        gap = _gap(results, spec, run.metric, adamw.metric_median)
+        if gap is None:  # AdamW's median is 0: no relative gap to it, only its seed spread decides
+            no_gap.append(name)
+            if not inside:
+                behind.append(f"{name} {run.metric:.4g} against AdamW's 0")
+            continue
+        gap = as_printed(100 * gap, ".1f") / 100
+        gaps.append((gap, name))
         if not inside and gap < -COMPARABLE_MARGIN:
             behind.append(f"{name} {100 * gap:+.1f} %")
     skipped = ""
@@ -277,7 +288,9 @@ def rlion_adamw_lr(results: ResultSet) -> tuple[str, str]:
     typical = median(g for g, _ in gaps)
     measured = f"RLion at lr {lr:g}, no warm-up, vs tuned AdamW (negative: RLion worse): " + (
         f"median {100 * typical:+.1f} % over {plural(len(gaps), 'task')}" if typical is not None else
-        "no finite result")
+        "no relative gap" if no_gap else "no finite result")
+    if no_gap:
+        measured += f" (no relative gap to AdamW's 0 on {', '.join(no_gap)})"
     if behind:
         measured += (f"; behind beyond AdamW's seed spread and {100 * COMPARABLE_MARGIN:.0f} % on "
                      f"{len(behind)} of {plural(considered, 'task')}: {', '.join(behind)}")

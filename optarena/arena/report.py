@@ -55,19 +55,15 @@ def _num(value: float | None, fmt: str = METRIC_FORMAT) -> str:
 
 
 def _metric(summary: CellSummary) -> str:
-    """The median and the range over seeds; a diverged seed is the range's losing end (the median counts it as
-    worse than any result)."""
+    """The median (a diverged seed counting as worse than any result) and the range over the seeds with one."""
     if summary.metric_median is None:
-        if summary.diverged or (summary.plan.chosen_lr is None and summary.tuning_diverged):
+        if summary.lost_to_divergence:
             return "diverged"
         failed = {r.state for r in summary.finals if r.state in FAILURES}
         return " / ".join(sorted(failed)) if failed else "–"
     text = _num(summary.metric_median)
     if summary.runs > 1:
-        low, high = _num(summary.metric_min), _num(summary.metric_max)
-        if summary.diverged:
-            low, high = ("diverged", high) if summary.higher_is_better else (low, "diverged")
-        text += f" [{low}, {high}]"
+        text += f" [{_num(summary.metric_min)}, {_num(summary.metric_max)}]"
     return text
 
 
@@ -104,7 +100,7 @@ def tasks_verdict_table(verdict: Verdict) -> Table:
         rows.append([t.task, t.winner, margin, f"tie ({t.difference})" if t.is_tie else t.difference,
                      ", ".join(t.tied) if len(t.tied) > 1 else ""])
     return Table(["task", "best median", "margin over the runner-up", "difference to the runner-up",
-                  "tied with the best (inside the seed spread)"], rows)
+                  "tied with the best"], rows)
 
 
 def standings_table(verdict: Verdict) -> Table:
@@ -117,14 +113,14 @@ def standings_table(verdict: Verdict) -> Table:
                   "state B/param", "peak MiB", "never learned on"], rows)
 
 
-SCORING = (f"Score: the AlgoPerf performance-profile score, the area under ρ(τ) (the fraction of tasks on which the "
-           f"optimizer reached the task's target within τ times the fastest optimizer's time, a miss counting as "
-           f"never) over τ from 1 to {TAU_MAX:g}, normalised so that 1 means first to every target; in steps, and "
-           f"in seconds of training including compilation. First or tied: tasks where its median is the best or "
-           f"inside the seed spread of the best. lr plateau: the width, in decades, of the tuning-grid learning "
-           f"rates around the chosen one whose result is no worse than the chosen setting's worst seed (median "
-           f"over the tasks it learned; 0 when only the chosen lr qualifies; – after --tune lr,weight_decay, whose "
-           f"points form no grid). Memory: medians over tasks.")
+SCORING = ("Score: the AlgoPerf performance-profile score, the area under ρ(τ) (the fraction of tasks on which the "
+           "optimizer reached the task's target within τ times the fastest optimizer's time, a miss counting as "
+           f"never) over τ from 1 to {TAU_MAX:g}, normalised so that 1 means first to every target; in steps, and in "
+           "seconds of training including compilation. First or tied: tasks where its median is the best or tied "
+           "with the best (inside the seed spread, or equal as printed). lr plateau: the width, in decades, of the "
+           "tuning-grid learning rates around the chosen one whose result is no worse than the chosen setting's "
+           "worst seed (median over the tasks it learned; 0 when only the chosen lr qualifies; – after --tune "
+           "lr,weight_decay, whose points form no grid). Memory: medians over tasks.")
 
 
 def tasks_table(results: ResultSet) -> Table:

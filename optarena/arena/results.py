@@ -58,6 +58,11 @@ def median_counting_divergence(metrics: list[float], diverged: int, higher_is_be
     return None if None in middle else statistics.fmean(middle)
 
 
+def spread_measured(a: CellSummary, b: CellSummary) -> bool:
+    """Whether both results have a seed spread: at least two seeds each that ended with a result."""
+    return min(a.with_result, b.with_result) >= 2
+
+
 @dataclass
 class CellSummary:
     cell: Cell
@@ -68,7 +73,7 @@ class CellSummary:
     """The median over the finals, a diverged seed counting as worse than any result (None if it falls there)."""
     metric_min: float | None
     metric_max: float | None
-    """The range of the finals with a result (a diverged seed has none: it opens the spread on the losing side)."""
+    """The range over the finals with a result: the seed spread (a diverged seed counts in the median only)."""
     diverged: int
     """Diverged runs among the finals."""
     tuning_diverged: int
@@ -95,9 +100,14 @@ class CellSummary:
         return sum(r.metric is not None for r in self.finals)
 
     @property
+    def lost_to_divergence(self) -> bool:
+        """No result because runs diverged: at the chosen lr, or at every tuning lr (no lr was chosen)."""
+        return self.metric_median is None and bool(self.diverged or (self.plan.chosen_lr is None
+                                                                      and self.tuning_diverged))
+
+    @property
     def worst(self) -> float | None:
-        """The worst metric among the seeds with a result: the edge of the seed spread on the losing side (beyond
-        it where a seed diverged)."""
+        """The worst metric among the seeds with a result: the edge of the seed spread on the losing side."""
         return self.metric_min if self.higher_is_better else self.metric_max
 
     def better_than(self, value: float) -> bool:
@@ -108,26 +118,28 @@ class CellSummary:
 
     def ties(self, other: CellSummary) -> bool:
         """Two results tie when their difference lies inside the seed spread: either median inside the other's
-        range over seeds, ``[min, max]`` (widened by ``NUMERICAL_TIE``; open on the losing side where a seed
-        diverged), or the two medians printed alike."""
+        range over seeds, ``[min, max]`` (widened by ``NUMERICAL_TIE``), or the two medians printed alike."""
         if self.metric_median is None or other.metric_median is None:
             return False
         if format(self.metric_median, METRIC_FORMAT) == format(other.metric_median, METRIC_FORMAT):
             return True
-        return other._spread_holds(self.metric_median) or self._spread_holds(other.metric_median)
 
-    def _spread_holds(self, value: float) -> bool:
-        """Whether ``value`` lies inside this result's seed spread."""
-        low, high = self.metric_min, self.metric_max
-        if self.diverged:  # a diverged seed: worse than any result
-            low, high = (-math.inf, high) if self.higher_is_better else (low, math.inf)
-        return no_worse(value, low, True) and no_worse(value, high, False)
+        def inside(value: float, low: float, high: float) -> bool:
+            return no_worse(value, low, True) and no_worse(value, high, False)
+
+        return (inside(self.metric_median, other.metric_min, other.metric_max)
+                or inside(other.metric_median, self.metric_min, self.metric_max))
 
     def beats(self, other: CellSummary) -> bool:
-        """Better than ``other`` beyond the seed spread (a result beats a run that has none)."""
+        """Better than ``other`` and not tied with it (a result beats a run that has none)."""
         if other.metric_median is None:
             return self.metric_median is not None
         return self.better_than(other.metric_median) and not self.ties(other)
+
+    def beats_beyond_spread(self, other: CellSummary) -> bool:
+        """Better than ``other`` beyond a measured seed spread (both with results on two seeds or more), or
+        ``other`` has no result: what "beaten beyond the seed spread" says."""
+        return self.beats(other) and (other.metric_median is None or spread_measured(self, other))
 
 
 class ResultSet:

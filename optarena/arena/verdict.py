@@ -17,7 +17,7 @@ import statistics
 from dataclasses import dataclass, field
 
 from .plan import point_key, stress_lrs
-from .results import METRIC_FORMAT, CellSummary, ResultSet, as_printed, median, no_worse, relative_gap
+from .results import METRIC_FORMAT, CellSummary, ResultSet, as_printed, median, no_worse, relative_gap, spread_measured
 
 TAU_MAX = 4.0
 LEARNED_FRACTION = 0.05
@@ -86,11 +86,12 @@ class TaskVerdict:
     def difference(self) -> str:
         if self.runner_up is None:
             return "the only result" if self.ranking else "no result"
-        if self.is_tie:
-            values = dict(self.ranking)
-            alike = format(values[self.winner], METRIC_FORMAT) == format(values[self.runner_up], METRIC_FORMAT)
-            return "equal as printed" if alike else "inside the seed spread"
-        return "one seed: no spread measured" if self.one_seed else "beyond the seed spread"
+        values = dict(self.ranking)
+        if format(values[self.winner], METRIC_FORMAT) == format(values[self.runner_up], METRIC_FORMAT):
+            return "equal as printed"
+        if self.one_seed:
+            return "one seed: no spread measured"
+        return "inside the seed spread" if self.is_tie else "beyond the seed spread"
 
     def sentence(self) -> str:
         direction = "higher" if self.higher_is_better else "lower"
@@ -130,9 +131,7 @@ def task_verdict(results: ResultSet, spec: str) -> TaskVerdict:
                        one_seed)
 
 
-def spread_measured(a: CellSummary, b: CellSummary) -> bool:
-    """Whether both results have a seed spread: at least two seeds each that ended with a result."""
-    return min(a.with_result, b.with_result) >= 2
+
 
 
 def _why_no_result(results: ResultSet, summary: CellSummary) -> str:
@@ -223,7 +222,7 @@ def plateau_width(widths: list[float]) -> float | None:
     """The median of an optimizer's plateau widths over tasks, to the tenth of a decade it is printed to and compared
     at: the grid's points are rounded to 4 significant digits, so two plateaus of one half-decade step read 0.50004 and
     0.49996 decades (the verdict then named one of two optimizers printed with 0.5 each as the most robust)."""
-    width = median(widths)
+    width = median(round(w, 1) for w in widths)  # each as printed, or one grid step splits a median of two
     return None if width is None else round(width, 1)
 
 
@@ -270,15 +269,15 @@ def compute_verdict(results: ResultSet) -> Verdict:
             s = summaries_here[name]
             summaries.append(s)
             task = results.tasks[spec].name
-            # every lr leaves a model that never learned where it was: a plateau of not learning, not robustness
-            if learned(s, best_result(summaries_here)) is False:
+            # every lr leaves a model that never learned where it was: a plateau of not learning, not robustness;
+            # and a task without a result (None) has no plateau either
+            if (outcome := learned(s, best_result(summaries_here))) is False:
                 blank.append(task)
-            elif (plateau := lr_plateau(results, s)) is not None:
+            elif outcome and (plateau := lr_plateau(results, s)) is not None:
                 plateaus.append(plateau.decades)
             adamw = summaries_here.get("adamw")
             if name != "adamw" and adamw is not None and s.beats(adamw):
-                measured = adamw.metric_median is None or spread_measured(s, adamw)
-                (beats if measured else one_seed).append(task)
+                (beats if s.beats_beyond_spread(adamw) else one_seed).append(task)
         standings[name] = OptimizerStanding(
             name, score(ratios_steps, name), score(ratios_seconds, name),
             first=sum(name in t.tied for t in tasks), tasks=len(summaries),
@@ -293,7 +292,8 @@ def compute_verdict(results: ResultSet) -> Verdict:
 
 
 def _tied_with_on_every_task(results: ResultSet, candidate: str, best: str) -> bool:
-    """``candidate`` is never beaten by ``best`` beyond the seed spread on any task where both have a summary."""
+    """``best`` never beats ``candidate`` (beyond the seed spread, or ahead where one has one seed only) on any task
+    where both have a summary."""
     for spec in results.tasks:
         summaries = results.headline(spec)
         if candidate in summaries and best in summaries and summaries[best].beats(summaries[candidate]):
@@ -334,11 +334,12 @@ def pick_paragraph(results: ResultSet, tasks: list[TaskVerdict], standings: dict
     if widths:
         widest = max(widths.values())
         robust = [n for n, w in widths.items() if w == widest]
+        each = "it" if len(robust) == 1 else "each"
         sentences.append(f"Most robust to the learning rate: {', '.join(robust)} (results no worse than the chosen "
-                         f"setting's worst seed over {widest:.1f} decades of lr, median over the tasks it "
+                         f"setting's worst seed over {widest:.1f} decades of lr, median over the tasks {each} "
                          "learned)." if widest > 0
-                         else "No optimizer's result holds up at a neighbouring grid lr (median over tasks): each "
-                              "needs its tuned learning rate.")
+                         else "No optimizer's result holds up at a neighbouring grid lr (median over the tasks each "
+                              "learned): each needs its tuned learning rate.")
     if best.state_bytes_per_param is not None:
         def state_bytes(s: OptimizerStanding) -> float:
             return as_printed(s.state_bytes_per_param, ".2f")
@@ -347,11 +348,11 @@ def pick_paragraph(results: ResultSet, tasks: list[TaskVerdict], standings: dict
                  and state_bytes(s) < state_bytes(best) and _tied_with_on_every_task(results, s.name, best.name)]
         if peers:
             cheapest = min(peers, key=state_bytes)
-            sentences.append(f"Cheapest in memory among those never beaten by {best.name} beyond the seed spread: "
+            sentences.append(f"Cheapest in memory among those {best.name} never beats: "
                              f"{cheapest.name} ({cheapest.state_bytes_per_param:.2f} B/param of state against "
                              f"{best.state_bytes_per_param:.2f}).")
         else:
-            sentences.append(f"No optimizer that {best.name} never beats beyond the seed spread keeps less state than "
+            sentences.append(f"No optimizer that {best.name} never beats keeps less state than "
                              f"its {best.state_bytes_per_param:.2f} B/param.")
     if "adamw" in standings and len(standings) > 1:
         winners = {n: s.beats_adamw for n, s in standings.items() if s.beats_adamw}
