@@ -49,7 +49,7 @@ def param_groups_for_weight_decay(model_or_params: nn.Module | Iterable[Any], we
     Parameter-group dicts given by the caller are passed through unchanged. Frozen parameters are left out.
     """
     if isinstance(model_or_params, nn.Module):
-        skip = set(no_weight_decay)
+        skip = {no_weight_decay} if isinstance(no_weight_decay, str) else set(no_weight_decay)  # one name or many
         if hasattr(model_or_params, "no_weight_decay"):
             skip |= set(model_or_params.no_weight_decay())
         named = [(n, p) for n, p in model_or_params.named_parameters() if p.requires_grad]
@@ -93,7 +93,7 @@ def _filter_kwargs(info: OptimizerInfo, kwargs: dict[str, Any]) -> dict[str, Any
 def create_optimizer(model_or_params: nn.Module | Iterable[Any], name: str, lr: float | None = None,
                      weight_decay: float = 0.0, *, no_weight_decay: Iterable[str] = (),
                      lookahead: bool | Mapping[str, Any] = False, accumulate: int = 1, lazy: bool = False,
-                     layer_adaptation: bool = False, **kwargs: Any) -> Optimizer:
+                     layer_adaptation: bool | Mapping[str, Any] = False, **kwargs: Any) -> Optimizer:
     """Build the optimizer ``name`` for a model (or parameters, or parameter groups), optionally wrapped.
 
     Args:
@@ -108,7 +108,8 @@ def create_optimizer(model_or_params: nn.Module | Iterable[Any], name: str, lr: 
             (``k``, ``alpha``, ``pullback``).
         accumulate: ``N > 1`` wraps in :class:`~optarena.wrappers.GradientAccumulation` (``steps=N``).
         lazy: wrap in :class:`~optarena.wrappers.Lazy`: embedding rows without gradient stay still.
-        layer_adaptation: wrap in :class:`~optarena.wrappers.LayerAdaptation` (``"adam"`` with it is LAMB-like).
+        layer_adaptation: wrap in :class:`~optarena.wrappers.LayerAdaptation` (``"adam"`` with it is LAMB-like):
+            ``True`` or a dict of its arguments (``exclude``).
         **kwargs: passed to the optimizer (or to its own grouping: ``adamw_params=`` for ``"muon"``). ``betas``,
             ``eps`` and ``momentum`` are dropped with a warning for an optimizer without them; any other unknown
             argument raises ``TypeError`` listing the accepted ones.
@@ -120,6 +121,11 @@ def create_optimizer(model_or_params: nn.Module | Iterable[Any], name: str, lr: 
         name, lookahead = name[len(LOOKAHEAD_PREFIX):], lookahead or True
     if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1:
         raise ValueError(f"Invalid accumulate: {accumulate!r} (an integer >= 1 micro-batches per update)")
+    for argument, value in (("lookahead", lookahead), ("layer_adaptation", layer_adaptation)):
+        if not isinstance(value, bool | Mapping):
+            raise ValueError(f"Invalid {argument}: {value!r} (True, False or a dict of the wrapper's arguments)")
+    if not isinstance(lazy, bool):
+        raise ValueError(f"Invalid lazy: {lazy!r} (True or False)")
     info = get_optimizer_info(name)
     _check_wrappers(info, lookahead, lazy, layer_adaptation)
     grouping: dict[str, Any] = {}
@@ -137,7 +143,7 @@ def create_optimizer(model_or_params: nn.Module | Iterable[Any], name: str, lr: 
     if lazy:
         optimizer = Lazy(optimizer)
     if layer_adaptation:
-        optimizer = LayerAdaptation(optimizer)
+        optimizer = LayerAdaptation(optimizer, **({} if layer_adaptation is True else dict(layer_adaptation)))
     if accumulate > 1:
         optimizer = GradientAccumulation(optimizer, steps=accumulate)
     if lookahead:

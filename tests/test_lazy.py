@@ -323,7 +323,7 @@ def test_refuses_bases_that_are_not_elementwise() -> None:
         Lazy(optarena.Adan([p], max_grad_norm=0.5))
     with pytest.raises(ValueError, match="unsupported base SparseAdam"):
         Lazy(torch.optim.SparseAdam([p]))
-    with pytest.raises(ValueError, match="not the wrapper Lazy"):
+    with pytest.raises(ValueError, match="already wrapped in a Lazy"):
         Lazy(Lazy(optarena.Lion([p])))
     Lazy(optarena.Adan([p]))  # Adan without clipping is fine
 

@@ -24,6 +24,7 @@ from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.optim import Optimizer
 
 from ..registry import get_optimizer_info, param_groups_for_weight_decay
+from ..wrappers import OptimizerWrapper
 
 
 def zero_redundancy_optimizer(model_or_params: nn.Module | Iterable[Any], name: str, lr: float | None = None,
@@ -51,6 +52,7 @@ def save_checkpoint(checkpoint_id: str | os.PathLike, model: nn.Module, optimize
                     extra: Mapping[str, Any] | None = None) -> None:
     """Save ``model`` and ``optimizer`` (sharded or not) with ``torch.distributed.checkpoint``; collective: call it
     on every rank. ``extra``: more entries (tensors and plain types), restored by :func:`load_checkpoint`."""
+    _refuse_wrappers("save_checkpoint", optimizer)
     model_state, optim_state = get_state_dict(model, optimizer)
     dcp.save({"model": model_state, "optimizer": optim_state, **(extra or {})}, checkpoint_id=checkpoint_id)
 
@@ -59,12 +61,22 @@ def load_checkpoint(checkpoint_id: str | os.PathLike, model: nn.Module, optimize
                     extra: dict[str, Any] | None = None) -> None:
     """Load what :func:`save_checkpoint` wrote into ``model`` and ``optimizer`` (built as before: same optimizer
     class and parameter groups); collective. ``extra`` is filled in place (its values give the types)."""
+    _refuse_wrappers("load_checkpoint", optimizer)
     model_state, optim_state = get_state_dict(model, optimizer)
     state = {"model": model_state, "optimizer": optim_state, **(extra or {})}
     dcp.load(state, checkpoint_id=checkpoint_id)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
     if extra is not None:
         extra.update({k: state[k] for k in extra})
+
+
+def _refuse_wrappers(where: str, optimizer: Optimizer) -> None:
+    """torch.distributed.checkpoint keeps an optimizer's ``state`` and ``param_groups`` only (and initialises missing
+    state by calling ``step()``, a micro-step of a GradientAccumulation): a wrapper's own state would be lost."""
+    if isinstance(optimizer, OptimizerWrapper):
+        raise TypeError(f"{where}: {type(optimizer).__name__}'s own state ({optimizer.state_key!r}) is not kept by "
+                        "torch.distributed.checkpoint, which saves an optimizer's state and param_groups only; "
+                        "checkpoint an unwrapped optimizer")
 
 
 __all__ = ["load_checkpoint", "save_checkpoint", "zero_redundancy_optimizer"]

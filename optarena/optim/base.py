@@ -56,6 +56,9 @@ class OptarenaOptimizer(Optimizer):
         self.fused_kernels_made = 0
         #: Steps skipped by ``skip_nonfinite`` since this optimizer was made.
         self.skipped_steps = 0
+        #: Whether the last ``step()`` changed the parameters (False: skipped by ``skip_nonfinite``); wrappers read it
+        #: (Lookahead does not count a skipped step as an inner step).
+        self.did_update = True
         self._reset_fused()
         super().__init__(params, defaults)
 
@@ -141,7 +144,8 @@ class OptarenaOptimizer(Optimizer):
         # optimizer takes: it is dropped, so that state_dict() and later groups are the same after a reload.
         super().__setstate__(state)
         self.defaults.pop("differentiable", None)
-        for name, value in (("fused_compile_seconds", 0.0), ("fused_kernels_made", 0), ("skipped_steps", 0)):
+        for name, value in (("fused_compile_seconds", 0.0), ("fused_kernels_made", 0), ("skipped_steps", 0),
+                            ("did_update", True)):
             self.__dict__.setdefault(name, value)  # absent after unpickling: torch pickles only the state
         self._reset_fused()
         for group in self.param_groups:
@@ -185,7 +189,8 @@ class OptarenaOptimizer(Optimizer):
         with_grads = [(group, [p for p in group["params"] if p.grad is not None]) for group in self.param_groups]
         all_params = [p for _, params in with_grads for p in params]
         self._check_grads(all_params)
-        if self.defaults.get("skip_nonfinite") and not self._grads_in_range(all_params):
+        self.did_update = not (self.defaults.get("skip_nonfinite") and not self._grads_in_range(all_params))
+        if not self.did_update:
             self.skipped_steps += 1
             return loss
         scale = self._grad_scale(all_params)
@@ -244,8 +249,8 @@ class OptarenaOptimizer(Optimizer):
         """Whether every gradient entry is finite and within ``_grad_limit``: one reduction, one host sync."""
         if not params:
             return True
-        largest = torch.stack([n.to(torch.float64) for n in torch._foreach_norm([p.grad for p in params],
-                                                                                  math.inf)])
+        grads = [p.grad if p.grad.layout == torch.strided else p.grad.coalesce().values() for p in params]  # Lazy's
+        largest = torch.stack([n.to(torch.float64) for n in torch._foreach_norm(grads, math.inf)])
         limits = torch.tensor([self._grad_limit(math_dtype(p)) for p in params], dtype=torch.float64,
                               device=largest.device)
         return bool((largest.isfinite() & (largest <= limits)).all())

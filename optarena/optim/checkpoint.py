@@ -16,6 +16,17 @@ from ..info import get_optimizer_info, list_optimizers
 MACHINERY = frozenset({"maximize", "foreach", "fused", "state_dtype", "stochastic_rounding", "skip_nonfinite"})
 #: Keys that tell no optimizer from another: create_optimizer gives every group a weight decay.
 COMMON = frozenset({"lr", "weight_decay"})
+#: The state_dict keys optarena's wrappers add (each wrapper class registers its own): an optimizer without that
+#: wrapper refuses a state dict holding one, whose wrapper state it would silently drop.
+WRAPPER_STATE_KEYS: set[str] = set()
+
+
+def check_no_wrapper_state(where: str, state_dict: dict[str, Any]) -> None:
+    """Refuse a state dict saved through a wrapper this optimizer does not have."""
+    extra = sorted(WRAPPER_STATE_KEYS & set(state_dict))
+    if extra:
+        raise ValueError(f"{where}: the state dict holds {', '.join(map(repr, extra))} state of a wrapper this "
+                         "optimizer does not have: load it into the same chain of wrappers it was saved from")
 
 
 def own_hyperparameters(cls: type) -> set[str]:
@@ -31,6 +42,7 @@ def check_state_dict(opt: Optimizer, state_dict: Any) -> None:
     if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= set(state_dict):
         raise ValueError(f"{where}: expected a dict with 'state' and 'param_groups' (an optimizer's state_dict()), "
                          f"got {type(state_dict).__name__}")
+    check_no_wrapper_state(where, state_dict)
     own = own_hyperparameters(type(opt))
     others = set().union(*(own_hyperparameters(get_optimizer_info(n).cls) for n in list_optimizers("optarena")))
     others -= own | COMMON

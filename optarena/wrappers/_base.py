@@ -20,6 +20,9 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from ..info import info_for
+from ..optim.checkpoint import WRAPPER_STATE_KEYS, check_no_wrapper_state
+
 
 class OptimizerWrapper(Optimizer):
     """Base class of optarena's wrappers. Subclasses implement ``step`` and may override ``_extra_state`` /
@@ -28,10 +31,21 @@ class OptimizerWrapper(Optimizer):
     #: The key under which ``state_dict()`` stores this wrapper's state.
     state_key: ClassVar[str]
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "state_key" in cls.__dict__:
+            WRAPPER_STATE_KEYS.add(cls.state_key)
+
     def __init__(self, base: Optimizer) -> None:
         if not isinstance(base, Optimizer):
             raise TypeError(f"{type(self).__name__}: base must be a torch.optim.Optimizer (or an optarena "
                             f"wrapper), got {type(base).__name__}")
+        inner = base
+        while isinstance(inner, OptimizerWrapper):
+            if inner.state_key == self.state_key:
+                raise ValueError(f"{type(self).__name__}: the base is already wrapped in a {type(inner).__name__}; "
+                                 "wrap once (its arguments set how much)")
+            inner = inner.base
         self.base = base
         # Optimizer.__init__ sets up hooks and step patching; the groups it would build are the base's already
         self._initialising = True
@@ -52,6 +66,18 @@ class OptimizerWrapper(Optimizer):
         pass
 
     # -- forwarding -----------------------------------------------------------------------------------------------
+    def __getattr__(self, name: str) -> Any:
+        """A public attribute the wrapper lacks is its base's (``micro_step`` through a Lookahead): after optax, a
+        wrapper adds one idea and forwards the rest. Private ones are not forwarded (torch's machinery probes them)."""
+        base = self.__dict__.get("base")
+        if base is None or name.startswith("_"):
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return getattr(base, name)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Everything, the base included (torch's keeps defaults, state and groups: a copy or a pickle without its
+        base, which failed at its first step)."""
+        return dict(self.__dict__)
     @property
     def param_groups(self) -> list[dict[str, Any]]:
         return self.base.param_groups
@@ -94,29 +120,75 @@ class OptimizerWrapper(Optimizer):
     # -- checkpoints ----------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         state_dict = self.base.state_dict()
-        if self.state_key in state_dict:
-            raise RuntimeError(f"two wrappers store their state under {self.state_key!r}; wrap only once")
         index = {id(p): i for i, p in enumerate(self._params())}
         own = {index[id(p)]: dict(s) for p, s in self.state.items() if id(p) in index}
         state_dict[self.state_key] = {"state": own, **self._extra_state()}
         return state_dict
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load the base's state and this wrapper's, after checking this wrapper's against the parameters (and,
+        at the innermost wrapper, that no other wrapper's state is left over): a refused checkpoint changes nothing
+        here."""
+        where = f"{type(self).__name__}.load_state_dict"
         state_dict = dict(state_dict)
         if self.state_key not in state_dict:
-            raise ValueError(f"{type(self).__name__}.load_state_dict: the checkpoint has no {self.state_key!r} "
-                             f"entry; it was not saved from a {type(self).__name__} (keys: {sorted(state_dict)})")
+            raise ValueError(f"{where}: the checkpoint has no {self.state_key!r} entry; it was not saved from a "
+                             f"{type(self).__name__} (keys: {sorted(state_dict)})")
         own = state_dict.pop(self.state_key)
-        self.base.load_state_dict(state_dict)
+        if not isinstance(self.base, OptimizerWrapper):
+            check_no_wrapper_state(where, state_dict)
         params = self._params()
+        per_param = self._checked_param_state(where, own, params)
+        extra = {k: v for k, v in own.items() if k != "state"}
+        self._check_extra_state(extra)
+        self.base.load_state_dict(state_dict)
         self.state.clear()
-        for index, saved in own["state"].items():
-            p = params[int(index)]
+        for p, saved in per_param.items():
             self.state[p] = {k: v.to(device=p.device) if isinstance(v, Tensor) else v for k, v in saved.items()}
-        self._load_extra_state({k: v for k, v in own.items() if k != "state"})
+        self._load_extra_state(extra)
+
+    def _checked_param_state(self, where: str, own: Any, params: list[Tensor]) -> dict[Tensor, dict[str, Any]]:
+        """The saved per-parameter state by parameter; every tensor in it must have its parameter's shape."""
+        if not isinstance(own, dict) or not isinstance(own.get("state"), dict):
+            raise ValueError(f"{where}: its {self.state_key!r} entry has no per-parameter 'state' dict")
+        out = {}
+        for key, saved in own["state"].items():
+            index = int(key) if isinstance(key, int) or (isinstance(key, str) and key.isdigit()) else -1
+            if not 0 <= index < len(params):
+                raise ValueError(f"{where}: saved state for parameter {key!r}, but this optimizer has "
+                                 f"{len(params)} parameters: it was saved for another model")
+            p = params[index]
+            for key, value in saved.items():
+                if isinstance(value, Tensor) and value.shape != p.shape:
+                    raise ValueError(f"{where}: {key!r} of parameter {index} has shape {tuple(value.shape)}, the "
+                                     f"parameter {tuple(p.shape)}: it was saved for another model")
+            out[p] = saved
+        return out
+
+    def _check_extra_state(self, extra: dict[str, Any]) -> None:
+        """Raise ``ValueError`` if the wrapper's scalar state cannot load (before anything is loaded)."""
 
     def _base_step(self, closure: Callable[[], Any] | None) -> Any:
         return self.base.step(closure) if closure is not None else self.base.step()
+
+
+def chain(optimizer: Optimizer) -> list[Optimizer]:
+    """``optimizer`` and every base under it, outermost first."""
+    out = [optimizer]
+    while isinstance(out[-1], OptimizerWrapper):
+        out.append(out[-1].base)
+    return out
+
+
+def refuse_schedule_free(wrapper: str, base: Optimizer) -> None:
+    """Refuse a schedule-free base: it keeps the parameters at an interpolation of its own sequences, which a
+    wrapper moving them (Lookahead's pull-back, LayerAdaptation's rescaled step) would change behind its back."""
+    inner = chain(base)[-1]
+    info = info_for(type(inner))
+    if info is not None and info.train_eval_modes:
+        raise ValueError(f"{wrapper}: {type(inner).__name__} keeps the parameters at an interpolation of its own "
+                         f"sequences (train()/eval() switch them), which {wrapper} would move behind its back; only "
+                         "GradientAccumulation wraps it")
 
 
 @torch.no_grad()

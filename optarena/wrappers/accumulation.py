@@ -72,12 +72,14 @@ class GradientAccumulation(OptimizerWrapper):
     def _extra_state(self) -> dict[str, Any]:
         return {"micro_step": self.micro_step, "skipped_updates": self.skipped_updates}
 
-    def _load_extra_state(self, extra: dict[str, Any]) -> None:
+    def _check_extra_state(self, extra: dict[str, Any]) -> None:
         micro_step = int(extra["micro_step"])
         if micro_step >= self.steps:
             raise ValueError(f"GradientAccumulation.load_state_dict: the checkpoint was saved after {micro_step} "
                              f"micro-steps of a cycle, which steps={self.steps} cannot continue")
-        self.micro_step = micro_step
+
+    def _load_extra_state(self, extra: dict[str, Any]) -> None:
+        self.micro_step = int(extra["micro_step"])
         self.skipped_updates = int(extra["skipped_updates"])
 
     # -- the algorithm --------------------------------------------------------------------------------------------

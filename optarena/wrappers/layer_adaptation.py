@@ -11,7 +11,9 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from ..optim.step import LOW_PRECISION, group_by_device_and_dtype
-from ._base import OptimizerWrapper, clone_params
+from ._base import OptimizerWrapper, chain, clone_params, refuse_schedule_free
+from .accumulation import GradientAccumulation
+from .lookahead import Lookahead
 
 
 def default_exclude(p: Tensor) -> bool:
@@ -57,6 +59,16 @@ class LayerAdaptation(OptimizerWrapper):
     state_key = "layer_adaptation"
 
     def __init__(self, base: Optimizer, exclude: Callable[[Tensor], bool] | Iterable[Tensor] | None = None) -> None:
+        refuse_schedule_free("LayerAdaptation", base)
+        outer = [type(w).__name__ for w in chain(base) if isinstance(w, GradientAccumulation | Lookahead)]
+        if outer:
+            # its step is chosen by this call's gradients and rescales whatever the base moved: an accumulated
+            # update (made when the micro-batch's grads are gone) or Lookahead's pull-back would be scaled wrongly
+            raise ValueError(f"LayerAdaptation: the base holds a {outer[0]}; put LayerAdaptation inside it "
+                             f"({outer[0]}(LayerAdaptation(...)), as create_optimizer does)")
+        if isinstance(exclude, torch.nn.Module):
+            raise ValueError(f"Invalid exclude: a {type(exclude).__name__} module (pass module.parameters() to leave "
+                             "its parameters unscaled, or a callable param → bool)")
         super().__init__(base)
         if exclude is None:
             self._exclude: Callable[[Tensor], bool] = default_exclude

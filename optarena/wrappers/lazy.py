@@ -102,6 +102,13 @@ class Lazy(OptimizerWrapper):
         if closure is not None:  # evaluated here: the grads it makes must be split before the base sees them
             with torch.enable_grad():
                 loss = closure()
+        base = self.base
+        if isinstance(base, OptarenaOptimizer) and base.defaults.get("skip_nonfinite"):
+            # the base's check must see the lazy rows too (hidden from it below): it skips the whole step
+            if not base._grads_in_range([p for g in self.param_groups for p in g["params"] if p.grad is not None]):
+                base.skipped_steps += 1
+                base.did_update = False
+                return loss
         lazy: list[tuple[dict[str, Any], Tensor, Tensor, Tensor | None]] = []
         for group in self.param_groups:
             for p in group["params"]:

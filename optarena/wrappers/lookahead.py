@@ -14,7 +14,7 @@ from torch.optim import Optimizer
 from ..optim import quant
 from ..optim.step import group_by_device_and_dtype, math_dtype
 from ..validation import check_choice, check_number
-from ._base import OptimizerWrapper
+from ._base import OptimizerWrapper, refuse_schedule_free
 
 PULLBACKS = ("none", "reset", "pullback")
 
@@ -79,6 +79,7 @@ class Lookahead(OptimizerWrapper):
         self.pullback = pullback
         #: Inner steps since the last sync (0 ≤ inner_steps < k between calls).
         self.inner_steps = 0
+        refuse_schedule_free("Lookahead", base)
         super().__init__(base)
 
     def __repr__(self) -> str:
