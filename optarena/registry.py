@@ -142,11 +142,11 @@ def create_optimizer(model_or_params: nn.Module | Iterable[Any], name: str, lr: 
 
     if lazy:
         optimizer = Lazy(optimizer)
-    if layer_adaptation:
+    if layer_adaptation is not False:  # True, or a dict of its arguments (an empty one too)
         optimizer = LayerAdaptation(optimizer, **({} if layer_adaptation is True else dict(layer_adaptation)))
     if accumulate > 1:
         optimizer = GradientAccumulation(optimizer, steps=accumulate)
-    if lookahead:
+    if lookahead is not False:
         optimizer = Lookahead(optimizer, **({} if lookahead is True else dict(lookahead)))
     return optimizer
 

@@ -146,3 +146,39 @@ def test_distributed_checkpoints_refuse_a_wrapper_whose_state_they_would_drop(tm
         with pytest.raises(TypeError, match="GradientAccumulation's own state .* is not kept by torch.distributed"):
             call(tmp_path / "ckpt", model, opt)
     assert opt.micro_step == 0
+
+
+def test_a_copy_made_after_a_scheduler_was_attached_steps_itself_and_pickles() -> None:
+    params = _params()
+    opt = GradientAccumulation(optarena.Lion(params, lr=1e-2), 4)
+    torch.optim.lr_scheduler.StepLR(opt, 1)  # patches opt.step with a reference to opt
+    twin = copy.deepcopy(opt)
+    twin.step()
+    assert (opt.micro_step, twin.micro_step) == (0, 1)
+    assert pickle.loads(pickle.dumps(opt)).micro_step == 0
+    assert "differentiable" not in twin.defaults  # torch's __setstate__ adds it; the base had dropped it
+
+
+def test_layer_adaptations_excluded_parameters_follow_a_copy() -> None:
+    model = nn.Linear(3, 3)
+    opt = LayerAdaptation(torch.optim.AdamW(model.parameters(), lr=0.1), exclude=[model.weight])
+    twin_model, twin = copy.deepcopy((model, opt))
+    assert twin._exclude(twin_model.weight) and not twin._exclude(twin_model.bias)
+    assert pickle.loads(pickle.dumps(opt)) is not None
+    LayerAdaptation(torch.optim.AdamW(model.parameters()), exclude=nn.ParameterList([model.weight]))  # accepted
+
+
+def test_lazy_with_skip_nonfinite_steps_a_sparse_gradient_without_rows() -> None:
+    emb = nn.Embedding(5, 2, sparse=True)
+    opt = Lazy(optarena.Lion(emb.parameters(), skip_nonfinite=True))
+    emb(torch.tensor([], dtype=torch.long)).sum().backward()
+    opt.step()
+    assert opt.skipped_steps == 0 and opt.did_update
+
+
+@pytest.mark.parametrize("argument", ["lookahead", "layer_adaptation"])
+def test_an_empty_dict_of_wrapper_arguments_still_wraps(argument: str) -> None:
+    opt = optarena.create_optimizer(nn.Linear(2, 2), "adamw", **{argument: {}})
+    assert isinstance(opt, Lookahead if argument == "lookahead" else LayerAdaptation)
+    with pytest.raises(AttributeError, match=f"'{type(opt).__name__}' object has no attribute 'nonexistent'"):
+        opt.nonexistent  # noqa: B018

@@ -247,9 +247,10 @@ class OptarenaOptimizer(Optimizer):
 
     def _grads_in_range(self, params: list[Tensor]) -> bool:
         """Whether every gradient entry is finite and within ``_grad_limit``: one reduction, one host sync."""
-        if not params:
-            return True
         grads = [p.grad if p.grad.layout == torch.strided else p.grad.coalesce().values() for p in params]  # Lazy's
+        params, grads = [p for p, g in zip(params, grads) if g.numel()], [g for g in grads if g.numel()]
+        if not grads:  # none, or all empty (a sparse gradient without rows, a zero-size parameter)
+            return True
         largest = torch.stack([n.to(torch.float64) for n in torch._foreach_norm(grads, math.inf)])
         limits = torch.tensor([self._grad_limit(math_dtype(p)) for p in params], dtype=torch.float64,
                               device=largest.device)

@@ -70,14 +70,25 @@ class OptimizerWrapper(Optimizer):
         """A public attribute the wrapper lacks is its base's (``micro_step`` through a Lookahead): after optax, a
         wrapper adds one idea and forwards the rest. Private ones are not forwarded (torch's machinery probes them)."""
         base = self.__dict__.get("base")
-        if base is None or name.startswith("_"):
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        return getattr(base, name)
+        if base is not None and not name.startswith("_"):
+            try:
+                return getattr(base, name)
+            except AttributeError:
+                pass
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __getstate__(self) -> dict[str, Any]:
         """Everything, the base included (torch's keeps defaults, state and groups: a copy or a pickle without its
-        base, which failed at its first step)."""
-        return dict(self.__dict__)
+        base failed at its first step), but what torch leaves out too: the hooks, and the ``step`` an LR scheduler
+        patched onto this object (it would step the original)."""
+        return {k: v for k, v in self.__dict__.items()
+                if k not in ("step", "_opt_called") and not k.startswith("_optimizer_")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        had = "differentiable" in state["defaults"]
+        super().__setstate__(state)  # new hook dicts; it also adds "differentiable" to the defaults it shares
+        if not had:
+            self.defaults.pop("differentiable", None)
     @property
     def param_groups(self) -> list[dict[str, Any]]:
         return self.base.param_groups

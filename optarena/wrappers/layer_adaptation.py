@@ -66,7 +66,7 @@ class LayerAdaptation(OptimizerWrapper):
             # update (made when the micro-batch's grads are gone) or Lookahead's pull-back would be scaled wrongly
             raise ValueError(f"LayerAdaptation: the base holds a {outer[0]}; put LayerAdaptation inside it "
                              f"({outer[0]}(LayerAdaptation(...)), as create_optimizer does)")
-        if isinstance(exclude, torch.nn.Module):
+        if isinstance(exclude, torch.nn.Module) and not isinstance(exclude, torch.nn.ParameterList):
             raise ValueError(f"Invalid exclude: a {type(exclude).__name__} module (pass module.parameters() to leave "
                              "its parameters unscaled, or a callable param → bool)")
         super().__init__(base)
@@ -79,11 +79,14 @@ class LayerAdaptation(OptimizerWrapper):
             for item in excluded:
                 if not isinstance(item, Tensor):
                     raise ValueError(f"Invalid exclude: it holds a {type(item).__name__} (expected parameters)")
-            ids = {id(p) for p in excluded}
-            self._exclude = lambda p: id(p) in ids
+            self._excluded = excluded  # the tensors themselves: a copy of the optimizer maps them to the copy's
+            self._exclude = self._in_excluded
         else:
             raise ValueError(f"Invalid exclude: {exclude!r} (expected None, a callable param → bool, or an iterable "
                              "of parameters)")
+
+    def _in_excluded(self, p: Tensor) -> bool:
+        return any(p is q for q in self._excluded)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
