@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Mapping
 
 from torch import nn
@@ -38,8 +39,8 @@ def piecewise_linear(optimizer: Optimizer, points: Mapping[int, float]) -> Lambd
     for step, multiplier in points.items():
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"Invalid step in points: {step!r} (steps are integers >= 0)")
-        if not multiplier >= 0:
-            raise ValueError(f"Invalid multiplier in points: {multiplier!r} at step {step} (must be >= 0)")
+        if isinstance(multiplier, bool) or not isinstance(multiplier, int | float) or not 0 <= multiplier < math.inf:
+            raise ValueError(f"Invalid multiplier in points: {multiplier!r} at step {step} (a finite number >= 0)")
     frozen = dict(points)
     return LambdaLR(optimizer, lambda step: piecewise_linear_multiplier(frozen, step))
 

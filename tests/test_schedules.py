@@ -28,7 +28,8 @@ def test_piecewise_linear_drives_the_optimizer_lr() -> None:
     assert seen == pytest.approx([0, 2.5e-4, 5e-4, 7.5e-4, 1e-3, 8.75e-4, 7.5e-4, 6.25e-4, 5e-4, 5e-4])
 
 
-@pytest.mark.parametrize("points", [{}, {-1: 1.0}, {1.5: 1.0}, {10: -0.1}])
+@pytest.mark.parametrize("points", [{}, {-1: 1.0}, {1.5: 1.0}, {10: -0.1}, {10: float("inf")}, {10: float("nan")},
+                                    {10: "1"}])
 def test_piecewise_linear_refuses_bad_points(points) -> None:
     optimizer = optarena.Lion([torch.zeros(2, requires_grad=True)])
     with pytest.raises(ValueError, match="Invalid"):
