@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import numbers
 from collections.abc import Mapping
 
 from torch import nn
@@ -39,7 +40,7 @@ def piecewise_linear(optimizer: Optimizer, points: Mapping[int, float]) -> Lambd
     for step, multiplier in points.items():
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"Invalid step in points: {step!r} (steps are integers >= 0)")
-        if isinstance(multiplier, bool) or not isinstance(multiplier, int | float) or not 0 <= multiplier < math.inf:
+        if isinstance(multiplier, bool) or not isinstance(multiplier, numbers.Real) or not 0 <= multiplier < math.inf:
             raise ValueError(f"Invalid multiplier in points: {multiplier!r} at step {step} (a finite number >= 0)")
     frozen = dict(points)
     return LambdaLR(optimizer, lambda step: piecewise_linear_multiplier(frozen, step))
