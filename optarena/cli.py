@@ -161,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--optimizers", type=_names, default=None,
                          help="comma-separated names (default: the budget's roster, tiny "
                               f"{','.join(DEFAULT_OPTIMIZERS['tiny'])}, quick adds "
-                              f"{','.join(DEFAULT_OPTIMIZERS['quick'][len(DEFAULT_OPTIMIZERS['tiny']):])}; "
+                              f"{','.join(DEFAULT_OPTIMIZERS['quick'][len(DEFAULT_OPTIMIZERS['tiny']):])}, full "
+                              f"{','.join(DEFAULT_OPTIMIZERS['full'][len(DEFAULT_OPTIMIZERS['quick']):])}; "
                               "`optarena list` for every name)")
     compare.add_argument("--tasks", default=None,
                          help="comma-separated built-in tasks (see `optarena tasks`) or module:function specs "

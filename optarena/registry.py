@@ -151,9 +151,9 @@ def create_optimizer(model_or_params: nn.Module | Iterable[Any], name: str, lr: 
     return optimizer
 
 
-def _check_wrappers(info: OptimizerInfo, lookahead: Any, lazy: bool, layer_adaptation: bool) -> None:
+def _check_wrappers(info: OptimizerInfo, lookahead: Any, lazy: bool, layer_adaptation: Any) -> None:
     wrappers = [n for n, on in (("lookahead", lookahead), ("lazy", lazy), ("layer_adaptation", layer_adaptation))
-                if on]
+                if on is not False]
     if info.train_eval_modes and wrappers:
         raise ValueError(f"Invalid {wrappers[0]}: {info.name!r} keeps the parameters at an interpolation of its own "
                          f"sequences (train()/eval() switch them), which {wrappers[0]} would move behind its back; "

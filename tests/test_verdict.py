@@ -98,6 +98,18 @@ def test_a_diverged_seed_counts_in_the_median_as_worse_than_any_result(tmp_path)
         results, cfg.tasks[0]).sentence()
 
 
+def test_no_range_is_printed_where_one_seed_has_a_result(tmp_path):
+    from optarena.arena.storage import Record
+
+    cfg = config(tmp_path, optimizers=("adamw", "lion"))
+    recs = records(cfg, "adamw", tuned(ADAMW_GRID, (0.3, 0.1, 0.2), seeds=1))
+    recs.append(Record(recs[0].cell, 1e-3, 1, "error", None, "boom", 99, "w", "h"))  # the second seed failed
+    recs += records(cfg, "lion", tuned(LION_GRID, (0.3, 0.11, 0.2), spread=0.01))
+    results = ResultSet(cfg, recs)
+    assert summary_table(results).rows[0][4] == "0.1" and summary_table(results).rows[1][4] == "0.115 [0.11, 0.12]"
+    assert task_verdict(results, cfg.tasks[0]).difference == "one seed: no spread measured"
+
+
 def test_one_seed_is_said_even_where_the_results_tie_within_float_noise(tmp_path):
     cfg = config(tmp_path, optimizers=("adamw", "lion"), seeds=1)
     recs = records(cfg, "adamw", tuned(ADAMW_GRID, (0.3, 0.12345, 0.2), seeds=1, state_bytes=72))

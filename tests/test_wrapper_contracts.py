@@ -182,3 +182,20 @@ def test_an_empty_dict_of_wrapper_arguments_still_wraps(argument: str) -> None:
     assert isinstance(opt, Lookahead if argument == "lookahead" else LayerAdaptation)
     with pytest.raises(AttributeError, match=f"'{type(opt).__name__}' object has no attribute 'nonexistent'"):
         opt.nonexistent  # noqa: B018
+
+
+def test_refusals_of_the_last_review() -> None:
+    params = _params()
+    muon = optarena.create_optimizer(nn.Linear(4, 4), "muon")
+    with pytest.raises(ValueError, match="'lookahead' state of a wrapper"):
+        muon.load_state_dict({**muon.state_dict(), "lookahead": {"state": {}}})
+    with pytest.raises(ValueError, match="Invalid lookahead: 'schedulefree_adamw' keeps the parameters"):
+        optarena.create_optimizer(nn.Linear(2, 2), "schedulefree_adamw", lookahead={})
+    saved = GradientAccumulation(optarena.Lion(params), 2).state_dict()
+    del saved["gradient_accumulation"]["micro_step"]
+    with pytest.raises(ValueError, match="its entry lacks micro_step"):
+        GradientAccumulation(optarena.Lion(params), 2).load_state_dict(saved)
+    opt = GradientAccumulation(optarena.Lion(params), 2)
+    del opt._updated  # a property of the wrapper that fails is not answered by the base
+    with pytest.raises(AttributeError, match="'GradientAccumulation' object has no attribute 'did_update'"):
+        opt.did_update  # noqa: B018

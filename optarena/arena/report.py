@@ -62,7 +62,7 @@ def _metric(summary: CellSummary) -> str:
         failed = {r.state for r in summary.finals if r.state in FAILURES}
         return " / ".join(sorted(failed)) if failed else "–"
     text = _num(summary.metric_median)
-    if summary.runs > 1:
+    if summary.with_result > 1:  # a spread was measured
         text += f" [{_num(summary.metric_min)}, {_num(summary.metric_max)}]"
     return text
 

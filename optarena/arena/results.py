@@ -25,6 +25,11 @@ def as_printed(value: float, fmt: str) -> float:
     return float(format(value, fmt))
 
 
+def printed_alike(a: float, b: float) -> bool:
+    """Whether two results print the same (``METRIC_FORMAT``): one result, whatever their spread."""
+    return format(a, METRIC_FORMAT) == format(b, METRIC_FORMAT)
+
+
 def plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
@@ -121,7 +126,7 @@ class CellSummary:
         range over seeds, ``[min, max]`` (widened by ``NUMERICAL_TIE``), or the two medians printed alike."""
         if self.metric_median is None or other.metric_median is None:
             return False
-        if format(self.metric_median, METRIC_FORMAT) == format(other.metric_median, METRIC_FORMAT):
+        if printed_alike(self.metric_median, other.metric_median):
             return True
 
         def inside(value: float, low: float, high: float) -> bool:

@@ -17,7 +17,17 @@ import statistics
 from dataclasses import dataclass, field
 
 from .plan import point_key, stress_lrs
-from .results import METRIC_FORMAT, CellSummary, ResultSet, as_printed, median, no_worse, relative_gap, spread_measured
+from .results import (
+    METRIC_FORMAT,
+    CellSummary,
+    ResultSet,
+    as_printed,
+    median,
+    no_worse,
+    printed_alike,
+    relative_gap,
+    spread_measured,
+)
 
 TAU_MAX = 4.0
 LEARNED_FRACTION = 0.05
@@ -60,9 +70,10 @@ class TaskVerdict:
     ranking: list[tuple[str, float]]
     """(optimizer, median) with a result, best first."""
     tied: list[str]
-    """The winner and every optimizer whose result ties it (inside the seed spread)."""
+    """The winner and every optimizer whose result ties it (inside the seed spread, or equal as printed)."""
     margin: float | None
-    """The winner's median over the runner-up's, relative to the runner-up's (positive: better)."""
+    """The winner's median over the runner-up's, relative to the runner-up's (positive: better); None where the
+    runner-up's is 0."""
     runner_up: str | None
     without_result: dict[str, str] = field(default_factory=dict)
     """Optimizers with no result on the task, and why (diverged, crashed, ...)."""
@@ -87,7 +98,7 @@ class TaskVerdict:
         if self.runner_up is None:
             return "the only result" if self.ranking else "no result"
         values = dict(self.ranking)
-        if format(values[self.winner], METRIC_FORMAT) == format(values[self.runner_up], METRIC_FORMAT):
+        if printed_alike(values[self.winner], values[self.runner_up]):
             return "equal as printed"
         if self.one_seed:
             return "one seed: no spread measured"
@@ -129,9 +140,6 @@ def task_verdict(results: ResultSet, spec: str) -> TaskVerdict:
     one_seed = runner_up is not None and not spread_measured(winner, summaries[runner_up])
     return TaskVerdict(task.name, task.metric, task.higher_is_better, ranking, tied, margin, runner_up, missing,
                        one_seed)
-
-
-
 
 
 def _why_no_result(results: ResultSet, summary: CellSummary) -> str:

@@ -189,9 +189,7 @@ class OptarenaOptimizer(Optimizer):
         with_grads = [(group, [p for p in group["params"] if p.grad is not None]) for group in self.param_groups]
         all_params = [p for _, params in with_grads for p in params]
         self._check_grads(all_params)
-        self.did_update = not (self.defaults.get("skip_nonfinite") and not self._grads_in_range(all_params))
-        if not self.did_update:
-            self.skipped_steps += 1
+        if self.skips_step(all_params):
             return loss
         scale = self._grad_scale(all_params)
         for group, params in with_grads:
@@ -200,6 +198,12 @@ class OptarenaOptimizer(Optimizer):
         return loss
 
     # -- for wrappers that step chosen tensors (Lazy) ------------------------------------------------------------
+    def skips_step(self, params: list[Tensor]) -> bool:
+        """Whether ``skip_nonfinite=True`` skips the step whose gradients are those of ``params`` (dense or
+        sparse): then it is counted in ``skipped_steps`` and ``did_update`` is False."""
+        self.did_update = not (self.defaults.get("skip_nonfinite") and not self._grads_in_range(params))
+        self.skipped_steps += not self.did_update
+        return not self.did_update
     def new_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         """The state of ``p`` before its first step: the algorithm's, with the block scales of 8-bit buffers."""
         return quant.add_scales(self._init_state(p, group))

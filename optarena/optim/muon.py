@@ -31,6 +31,7 @@ from torch.optim import Optimizer
 
 from ..info import OptimizerInfo, Translation, register_optimizer
 from ..validation import check_betas, check_choice, check_number, check_positive_int
+from .checkpoint import check_no_wrapper_state
 
 MUON_KEY = "use_muon"
 HEAD_NAMES = ("head", "lm_head", "classifier", "fc", "output")
@@ -257,6 +258,7 @@ class MuonAdamW(Optimizer):
         if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= set(state_dict):
             raise ValueError(f"{where}: expected a dict with 'state' and 'param_groups' (an optimizer's "
                              f"state_dict()), got {type(state_dict).__name__}")
+        check_no_wrapper_state(where, state_dict)
         saved_groups, saved_state = state_dict["param_groups"], state_dict["state"]
         if len(saved_groups) != len(self.param_groups):
             raise ValueError(f"{where}: the state_dict has {len(saved_groups)} param groups, this optimizer "

@@ -40,12 +40,10 @@ class OptimizerWrapper(Optimizer):
         if not isinstance(base, Optimizer):
             raise TypeError(f"{type(self).__name__}: base must be a torch.optim.Optimizer (or an optarena "
                             f"wrapper), got {type(base).__name__}")
-        inner = base
-        while isinstance(inner, OptimizerWrapper):
+        for inner in chain(base)[:-1]:
             if inner.state_key == self.state_key:
                 raise ValueError(f"{type(self).__name__}: the base is already wrapped in a {type(inner).__name__}; "
                                  "wrap once (its arguments set how much)")
-            inner = inner.base
         self.base = base
         # Optimizer.__init__ sets up hooks and step patching; the groups it would build are the base's already
         self._initialising = True
@@ -70,7 +68,8 @@ class OptimizerWrapper(Optimizer):
         """A public attribute the wrapper lacks is its base's (``micro_step`` through a Lookahead): after optax, a
         wrapper adds one idea and forwards the rest. Private ones are not forwarded (torch's machinery probes them)."""
         base = self.__dict__.get("base")
-        if base is not None and not name.startswith("_"):
+        # a property of the wrapper that raised AttributeError lands here too: that error is its own, not the base's
+        if base is not None and not name.startswith("_") and not hasattr(type(self), name):
             try:
                 return getattr(base, name)
             except AttributeError:
@@ -89,6 +88,7 @@ class OptimizerWrapper(Optimizer):
         super().__setstate__(state)  # new hook dicts; it also adds "differentiable" to the defaults it shares
         if not had:
             self.defaults.pop("differentiable", None)
+
     @property
     def param_groups(self) -> list[dict[str, Any]]:
         return self.base.param_groups
@@ -163,10 +163,10 @@ class OptimizerWrapper(Optimizer):
         if not isinstance(own, dict) or not isinstance(own.get("state"), dict):
             raise ValueError(f"{where}: its {self.state_key!r} entry has no per-parameter 'state' dict")
         out = {}
-        for key, saved in own["state"].items():
-            index = int(key) if isinstance(key, int) or (isinstance(key, str) and key.isdigit()) else -1
+        for position, saved in own["state"].items():
+            index = int(position) if isinstance(position, int) or str(position).isdigit() else -1
             if not 0 <= index < len(params):
-                raise ValueError(f"{where}: saved state for parameter {key!r}, but this optimizer has "
+                raise ValueError(f"{where}: saved state for parameter {position!r}, but this optimizer has "
                                  f"{len(params)} parameters: it was saved for another model")
             p = params[index]
             for key, value in saved.items():

@@ -73,6 +73,9 @@ class GradientAccumulation(OptimizerWrapper):
         return {"micro_step": self.micro_step, "skipped_updates": self.skipped_updates}
 
     def _check_extra_state(self, extra: dict[str, Any]) -> None:
+        missing = sorted({"micro_step", "skipped_updates"} - set(extra))
+        if missing:
+            raise ValueError(f"GradientAccumulation.load_state_dict: its entry lacks {', '.join(missing)}")
         micro_step = int(extra["micro_step"])
         if micro_step >= self.steps:
             raise ValueError(f"GradientAccumulation.load_state_dict: the checkpoint was saved after {micro_step} "

@@ -79,14 +79,14 @@ class LayerAdaptation(OptimizerWrapper):
             for item in excluded:
                 if not isinstance(item, Tensor):
                     raise ValueError(f"Invalid exclude: it holds a {type(item).__name__} (expected parameters)")
-            self._excluded = excluded  # the tensors themselves: a copy of the optimizer maps them to the copy's
+            self._excluded = frozenset(excluded)  # tensors hash by identity; a copy maps them to the copy's
             self._exclude = self._in_excluded
         else:
             raise ValueError(f"Invalid exclude: {exclude!r} (expected None, a callable param → bool, or an iterable "
                              "of parameters)")
 
     def _in_excluded(self, p: Tensor) -> bool:
-        return any(p is q for q in self._excluded)
+        return p in self._excluded
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:

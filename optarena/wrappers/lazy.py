@@ -103,12 +103,10 @@ class Lazy(OptimizerWrapper):
             with torch.enable_grad():
                 loss = closure()
         base = self.base
-        if isinstance(base, OptarenaOptimizer) and base.defaults.get("skip_nonfinite"):
-            # the base's check must see the lazy rows too (hidden from it below): it skips the whole step
-            if not base._grads_in_range([p for g in self.param_groups for p in g["params"] if p.grad is not None]):
-                base.skipped_steps += 1
-                base.did_update = False
-                return loss
+        # the base's skip_nonfinite check must see the lazy rows too (hidden from it below): it skips the whole step
+        if isinstance(base, OptarenaOptimizer) and base.skips_step(
+                [p for g in self.param_groups for p in g["params"] if p.grad is not None]):
+            return loss
         lazy: list[tuple[dict[str, Any], Tensor, Tensor, Tensor | None]] = []
         for group in self.param_groups:
             for p in group["params"]:

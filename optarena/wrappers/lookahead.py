@@ -14,7 +14,7 @@ from torch.optim import Optimizer
 from ..optim import quant
 from ..optim.step import group_by_device_and_dtype, math_dtype
 from ..validation import check_choice, check_number
-from ._base import OptimizerWrapper, refuse_schedule_free
+from ._base import OptimizerWrapper, chain, refuse_schedule_free
 
 PULLBACKS = ("none", "reset", "pullback")
 
@@ -24,12 +24,7 @@ MOMENTUM_KEYS = ("exp_avg", "momentum_buffer")
 
 def innermost(optimizer: Optimizer) -> Optimizer:
     """The real optimizer under any number of wrappers (the one that owns the momentum buffers)."""
-    while isinstance(optimizer, OptimizerWrapper):
-        optimizer = optimizer.base
-    return optimizer
-
-
-
+    return chain(optimizer)[-1]
 
 
 class Lookahead(OptimizerWrapper):
@@ -44,8 +39,8 @@ class Lookahead(OptimizerWrapper):
     in fp32 for bf16/fp16 parameters (the small per-cycle moves would round away otherwise), else in the param's
     dtype. φ (``state[p]["slow"]``) and the inner-step counter are in the ``state_dict``.
 
-    When the base is a :class:`GradientAccumulation`, only calls that reached the real optimizer
-    (``did_update``) count as inner steps.
+    Only calls that reached the real optimizer (``did_update``) count as inner steps: not GradientAccumulation's
+    micro-steps between updates, nor a step that ``skip_nonfinite=True`` skipped.
 
     Args:
         base: the optimizer making the fast steps (any ``torch.optim.Optimizer`` or optarena wrapper).
