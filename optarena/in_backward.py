@@ -116,6 +116,9 @@ def step_in_backward(model_or_params: nn.Module | Iterable[Tensor], optimizer: O
     ``skip_nonfinite=True``, which all need every gradient of the step. Returns a handle whose ``remove()`` undoes it.
     """
     opt = _check(optimizer)
+    if not isinstance(model_or_params, nn.Module | Iterable) or isinstance(model_or_params, Tensor):
+        raise TypeError(f"step_in_backward: model_or_params must be an nn.Module or an iterable of parameters, got "
+                        f"{type(model_or_params).__name__}")
     candidates = model_or_params.parameters() if isinstance(model_or_params, nn.Module) else model_or_params
     owner = {id(p): group for group in opt.param_groups for p in group["params"]}
     params = [p for p in dict.fromkeys(candidates) if id(p) in owner and p.requires_grad]

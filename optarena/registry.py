@@ -48,13 +48,24 @@ def param_groups_for_weight_decay(model_or_params: nn.Module | Iterable[Any], we
     names (or module prefixes) listed in ``no_weight_decay`` or returned by ``model.no_weight_decay()``.
     Parameter-group dicts given by the caller are passed through unchanged. Frozen parameters are left out.
     """
+    names = [no_weight_decay] if isinstance(no_weight_decay, str) else no_weight_decay  # one name or many
+    names = list(names) if isinstance(names, Iterable) else None
+    if names is None or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"Invalid no_weight_decay: {no_weight_decay!r} (parameter names or module prefixes)")
     if isinstance(model_or_params, nn.Module):
-        skip = {no_weight_decay} if isinstance(no_weight_decay, str) else set(no_weight_decay)  # one name or many
+        named = [(n, p) for n, p in model_or_params.named_parameters() if p.requires_grad]
+        unmatched = [pat for pat in names if not any(_matches(n, [pat]) for n, _ in named)]
+        if unmatched:  # a typo would leave the weight decayed without a word
+            raise ValueError(f"Invalid no_weight_decay: {unmatched[0]!r} names no parameter or module of "
+                             f"{type(model_or_params).__name__}")
+        skip = set(names)
         if hasattr(model_or_params, "no_weight_decay"):
             skip |= set(model_or_params.no_weight_decay())
-        named = [(n, p) for n, p in model_or_params.named_parameters() if p.requires_grad]
     else:
         items = list(model_or_params)
+        if names:
+            raise ValueError(f"Invalid no_weight_decay: {names!r} names parameters, which a list of tensors has "
+                             "not: pass the model (an nn.Module)")
         if not items or isinstance(items[0], dict):
             return items
         skip = set()

@@ -87,3 +87,36 @@ def test_adan_max_grad_norm_is_global_not_per_group() -> None:
 def test_integer_params_are_refused() -> None:
     with pytest.raises(ValueError, match="floating-point.*int64"):
         optarena.Lion([torch.zeros(3, dtype=torch.long)])
+
+
+def test_arguments_an_audit_found_accepted_silently_or_failing_deep() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 2))
+    params = list(model.parameters())
+    cases = [
+        (lambda: optarena.Adan(params, no_prox=None), ValueError, "Invalid no_prox: None"),
+        (lambda: optarena.AdaX(params, decoupled_weight_decay=1), ValueError, "Invalid decoupled_weight_decay: 1"),
+        # eps2 = 0 with scale_parameter: a parameter at 0 would never move
+        (lambda: optarena.Adafactor([torch.zeros(3, 4, requires_grad=True)], eps=(None, 0.0)), ValueError,
+         r"Invalid eps\[1\]: 0.0"),
+        (lambda: optarena.create_optimizer(model, "muon", betas=None), ValueError, "Invalid betas: None"),
+        (lambda: optarena.create_optimizer(model, "muon", adamw_params=3), ValueError, "Invalid adamw_params: 3"),
+        (lambda: optarena.MuonAdamW({"params": params}), TypeError, "params must be an iterable .* got dict"),
+        (lambda: optarena.create_optimizer(params, "lion", weight_decay=0.1, no_weight_decay=["0"]), ValueError,
+         "Invalid no_weight_decay: .* pass the model"),
+        (lambda: optarena.create_optimizer(model, "lion", weight_decay=0.1, no_weight_decay=["0.wieght"]),
+         ValueError, "Invalid no_weight_decay: '0.wieght' names no parameter or module of Sequential"),
+        (lambda: optarena.create_optimizer(model, "lion", no_weight_decay=None), ValueError,
+         "Invalid no_weight_decay: None"),
+        (lambda: optarena.step_in_backward(None, optarena.Lion(params)), TypeError,
+         "model_or_params must be an nn.Module or an iterable of parameters, got NoneType"),
+    ]
+    for make, error, message in cases:
+        with pytest.raises(error, match=message):
+            make()
+    muon = optarena.create_optimizer(model, "muon", betas=(0, 0.99))  # integers, as every other optimizer takes
+    assert muon.defaults["betas"] == (0.0, 0.99)
+    amos = optarena.Amos(params, lr=0.01)
+    model(torch.randn(2, 3)).sum().backward()
+    amos.param_groups[0]["lr"] = -0.1  # a schedule gone wrong: a clear error, not "math domain error"
+    with pytest.raises(ValueError, match="Amos: lr=-0.1 in a param group is negative"):
+        amos.step()

@@ -130,7 +130,8 @@ class Adafactor(OptarenaOptimizer):
             raise ValueError(f"Invalid eps: {eps!r} (expected a tuple (eps1 or None, eps2))")
         if eps[0] is not None:  # 0 would make rsqrt(V̂) infinite wherever a gradient entry is 0: 0·inf = NaN
             check_number("eps[0]", eps[0], low=0.0, low_open=True)
-        check_number("eps[1]", eps[1])
+        # with scale_parameter, eps2 floors the step of a parameter at 0: 0 would leave it at 0 for ever
+        check_number("eps[1]", eps[1], low=0.0, low_open=group["scale_parameter"] is True)
         check_number("clip_threshold", group["clip_threshold"], low=0.0, low_open=True)
         check_number("weight_decay", group["weight_decay"])
         if group["beta1"] is not None:

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ..info import OptimizerInfo, Translation, register_optimizer
-from ..validation import check_betas, check_number
+from ..validation import check_betas, check_choice, check_number
 from . import ops
 from .base import OptarenaOptimizer, ParamsT
 from .ops import Scalar
@@ -90,6 +90,7 @@ class Adan(OptarenaOptimizer):
         check_betas(group["betas"], 3)
         check_number("eps", group["eps"], low=0.0, low_open=True)
         check_number("weight_decay", group["weight_decay"])
+        check_choice("no_prox", group["no_prox"], (False, True))
         if group["max_grad_norm"] != self.defaults["max_grad_norm"]:
             raise ValueError(f"Invalid max_grad_norm in a param group: {group['max_grad_norm']!r} (the clipping norm "
                              "is global over all groups; set it once in the Adan constructor)")

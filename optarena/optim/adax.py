@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ..info import OptimizerInfo, Translation, register_optimizer
-from ..validation import check_betas, check_number
+from ..validation import check_betas, check_choice, check_number
 from . import ops
 from .base import OptarenaOptimizer, ParamsT
 from .ops import Scalar
@@ -88,6 +88,7 @@ class AdaX(OptarenaOptimizer):
         check_number("betas[1]", group["betas"][1], low=0.0, low_open=True, high=1.0, high_open=True)
         check_number("eps", group["eps"], low=0.0, low_open=True)
         check_number("weight_decay", group["weight_decay"])
+        check_choice("decoupled_weight_decay", group["decoupled_weight_decay"], (False, True))
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         return {"step": step_counter(), "exp_avg": zeros_state(p, group=group),

@@ -58,6 +58,8 @@ def adamw_parameter_names(model: nn.Module, adamw_params: Iterable[str] | str | 
         heads = [n for n, _ in linears if n.rsplit(".", 1)[-1] in HEAD_NAMES] or [n for n, _ in linears[-1:]]
         to_adamw |= _names_matching(named, heads)
     else:
+        if not isinstance(adamw_params, str | Iterable):
+            raise ValueError(f"Invalid adamw_params: {adamw_params!r} (parameter names or module prefixes)")
         patterns = [adamw_params] if isinstance(adamw_params, str) else list(adamw_params)
         for pat in patterns:
             if not isinstance(pat, str) or not _names_matching(named, [pat]):
@@ -136,9 +138,17 @@ class MuonAdamW(Optimizer):
                  ns_coefficients: tuple[float, float, float] = (3.4445, -4.775, 2.0315), ns_steps: int = 5,
                  muon_eps: float = 1e-7, adjust_lr_fn: str | None = "match_rms_adamw",
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+        if isinstance(params, dict | Tensor):  # torch's own message for these; a dict would iterate its keys
+            raise TypeError(f"MuonAdamW: params must be an iterable of tensors or of param-group dicts, got "
+                            f"{type(params).__name__}")
+        for name, value, length in (("ns_coefficients", ns_coefficients, 3), ("betas", betas, 2)):
+            if not isinstance(value, tuple | list) or len(value) != length:
+                raise ValueError(f"Invalid {name}: {value!r} (expected {length} numbers)")
         defaults = dict(lr=lr, weight_decay=weight_decay, adamw_lr=lr if adamw_lr is None else adamw_lr,
                         momentum=momentum, nesterov=nesterov, ns_coefficients=tuple(ns_coefficients),
-                        ns_steps=ns_steps, muon_eps=muon_eps, adjust_lr_fn=adjust_lr_fn, betas=tuple(betas), eps=eps)
+                        ns_steps=ns_steps, muon_eps=muon_eps, adjust_lr_fn=adjust_lr_fn,
+                        betas=tuple(float(b) if isinstance(b, int) and not isinstance(b, bool) else b for b in betas),
+                        eps=eps)
         self._check_defaults(defaults)
         self.muon: torch.optim.Muon | None = None
         self.adamw: torch.optim.AdamW | None = None
