@@ -44,10 +44,10 @@ def amos_update(params: list[Tensor], grads: list[Tensor], exp_avg_sqs: list[Ten
 
     preceded by a decoupled ``θ ← θ·(1 − lr·wd)`` when weight_decay > 0 (not part of Amos: its γ is the decay).
     """
-    if ops.is_nonzero(weight_decay):
-        ops.mul_(params, 1 - lr * weight_decay)
     if not isinstance(lr, Tensor) and lr < 0:  # set mid-run (a schedule): the constructor refuses it
         raise ValueError(f"Amos: lr={lr!r} in a param group is negative; its step takes √lr")
+    if ops.is_nonzero(weight_decay):
+        ops.mul_(params, 1 - lr * weight_decay)
     sqrt_lr = ops.scalar_fn(lr, torch.sqrt, math.sqrt)
     grad_scales, shrinks = [], []
     for g2, v, b, eta, t in zip(ops.mean_squares(grads), exp_avg_sqs, decays, etas, steps):
