@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .plan import default_lr, grid_lr, stress_lrs
-from .results import CellSummary, ResultSet, as_printed, median, no_worse, plural, relative_gap
+from .results import METRIC_FORMAT, CellSummary, ResultSet, as_printed, median, no_worse, plural, relative_gap
 from .storage import FAILURES, Record
 from .verdict import lr_plateau, never_learned
 
@@ -160,8 +160,8 @@ def lion_small_batch(results: ResultSet) -> tuple[str, str]:
                     texts.append(f"bs {bs} left out (Lion's runs failed)")
                 continue
             trails_at[bs] = adamw.beats(lion)  # a Lion that diverged trails a result
-            ours = "diverged" if lion.metric_median is None else f"{lion.metric_median:.4g}"
-            texts.append(f"bs {bs} {ours} vs {adamw.metric_median:.4g} "
+            ours = "diverged" if lion.metric_median is None else f"{lion.metric_median:{METRIC_FORMAT}}"
+            texts.append(f"bs {bs} {ours} vs {adamw.metric_median:{METRIC_FORMAT}} "
                          f"({'trails' if trails_at[bs] else 'level or ahead'})")
         level_small = [bs for bs, trails in trails_at.items() if bs < 64 and not trails]
         trails_large = [bs for bs, trails in trails_at.items() if bs >= 64 and trails]
@@ -273,7 +273,7 @@ def rlion_adamw_lr(results: ResultSet) -> tuple[str, str]:
         if gap is None:  # AdamW's median is 0: no relative gap to it, only its seed spread decides
             no_gap.append(name)
             if not inside:
-                behind.append(f"{name} {run.metric:.4g} against AdamW's 0")
+                behind.append(f"{name} {run.metric:{METRIC_FORMAT}} against AdamW's 0")
             continue
         gap = as_printed(100 * gap, ".1f") / 100
         gaps.append((gap, name))

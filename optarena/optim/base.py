@@ -204,6 +204,7 @@ class OptarenaOptimizer(Optimizer):
         self.did_update = not (self.defaults.get("skip_nonfinite") and not self._grads_in_range(params))
         self.skipped_steps += not self.did_update
         return not self.did_update
+
     def new_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         """The state of ``p`` before its first step: the algorithm's, with the block scales of 8-bit buffers."""
         return quant.add_scales(self._init_state(p, group))
