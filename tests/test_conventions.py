@@ -171,6 +171,28 @@ def test_maximize_equals_minimizing_the_negated_gradient(case: str, state_dtype:
     assert not all(torch.equal(a, b) for a, b in zip(up, make_params(torch.float64, state_dtype=state_dtype)))
 
 
+@pytest.mark.parametrize("case", ["adan", "adax", "adafactor", "ademamix-warmup", "amos-momentum-eta"])
+def test_a_compiled_step_counts_its_steps_like_the_eager_one(case: str) -> None:
+    """``torch.compile(opt.step)`` (the speed tool's "compiled" reference) on the foreach path, for every
+    optimizer keeping a step count: torch 2.13's compiled code dropped the counters' in-place increment (0-d float64
+    CPU tensors), so bias corrections and warm-ups stayed at step 1."""
+    steps = 5
+    eager_params, compiled_params = make_params(), make_params()
+    eager, compiled = build(case, eager_params, foreach=True), build(case, compiled_params, foreach=True)
+    compiled_step = torch.compile(compiled.step, fullgraph=True)
+    # dynamo compiles the shared step code again for each optimizer object: more than its default limit of 8 in a
+    # worker running all of these cases
+    with torch._dynamo.config.patch(recompile_limit=64):
+        for grads in make_grads(eager_params, steps):
+            for a, b, g in zip(eager_params, compiled_params, grads):
+                a.grad, b.grad = g.clone(), g.clone()
+            eager.step()
+            compiled_step()
+    assert [float(compiled.state[p]["step"]) for p in compiled_params] == [steps] * len(compiled_params)
+    for a, b in zip(eager_params, compiled_params):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_gradients_are_never_modified(case: str) -> None:
     params = make_params()

@@ -118,9 +118,11 @@ def step_tensors(update: Update, group: dict[str, Any], params: list[Tensor], gr
         factor = -scale if factor is not None else scale
     if factor is not None:
         grads = ops.scaled(grads, factor)
-    for state in states:
-        if "step" in state:
-            state["step"].add_(1)
+    # one foreach call: torch 2.13's compiled code drops an in-place add_ on a 0-d float64 CPU tensor (the
+    # counters), so under torch.compile(opt.step) they stayed at 1; _foreach_add_ is kept
+    steps = [state["step"] for state in states if "step" in state]
+    if steps:
+        torch._foreach_add_(steps, 1)
     work_states = [_work_state(s, work_dtype) for s in states]
     work = [_as(p, work_dtype) for p in params]
     update(group, work, grads, work_states)
