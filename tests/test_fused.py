@@ -282,6 +282,22 @@ def test_small_tensors_with_the_same_last_two_dims_share_one_pack(beta1: float |
     assert [shapes[i] for i in fused_plan.eager] == [(0, 3, 3), (0,)]
 
 
+def test_a_parameter_re_pointed_to_a_smaller_view_at_the_same_address_is_refused() -> None:
+    """``p.data = p.data[:n]`` keeps the address: the plan made for the old size must not serve (its kernel would
+    read past the new gradient and write past the parameter), and the stale state is named."""
+    p = torch.nn.Parameter(torch.randn(40000))
+    opt = optarena.Lion([p], lr=1e-2, fused=True)
+    p.grad = torch.randn(40000)
+    opt.step()
+    whole = p.data
+    p.data = whole[:20000]
+    tail = whole[20000:].clone()
+    p.grad = torch.randn(20000)
+    with pytest.raises(ValueError, match=r"state .exp_avg. of a parameter of shape \(20000,\) has shape \(40000,\)"):
+        opt.step()
+    assert torch.equal(whole[20000:], tail)
+
+
 def with_own_code(fn, name: str):
     """``fn`` with a code object of its own, so that dynamo (which caches compiled frames per code object) compiles
     it afresh."""

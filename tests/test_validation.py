@@ -115,10 +115,11 @@ def test_arguments_an_audit_found_accepted_silently_or_failing_deep() -> None:
             make()
     muon = optarena.create_optimizer(model, "muon", betas=(0, 0.99))  # integers, as every other optimizer takes
     assert muon.defaults["betas"] == (0.0, 0.99)
-    amos = optarena.Amos(params, lr=0.01, weight_decay=0.1)
     model(torch.randn(2, 3)).sum().backward()
-    amos.param_groups[0]["lr"] = -0.1  # a schedule gone wrong: a clear error, not "math domain error"
-    before = [p.detach().clone() for p in params]
-    with pytest.raises(ValueError, match="Amos: lr=-0.1 in a param group is negative"):
-        amos.step()
-    assert all(torch.equal(p, b) for p, b in zip(params, before))  # refused before the decay moved anything
+    for path in (dict(foreach=False), dict(foreach=True), dict(fused=True)):  # fused: lr is a kernel input there
+        amos = optarena.Amos(params, lr=0.01, weight_decay=0.1, **path)
+        amos.param_groups[0]["lr"] = -0.1  # a schedule gone wrong: a clear error, not "math domain error" or NaN
+        before = [p.detach().clone() for p in params]
+        with pytest.raises(ValueError, match="Amos: lr=-0.1 in a param group is negative"):
+            amos.step()
+        assert all(torch.equal(p, b) for p, b in zip(params, before)), path  # refused before the decay

@@ -31,6 +31,12 @@ def default_eta(shape: Sequence[int]) -> float:
     return math.sqrt(2 / max(1, math.prod(shape[1:])))
 
 
+def check_lr_mid_run(lr: float) -> None:
+    """Refuse a negative lr set after construction (a schedule; the constructor refuses it too): Amos takes √lr."""
+    if lr < 0:
+        raise ValueError(f"Amos: lr={lr!r} in a param group is negative; its step takes √lr")
+
+
 def amos_update(params: list[Tensor], grads: list[Tensor], exp_avg_sqs: list[Tensor], decays: list[Tensor],
                 etas: list[Scalar], exp_avgs: list[Tensor] | None, *, steps: list[Scalar], lr: Scalar, beta: float,
                 zeta: float, eps: float, weight_decay: Scalar, momentum: float) -> None:
@@ -44,8 +50,8 @@ def amos_update(params: list[Tensor], grads: list[Tensor], exp_avg_sqs: list[Ten
 
     preceded by a decoupled ``θ ← θ·(1 − lr·wd)`` when weight_decay > 0 (not part of Amos: its γ is the decay).
     """
-    if not isinstance(lr, Tensor) and lr < 0:  # set mid-run (a schedule): the constructor refuses it
-        raise ValueError(f"Amos: lr={lr!r} in a param group is negative; its step takes √lr")
+    if not isinstance(lr, Tensor):  # the fused path's lr is a kernel input: the class checked it before
+        check_lr_mid_run(lr)
     if ops.is_nonzero(weight_decay):
         ops.mul_(params, 1 - lr * weight_decay)
     sqrt_lr = ops.scalar_fn(lr, torch.sqrt, math.sqrt)
@@ -115,6 +121,12 @@ class Amos(OptarenaOptimizer):
         check_number("weight_decay", group["weight_decay"])
         check_number("zeta", group["zeta"])
         check_number("eps", group["eps"], low=0.0, low_open=True)
+
+    def _step_group(self, group: dict[str, Any], params: list[Tensor], scale: Scalar | None,
+                    plan_key: int | None = None) -> None:
+        lr = group["lr"]
+        check_lr_mid_run(lr.item() if isinstance(lr, Tensor) else lr)  # before any path moves anything
+        super()._step_group(group, params, scale, plan_key)
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         state = {"step": step_counter(), "exp_avg_sq": zeros_state(p, ()), "decay": zeros_state(p, ()),

@@ -40,6 +40,17 @@ def resolve_fused(group: dict[str, Any], params: Sequence[Tensor]) -> bool:
     return bool(default_to_fused(params) if fused is None else fused)
 
 
+def check_state_fits(opt: Any, group: dict[str, Any], params: list[Tensor], states: list[dict[str, Tensor]]) -> None:
+    """Refuse state that does not fit its parameter (one re-pointed by ``p.data = ...`` to another size): a kernel
+    would read and write past its buffers, where the loop path raises a size mismatch."""
+    for p, state in zip(params, states):
+        for key, want in opt.new_state(torch.empty_like(p, device="meta"), group).items():
+            have = state.get(key)
+            if isinstance(have, Tensor) and have.shape != want.shape:
+                raise ValueError(f"{type(opt).__name__}: the state {key!r} of a parameter of shape {tuple(p.shape)} "
+                                 f"has shape {tuple(have.shape)}, made for another shape (was p.data replaced?)")
+
+
 def _as_view(grad: Tensor, view: Tensor) -> Tensor:
     """``grad`` shaped as a flat kernel's view of its parameter (1-D, or blocks for 8-bit state) and contiguous, as
     the kernel reads it; a strided one is copied (it is only read). ``reshape(view.shape)`` cost 2.1 µs a tensor,
@@ -68,6 +79,7 @@ def fused_step(opt: Any, group: dict[str, Any], params: list[Tensor], states: li
     values = StepValues(group["lr"], wd if wd != 0 else None, scale, group.get("betas"))
     plan = opt._fused_plans.get(plan_key)
     if plan is None or not plan.serves(key, params, states):
+        check_state_fits(opt, group, params, states)
         info = info_for(type(opt))
         # an unregistered algorithm may mix elements: its kernels keep real shapes, which is right for any math
         flat = info is not None and info.elementwise
