@@ -7,6 +7,7 @@ Only an update that needs nothing but its own parameter's gradient can run this 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,8 +106,9 @@ def step_in_backward(model_or_params: nn.Module | Iterable[Tensor], optimizer: O
     ``backward(); optimizer.step(); optimizer.zero_grad()`` (bitwise on the per-tensor loop path), with at most a
     bucket of small gradients per param group (:data:`BUCKET_ELEMENTS` elements) alive beside the one just
     completed: a tensor of at least that many elements steps at once, smaller ones together when the next would
-    not fit in their bucket or when backward ends. A backward pass that raises leaves its waiting gradients
-    unstepped in ``.grad`` (as the usual loop would leave all of them).
+    not fit in their bucket or when backward ends. A backward pass that raises leaves its waiting gradients in
+    ``.grad``; the next pass adds to them and steps them. Parameters unfrozen, or added to the model and the
+    optimizer, after this call get their hooks at the end of the next backward pass and step from there.
     ``optimizer.step()`` must not be called (it finds no gradients); ``torch.nn.utils.clip_grad_norm_`` cannot be
     used (no moment has all gradients). LR schedulers, ``maximize``, ``state_dict``/``load_state_dict`` work as
     usual: the hooks read the param groups at each step.
@@ -119,9 +121,26 @@ def step_in_backward(model_or_params: nn.Module | Iterable[Tensor], optimizer: O
     if not isinstance(model_or_params, nn.Module | Iterable) or isinstance(model_or_params, Tensor):
         raise TypeError(f"step_in_backward: model_or_params must be an nn.Module or an iterable of parameters, got "
                         f"{type(model_or_params).__name__}")
-    candidates = model_or_params.parameters() if isinstance(model_or_params, nn.Module) else model_or_params
-    owner = {id(p): group for group in opt.param_groups for p in group["params"]}
-    params = [p for p in dict.fromkeys(candidates) if id(p) in owner and p.requires_grad]
+    module = model_or_params if isinstance(model_or_params, nn.Module) else None
+    given = None if module is not None else list(dict.fromkeys(model_or_params))
+    owner: dict[int, dict[str, Any]] = {}
+
+    def candidates() -> list[Tensor]:
+        return list(dict.fromkeys(module.parameters())) if module is not None else given
+
+    def group_of(p: Tensor) -> dict[str, Any] | None:
+        # looked up at step time: load_state_dict and add_param_group replace the group dicts
+        group = owner.get(id(p))
+        if group is None or not any(g is group for g in opt.param_groups):
+            owner.clear()
+            owner.update({id(q): g for g in opt.param_groups for q in g["params"]})
+            group = owner.get(id(p))
+        return group
+
+    def steppable(params: list[Tensor]) -> list[Tensor]:
+        return [p for p in params if p.requires_grad and group_of(p) is not None]
+
+    params = steppable(candidates())
     if not params:
         raise ValueError("step_in_backward: none of the given parameters requires grad and belongs to the "
                          f"{type(opt).__name__} (pass the model, or parameters, that the optimizer was built on)")
@@ -130,17 +149,14 @@ def step_in_backward(model_or_params: nn.Module | Iterable[Tensor], optimizer: O
             raise ValueError(f"step_in_backward: a parameter of shape {tuple(p.shape)} is not a leaf tensor; "
                              "post-accumulate-grad hooks exist only on leaves")
 
-    def group_of(p: Tensor) -> dict[str, Any]:
-        # looked up at step time: load_state_dict and add_param_group replace the group dicts
-        group = owner.get(id(p))
-        if group is None or not any(g is group for g in opt.param_groups):
-            owner.clear()
-            owner.update({id(q): g for g in opt.param_groups for q in g["params"]})
-            group = owner[id(p)]
-        return group
-
     pending: dict[int, _Bucket] = {}  # small parameters waiting, by group
-    flush_for: int | None = None  # the backward pass whose end steps them (its graph task id)
+    waiting: set[int] = set()  # their ids
+    queued: set[int] = set()  # the backward passes (graph task ids) whose end steps them
+    hooked: set[int] = set()
+    # given parameters without hooks (frozen, or not the optimizer's), looked at again at the end of each pass: one
+    # unfrozen or added by add_param_group since then gets its hook there
+    unhooked: list[Tensor] = []
+    known = [-1]  # the optimizer's parameter count when ``unhooked`` was last listed
 
     def step(group: dict[str, Any], ready: list[Tensor]) -> None:
         opt.step_parameters(ready, group)
@@ -149,35 +165,75 @@ def step_in_backward(model_or_params: nn.Module | Iterable[Tensor], optimizer: O
         # torch's LR schedulers warn unless they saw optimizer.step() called; these steps are the optimizer's
         opt._opt_called = True  # type: ignore[attr-defined]
 
-    def flush() -> None:
-        nonlocal flush_for
-        flush_for = None
+    def end_of_pass() -> None:
+        # Everything waiting steps, also what a pass that raised left waiting (then added to by this pass, as
+        # backward() after a failed backward() adds to .grad): the usual step() would step it too. A nested pass
+        # (reentrant checkpointing) ending first steps its outer pass's waiting parameters early: their gradients
+        # are complete once their hook ran.
+        queued.clear()
         while pending:
             bucket = pending.popitem()[1]
+            waiting.difference_update(map(id, bucket.params))
+            step(bucket.group, bucket.params)
+        adopt_new_parameters()
+
+    def adopt_new_parameters() -> None:
+        count = sum(len(g["params"]) for g in opt.param_groups)
+        if count != known[0]:
+            first, known[0] = known[0] < 0, count
+            given_now = candidates()
+            unhooked[:] = [p for p in given_now if id(p) not in hooked and p.is_leaf]
+            mine = set(map(id, given_now))
+            # given a part of the optimizer's parameters, the rest may be stepped by step(): said only of ones
+            # added since
+            outside = sum(id(p) not in mine and p.requires_grad for g in opt.param_groups for p in g["params"])
+            if outside and not first:
+                warnings.warn(f"step_in_backward: {outside} parameter(s) of the {type(opt).__name__} are not among "
+                              "the parameters it was given: their gradients accumulate unstepped (make the handle "
+                              "again with them, or step them with optimizer.step())", RuntimeWarning, stacklevel=2)
+        new = steppable(unhooked)
+        if not new:
+            return
+        hook_onto(new)
+        unhooked[:] = [p for p in unhooked if id(p) not in hooked]
+        late: dict[int, _Bucket] = {}  # their gradients of this pass, complete without a hook
+        for p in new:
+            if p.grad is not None:
+                group = group_of(p)
+                late.setdefault(id(group), _Bucket(group)).params.append(p)
+        for bucket in late.values():
             step(bucket.group, bucket.params)
 
     def hook(p: Tensor) -> None:
-        nonlocal flush_for
         group = group_of(p)
+        if group is None:  # no longer the optimizer's (a load_state_dict into other groups): left as usual
+            return
+        task = torch._C._current_graph_task_id()
+        if task not in queued:  # this pass's end steps what waits and looks for new parameters
+            torch.autograd.Variable._execution_engine.queue_callback(end_of_pass)
+            queued.add(task)
         if p.numel() >= BUCKET_ELEMENTS:
             step(group, [p])
             return
-        task = torch._C._current_graph_task_id()
-        if flush_for is not None and flush_for != task:
-            # a backward pass that raised never ran its flush: its waiting gradients stay in .grad, unstepped, and
-            # accumulate as gradients do after a failed backward() on the usual loop
-            pending.clear()
-            flush_for = None
+        if id(p) in waiting:  # left waiting by a pass that raised: its gradient now holds this pass's too
+            return
         bucket = pending.setdefault(id(group), _Bucket(group))
         if bucket.elements + p.numel() > BUCKET_ELEMENTS:  # at most BUCKET_ELEMENTS wait
+            waiting.difference_update(map(id, bucket.params))
             step(group, bucket.params)
             bucket = pending[id(group)] = _Bucket(group)
         bucket.params.append(p)
         bucket.elements += p.numel()
-        if flush_for is None:  # the rest steps when this backward pass ends
-            torch.autograd.Variable._execution_engine.queue_callback(flush)
-            flush_for = task
+        waiting.add(id(p))
 
-    handle = StepInBackward(opt, [p.register_post_accumulate_grad_hook(hook) for p in params])
+    handles: list[Any] = []
+
+    def hook_onto(new: list[Tensor]) -> None:
+        handles.extend(p.register_post_accumulate_grad_hook(hook) for p in new)
+        hooked.update(map(id, new))
+
+    hook_onto(params)
+    adopt_new_parameters()  # lists the unhooked ones
+    handle = StepInBackward(opt, handles)
     setattr(opt, ACTIVE, handle)
     return handle

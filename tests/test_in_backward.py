@@ -261,3 +261,71 @@ def test_step_parameters_refuses_what_it_cannot_step() -> None:
                             ([p], r"shape \(3,\) has no gradient")):
         with pytest.raises(ValueError, match=message):
             opt.step_parameters(params, opt.param_groups[0])
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_activation_checkpointing_steps_every_parameter_like_the_usual_loop(reentrant: bool) -> None:
+    """A reentrant checkpoint runs the segment's backward as a nested pass: its parameters complete there, the
+    others in the outer pass. The nested pass once made the outer one's waiting parameters look abandoned: the head
+    never stepped and its gradient grew."""
+    from torch.utils.checkpoint import checkpoint
+
+    model, data = model_and_data()
+    twin = copy.deepcopy(model)
+
+    def loss(m: nn.Sequential, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x, y = batch
+        inner = checkpoint(lambda t: m[2](m[1](t)), m[0](x), use_reentrant=reentrant)  # its input requires grad
+        return nn.functional.mse_loss(m[3](inner), y)
+
+    ref = optarena.Lion(model.parameters(), lr=1e-3, foreach=False)
+    opt = optarena.Lion(twin.parameters(), lr=1e-3, foreach=False)
+    with optarena.step_in_backward(twin, opt):
+        for batch in data[:4]:
+            loss(model, batch).backward()
+            ref.step()
+            ref.zero_grad()
+            loss(twin, batch).backward()
+            assert all(p.grad is None for p in twin.parameters())
+    assert_same(model, twin)
+
+
+def test_parameters_unfrozen_or_added_later_step_from_their_first_gradient() -> None:
+    """The hooks are made for the parameters that require grad then; one unfrozen later, or added to the model
+    and the optimizer later, steps from the pass that gives it its first gradient (it once never stepped, its
+    gradient growing). A parameter of the optimizer outside the given ones is named in a warning."""
+    model, data = model_and_data()
+    model[0].weight.requires_grad_(False)
+    twin = copy.deepcopy(model)
+    frozen_at_first = model[0].weight.detach().clone()
+    extra, twin_extra = nn.Parameter(torch.randn(3)), None
+    ref = optarena.Lion(model.parameters(), lr=1e-3, foreach=False)
+    opt = optarena.Lion(twin.parameters(), lr=1e-3, foreach=False)
+
+    def loss(m: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], bias: torch.Tensor | None) -> torch.Tensor:
+        out = m(batch[0])
+        return nn.functional.mse_loss(out if bias is None else out + bias, batch[1])
+
+    with optarena.step_in_backward(twin, opt):
+        for i, batch in enumerate(data[:6]):
+            if i == 2:
+                for m in (model, twin):
+                    m[0].weight.requires_grad_(True)
+            if i == 4:  # a new parameter in the model and the optimizer
+                twin_extra = nn.Parameter(extra.detach().clone())
+                model.register_parameter("extra", extra)
+                twin.register_parameter("extra", twin_extra)
+                ref.add_param_group({"params": [extra]})
+                opt.add_param_group({"params": [twin_extra]})
+            loss(model, batch, extra if i >= 4 else None).backward()
+            ref.step()
+            ref.zero_grad()
+            loss(twin, batch, twin_extra).backward()
+            assert all(p.grad is None for p in twin.parameters())
+        assert_same(model, twin)
+        assert not torch.equal(twin[0].weight, frozen_at_first)
+        outsider = nn.Parameter(torch.zeros(3))
+        opt.add_param_group({"params": [outsider]})
+        with pytest.warns(RuntimeWarning, match="1 parameter.* of the Lion are not among the parameters it was given"):
+            loss(twin, data[6], twin_extra + outsider).backward()
+    assert outsider.grad is not None
