@@ -132,6 +132,32 @@ def test_no_recompiles_over_100_steps_of_one_cycle_lr(name: str) -> None:
     assert len(kernels._KERNELS) == kernel_count
 
 
+def test_amos_momentum_cycled_by_one_cycle_lr_is_a_kernel_input() -> None:
+    """OneCycleLR and CyclicLR cycle ``momentum`` where a group has no betas (Amos): compiled in, it made two new
+    kernels every step (3–4 s each). As an input it compiles nothing new, and the step is the loop's."""
+    gen = torch.Generator().manual_seed(0)
+    start = [torch.randn(s, generator=gen) for s in [(64, 32), (32,)]]
+    runs, made = [], []
+    for path in (dict(fused=True), dict(foreach=False)):
+        params = [torch.nn.Parameter(t.clone()) for t in start]
+        opt = optarena.Amos(params, lr=1e-2, **path)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-2, total_steps=30)
+        momenta = set()
+        for step in range(20):
+            set_grads(params, step)
+            opt.step()
+            sched.step()
+            momenta.add(opt.param_groups[0]["momentum"])
+            made.append(opt.fused_kernels_made)
+        runs.append(params)
+        if "fused" in path:
+            assert opt._fused_plans and not opt._fused_failures  # the kernels stepped, not the foreach fallback
+    assert len(momenta) == 20
+    assert made[0] > 0 and made[:20] == [made[0]] * 20  # compiled at the first step only
+    for a, b in zip(*runs):
+        torch.testing.assert_close(a, b, rtol=RTOL, atol=ATOL)
+
+
 @pytest.mark.parametrize("name", ["Adafactor", "Lion"])
 def test_kernels_compile_only_on_stand_ins(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every graph is compiled by the stand-in call in ``_compile`` (timed, with its compile settings): the real
@@ -184,7 +210,7 @@ def test_guarded_kernels_take_chunks_of_one_shape(monkeypatch: pytest.MonkeyPatc
     opt = optarena.Adafactor(params, eps=(1.5e-30, 1.5e-3), fused=True)  # kernels of this test's own
     group = opt.param_groups[0]
     consts = {k: v for k, v in group.items() if k not in ("params", "lr")}
-    request = plan.Request(opt, ("key",), consts, kernels.StepValues(group["lr"], None, None, None), flat=False,
+    request = plan.Request(opt, ("key",), consts, kernels.StepValues(group["lr"], None, None, None, None), flat=False,
                            chunks=(4, 1))
     fused_plan = plan.make_plan(request, params, [opt.state_for(p, group) for p in params])
     calls = [call.indices for bucket in fused_plan.buckets for call in bucket.calls]

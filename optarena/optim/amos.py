@@ -167,7 +167,9 @@ class Amos(OptarenaOptimizer):
         momentum = group["momentum"]
         amos_update(params, grads, [s["exp_avg_sq"] for s in states], [s["decay"] for s in states],
                     [s["shape_eta"] if eta is None else eta for s in states],
-                    [s["exp_avg"] for s in states] if momentum > 0 else None, steps=ops.step_values(states),
+                    # the fused kernels take a nonzero momentum as a tensor input
+                    [s["exp_avg"] for s in states] if isinstance(momentum, Tensor) or momentum > 0 else None,
+                    steps=ops.step_values(states),
                     lr=group["lr"], beta=group["beta"], zeta=group["zeta"], eps=group["eps"],
                     weight_decay=group["weight_decay"], momentum=momentum)
 

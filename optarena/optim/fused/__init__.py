@@ -70,13 +70,16 @@ def fused_step(opt: Any, group: dict[str, Any], params: list[Tensor], states: li
     plan (default: the group's id; one parameter's id when its step runs alone, inside backward)."""
     plan_key = id(group) if plan_key is None else plan_key
     wd = group.get("weight_decay", 0.0)
-    consts = {k: v for k, v in group.items() if k not in ("params", *SCHEDULED, *NOT_IN_KERNELS)}
+    # a nonzero momentum (Amos's; OneCycleLR and CyclicLR cycle it) is an input; zero, it is compiled in (no buffer)
+    momentum = group.get("momentum") or None
+    scheduled = (*SCHEDULED, "momentum") if momentum is not None else SCHEDULED
+    consts = {k: v for k, v in group.items() if k not in ("params", *scheduled, *NOT_IN_KERNELS)}
     # a nonzero weight decay is a kernel input: its value is not part of the kernel's identity
     const_key = tuple((k, repr(v)) for k, v in sorted(consts.items()) if k != "weight_decay")
     key = (const_key, wd != 0, scale is not None, torch.get_num_threads(), codegen.adjusted())
     if opt._fused_failures.get(plan_key) == key:
         return False
-    values = StepValues(group["lr"], wd if wd != 0 else None, scale, group.get("betas"))
+    values = StepValues(group["lr"], wd if wd != 0 else None, scale, momentum, group.get("betas"))
     plan = opt._fused_plans.get(plan_key)
     if plan is None or not plan.serves(key, params, states):
         check_state_fits(opt, group, params, states)

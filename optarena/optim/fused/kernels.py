@@ -33,8 +33,8 @@ INT8_RECOMPUTE: dict[str, Any] = {"realize_reads_threshold": 64, "realize_opcoun
 INT8_LOCAL_BUFFERS: dict[str, Any] = {"realize_reads_threshold": 4, "realize_opcount_threshold": 8,
                                       "realize_acc_reads_threshold": 8}
 #: Hyper-parameters the kernels take as tensor inputs, because schedules change them between steps: every LR
-#: scheduler the lr, OneCycleLR and CyclicLR ``betas[0]``. A nonzero weight decay and a gradient scale are inputs too;
-#: the other hyper-parameters are compiled in.
+#: scheduler the lr, OneCycleLR and CyclicLR ``betas[0]`` (or a nonzero ``momentum``: Amos's). A nonzero weight decay
+#: and a gradient scale are inputs too; the other hyper-parameters are compiled in.
 SCHEDULED = ("lr", "betas")
 #: After this many kernels one optimizer warns: a hyper-parameter that is compiled in seems to change every step.
 KERNELS_WARNING = 32
@@ -46,6 +46,7 @@ class StepValues(NamedTuple):
     lr: float
     weight_decay: float | None
     scale: Any  # a 0-d tensor or None
+    momentum: float | None
     betas: tuple[float, ...] | None
 
 
@@ -61,12 +62,14 @@ def make_body(update: Update, consts: dict[str, Any], keys: tuple[str, ...]) -> 
     coded = code_keys(keys)
 
     def fused_step(params: list[Tensor], grads: list[Tensor], buffers: list[list[Tensor]], steps: list[Tensor],
-                   lr: Tensor, weight_decay: Tensor | None, scale: Tensor | None, betas: list[Tensor] | None,
-                   segments: tuple[Tensor, ...] | None = None) -> list[Tensor]:
+                   lr: Tensor, weight_decay: Tensor | None, scale: Tensor | None, momentum: Tensor | None,
+                   betas: list[Tensor] | None, segments: tuple[Tensor, ...] | None = None) -> list[Tensor]:
         group = dict(consts)
         group["lr"] = lr
         if weight_decay is not None:
             group["weight_decay"] = weight_decay
+        if momentum is not None:
+            group["momentum"] = momentum[0]
         if betas is not None:
             group["betas"] = tuple(beta[0] for beta in betas)
         states = [{key: buffers[j][i] for j, key in enumerate(keys)} for i in range(len(params))]
@@ -176,15 +179,18 @@ def kernel_for(opt: Any, key: tuple[Any, ...], consts: dict[str, Any], keys: tup
 
 def kernel_inputs(values: StepValues, device: torch.device, work_dtype: torch.dtype) -> tuple[Any, ...]:
     """Tensors for the values a schedule may change between steps (None stays None: compiled in). Distinct tensors:
-    one passed twice would compile as aliased. Betas are float64, like the Python floats of the other paths (1 − β
-    and β^t are exact to double before they meet fp32), in vectors of length 1: a 0-d float64 input made dynamo
-    trace the kernel twice (benchmarks/NOTES.md, "betas as vectors")."""
+    one passed twice would compile as aliased. Betas and momentum are float64, like the Python floats of the other
+    paths (1 − β and β^t are exact to double before they meet fp32), in vectors of length 1: a 0-d float64 input made
+    dynamo trace the kernel twice (benchmarks/NOTES.md, "betas as vectors")."""
     def scalar(value: Any, dtype: torch.dtype) -> Tensor | None:
         return None if value is None else torch.tensor(float(value), dtype=dtype, device=device)
 
+    def vector(value: Any) -> Tensor:
+        return torch.tensor([value], dtype=torch.float64, device=device)
+
     return (scalar(values.lr, work_dtype), scalar(values.weight_decay, work_dtype), scalar(values.scale, work_dtype),
-            None if values.betas is None else [torch.tensor([b], dtype=torch.float64, device=device)
-                                               for b in values.betas])
+            None if values.momentum is None else vector(values.momentum),
+            None if values.betas is None else [vector(b) for b in values.betas])
 
 
 def refill(inputs: tuple[Any, ...], values: StepValues) -> None:
