@@ -80,21 +80,22 @@ def param_groups_for_weight_decay(model_or_params: nn.Module | Iterable[Any], we
     return [g for g in groups if g["params"]]
 
 
-def _filter_kwargs(info: OptimizerInfo, kwargs: dict[str, Any]) -> dict[str, Any]:
+def _filter_kwargs(info: OptimizerInfo, kwargs: dict[str, Any], stacklevel: int = 3) -> dict[str, Any]:
     accepted = set(info.accepted_args())
     out = {}
     for key, value in kwargs.items():
         if key == "eps" and info.eps == "pair" and isinstance(value, numbers.Real):
             # a portable eps is Adam's (added to sqrt(v)); a pair's entries mean something else
             warnings.warn(f"create_optimizer: {info.name!r} takes eps as a pair (eps1, eps2) with another meaning "
-                          f"than Adam's; ignoring eps={value!r}", stacklevel=3)
+                          f"than Adam's; ignoring eps={value!r}", stacklevel=stacklevel)
         elif key in accepted:
-            if key == "betas" and value is not None and len(value) != info.num_betas:
+            if key == "betas" and value is not None and (not isinstance(value, tuple | list)
+                                                         or len(value) != info.num_betas):
                 raise ValueError(f"Invalid betas for {info.name!r}: {value!r} (it takes {info.num_betas} betas)")
             out[key] = value
         elif key in PORTABLE_ARGS:
             warnings.warn(f"create_optimizer: {info.name!r} takes no {key}; ignoring {key}={value!r}",
-                          stacklevel=3)
+                          stacklevel=stacklevel)
         else:
             raise TypeError(f"create_optimizer: {info.name!r} does not take the argument {key!r}; it takes "
                             f"{', '.join(sorted(accepted))}")
@@ -139,16 +140,7 @@ def create_optimizer(model_or_params: nn.Module | Iterable[Any], name: str, lr: 
         raise ValueError(f"Invalid lazy: {lazy!r} (True or False)")
     info = get_optimizer_info(name)
     _check_wrappers(info, lookahead, lazy, layer_adaptation)
-    grouping: dict[str, Any] = {}
-    if info.group_params is not None:  # factory options of the optimizer's own grouping (muon's adamw_params)
-        options = [n for n, p in inspect.signature(info.group_params).parameters.items() if p.kind is p.KEYWORD_ONLY]
-        grouping = {k: kwargs.pop(k) for k in options if k in kwargs}
-    kwargs = _filter_kwargs(info, {**info.fixed_kwargs, **kwargs})
-    groups = (info.group_params or param_groups_for_weight_decay)(model_or_params, weight_decay, no_weight_decay,
-                                                                  **grouping)
-    if not any(g["params"] if isinstance(g, dict) else True for g in groups):
-        raise ValueError(f"create_optimizer: {type(model_or_params).__name__} has no trainable parameters to "
-                         f"optimize with {name!r}")
+    groups, kwargs = groups_and_kwargs(info, model_or_params, weight_decay, no_weight_decay, kwargs)
     optimizer = info.cls(groups, lr=info.default_lr if lr is None else lr, **kwargs)
 
     if lazy:
@@ -160,6 +152,24 @@ def create_optimizer(model_or_params: nn.Module | Iterable[Any], name: str, lr: 
     if lookahead is not False:
         optimizer = Lookahead(optimizer, **({} if lookahead is True else dict(lookahead)))
     return optimizer
+
+
+def groups_and_kwargs(info: OptimizerInfo, model_or_params: nn.Module | Iterable[Any], weight_decay: float,
+                      no_weight_decay: Iterable[str], kwargs: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+    """The factory's parameter groups and optimizer arguments for ``info`` (what :func:`create_optimizer` passes
+    to ``info.cls``; ``ZeroRedundancyOptimizer`` reuses it). Warns from its caller's caller."""
+    kwargs = dict(kwargs)
+    grouping: dict[str, Any] = {}
+    if info.group_params is not None:  # factory options of the optimizer's own grouping (muon's adamw_params)
+        options = [n for n, p in inspect.signature(info.group_params).parameters.items() if p.kind is p.KEYWORD_ONLY]
+        grouping = {k: kwargs.pop(k) for k in options if k in kwargs}
+    kwargs = _filter_kwargs(info, {**info.fixed_kwargs, **kwargs}, stacklevel=4)
+    groups = (info.group_params or param_groups_for_weight_decay)(model_or_params, weight_decay, no_weight_decay,
+                                                                  **grouping)
+    if not any(g["params"] if isinstance(g, dict) else True for g in groups):
+        raise ValueError(f"create_optimizer: {type(model_or_params).__name__} has no trainable parameters to "
+                         f"optimize with {info.name!r}")
+    return groups, kwargs
 
 
 def _check_wrappers(info: OptimizerInfo, lookahead: Any, lazy: bool, layer_adaptation: Any) -> None:

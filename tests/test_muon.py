@@ -102,6 +102,36 @@ def test_param_groups_are_the_halves_groups_and_a_scheduler_drives_both() -> Non
     assert [g["lr"] for g in opt.adamw.param_groups] == [3e-3 / 4, 3e-3 / 4]
 
 
+@pytest.mark.parametrize("make_scheduler", [
+    lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR, total_steps=STEPS),
+    lambda opt: torch.optim.lr_scheduler.CyclicLR(opt, base_lr=LR / 10, max_lr=LR, step_size_up=3),
+], ids=["OneCycleLR", "CyclicLR"])
+def test_momentum_cycling_schedulers_drive_both_halves(make_scheduler) -> None:
+    # torch's schedulers cycle AdamW's beta1 and Muon's momentum; one over MuonAdamW must do both
+    ours, theirs = make_model("transformer"), make_model("transformer")
+    opt = optarena.create_optimizer(ours, "muon", lr=LR, weight_decay=WD)
+    by_hand_opts = by_hand(theirs, "transformer")
+    schedulers = [make_scheduler(opt)] + [make_scheduler(o) for o in by_hand_opts]
+    for x, y in batches("transformer", STEPS - 1):
+        train(ours, [opt], "transformer", [(x, y)])
+        train(theirs, by_hand_opts, "transformer", [(x, y)])
+        for scheduler in schedulers:
+            scheduler.step()
+    assert opt.muon.param_groups[0]["momentum"] != 0.95  # it moved
+    for (name, a), b in zip(ours.named_parameters(), theirs.parameters()):
+        assert torch.equal(a, b), name
+
+
+def test_momentum_set_directly_reaches_betas() -> None:
+    model = make_model("transformer")
+    opt = optarena.create_optimizer(model, "muon", lr=LR)
+    group = opt.muon.param_groups[0]
+    group["momentum"] = 0.5  # as ultralytics' warm-up does
+    train(model, [opt], "transformer", batches("transformer", 1))
+    assert group["momentum"] == 0.5 and group["betas"][0] == 0.5
+    assert opt.state_dict()["param_groups"][0]["betas"][0] == 0.5
+
+
 def test_closure_and_zero_grad() -> None:
     model = make_model("cnn")
     opt = optarena.create_optimizer(model, "muon", lr=LR)

@@ -93,6 +93,8 @@ def test_accepted_arguments_pass_and_fixed_ones_can_be_overridden() -> None:
 def test_wrong_arguments_are_refused_clearly() -> None:
     with pytest.raises(ValueError, match="Invalid betas for 'adan'.*takes 3 betas"):
         optarena.create_optimizer(Net(), "adan", betas=(0.9, 0.99))
+    with pytest.raises(ValueError, match=r"Invalid betas for 'lion': 0.9 \(it takes 2 betas\)"):  # not len()'s
+        optarena.create_optimizer(Net(), "lion", betas=0.9)
     with pytest.raises(TypeError, match="'lion' does not take the argument 'nesterov'; it takes .*betas"):
         optarena.create_optimizer(Net(), "lion", nesterov=True)
     with pytest.raises(ValueError, match="Invalid lr: -1"):

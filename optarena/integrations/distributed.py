@@ -13,6 +13,7 @@ moments need whole rows and columns). What this module adds:
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -23,16 +24,18 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.optim import Optimizer
 
-from ..registry import get_optimizer_info, param_groups_for_weight_decay
+from ..registry import get_optimizer_info, groups_and_kwargs, set_optimizer_mode
 from ..wrappers import OptimizerWrapper
 
 
 def zero_redundancy_optimizer(model_or_params: nn.Module | Iterable[Any], name: str, lr: float | None = None,
                               weight_decay: float = 0.0, *, no_weight_decay: Iterable[str] = (),
                               **kwargs: Any) -> ZeroRedundancyOptimizer:
-    """``ZeroRedundancyOptimizer`` around the registry optimizer ``name`` (e.g. ``"lion"``), with decay kept off
-    biases and norm weights as :func:`optarena.create_optimizer` does. ``kwargs`` go to the optimizer and to
-    ``ZeroRedundancyOptimizer`` (``process_group``, ``parameters_as_bucket_view``, ``overlap_with_ddp``).
+    """``ZeroRedundancyOptimizer`` around the registry optimizer ``name`` (e.g. ``"lion"``), with the parameter groups
+    and argument handling of :func:`optarena.create_optimizer` (decay kept off biases and norm weights; ``"muon"``
+    routes embeddings and the head to AdamW; ``betas``/``eps``/``momentum`` dropped with a warning where the
+    optimizer has none). ``kwargs`` go to ``ZeroRedundancyOptimizer`` (``process_group``,
+    ``parameters_as_bucket_view``, ``overlap_with_ddp``) and the rest to the optimizer.
 
     Adan's ``max_grad_norm`` is refused here: each rank would clip by the norm of its own share of the parameters.
     Clip the full gradient before ``step()`` instead (``torch.nn.utils.clip_grad_norm_``).
@@ -42,10 +45,17 @@ def zero_redundancy_optimizer(model_or_params: nn.Module | Iterable[Any], name: 
         raise ValueError(f"Invalid max_grad_norm: {kwargs['max_grad_norm']!r} under ZeroRedundancyOptimizer (each "
                          "rank sees only its share of the gradients, so the norm would not be global); use "
                          "torch.nn.utils.clip_grad_norm_ on the model before step()")
-    kwargs = {**info.fixed_kwargs, **kwargs}
-    groups = param_groups_for_weight_decay(model_or_params, weight_decay, no_weight_decay)
+    zero_kwargs = {k: kwargs.pop(k) for k in ZERO_ARGS if k in kwargs}
+    # each rank builds the optimizer on its share of every group: the groups must be the optimizer's own, one to
+    # one (muon's factory groups are, in MuonAdamW's order), or the ranks' group lists would differ
+    groups, kwargs = groups_and_kwargs(info, model_or_params, weight_decay, no_weight_decay, kwargs)
     return ZeroRedundancyOptimizer(groups, optimizer_class=info.cls, lr=info.default_lr if lr is None else lr,
-                                   **kwargs)
+                                   **zero_kwargs, **kwargs)
+
+
+#: ZeroRedundancyOptimizer's own keyword arguments (the others go to the optimizer).
+ZERO_ARGS = tuple(n for n, p in inspect.signature(ZeroRedundancyOptimizer).parameters.items()
+                  if p.kind is p.POSITIONAL_OR_KEYWORD and n not in ("params", "optimizer_class"))
 
 
 def save_checkpoint(checkpoint_id: str | os.PathLike, model: nn.Module, optimizer: Optimizer,
@@ -60,8 +70,15 @@ def save_checkpoint(checkpoint_id: str | os.PathLike, model: nn.Module, optimize
 def load_checkpoint(checkpoint_id: str | os.PathLike, model: nn.Module, optimizer: Optimizer,
                     extra: dict[str, Any] | None = None) -> None:
     """Load what :func:`save_checkpoint` wrote into ``model`` and ``optimizer`` (built as before: same optimizer
-    class and parameter groups); collective. ``extra`` is filled in place (its values give the types)."""
+    class and parameter groups); collective. ``extra`` is filled in place (its values give the types).
+    A schedule-free optimizer comes back in the mode it was saved in (its ``train_mode``, with the weights of
+    that mode)."""
     _refuse_wrappers("load_checkpoint", optimizer)
+    # torch creates missing state with one step at lr 0, which schedule-free optimizers take in train mode only;
+    # their train() before any step leaves empty entries that torch would take for state (and then load none)
+    if set_optimizer_mode(optimizer, True):
+        for p in [p for p, s in optimizer.state.items() if not s]:
+            del optimizer.state[p]
     model_state, optim_state = get_state_dict(model, optimizer)
     state = {"model": model_state, "optimizer": optim_state, **(extra or {})}
     dcp.load(state, checkpoint_id=checkpoint_id)

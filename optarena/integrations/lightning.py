@@ -20,9 +20,37 @@ from typing import Any
 
 from lightning.pytorch.callbacks import Callback
 from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
 
 from ..registry import base_optimizer_info, create_optimizer, set_optimizer_mode
 from ..schedules import piecewise_linear
+from ..wrappers import GradientAccumulation
+
+
+class UpdateSteppedLR(LambdaLR):
+    """``LambdaLR`` that counts only the ``step()`` calls after which ``accumulation`` updated (``did_update``).
+
+    Lightning steps a scheduler per ``optimizer.step()`` call; its ``frequency`` counts the batch index within each
+    epoch, while :class:`~optarena.GradientAccumulation` counts micro-batches across epochs, so a frequency of N
+    falls behind whenever an epoch's batch count is not a multiple of N."""
+
+    def __init__(self, optimizer: Optimizer, lr_lambda: Any, accumulation: GradientAccumulation) -> None:
+        self._accumulation = None  # LRScheduler.__init__ takes its initial step() through here
+        super().__init__(optimizer, lr_lambda)
+        self._accumulation = accumulation
+
+    def step(self, epoch: int | None = None) -> None:
+        if self._accumulation is None or self._accumulation.did_update:
+            super().step(epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in super().state_dict().items() if k != "_accumulation"}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        accumulation = self._accumulation
+        super().load_state_dict(state_dict)
+        self._accumulation = accumulation
 
 
 class ScheduleFreeModes(Callback):
@@ -61,9 +89,9 @@ def optimizer_config(model: nn.Module, name: str, lr: float | None = None, weigh
 
     The optimizer is :func:`optarena.create_optimizer` ``(model, name, lr, weight_decay, **kwargs)`` (decay kept off
     biases and norm weights; ``lookahead``, ``accumulate``, ... wrap it). ``schedule``: ``{step: multiplier}`` for
-    :func:`optarena.piecewise_linear`, stepped once per optimizer update (every ``accumulate``-th
-    ``step()`` call); ``None``: no scheduler. For schedule-free optimizers it must not decay, and the
-    :class:`ScheduleFreeModes` callback is added to the model's Trainer (when one is attached).
+    :func:`optarena.piecewise_linear`, stepped once per optimizer update (with ``accumulate``: on the ``step()``
+    calls that update, see :class:`UpdateSteppedLR`); ``None``: no scheduler. For schedule-free optimizers it must
+    not decay, and the :class:`ScheduleFreeModes` callback is added to the model's Trainer (when one is attached).
     """
     info = base_optimizer_info(name)
     if info.schedule == "constant" and schedule is not None:
@@ -78,11 +106,14 @@ def optimizer_config(model: nn.Module, name: str, lr: float | None = None, weigh
                                                                  for c in trainer.callbacks):
         trainer.callbacks.append(ScheduleFreeModes())
     if schedule is not None:
-        # Lightning steps a scheduler per optimizer.step() call; with optarena's accumulation only every N-th call
-        # updates, so step the schedule on those (Lightning's own accumulate_grad_batches needs nothing)
-        config["lr_scheduler"] = {"scheduler": piecewise_linear(optimizer, schedule), "interval": "step",
-                                  "frequency": kwargs.get("accumulate", 1)}
+        scheduler = piecewise_linear(optimizer, schedule)
+        accumulation = optimizer
+        while accumulation is not None and not isinstance(accumulation, GradientAccumulation):
+            accumulation = getattr(accumulation, "base", None)
+        if accumulation is not None:  # only its updating step() calls count (Lightning's own accumulation: all)
+            scheduler = UpdateSteppedLR(optimizer, scheduler.lr_lambdas[0], accumulation)
+        config["lr_scheduler"] = {"scheduler": scheduler, "interval": "step"}
     return config
 
 
-__all__ = ["ScheduleFreeModes", "optimizer_config"]
+__all__ = ["ScheduleFreeModes", "UpdateSteppedLR", "optimizer_config"]

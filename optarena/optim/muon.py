@@ -9,6 +9,11 @@ Muon's half uses ``adjust_lr_fn="match_rms_adamw"`` (Liu et al. 2025, "Muon is S
 update is scaled to AdamW's typical RMS (0.2·√max(A, B)), so AdamW's lr and weight decay carry over and one ``lr``
 serves both halves (``adamw_lr`` sets the AdamW half apart).
 
+Momentum: a Muon group keeps ``betas`` too, with ``betas[0]`` standing for its ``momentum`` (the second entry is
+unused there), so a scheduler that cycles Adam's beta1 in every group (``OneCycleLR``, ``CyclicLR`` with
+``cycle_momentum=True``) drives Muon's momentum as well as AdamW's beta1. ``step()`` reconciles the two keys: the one
+changed since the last step wins (``momentum`` when both changed or the group is new or loaded).
+
 Routing (:func:`muon_param_groups`, what ``create_optimizer(model, "muon")`` uses) — to AdamW: every parameter
 that is not 2-D (biases, norm weights, scales; conv kernels, see benchmarks/NOTES.md "Muon and conv weights"), the
 parameters of ``nn.Embedding``/``nn.EmbeddingBag``, 2-D parameters whose own name contains ``emb``, ``pos`` or
@@ -73,25 +78,32 @@ def muon_param_groups(model_or_params: nn.Module | Iterable[Any], weight_decay: 
                       no_weight_decay: Iterable[str] = (), *,
                       adamw_params: Iterable[str] | str | None = None) -> list[Any]:
     """The factory's groups for ``"muon"``: its usual decay groups, each split into a ``use_muon=True`` and a
-    ``use_muon=False`` part by the routing rule. Group dicts given by the caller pass unchanged (a group without
-    ``use_muon`` is split by shape); a plain list of tensors is split by shape."""
+    ``use_muon=False`` part by the routing rule (given tensors or group dicts without ``use_muon``: by shape; group
+    dicts with it pass unchanged). The Muon groups come first, in :class:`MuonAdamW`'s ``param_groups`` order, so
+    each group given is one of the optimizer's (what ``ZeroRedundancyOptimizer`` needs of its partitions)."""
     from ..registry import param_groups_for_weight_decay  # the registry imports this package
 
     groups = param_groups_for_weight_decay(model_or_params, weight_decay, no_weight_decay)
-    if not isinstance(model_or_params, nn.Module):
-        if adamw_params is not None:
-            raise ValueError(f"Invalid adamw_params: {adamw_params!r} (names need a model; given parameters, pass "
-                             f"groups with {MUON_KEY}=False instead)")
-        return groups
-    to_adamw = {id(p) for n, p in model_or_params.named_parameters()
-                if n in adamw_parameter_names(model_or_params, adamw_params)}
-    out = []
+    if isinstance(model_or_params, nn.Module):
+        to_adamw = {id(p) for n, p in model_or_params.named_parameters()
+                    if n in adamw_parameter_names(model_or_params, adamw_params)}
+        goes_to_muon: Callable[[Tensor], bool] = lambda p: id(p) not in to_adamw  # noqa: E731
+    elif adamw_params is not None:
+        raise ValueError(f"Invalid adamw_params: {adamw_params!r} (names need a model; given parameters, pass "
+                         f"groups with {MUON_KEY}=False instead)")
+    else:
+        goes_to_muon = lambda p: p.ndim == 2  # noqa: E731
+    halves: dict[bool, list[Any]] = {True: [], False: []}
     for group in groups:
+        if MUON_KEY in group:  # the caller's choice (MuonAdamW refuses a wrong one)
+            halves[group[MUON_KEY] is True].append(group)
+            continue
+        params = [group["params"]] if isinstance(group["params"], Tensor) else list(group["params"])
         for use_muon in (True, False):
-            params = [p for p in group["params"] if (id(p) not in to_adamw) is use_muon]
-            if params:
-                out.append({**group, "params": params, MUON_KEY: use_muon})
-    return out
+            part = [p for p in params if goes_to_muon(p) is use_muon]
+            if part:
+                halves[use_muon].append({**group, "params": part, MUON_KEY: use_muon})
+    return halves[True] + halves[False]
 
 
 class _JointState(MutableMapping):
@@ -130,7 +142,7 @@ class MuonAdamW(Optimizer):
         adamw_lr: the AdamW half's lr (``None``: ``lr``).
         momentum, nesterov, ns_coefficients, ns_steps, muon_eps, adjust_lr_fn: Muon's (torch's defaults but
             ``adjust_lr_fn``).
-        betas, eps: AdamW's.
+        betas, eps: AdamW's (a Muon group's ``betas[0]`` mirrors its ``momentum``, see the module docstring).
     """
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, weight_decay: float = 0.1, *,
@@ -220,7 +232,7 @@ class MuonAdamW(Optimizer):
         d = self.defaults
         for use_muon in (True, False):
             part = [p for p in params if (p.ndim == 2 if flag is None else flag) is use_muon]
-            if not part:
+            if not part and flag is not use_muon:  # an empty group given as such stays (ZeRO's partitions)
                 continue
             new = {**group, "params": part, MUON_KEY: use_muon}
             if use_muon and self.muon is None:
@@ -234,6 +246,21 @@ class MuonAdamW(Optimizer):
             else:
                 (self.muon if use_muon else self.adamw).add_param_group(new)
         self._sync()
+        self._sync_momentum()
+
+    def _sync_momentum(self) -> None:
+        """Make each Muon group's ``betas[0]`` and ``momentum`` agree, keeping the one changed since the last call
+        (a beta1-cycling scheduler writes ``betas``; ultralytics' warm-up or a user writes ``momentum``)."""
+        seen = self.__dict__.setdefault("_momenta", {})
+        for group in self.muon.param_groups if self.muon is not None else ():
+            momentum, betas = group["momentum"], group.get("betas") or (None, *self.defaults["betas"][1:])
+            record = seen.get(id(group))
+            if betas[0] != momentum:
+                if record is not None and record[0] is group and record[1] == momentum:  # betas changed
+                    momentum = group["momentum"] = betas[0]
+                else:
+                    group["betas"] = (momentum, *betas[1:])
+            seen[id(group)] = (group, momentum)
 
     # -- stepping -----------------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -242,6 +269,7 @@ class MuonAdamW(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._sync_momentum()
         for half in self._halves():
             half.step()
         return loss
@@ -253,6 +281,7 @@ class MuonAdamW(Optimizer):
     # -- checkpoints --------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """One torch-style state dict: groups and parameter indices in ``param_groups`` order."""
+        self._sync_momentum()
         state: dict[int, Any] = {}
         groups: list[dict[str, Any]] = []
         offset = 0
@@ -290,15 +319,17 @@ class MuonAdamW(Optimizer):
                 entry = saved_state.get(saved_id, {})
                 self._check_param_state(entry, p, group[MUON_KEY], f"{where}: the state of parameter {position} "
                                                                    f"of group {i} (shape {tuple(p.shape)})")
-        offset = first = 0
+        first = 0
         for half in self._halves():
-            count, n = sum(len(g["params"]) for g in half.param_groups), len(half.param_groups)
-            half.load_state_dict({
-                "state": {k - offset: v for k, v in saved_state.items() if offset <= k < offset + count},
-                "param_groups": [{**g, "params": [k - offset for k in g["params"]]}
-                                 for g in saved_groups[first:first + n]]})
-            offset, first = offset + count, first + n
+            # split by the saved groups' own keys, as torch maps them: integers from state_dict(), parameter names
+            # from torch.distributed.checkpoint's set_state_dict
+            groups = saved_groups[first:first + len(half.param_groups)]
+            keys = [k for g in groups for k in g["params"]]
+            half.load_state_dict({"state": {k: saved_state[k] for k in keys if k in saved_state},
+                                  "param_groups": groups})
+            first += len(half.param_groups)
         self._sync()
+        self._sync_momentum()
         self.state = _JointState(self)  # type: ignore[assignment]
 
     @staticmethod

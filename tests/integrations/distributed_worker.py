@@ -8,6 +8,7 @@ rank 0 saves their results, by case, to OUT_DIR/CASES.pt.
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,8 @@ WEIGHT_DECAY = 0.1
 #: (registry name, extra kwargs); Adan also with its global-norm clipping active (the first gradient norm is 1.14)
 FSDP2_CASES = [("lion", {}), ("rlion", {}), ("adan", {}), ("adan", {"max_grad_norm": 0.05}), ("adax", {})]
 DDP_CASES = FSDP2_CASES + [("adafactor", {})]
-ZERO_CASES = [("lion", {}), ("adan", {}), ("adax", {}), ("adafactor", {})]
+#: muon: its factory groups (the head to AdamW), one to one with each rank's MuonAdamW groups
+ZERO_CASES = [("lion", {}), ("adan", {}), ("adax", {}), ("adafactor", {}), ("muon", {})]
 
 
 def make_model(seed: int = 0) -> nn.Module:
@@ -111,6 +113,10 @@ def run(case: str, rank: int, world: int, out: Path) -> dict[str, Any]:
             optimizer.consolidate_state_dict(to=0)
             if rank == 0:
                 results[f"{name}{kwargs} state_dict"] = optimizer.state_dict()
+        with warnings.catch_warnings(record=True) as caught:  # the factory's handling of portable arguments
+            warnings.simplefilter("always")
+            zero_redundancy_optimizer(make_model(), "lion", eps=1e-8)
+        results["lion eps warnings"] = [str(w.message) for w in caught]
     elif case == "dcp_save":
         model = shard(make_model())
         optimizer = optarena.create_optimizer(model, "adan", weight_decay=WEIGHT_DECAY, max_grad_norm=0.05)

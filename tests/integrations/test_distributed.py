@@ -106,6 +106,7 @@ def test_zero_redundancy_optimizer_wraps_optarena(launched: dict[str, Any]) -> N
         for index, state in expected.items():
             for buffer, value in state.items():
                 assert torch.allclose(fresh.state_dict()["state"][index][buffer], value, rtol=0, atol=1e-12)
+    assert "create_optimizer: 'lion' takes no eps; ignoring eps=1e-08" in results["lion eps warnings"]
 
 
 def test_zero_refuses_adan_global_clipping() -> None:
@@ -121,3 +122,46 @@ def test_distributed_checkpoint_resumes_identically(launched: dict[str, Any]) ->
     resumed = launch("dcp_load", launched["out"])["dcp_load"]["resumed"]  # fresh processes, other initial weights
     assert all(torch.equal(a, b) for a, b in zip(uninterrupted, resumed))
     assert max_diff(uninterrupted, worker.reference("adan", {"max_grad_norm": 0.05}, steps=2 * worker.STEPS)) < 1e-12
+
+
+def test_checkpoint_resumes_muon_single_process(tmp_path: Path) -> None:
+    # set_state_dict hands the optimizer state keyed by parameter names; MuonAdamW must take them as torch's do
+    from optarena.integrations.distributed import load_checkpoint, save_checkpoint
+
+    data = worker.batches()
+    model = worker.make_model()
+    optimizer = optarena.create_optimizer(model, "muon", weight_decay=worker.WEIGHT_DECAY)
+    worker.train(model, optimizer, data[:2], rank=0, world=1)
+    save_checkpoint(tmp_path / "dcp", model, optimizer)
+    worker.train(model, optimizer, data[2:4], rank=0, world=1)
+    resumed = worker.make_model(seed=123)
+    fresh = optarena.create_optimizer(resumed, "muon", weight_decay=worker.WEIGHT_DECAY)
+    load_checkpoint(tmp_path / "dcp", resumed, fresh)
+    worker.train(resumed, fresh, data[2:4], rank=0, world=1)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), resumed.parameters()))
+
+
+@pytest.mark.parametrize("switched_first", [False, True], ids=["fresh", "train-called"])
+def test_checkpoint_resumes_schedulefree(tmp_path: Path, switched_first: bool) -> None:
+    pytest.importorskip("schedulefree")
+    from optarena.integrations.distributed import load_checkpoint, save_checkpoint
+
+    def run(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: list) -> None:
+        optimizer.train()
+        worker.train(model, optimizer, data, rank=0, world=1)
+        optimizer.eval()  # saved and compared at the averaged weights x
+
+    data = worker.batches()
+    model = worker.make_model()
+    optimizer = optarena.create_optimizer(model, "schedulefree_adamw", weight_decay=worker.WEIGHT_DECAY)
+    run(model, optimizer, data[:3])
+    save_checkpoint(tmp_path / "dcp", model, optimizer)
+    run(model, optimizer, data[3:6])
+    resumed = worker.make_model(seed=123)
+    fresh = optarena.create_optimizer(resumed, "schedulefree_adamw", weight_decay=worker.WEIGHT_DECAY)
+    if switched_first:
+        fresh.train()
+    load_checkpoint(tmp_path / "dcp", resumed, fresh)
+    assert fresh.param_groups[0]["train_mode"] is False  # as saved
+    run(resumed, fresh, data[3:6])
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), resumed.parameters()))

@@ -75,3 +75,15 @@ def test_gradient_accumulation_equals_the_full_batch(tmp_path: Path) -> None:
     for label in ("lightning", "optarena"):
         diff = max(float((a - b).abs().max()) for a, b in zip(results["full"][0], results[label][0]))
         assert diff < 1e-12, (label, diff)
+
+
+def test_accumulated_schedule_steps_once_per_update(tmp_path: Path) -> None:
+    from optarena.schedules import piecewise_linear_multiplier
+
+    # 64 samples in batches of 22: 3 batches an epoch, so accumulating 2 updates 6 times in 4 epochs
+    model = example.Regressor("lion", accumulate=2)
+    _, trainer = fit(tmp_path, epochs=4, batch_size=22, model=model)
+    scheduler = trainer.lr_scheduler_configs[0].scheduler
+    assert scheduler.last_epoch == 4 * 3 // 2
+    assert scheduler.get_last_lr()[0] == pytest.approx(1e-3 * piecewise_linear_multiplier({4: 1.0, 40: 0.1}, 6))
+    assert "_accumulation" not in scheduler.state_dict()  # the checkpoint holds plain types only

@@ -53,3 +53,20 @@ def test_lookahead_and_timm_arguments() -> None:
     assert opt.param_groups[0]["betas"] == (0.95, 0.98) and opt.param_groups[0]["foreach"] is True
     opt = timm.optim.create_optimizer_v2(model, "optarena_adafactor", lr=1e-2, layer_decay=0.5)
     assert type(opt) is optarena.Adafactor and len({g["lr_scale"] for g in opt.param_groups}) > 1
+
+
+def test_momentum_is_the_optimizers_own_unless_passed() -> None:
+    model = torch.nn.Linear(4, 3)
+    amos = timm.optim.create_optimizer_v2(model, "optarena_amos", lr=1e-2)
+    assert {g["momentum"] for g in amos.param_groups} == {0.0}  # Amos' default, not timm's 0.9
+    amos = timm.optim.create_optimizer_v2(model, "optarena_amos", lr=1e-2, momentum=0.9)
+    assert {g["momentum"] for g in amos.param_groups} == {0.9}
+    sgd = timm.optim.create_optimizer_v2(model, "sgd", lr=0.1)  # timm's own keep timm's default
+    assert {g["momentum"] for g in sgd.param_groups} == {0.9}
+
+
+@pytest.mark.parametrize("name", ["optarena_muon", "optarena_sgd", "lookahead_optarena_nosuch"])
+def test_unregistered_optarena_names_are_refused(name: str) -> None:
+    # timm would read the text after the last underscore and build its own muon/sgd
+    with pytest.raises(ValueError, match=f"Invalid optimizer: '{name}'.*optarena_lion"):
+        timm.optim.create_optimizer_v2(torch.nn.Linear(4, 3), name, lr=1e-3)
