@@ -193,6 +193,34 @@ def test_a_compiled_step_counts_its_steps_like_the_eager_one(case: str) -> None:
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("cls, key, on, off", [
+    (optarena.Adafactor, "beta1", 0.9, None), (optarena.Amos, "momentum", 0.9, 0.0),
+    (optarena.Lion, "state_dtype", None, "int8")], ids=["adafactor-beta1", "amos-momentum", "lion-state-dtype"])
+def test_a_setting_changed_mid_run_keeps_the_state_dict_loadable(cls, key, on, off) -> None:
+    """A setting that adds state switched off mid-run leaves that state (Adafactor's momentum, Amos's); a changed
+    state_dtype keeps the state in the dtype it was made in. The optimizer's own state_dict was refused as "saved from
+    another optimizer", by itself and by one built with the new setting. Codes without their scales still are."""
+    p = torch.nn.Parameter(torch.randn(64, 128))
+    opt = cls([p], lr=1e-2, **{key: on})
+    for setting in (on, off):
+        opt.param_groups[0][key] = setting
+        p.grad = torch.randn_like(p)
+        opt.step()
+    saved = opt.state_dict()
+    opt.load_state_dict(saved)
+    fresh = cls([torch.nn.Parameter(p.detach().clone())], lr=1e-2, **{key: off})
+    fresh.load_state_dict(saved)
+    assert set(fresh.state[fresh.param_groups[0]["params"][0]]) == set(opt.state[p])
+    if key == "state_dtype":
+        int8 = cls([p], lr=1e-2, state_dtype="int8")
+        p.grad = torch.randn_like(p)
+        int8.step()
+        coded = int8.state_dict()
+        del coded["state"][0]["exp_avg_absmax"]
+        with pytest.raises(ValueError, match="lacks exp_avg_absmax"):
+            int8.load_state_dict(coded)
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_gradients_are_never_modified(case: str) -> None:
     params = make_params()

@@ -11,6 +11,7 @@ import torch
 from torch.optim import Optimizer
 
 from ..info import get_optimizer_info, list_optimizers
+from . import quant
 
 #: Group keys every optarena optimizer has (later versions may add more; an older checkpoint gets their defaults).
 MACHINERY = frozenset({"maximize", "foreach", "fused", "state_dtype", "stochastic_rounding", "skip_nonfinite"})
@@ -72,14 +73,25 @@ def check_state_dict(opt: Optimizer, state_dict: Any) -> None:
 def _check_param_state(opt: Optimizer, saved: dict[str, Any], p: torch.Tensor, group: dict[str, Any],
                        where: str) -> None:
     expected = opt.new_state(torch.empty_like(p, device="meta"), group)
-    unexpected = sorted(set(saved) - set(expected))
-    missing = sorted(set(expected) - set(saved) - opt._optional_state(group))
+    # what a setting switched on or off mid-run leaves or lacks: the optional buffers (Adafactor's beta1, Amos's
+    # momentum) and the block scales (state_dtype changed: the state keeps the dtype it was made in)
+    loose = opt._optional_state(group) | {k for k in (*saved, *expected) if k.endswith(quant.SCALE_SUFFIX)}
+    unexpected = sorted(set(saved) - set(expected) - loose)
+    missing = sorted(set(expected) - set(saved) - loose)
+    missing += [key + quant.SCALE_SUFFIX for key, value in saved.items()  # 8-bit codes need their scales
+                if isinstance(value, torch.Tensor) and value.dtype in quant.CODE_DTYPES
+                and key + quant.SCALE_SUFFIX not in saved]
     if unexpected or missing:
         found = f"has {', '.join(unexpected)}" if unexpected else f"lacks {', '.join(missing)}"
         raise ValueError(f"{where} {found}; {type(opt).__name__} keeps {', '.join(sorted(expected))}: this state_dict "
                          "was saved from another optimizer")
     for key, value in saved.items():
-        want = expected[key].shape
+        if key in expected:
+            want = expected[key].shape
+        elif key.endswith(quant.SCALE_SUFFIX):  # one scale per block
+            want = (-(-p.numel() // quant.BLOCK),)
+        else:  # an optional buffer: the parameter's shape
+            want = p.shape
         shape = tuple(value.shape) if isinstance(value, torch.Tensor) else ()
         if key != "step" and tuple(shape) != tuple(want):
             raise ValueError(f"{where} has {key} of shape {shape}, where {tuple(want)} belongs: this state_dict was "
