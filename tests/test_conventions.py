@@ -222,6 +222,26 @@ def test_a_setting_changed_mid_run_keeps_the_state_dict_loadable(cls, key, on, o
 
 
 @pytest.mark.parametrize("case", list(CASES))
+def test_empty_parameters_keep_finite_state_and_change_nothing_else(case: str) -> None:
+    """Zero-size parameters step (as torch's optimizers do) without NaN state: Adafactor's column means of a (0, n)
+    parameter were 0/0."""
+    empties = [torch.zeros(s).requires_grad_() for s in [(0, 3), (3, 0), (0,), (2, 0, 4)]]
+    alone, beside = make_params(), make_params()
+    runs = (build(case, alone), build(case, empties + beside))
+    for grads in make_grads(alone, 3):
+        for p, q, g in zip(alone, beside, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        for e in empties:
+            e.grad = torch.zeros_like(e)
+        for opt in runs:
+            opt.step()
+    for e in empties:
+        assert all(v.isfinite().all() for v in runs[1].state[e].values() if v.is_floating_point()), e.shape
+    for p, q in zip(alone, beside):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("case", list(CASES))
 def test_gradients_are_never_modified(case: str) -> None:
     params = make_params()
     optimizer = build(case, params, maximize=True)

@@ -296,7 +296,9 @@ def mean_squares(xs: list[Tensor]) -> list[Tensor]:
 
 def mean_of(total: Tensor, count: int) -> Tensor:
     """``total / count`` in place; compiled, a product with ``1/count`` (gcc keeps a division by a constant a
-    division, and scalar loops over 3×3 factors were bound by divisions)."""
+    division, and scalar loops over 3×3 factors were bound by divisions). An empty mean is 0, not NaN (the column
+    means of a (0, n) parameter: its state stays finite)."""
+    count = max(count, 1)
     return total.mul_(1 / count) if compiling() else total.div_(count)
 
 
