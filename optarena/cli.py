@@ -14,6 +14,8 @@ from .registry import base_optimizer_info, get_optimizer_info, list_optimizers
 
 def _names(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:  # an empty list would quietly mean the default roster
+        raise argparse.ArgumentTypeError(f"expected comma-separated optimizer names (`optarena list`), got {text!r}")
     for name in names:
         try:
             base_optimizer_info(name)
@@ -75,6 +77,16 @@ def workload_specs(args: argparse.Namespace) -> tuple[str, ...]:
                 if value is not None and key not in options:
                     spec += f":{key}={str(value).lower() if isinstance(value, bool) else value}"
         specs.append(spec)
+    prefixes = {spec.partition(":")[0] for spec in specs if is_workload(spec)}
+    for key in dict.fromkeys(k for keys in WORKLOAD_FLAGS.values() for k in keys):
+        value = getattr(args, key, None)
+        takers = [prefix for prefix, keys in WORKLOAD_FLAGS.items() if key in keys]
+        if value is not None and not prefixes.intersection(takers):  # it would shape nothing: say so
+            flag = "--" + key.replace("_", "-")
+            shown = "given" if isinstance(value, bool) else repr(value)
+            raise ValueError(f"Invalid {flag}: {shown} (it sets {' and '.join(takers)} workloads only, --task "
+                             f"{takers[0]}:..., and no such workload is compared; a task of your own sets it in the "
+                             "Task it returns)")
     return tuple(specs)
 
 
@@ -82,6 +94,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from . import arena
     from .arena.compare import failure_summary
     from .arena.storage import StorageError
+    from .arena.workers import WorkersLost
 
     tasks = workload_specs(args)
     workers = {} if args.workers is None else {"workers": args.workers}
@@ -95,6 +108,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("\noptarena: interrupted; finished runs are stored. Run the same command again to resume.")
         return 130
+    except WorkersLost as err:
+        print(f"optarena: {err}. Finished runs are stored; run the same command again to resume.", file=sys.stderr)
+        return 1
     except StorageError as err:
         print(f"optarena: {err}; finished runs are stored. Run the same command again to resume.", file=sys.stderr)
         return 1
@@ -151,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="train an MLP on scikit-learn's digits with several optimizers")
     demo.add_argument("--optimizers", type=_names, default=["adamw", "lion"],
                       help="comma-separated names (default: adamw,lion)")
-    demo.add_argument("--epochs", type=int, default=30)
+    demo.add_argument("--epochs", type=_positive_int, default=30)
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_cmd_demo)
     listing = commands.add_parser("list", help="list the registered optimizers")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import multiprocessing
 import os
 import signal
 import sys
@@ -70,7 +72,8 @@ def misbehaving(budget: str = "quick") -> Task:
     """Like ``linear``, but while building the model of some runs (counted in the file OPTARENA_TEST_COUNTER, which
     also gets each run's process id) the process misbehaves as OPTARENA_TEST_ACTIONS says, e.g. "3:kill,5:exit":
     "kill" (SIGKILL, as the OOM killer would), "int" (SIGINT to the process group, as Ctrl-C; start the command
-    in a session of its own), "exit" (sys.exit(3)) or "hang" (sleeps for an hour).
+    in a session of its own), "exit" (sys.exit(3)), "exit0" (os._exit(0)), "cancel" (asyncio.CancelledError, a
+    BaseException that is not an Exception) or "hang" (sleeps for an hour).
     OPTARENA_TEST_PACE adds that many seconds to every step."""
     task = linear(budget)
     task.name = "misbehaving"
@@ -91,6 +94,10 @@ def misbehaving(budget: str = "quick") -> Task:
                 os.killpg(os.getpgrp(), signal.SIGINT)
             elif action == "exit":
                 sys.exit(3)
+            elif action == "exit0":
+                os._exit(0)
+            elif action == "cancel":
+                raise asyncio.CancelledError("cancelled in the task's code")
             elif action == "hang":
                 time.sleep(3600)
         return make_model()
@@ -177,3 +184,18 @@ def second_linear(budget: str = "quick") -> Task:
     task = linear(budget)
     task.name = "linear2"
     return task
+
+
+def loads_in_the_command_only(budget: str = "quick") -> Task:
+    """Like ``linear`` in the command, but fails to load in every worker process: workers die outside any run."""
+    if multiprocessing.parent_process() is not None:
+        raise RuntimeError("this task cannot load in a worker")
+    return linear(budget)
+
+
+def needs_an_argument(size):
+    return linear()
+
+
+def without_a_model(budget: str = "quick") -> Task:
+    return Task(name="nomodel", make_model=None, make_batches=_batches, loss=_loss, evaluate=_val)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -49,20 +50,26 @@ def _finished(out: Path) -> int:
 
 def test_runs_that_kill_their_worker_hang_or_exit_are_recorded_and_the_rest_goes_on(tmp_path):
     """Run 3 SIGKILLs its worker (as the OOM killer would), run 6 calls sys.exit(3), run 9 hangs past --run-timeout
-    (10 s: a healthy run takes well under 1 s, but a loaded CI machine must not time it out):
+    (10 s: a healthy run takes well under 1 s, but a loaded CI machine must not time it out), run 11 ends its worker
+    with os._exit(0) (a clean exit code, but the run never ended) and run 12 raises asyncio.CancelledError (a
+    BaseException that is not an Exception: once its worker restarted for ever on the same run):
     each is recorded with what happened, a healthy task beside them completes, the report is written and the
     command exits 1 saying how many runs failed."""
     out, counter = tmp_path / "out", tmp_path / "count"
     done = subprocess.run(_command(out, "--run-timeout", "10", tasks=(MISBEHAVING, f"{USER_TASKS}:linear")),
-                          env=_env(counter, "3:kill,6:exit,9:hang"), capture_output=True, text=True, timeout=300)
+                          env=_env(counter, "3:kill,6:exit,9:hang,11:exit0,12:cancel"), capture_output=True,
+                          text=True, timeout=300)
     assert done.returncode == 1, done.stderr  # runs failed: not a success
-    assert "3 of" in done.stderr and "2 crashed, 1 timed out" in done.stderr and "Traceback" not in done.stderr
+    assert "5 of" in done.stderr and "1 raised, 3 crashed, 1 timed out" in done.stderr
+    assert "Traceback" not in done.stderr
     rows = _rows(out)
     failed = {r["error"].strip(): r["state"] for r in rows if r["state"] != "complete"}
     assert failed == {"the worker process was killed by signal 9 (SIGKILL) during this run": "crashed",
                       "the task's code called sys.exit(3)": "crashed",
                       "the run took longer than the per-run limit of 10 s (--run-timeout) and its worker was stopped":
-                          "timed out"}
+                          "timed out",
+                      "the worker process exited with code 0 during this run": "crashed",
+                      "asyncio.exceptions.CancelledError: cancelled in the task's code": "error"}
     assert {(r["task"], r["optimizer"]) for r in rows if r["state"] == "complete"} == {
         (task, optimizer) for task in ("misbehaving", "linear") for optimizer in ("adamw", "lion")}
     config = CompareConfig(optimizers=("adamw", "lion"), tasks=(MISBEHAVING, f"{USER_TASKS}:linear"), budget="tiny",
@@ -72,6 +79,42 @@ def test_runs_that_kill_their_worker_hang_or_exit_are_recorded_and_the_rest_goes
                for cell in config.cells())  # the failed runs stay open for a later invocation, the rest is done
     report = (out / "report.md").read_text()
     assert "Runs that failed" in report and "timed out" in report and "crashed" in report
+
+
+def test_workers_that_keep_dying_outside_runs_stop_the_command_with_their_error(tmp_path):
+    """A task that loads in the command but not in its workers: no run can start; the command says why, with the
+    workers' own error, and exits 1 (it once gave up silently and exited 0)."""
+    out = tmp_path / "out"
+    done = subprocess.run(_command(out, tasks=(f"{USER_TASKS}:loads_in_the_command_only",)), env=_env(tmp_path / "c"),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert "kept dying outside any run (3 times; the last: ValueError: Invalid task:" in done.stderr, done.stderr
+    assert "RuntimeError: this task cannot load in a worker" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_sigint_to_the_command_alone_reaches_its_workers(tmp_path):
+    """``kill -INT`` of the command's pid (not a terminal's Ctrl-C, which reaches the whole group): the command
+    passes it on, so its worker stops at once and records its run as interrupted rather than being killed
+    with the run left open."""
+    out, counter = tmp_path / "out", tmp_path / "count"
+    command = _command(out)
+    command[1:3] = ["-c", "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                          "runpy.run_module('optarena', run_name='__main__', alter_sys=True)"]
+    process = subprocess.Popen(command, env=_env(counter, pace=0.05), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while len(_started(counter)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "Run the same command again to resume" in stdout
+    store = ArenaStorage(f"sqlite:///{out / 'arena.db'}")
+    cells = CompareConfig(optimizers=("adamw", "lion"), tasks=(MISBEHAVING,), budget="tiny", seeds=2, out=out).cells()
+    attrs = [t.user_attrs for cell in cells for t in store.trials(cell)]
+    assert sum("interrupted" in a for a in attrs) == 1 and not any(
+        "result" not in a and "interrupted" not in a and "error" not in a for a in attrs)
 
 
 def _resume(out: Path, counter: Path, monkeypatch: pytest.MonkeyPatch) -> int:

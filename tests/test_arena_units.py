@@ -66,6 +66,7 @@ def test_storage_claims_once_takes_over_dead_workers_and_drops_a_late_result(tmp
     trial = first.claim(cell, 1e-3, 0)
     assert trial is not None
     first.storage.set_trial_user_attr(trial, "pid", 1)  # held by a live process (init) on this machine
+    first.storage.set_trial_user_attr(trial, "started", None)  # (its start time unknown: no sign of a reused pid)
     assert second.claim(cell, 1e-3, 0) is None and second.running_keys(cell) == {point_key(1e-3, 0)}
 
     first.storage.set_trial_user_attr(trial, "pid", _dead_pid())  # its worker died

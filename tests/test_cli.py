@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -37,3 +39,63 @@ def test_unknown_optimizer_exits_2_with_the_closest_match(capsys: pytest.Capture
 def test_python_dash_m_runs_the_cli() -> None:
     done = subprocess.run([sys.executable, "-m", "optarena", "list"], capture_output=True, text=True, check=True)
     assert "rlion" in done.stdout
+
+
+USER_TASKS = str(Path(__file__).resolve().parent / "arena_user_tasks.py")
+
+
+def _refused(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    with pytest.raises(SystemExit) as info:
+        main(list(argv))
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize("argv, says", [
+    (("compare", "--optimizers", ","), "argument --optimizers: expected comma-separated optimizer names"),
+    (("compare", "--optimizers", ""), "argument --optimizers: expected comma-separated optimizer names"),
+    (("demo", "--optimizers", ","), "argument --optimizers: expected comma-separated optimizer names"),
+    (("demo", "--epochs", "0"), "argument --epochs: expected a positive integer, got '0'"),
+    (("demo", "--epochs", "-3"), "argument --epochs: expected a positive integer, got '-3'"),
+    (("compare", "--task", f"{USER_TASKS}:linear", "--steps", "5"), "Invalid --steps: 5 (it sets lightning and hf"),
+    (("compare", "--tasks", "digits_mlp", "--higher-is-better"), "Invalid --higher-is-better: given"),
+    (("compare", "--task", f"{USER_TASKS}:linear", "--metric", "acc"), "Invalid --metric: 'acc'"),
+    (("compare", "--task", f"{USER_TASKS}:linear", "--epochs", "3"), "Invalid --epochs: 3 (it sets ultralytics"),
+    (("compare", "--task", f"{USER_TASKS}:linear", "--storage", "sqlite://"), "Invalid --storage: 'sqlite://' is an "
+                                                                              "in-memory SQLite database"),
+    (("compare", "--task", f"{USER_TASKS}:linear", "--storage", "sqlite:///:memory:"), "in-memory SQLite database"),
+    (("compare", "--task", f"{USER_TASKS}:linear", "--threads", "2147483648"), "Invalid threads: 2147483648 (at most"),
+    (("compare", "--task", f"{USER_TASKS}:needs_an_argument"), "calling it failed: TypeError: needs_an_argument() "
+                                                               "missing 1 required positional argument"),
+    (("compare", "--task", "json:loads"), "Invalid task: 'json:loads' (calling it failed: TypeError"),
+    (("compare", "--task", f"{USER_TASKS}:without_a_model"), "make_model must be callable, got None"),
+])
+def test_bad_arguments_are_refused_naming_them(capsys, tmp_path, argv, says):
+    err = _refused(capsys, *argv, *(("--out", str(tmp_path / "out")) if argv[0] == "compare" else ()))
+    assert says in err, err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name, source, says", [
+    ("tasks.txt", "x = 1\n", "is not a Python file (.py)"),
+    ("syntax.py", "def make(:\n", "SyntaxError: invalid syntax"),
+    ("raises.py", "raise RuntimeError('boom at import')\n", "importing"),
+])
+def test_task_files_that_cannot_load_are_refused_naming_them(capsys, tmp_path, name, source, says):
+    (tmp_path / name).write_text(source)
+    spec = f"{tmp_path / name}:make"
+    err = _refused(capsys, "compare", "--task", spec, "--out", str(tmp_path / "out"))
+    assert f"Invalid task: {spec!r}" in err and says in err, err
+
+
+def test_an_out_name_too_long_for_the_file_system_is_refused(capsys, tmp_path):
+    err = _refused(capsys, "compare", "--task", f"{USER_TASKS}:linear", "--out", str(tmp_path / ("a" * 300)))
+    assert "Invalid --out:" in err and "File name too long" in err, err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ultralytics") is None, reason="ultralytics resolves dataset names")
+def test_an_ultralytics_dataset_that_exists_nowhere_is_refused_before_any_run(capsys, tmp_path):
+    err = _refused(capsys, "compare", "--task", "ultralytics:yolov8n.yaml:nope.yaml", "--out", str(tmp_path / "out"))
+    assert "(data 'nope.yaml' is no file here, nor a dataset that ultralytics ships)" in err, err

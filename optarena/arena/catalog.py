@@ -11,8 +11,10 @@ import importlib.util
 import inspect
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .task import BUDGETS, Task
 from .tasks import (
@@ -58,6 +60,8 @@ def _import_factory(spec: str) -> Callable[..., Task]:
             path = Path(module_name).resolve()
             if not path.is_file():
                 raise FileNotFoundError(path)
+            if path.suffix != ".py":  # importlib finds no loader for another suffix
+                raise ImportError(f"{str(path)!r} is not a Python file (.py)")
             module_spec = importlib.util.spec_from_file_location(path.stem, path)
             module = importlib.util.module_from_spec(module_spec)
             module_spec.loader.exec_module(module)
@@ -67,10 +71,36 @@ def _import_factory(spec: str) -> Callable[..., Task]:
             module = importlib.import_module(module_name)
     except (ImportError, FileNotFoundError) as err:
         raise ValueError(f"Invalid task: {spec!r} (cannot import {module_name!r}: {err})") from None
+    except Exception as err:  # the file's own code: a SyntaxError, or anything it raises at import
+        raise ValueError(f"Invalid task: {spec!r} (importing {module_name!r} failed: {_exception_line(err)})") \
+            from err
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise ValueError(f"Invalid task: {spec!r} ({module_name!r} has no callable {attr!r})")
     return factory
+
+
+def _exception_line(err: BaseException) -> str:
+    """``err`` in one line, as a traceback's last line says it (with the file and line of a SyntaxError)."""
+    if isinstance(err, SyntaxError):
+        return f"{type(err).__name__}: {err.msg} ({err.filename}, line {err.lineno})"
+    return traceback.format_exception_only(type(err), err)[-1].strip()
+
+
+def _call_factory(spec: str, factory: Callable[..., Task], budget: str) -> Any:
+    """The factory's task; its failures (a factory that needs arguments, a Task built wrong) named as the spec's."""
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # a builtin without a signature: call it as it is
+        parameters = {}
+    try:
+        return factory(budget=budget) if "budget" in parameters else factory()
+    except ValueError:  # the Task's own checks name the field ("Invalid steps of task 'x': 0")
+        raise
+    except Exception as err:
+        hint = ("; a task function takes no arguments, or only budget, and returns optarena.arena.Task"
+                if isinstance(err, TypeError) else "")
+        raise ValueError(f"Invalid task: {spec!r} (calling it failed: {_exception_line(err)}{hint})") from err
 
 
 def load_task(spec: str, budget: str = "quick") -> Task:
@@ -95,8 +125,7 @@ def load_task(spec: str, budget: str = "quick") -> Task:
         factory = BUILTIN_TASKS[spec]
     else:
         factory = _import_factory(spec)
-    accepts_budget = "budget" in inspect.signature(factory).parameters
-    task = factory(budget=budget) if accepts_budget else factory()
+    task = _call_factory(spec, factory, budget)
     if not isinstance(task, Task):
         raise ValueError(f"Invalid task: {spec!r} returned {type(task).__name__}, not optarena.arena.Task")
     task.fingerprint = fingerprint(task, factory)

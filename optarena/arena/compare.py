@@ -12,7 +12,7 @@ from pathlib import Path
 from .catalog import load_tasks
 from .config import CompareConfig
 from .storage import FAILURES, ArenaStorage
-from .workers import POLL_SECONDS, supervise, work
+from .workers import POLL_SECONDS, WorkersLost, supervise, work
 
 
 @dataclass
@@ -82,15 +82,22 @@ def run_compare(config: CompareConfig, *, show_progress: bool = True):
 
         refresh()
         now = progress_counts(config, store)
+        seen = None
         if now.total > now.done:  # no more workers than runs left
-            supervise(config, store, min(config.workers, now.total - now.done), refresh)
-        update(progress_counts(config, store))
+            seen = supervise(config, store, min(config.workers, now.total - now.done), refresh)
+        now = progress_counts(config, store)
+        update(now)
     elapsed = time.perf_counter() - started
     results = ResultSet.load(config, store)
     verdict, claims = compute_verdict(results), evaluate_claims(results)
     paths = write_report(results, config.out, wall_seconds=elapsed, verdict=verdict, claims=claims)
     if show_progress:
         print_summary(results, paths, wall_seconds=elapsed, verdict=verdict, claims=claims)
+    if seen is not None and now.done < now.total:  # the workers all ended with work left: never a success
+        why = (f"the worker processes kept dying outside any run ({seen.idle_deaths} times; the last: "
+               f"{seen.last_error})" if seen.idle_deaths else "the worker processes ended")
+        raise WorkersLost(f"{why} before the comparison was complete ({now.done} of {now.total} planned runs "
+                          "made); the report covers the finished ones")
     return results
 
 
@@ -166,13 +173,15 @@ class _progress:
 
 
 def failure_summary(results) -> str | None:
-    """"N of M runs failed (...)" for the runs of ``results`` that produced no result; None if none did."""
-    failed = [r.state for r in results.records if r.state in FAILURES]
+    """"N of M runs failed (...)" for the runs of the current plan that produced no result; None if none did."""
+    failed = [r.state for r in results.failures]
     if not failed:
         return None
     kinds = ", ".join(f"{failed.count(kind)} {'raised' if kind == 'error' else kind}" for kind in FAILURES
                       if kind in failed)
-    return f"{len(failed)} of {len(results.records)} runs failed ({kinds}); see the report's \"Runs that failed\""
+    return (f"{len(failed)} of {len(results.planned)} runs failed ({kinds}); see the report's \"Runs that "
+            "failed\"")
 
 
-__all__ = ["CompareConfig", "failure_summary", "RunProgress", "progress_counts", "run_compare", "work"]
+__all__ = ["CompareConfig", "failure_summary", "RunProgress", "progress_counts", "run_compare", "work",
+           "WorkersLost"]

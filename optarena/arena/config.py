@@ -14,11 +14,13 @@ from ..info import LOOKAHEAD_PREFIX, base_optimizer_info
 from ..validation import check_number, check_positive_int
 from .catalog import default_tasks, load_tasks
 from .plan import BUDGET_PRESETS, DEFAULT_OPTIMIZERS, TUNABLE, Cell, CellPlan, Outcome, cells_for, plan_cell
-from .storage import HEARTBEAT_SECONDS, ArenaStorage, default_storage_url
+from .storage import HEARTBEAT_SECONDS, ArenaStorage, check_shared, default_storage_url
 from .task import BUDGETS, Task
 
 #: Worker processes one command may start on one machine.
 MAX_WORKERS = 256
+#: Torch threads per worker (torch takes any int32 and then fails, or crashes, creating them).
+MAX_THREADS = 1024
 
 
 def default_workers() -> int:
@@ -82,6 +84,8 @@ class CompareConfig:
         check_number("run_timeout", self.run_timeout)
         if self.threads is not None:
             check_positive_int("threads", self.threads)
+            if self.threads > MAX_THREADS:
+                raise ValueError(f"Invalid threads: {self.threads!r} (at most {MAX_THREADS} torch threads per worker)")
         if self.batch_sizes is not None:
             if not self.batch_sizes:
                 raise ValueError(f"Invalid batch_sizes: {self.batch_sizes!r} (positive integers)")
@@ -106,6 +110,7 @@ class CompareConfig:
         self.out = Path(self.out)
         _check_out(self.out)
         self.storage = self.storage or default_storage_url(self.out)
+        check_shared(self.storage)
 
     @property
     def threads_per_worker(self) -> int:
@@ -159,7 +164,14 @@ class CompareConfig:
 
 def _check_out(out: Path) -> None:
     """Refuse an output folder that cannot be one before anything runs: an existing file, or a place this process
-    cannot write to."""
+    cannot write to, or a name the file system refuses (too long, say)."""
+    try:
+        _check_out_folder(out)
+    except OSError as err:
+        raise ValueError(f"Invalid --out: {str(out)!r} cannot be a folder here ({err.strerror})") from None
+
+
+def _check_out_folder(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise ValueError(f"Invalid --out: {str(out)!r} is an existing file, not a folder (name a folder; it is "
                          "created if missing)")

@@ -155,6 +155,8 @@ class CellPlan:
     """The (lr, wd) settings tuned on seed 0."""
     at_edge: bool = False
     """The chosen lr sits on the final grid's edge: the best lr may lie further out."""
+    points: list[Point] = field(default_factory=list)
+    """Every point the plan holds so far, finished or not: what a run must belong to for its failure to count."""
 
     @property
     def tuning_lrs(self) -> list[float]:
@@ -195,6 +197,7 @@ def plan_cell(cell: Cell, budget: Budget, seeds: int, finished: Mapping[str, Out
         _plan_grid(plan, cell, budget, base, finished)
     if plan.chosen_lr is not None:
         plan.missing += [(plan.chosen_lr, s, plan.chosen_wd) for s in range(1, seeds)]
+    plan.points = list(dict.fromkeys([*plan.missing, *((lr, 0, wd) for lr, wd in plan.tuning)]))
     plan.missing = [p for p in dict.fromkeys(plan.missing) if point_key(*p) not in finished]
     return plan
 

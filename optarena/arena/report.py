@@ -136,7 +136,7 @@ def write_csv(results: ResultSet, path: Path) -> None:
     fields = ["task", "batch_size", "optimizer", "lr", "weight_decay", "seed", "state", "chosen", "final_metric",
               "best_metric", "diverged_at", "steps", "steps_to_target", "seconds_to_target", "train_seconds",
               "opt_step_ms", "fwd_bwd_ms", "state_bytes", "params", "peak_memory_mb", "trial", "worker", "host",
-              "error"]
+              "planned", "error"]
     write_atomically(path, lambda partial: _write_rows(results, partial, fields))
 
 
@@ -152,7 +152,7 @@ def _write_rows(results: ResultSet, path: Path, fields: list[str]) -> None:
                    "weight_decay": "" if record.wd is None else record.wd,
                    "chosen": point_key(record.lr, 0, record.wd) == chosen,
                    "trial": record.trial_number, "worker": record.worker, "host": record.host,
-                   "error": _last_line(record.error)}
+                   "planned": results.in_plan(record), "error": _last_line(record.error)}
             if record.result is not None:
                 r = record.result
                 row.update({k: getattr(r, k) for k in ("final_metric", "best_metric", "diverged_at", "steps",
@@ -230,7 +230,7 @@ def write_report(results: ResultSet, out: Path, *, wall_seconds: float | None = 
     top = [("Verdict per task", tasks_verdict_table(verdict)), ("Across tasks", standings_table(verdict))]
     tables = [("Published claims on this workload", claims_table(claims)), ("Tasks", tasks_table(results)),
               ("Summary", summary_table(results))]
-    failed = [r for r in results.records if r.state in FAILURES]
+    failed = results.failures
     setup = _setup_line(results, wall_seconds)
 
     md = ["# optarena compare", "", f"**{md_escape(verdict.pick)}**", ""]

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from .config import CompareConfig
 from .plan import Cell, CellPlan, Outcome, point_key
-from .storage import ArenaStorage, Record
+from .storage import FAILURES, ArenaStorage, Record
 from .task import Task
 
 NUMERICAL_TIE = 1e-5
@@ -160,12 +160,32 @@ class ResultSet:
             self._by_cell.setdefault(record.cell.study_name, []).append(record)
         self.summaries = {cell.study_name: self._summarise(cell) for cell in self.cells}
         self._headline: dict[str, dict[str, CellSummary]] = {}
+        self._planned_keys: dict[str, set[str]] = {}
 
     @classmethod
     def load(cls, config: CompareConfig, store: ArenaStorage) -> ResultSet:
         return cls(config, store.records(config.cells()))
 
     # -------------------------------------------------------------------------------------------- queries
+    def in_plan(self, record: Record) -> bool:
+        """Whether ``record`` is a run of the current plan (not of a seed beyond ``--seeds`` or an lr the tuning
+        no longer chooses, say)."""
+        name = record.cell.study_name
+        if name not in self._planned_keys:
+            self._planned_keys[name] = {point_key(*p) for p in self.summaries[name].plan.points}
+        return point_key(record.lr, record.seed, record.wd) in self._planned_keys[name]
+
+    @property
+    def planned(self) -> list[Record]:
+        """The stored runs of the current plan."""
+        return [r for r in self.records if self.in_plan(r)]
+
+    @property
+    def failures(self) -> list[Record]:
+        """The runs of the current plan that produced no result: what the failure count, the exit status and the
+        report's "Runs that failed" cover (a failure of a point no longer planned counts no more)."""
+        return [r for r in self.planned if r.state in FAILURES]
+
     def task(self, cell: Cell) -> Task:
         return self.tasks[cell.task]
 

@@ -283,7 +283,11 @@ def train_once(task: Task, optimizer_name: str, lr: float, seed: int, batch_size
     train_seconds = 0.0
 
     for step in range(1, steps + 1):
-        batch = _to_device(next(batches), device)
+        try:
+            batch = _to_device(next(batches), device)
+        except StopIteration:  # a bare StopIteration names neither the cause nor the fix
+            raise RuntimeError(f"make_batches yielded only {step - 1} batches for {steps} steps (task "
+                               f"{task.name!r}: its iterator must be endless or at least steps long)") from None
         start = time.perf_counter()
         loss = task.loss(model, batch)
         optimizer.zero_grad(set_to_none=True)

@@ -12,8 +12,10 @@ workers on different machines agree on what is done:
   ``optarena compare`` invocation, retried once by the next one (the task may have been fixed); so is a run whose
   worker process died (``crashed``, with the signal or exit code) or that ran past the per-run time limit
   (``timed out``);
-* a RUNNING trial whose worker is gone — on the same machine (hostname and boot id) its process no longer exists,
-  or no heartbeat for ``stale_after`` seconds — is marked FAIL (``stale``) and its point is run again. A worker
+* a RUNNING trial whose worker is gone — on the same machine (hostname and boot id) its process no longer exists
+  (a live process there is never stale, however long it goes without a heartbeat), elsewhere no heartbeat for
+  ``stale_after`` seconds (a thread sends one every ``HEARTBEAT_SECONDS`` while the run lasts, evaluations
+  included) — is marked FAIL (``stale``) and its point is run again. A worker
   that finds its own trial marked stale drops its result: the point belongs to whoever took it over. Ctrl-C
   marks the running trial FAIL (``interrupted``) on the way out.
 
@@ -53,7 +55,23 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def default_storage_url(out_dir: str | os.PathLike[str]) -> str:
-    return f"sqlite:///{Path(out_dir).resolve() / 'arena.db'}"
+    """SQLite in ``out_dir``, the path escaped: a '?', '#' or '%' in a folder's name is part of the name."""
+    database = str(Path(out_dir).resolve() / "arena.db")
+    return sqlalchemy.engine.URL.create("sqlite", database=database).render_as_string(hide_password=False)
+
+
+def check_shared(url: str) -> None:
+    """Refuse a storage every worker process would get a private copy of: in-memory SQLite."""
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except Exception:  # noqa: BLE001 - a URL that does not parse is refused, with its cause, when it is opened
+        return
+    memory = parsed.database in (None, "", ":memory:") or parsed.database.startswith("file::memory:") or \
+        parsed.query.get("mode") == "memory"
+    if parsed.get_backend_name() == "sqlite" and memory:
+        raise ValueError(f"Invalid --storage: {redact(url)!r} is an in-memory SQLite database, which each worker "
+                         "process would get its own empty copy of; name a file (sqlite:///path/arena.db) or leave "
+                         "--storage out for OUT/arena.db")
 
 
 _SECRET_QUERY = re.compile(r"((?:password|passwd|pwd|secret|token|sslpassword)=)[^&;\s]*", re.IGNORECASE)
@@ -120,6 +138,17 @@ def _storage_call(doing: str) -> Callable[[Callable[..., Any]], Callable[..., An
                                    f"{redact(cause, self.url)}{hint}") from None
         return wrapper
     return decorate
+
+
+def _process_start(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks after boot; Linux), or None where that cannot be read: with the pid
+    it tells a worker from a later process that reuses its pid. 0 for a process that has ended (a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return 0 if fields[0] == "Z" else int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _machine_id() -> str:
@@ -280,6 +309,9 @@ class ArenaStorage:
                 return False
             except (PermissionError, TypeError):
                 pass  # someone else's process, or no pid recorded: fall back to the heartbeat
+            else:  # a live worker here is never stale (a long evaluation takes no steps), unless its pid was reused
+                started, now = attrs.get("started"), _process_start(pid)
+                return now != 0 and (started is None or now is None or started == now)
         return time.time() - attrs.get("heartbeat", 0.0) < self.stale_after
 
     def running_keys(self, cell: Cell, trials: list[FrozenTrial] | None = None) -> set[str]:
@@ -307,8 +339,8 @@ class ArenaStorage:
         template = FrozenTrial(
             number=-1, state=TrialState.RUNNING, value=None, datetime_start=None, datetime_complete=None,
             params=params, distributions=distributions,
-            user_attrs={"key": key, "host": self.host, "pid": os.getpid(), "worker": self.worker_id,
-                        "invocation": self.invocation, "heartbeat": time.time()},
+            user_attrs={"key": key, "host": self.host, "pid": os.getpid(), "started": _process_start(os.getpid()),
+                        "worker": self.worker_id, "invocation": self.invocation, "heartbeat": time.time()},
             system_attrs={}, intermediate_values={}, trial_id=-1)
         trial_id = self.storage.create_new_trial(self.study_id(cell), template_trial=template)
         number = self.storage.get_trial_number_from_id(trial_id)

@@ -31,8 +31,14 @@ from .storage import HEARTBEAT_SECONDS, ArenaStorage, StorageError
 
 POLL_SECONDS = 1.0
 #: Worker deaths outside any run (a task that fails to import, a worker killed between runs) before the supervisor
-#: stops starting new ones; deaths during runs are recorded and never stop the comparison.
+#: stops replacing such deaths; deaths during runs are recorded and always replaced.
 MAX_IDLE_DEATHS = 3
+#: Seconds the supervisor waits, after an interruption, for its workers to record their interrupted runs.
+INTERRUPT_GRACE_SECONDS = 10.0
+
+
+class WorkersLost(RuntimeError):
+    """The worker processes ended before the comparison was complete (they kept dying outside any run)."""
 
 
 #: ``report(event, trial_id)``: a worker tells its supervisor that it starts ("start") or has recorded ("end") a run.
@@ -48,15 +54,24 @@ def _run_point(store: ArenaStorage, config: CompareConfig, cell: Cell, trial_id:
                report: Report) -> None:
     lr, seed, wd = point
     task = config.load_tasks()[cell.task]
-    last_beat = time.monotonic()
+    broken: list[StorageError] = []
+    stop = threading.Event()
 
-    def heartbeat() -> None:
-        nonlocal last_beat
-        if time.monotonic() - last_beat > HEARTBEAT_SECONDS:
-            store.heartbeat(trial_id)
-            last_beat = time.monotonic()
+    def beat() -> None:  # a thread, not the training loop: a long evaluation takes no steps but is alive
+        while not stop.wait(HEARTBEAT_SECONDS):
+            try:
+                store.heartbeat(trial_id)
+            except StorageError as err:
+                broken.append(err)
+                return
+
+    def heartbeat() -> None:  # called by the run after each step: a storage that broke stops it there
+        if broken:
+            raise broken[0]
 
     report("start", trial_id)
+    beating = threading.Thread(target=beat, name="optarena-heartbeat", daemon=True)
+    beating.start()
     try:
         result = train_once(task, cell.optimizer, lr, seed, cell.batch_size, device=config.device,
                             heartbeat=heartbeat, weight_decay=wd, out=config.out)
@@ -64,11 +79,16 @@ def _run_point(store: ArenaStorage, config: CompareConfig, cell: Cell, trial_id:
         store.fail(trial_id, traceback.format_exc())
     except SystemExit as exit_:  # the task's code asked the process to end: this run is over, the others are not
         store.fail(trial_id, f"{traceback.format_exc()}the task's code called sys.exit({exit_.code!r})", "crashed")
-    except BaseException:  # Ctrl-C: leave the point open for the next run
+    except KeyboardInterrupt:  # Ctrl-C: leave the point open for the next run
         store.abandon(trial_id, "interrupted")
         raise
+    except BaseException:  # CancelledError, GeneratorExit, a test framework's outcome: the task's code, too
+        store.fail(trial_id, traceback.format_exc())
     else:
         store.finish(trial_id, result)
+    finally:
+        stop.set()
+        beating.join()
     report("end", trial_id)
 
 
@@ -123,8 +143,16 @@ def _exit_with_parent(lifeline: Connection) -> None:
     threading.Thread(target=watch, name="optarena-lifeline", daemon=True).start()
 
 
+def _interrupt_once(signum: int, frame: Any) -> None:
+    """SIGINT in a worker: the first interrupts; later ones are ignored, so that the supervisor passing on an
+    interruption the worker got from the terminal too cannot cut short the recording of the interrupted run."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def _worker_main(config: CompareConfig, environ: dict[str, str], status: Connection, lifeline: Connection) -> None:
     _exit_with_parent(lifeline)
+    signal.signal(signal.SIGINT, _interrupt_once)
     os.environ.clear()  # the supervisor's environment now (the fork server was started with an older one)
     os.environ.update(environ)
     try:
@@ -135,6 +163,9 @@ def _worker_main(config: CompareConfig, environ: dict[str, str], status: Connect
     except StorageError as err:  # nothing more can be recorded: the supervisor stops with this message
         status.send(("storage", str(err)))
         sys.exit(1)
+    except BaseException as err:  # outside any run (a task that fails to load here): the supervisor names it
+        status.send(("failed", traceback.format_exception_only(type(err), err)[-1].strip()))
+        sys.exit(1)
 
 
 @dataclass
@@ -144,6 +175,8 @@ class _Worker:
     lifeline: Connection
     trial: int | None = None
     started: float = 0.0
+    error: str | None = None
+    """What ended the worker outside any run, as it reported it."""
 
     def drain(self) -> None:
         """Read the worker's messages: the run it started or ended; an interruption or a storage failure, which
@@ -157,6 +190,8 @@ class _Worker:
                 self.trial, self.started = value, time.monotonic()
             elif event == "end":
                 self.trial = None
+            elif event == "failed":
+                self.error = value
             elif event == "interrupted":
                 raise KeyboardInterrupt
             elif event == "storage":
@@ -170,6 +205,8 @@ class Supervision:
     crashed: int = 0
     timed_out: int = 0
     idle_deaths: int = 0
+    last_error: str | None = None
+    """How the last worker that died outside a run ended: its error, or its exit."""
 
 
 def _context() -> Any:
@@ -215,21 +252,26 @@ def supervise(config: CompareConfig, store: ArenaStorage, workers: int, refresh:
                 else:
                     worker.process.join()
                     worker.drain()  # messages sent just before it ended
-                    if worker.trial is not None:
+                    if worker.trial is not None:  # whatever its exit code (os._exit(0) too): the run did not end
                         store.fail(worker.trial, f"{describe_exit(worker.process.exitcode)} during this run",
                                    "crashed")
                         seen.crashed += 1
                     elif worker.process.exitcode != 0:
                         seen.idle_deaths += 1
+                        seen.last_error = worker.error or describe_exit(worker.process.exitcode)
                 pool.remove(worker)
                 worker.lifeline.close()
-                ended_badly = timed_out or worker.process.exitcode != 0
-                if ended_badly and seen.idle_deaths < MAX_IDLE_DEATHS:
+                during_run = timed_out or worker.trial is not None
+                if during_run or (worker.process.exitcode != 0 and seen.idle_deaths < MAX_IDLE_DEATHS):
                     pool.append(_start(context, config))  # the rest of the work still needs it
             refresh()
-    except KeyboardInterrupt:  # the workers got the same SIGINT: let them record their interrupted runs
+    except KeyboardInterrupt:  # pass it on (a SIGINT may have reached this process alone), and let the workers
+        for worker in pool:  # record their interrupted runs
+            if worker.process.is_alive():
+                os.kill(worker.process.pid, signal.SIGINT)
+        deadline = time.monotonic() + INTERRUPT_GRACE_SECONDS
         for worker in pool:
-            worker.process.join(10)
+            worker.process.join(max(0.0, deadline - time.monotonic()))
         raise
     finally:
         for worker in pool:

@@ -13,7 +13,9 @@ The framework is imported only when a run starts, so loading a spec (in the supe
 
 from __future__ import annotations
 
+import glob
 import hashlib
+import importlib.util
 import inspect
 import re
 from collections.abc import Callable
@@ -82,6 +84,21 @@ def _source(module_name: str) -> str:
     return str(Path(inspect.getsourcefile(inspect.getmodule(_source)) or "").parent / f"{module_name}.py")
 
 
+def _check_data(data: str, spec: str) -> None:
+    """Refuse, before anything runs, a data.yaml that ultralytics could not find either: not a file here, not a URL,
+    and not one of the dataset yamls ultralytics ships (it looks for a name under its package folder, as here)."""
+    if Path(data).is_file() or "://" in data:
+        return
+    found = importlib.util.find_spec("ultralytics")
+    if found is None or not found.submodule_search_locations:
+        return  # without ultralytics nothing can tell; its import fails in the run and is recorded there
+    root = Path(next(iter(found.submodule_search_locations)))
+    if glob.glob(str(root / "**" / glob.escape(data)), recursive=True):
+        return
+    raise ValueError(f"Invalid task: {spec or data!r} (data {data!r} is no file here, nor a dataset that "
+                     "ultralytics ships)")
+
+
 def ultralytics_task(model: str, data: str, options: dict[str, Any], budget: str, name: str | None = None,
                      spec: str = "") -> Task:
     """A Task that trains ``model`` (a yaml, or weights) on ``data`` with ultralytics' detection trainer."""
@@ -90,6 +107,7 @@ def ultralytics_task(model: str, data: str, options: dict[str, Any], budget: str
     clash = sorted(set(options) & (ARENA_ARGS - {"model", "data", "name"}))  # name: the task's
     if clash:
         raise ValueError(f"Invalid task: {spec or model!r} (the arena sets {', '.join(clash)} for every run)")
+    _check_data(data, spec)
     options = dict(options)
     target = options.pop("target", None)
     task_name = options.pop("name", None) or name or f"yolo-{Path(model).stem}-{Path(data).parent.name or 'data'}"
