@@ -119,8 +119,9 @@ def yolo_model() -> DetectionModel:
     return DetectionModel("yolov8n.yaml", nc=2, verbose=False)
 
 
-def fake_trainer() -> SimpleNamespace:
-    return SimpleNamespace(args=SimpleNamespace(warmup_bias_lr=DEFAULT_CFG.warmup_bias_lr), data={"nc": 2})
+def fake_trainer(**args: float) -> SimpleNamespace:
+    return SimpleNamespace(args=SimpleNamespace(**{"warmup_bias_lr": DEFAULT_CFG.warmup_bias_lr, "lrf": DEFAULT_CFG.lrf,
+                                                   **args}), data={"nc": 2})
 
 
 OPTARENA_NAMES = [n for n in optarena.list_optimizers() if integration.is_optarena_name(n)]
@@ -178,6 +179,81 @@ def test_bias_warmup_starts_at_zero_for_optarena_only(yolo_model: DetectionModel
     assert trainer.args.warmup_bias_lr == DEFAULT_CFG.warmup_bias_lr and not trainer._optarena_optimizer
     with pytest.raises(NotImplementedError, match="Optimizer 'nosuch' not found"):
         integration.build_optimizer(fake_trainer(), yolo_model, "nosuch")
+
+
+def base_of(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    while hasattr(optimizer, "base"):
+        optimizer = optimizer.base
+    return optimizer
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("momentum", {"momentum": 0.937, "nesterov": False}),  # ultralytics' momentum, not the registry's fixed 0.9
+    ("nesterov", {"momentum": 0.937, "nesterov": True}),
+    ("lookahead_sgd", {"momentum": 0.937, "nesterov": True}),  # ultralytics' SGD, wrapped
+    ("lookahead_adamw", {"betas": (0.937, 0.999)}),  # ultralytics' AdamW, wrapped
+])
+def test_sgd_like_optimizers_take_ultralytics_momentum(yolo_model: DetectionModel, name: str,
+                                                      expected: dict[str, object]) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        opt = integration.build_optimizer(fake_trainer(), yolo_model, name, lr=1e-3, momentum=0.937, decay=5e-4)
+    for group in base_of(opt).param_groups:
+        assert {k: group[k] for k in expected} == expected
+
+
+@pytest.mark.parametrize("name", ["amos", "nesterov"])
+def test_warmup_ramps_sgd_momentum_and_leaves_amos_momentum_alone(tmp_path: Path, name: str) -> None:
+    data = make_dataset(tmp_path / "data", images=4)
+    steps: list[tuple[list[float], bool]] = []
+
+    def record(optimizer, *_) -> None:
+        steps.append(([g["momentum"] for g in optimizer.param_groups],
+                      any("exp_avg" in s or "momentum_buffer" in s for s in optimizer.state.values())))
+
+    model = YOLO("yolov8n.yaml")
+    model.add_callback("on_train_start", lambda tr: base_of(tr.optimizer).register_step_post_hook(record))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # one batch per epoch, one step per batch (nbs=batch); warm-up over the first 2 of 3 steps
+        model.train(data=str(data), epochs=3, warmup_epochs=2, nbs=4, optimizer=name, lr0=1e-2,
+                    project=str(tmp_path / "runs"), name="run", **{**TRAIN_ARGS, "val": False})
+    momenta = [m[0] for m, _ in steps]
+    assert all(len(set(m)) == 1 for m, _ in steps) and len(steps) == 3
+    if name == "amos":  # its own momentum 0 throughout: no momentum buffer, whatever the warm-up writes
+        assert momenta == [0.0, 0.0, 0.0] and not any(buffered for _, buffered in steps)
+    else:  # ultralytics' ramp, warmup_momentum 0.8 to momentum 0.937, as for its own SGD
+        assert momenta == pytest.approx([0.8, 0.8685, 0.937]) and steps[-1][1]
+        assert all(g["nesterov"] for g in model.trainer.optimizer.param_groups)
+
+
+def test_amos_gets_no_lr_decay_from_ultralytics(yolo_model: DetectionModel) -> None:
+    trainer = fake_trainer()  # ultralytics' default lrf=0.01 would decay lr0 100x on top of Amos' own decay
+    with pytest.warns(UserWarning, match="amos decays its lr itself; setting lrf=1.0"):
+        integration.build_optimizer(trainer, yolo_model, "amos", lr=2e-2)
+    assert trainer.args.lrf == 1.0
+    with pytest.raises(ValueError, match=r"Invalid lrf: 0.1 for 'amos'.*set lrf=1.0"):
+        integration.build_optimizer(fake_trainer(lrf=0.1), yolo_model, "amos", lr=2e-2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        integration.build_optimizer(fake_trainer(lrf=1.0), yolo_model, "amos", lr=2e-2)
+    trainer = fake_trainer()
+    integration.build_optimizer(trainer, yolo_model, "Lion", lr=2e-4)  # decays with ultralytics' schedule
+    assert trainer.args.lrf == DEFAULT_CFG.lrf
+
+
+def test_muon_routes_hidden_matrices_and_warns_when_there_are_none(yolo_model: DetectionModel) -> None:
+    with pytest.warns(UserWarning, match="muon here is plain AdamW: no parameter goes to Muon, which takes 2-D"):
+        opt = integration.build_optimizer(fake_trainer(), yolo_model, "muon", lr=1e-3, momentum=0.937)
+    assert not any(g["use_muon"] for g in opt.param_groups)  # conv kernels are 4-D
+    hidden, head = nn.Linear(8 * 4 * 4, 16), nn.Linear(16, 2)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Flatten(), hidden, head)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt = integration.build_optimizer(fake_trainer(), model, "muon", lr=1e-3, momentum=0.937, decay=5e-4)
+    to_muon = [p for g in opt.param_groups if g["use_muon"] for p in g["params"]]
+    assert len(to_muon) == 1 and to_muon[0] is hidden.weight  # the head stays on AdamW, as create_optimizer does
+    assert all(g["momentum"] == 0.937 and g["param_group"] == "weight" for g in opt.param_groups if g["use_muon"])
 
 
 def test_trainer_class_works_without_the_patch(tmp_path: Path) -> None:
