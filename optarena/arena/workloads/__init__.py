@@ -131,7 +131,7 @@ def ultralytics_task(model: str, data: str, options: dict[str, Any], budget: str
                          batch_size=batch, target=target, fingerprint=fingerprint,
                          framework="ultralytics",
                          schedule="ultralytics' own warm-up (warmup_epochs, bias warm-up from 0) and linear decay to "
-                                  "lrf, the same for every optimizer",
+                                  "lrf, the same for every optimizer but Amos (lrf=1.0: it decays its lr itself)",
                          description=f"ultralytics {Path(model).name} on {data}, {options['epochs']} epochs "
                                      "(steps = epochs)")
     return task

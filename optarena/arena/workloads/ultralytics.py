@@ -3,7 +3,8 @@ and lr0, validation mAP50-95 after every epoch as the curve.
 
 What is the same for every optimizer: the seed (``seed=``, ``deterministic=True``, so the initial weights and the
 augmentation), ultralytics' data order, its warm-up (``warmup_epochs``; the bias warm-up starts at 0, as
-``optimizer=auto`` does, rather than at SGD's 0.1) and its linear decay to ``lrf``, its parameter groups and
+``optimizer=auto`` does, rather than at SGD's 0.1) and its linear decay to ``lrf`` (Amos, which decays its lr itself,
+gets ``lrf=1.0``), its parameter groups and
 weight decay, gradient clipping and EMA. ``lr0`` is the run's lr. ultralytics' own names (``SGD``, ``AdamW``,
 ``MuSGD``, ...) are built by ultralytics; the other registry names by optarena over ultralytics' groups
 (:mod:`optarena.integrations.ultralytics`).
