@@ -4,6 +4,7 @@ suite (every built-in task, AdamW as the baseline), writing its report to ``./op
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -94,7 +95,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from . import arena
     from .arena.compare import failure_summary
     from .arena.storage import StorageError
-    from .arena.workers import WorkersLost
+    from .arena.workers import TaskChanged, Terminated, WorkersLost
 
     tasks = workload_specs(args)
     workers = {} if args.workers is None else {"workers": args.workers}
@@ -103,22 +104,41 @@ def _cmd_compare(args: argparse.Namespace) -> int:
                                  storage=args.storage, device=args.device, threads=args.threads,
                                  stale_after=args.stale_after, run_timeout=args.run_timeout,
                                  tune=tuple(t.strip() for t in args.tune.split(",")), **workers)
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         results = arena.run_compare(config)
+    except Terminated:
+        print("optarena: terminated (SIGTERM); the runs in progress were recorded as interrupted and finished runs are "
+              "stored. Run the same command again to resume.", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("\noptarena: interrupted; finished runs are stored. Run the same command again to resume.")
         return 130
+    except TaskChanged as err:
+        print(f"optarena: {err}.", file=sys.stderr)
+        return 1
     except WorkersLost as err:
         print(f"optarena: {err}. Finished runs are stored; run the same command again to resume.", file=sys.stderr)
         return 1
     except StorageError as err:
         print(f"optarena: {err}; finished runs are stored. Run the same command again to resume.", file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     failures = failure_summary(results) if results is not None else None
     if failures:
         print(f"optarena: {failures}", file=sys.stderr)
         return 1
     return 0
+
+
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM in the command (a batch scheduler's kill, ``timeout``): stop as Ctrl-C does; a second one, while the
+    workers record their interrupted runs, is ignored so as not to cut that short."""
+    from .arena.workers import Terminated
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated
 
 
 def _cmd_tasks(args: argparse.Namespace) -> int:

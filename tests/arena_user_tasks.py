@@ -74,17 +74,20 @@ def misbehaving(budget: str = "quick") -> Task:
     "kill" (SIGKILL, as the OOM killer would), "int" (SIGINT to the process group, as Ctrl-C; start the command
     in a session of its own), "exit" (sys.exit(3)), "exit0" (os._exit(0)), "cancel" (asyncio.CancelledError, a
     BaseException that is not an Exception) or "hang" (sleeps for an hour).
-    OPTARENA_TEST_PACE adds that many seconds to every step."""
+    OPTARENA_TEST_PACE adds that many seconds to every step, OPTARENA_TEST_CLEANUP that many to an interrupted one.
+    With OPTARENA_TEST_EDIT_AFTER=N, a process that loads the task once N runs have started gets one more step, as if
+    its file had been edited meanwhile."""
     task = linear(budget)
     task.name = "misbehaving"
+    edit_after = os.environ.get("OPTARENA_TEST_EDIT_AFTER")
+    if edit_after and len(_read_counter()) >= int(edit_after):
+        task.steps += 1
     make_model, loss = task.make_model, task.loss
 
     def counting_make_model() -> nn.Module:
-        path = os.environ["OPTARENA_TEST_COUNTER"]
-        with open(path, "a") as f:
+        with open(os.environ["OPTARENA_TEST_COUNTER"], "a") as f:
             f.write(f"{os.getpid()}\n")
-        with open(path) as f:
-            count = len(f.read().split())
+        count = len(_read_counter())
         actions = dict(item.split(":") for item in os.environ.get("OPTARENA_TEST_ACTIONS", "").split(",") if item)
         action = actions.get(str(count))
         if action is not None:
@@ -103,11 +106,24 @@ def misbehaving(budget: str = "quick") -> Task:
         return make_model()
 
     def paced_loss(model: nn.Module, batch) -> torch.Tensor:
-        time.sleep(float(os.environ.get("OPTARENA_TEST_PACE", "0")))
+        try:
+            time.sleep(float(os.environ.get("OPTARENA_TEST_PACE", "0")))
+        except KeyboardInterrupt:  # a task that cleans up on its way out (a data loader's processes, say)
+            time.sleep(float(os.environ.get("OPTARENA_TEST_CLEANUP", "0")))
+            raise
         return loss(model, batch)
 
     task.make_model, task.loss = counting_make_model, paced_loss
     return task
+
+
+def _read_counter() -> list[str]:
+    """The pids OPTARENA_TEST_COUNTER lists, one per run started so far."""
+    try:
+        with open(os.environ["OPTARENA_TEST_COUNTER"]) as f:
+            return f.read().split()
+    except FileNotFoundError:
+        return []
 
 
 def rendezvous(budget: str = "quick") -> Task:
@@ -190,6 +206,13 @@ def loads_in_the_command_only(budget: str = "quick") -> Task:
     """Like ``linear`` in the command, but fails to load in every worker process: workers die outside any run."""
     if multiprocessing.parent_process() is not None:
         raise RuntimeError("this task cannot load in a worker")
+    return linear(budget)
+
+
+def hangs_loading_in_workers(budget: str = "quick") -> Task:
+    """Like ``linear`` in the command, but never returns in a worker process (a download or a lock that hangs)."""
+    if multiprocessing.parent_process() is not None:
+        time.sleep(3600)
     return linear(budget)
 
 

@@ -1,6 +1,7 @@
-"""``optarena compare`` under faults: a run that kills its worker, hangs, or exits; Ctrl-C; ``kill -9`` of the
-command itself; a task changed between invocations. Every finished result is kept, what went wrong is recorded,
-the comparison goes on and the report is written."""
+"""``optarena compare`` under faults: a run that kills its worker, hangs, or exits; a task that hangs loading in
+the workers; Ctrl-C and SIGTERM; ``kill -9`` of the command itself; a task changed between invocations or while
+one runs. Every finished result is kept, what went wrong is recorded, the comparison goes on and the report is
+written (or the command stops, saying why)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from optarena.arena import CompareConfig
+from optarena.arena.plan import point_key
 from optarena.arena.storage import ArenaStorage
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,6 +117,58 @@ def test_sigint_to_the_command_alone_reaches_its_workers(tmp_path):
     attrs = [t.user_attrs for cell in cells for t in store.trials(cell)]
     assert sum("interrupted" in a for a in attrs) == 1 and not any(
         "result" not in a and "interrupted" not in a and "error" not in a for a in attrs)
+
+
+def test_a_worker_that_hangs_loading_its_tasks_is_stopped_and_the_command_ends(tmp_path):
+    """A task factory that hangs in the workers (a download, a lock): --run-timeout covers the loading too, so the
+    command ends, naming the hang, instead of waiting for ever with no run started."""
+    done = subprocess.run(_command(tmp_path / "out", "--run-timeout", "0.5",
+                                   tasks=(f"{USER_TASKS}:hangs_loading_in_workers",)),
+                          env=_env(tmp_path / "c"), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert "kept dying outside any run (3 times; the last: the worker process hung loading the tasks" in done.stderr
+
+
+def test_a_task_edited_while_the_comparison_runs_stops_it_before_any_run_of_the_new_definition(tmp_path):
+    """Run 3 kills its worker, and the task's file is "edited" meanwhile (OPTARENA_TEST_EDIT_AFTER): the new worker
+    loads another definition than the command did, whose runs the report would ignore (the old definition's rest
+    never ran). It runs nothing; the command names the task and exits 1, keeping the finished runs."""
+    out, counter = tmp_path / "out", tmp_path / "count"
+    done = subprocess.run(_command(out), env={**_env(counter, "3:kill"), "OPTARENA_TEST_EDIT_AFTER": "3"},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert f"optarena: the task 'misbehaving' ({MISBEHAVING}) changed while the comparison ran" in done.stderr
+    assert "run the same command again to compare the new definition." in done.stderr
+    assert "Traceback" not in done.stderr
+    assert len(_started(counter)) == 3 and _finished(out) == 2  # runs 1-2 kept; no run after the crash of run 3
+
+
+@pytest.mark.parametrize("group", [True, False], ids=["process group", "command alone"])
+def test_sigterm_stops_the_command_as_ctrl_c_does(tmp_path, group):
+    """A batch scheduler's kill or `timeout` (SIGTERM to the whole process group, the workers' fork server too),
+    or `kill PID` of the command alone (it passes the signal on): the run in progress is recorded as interrupted,
+    not left running, and stays open for the next command; one line says so and the exit status is 143. The run
+    takes a moment to clean up: the command waits for it (a fork server killed too once made it think its workers
+    had ended, and exit under them)."""
+    out, counter = tmp_path / "out", tmp_path / "count"
+    env = {**_env(counter, pace=0.05), "OPTARENA_TEST_CLEANUP": "0.5"}
+    process = subprocess.Popen(_command(out), env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while len(_started(counter)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (os.killpg if group else os.kill)(process.pid, signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    assert stderr.splitlines() == ["optarena: terminated (SIGTERM); the runs in progress were recorded as interrupted "
+                                   "and finished runs are stored. Run the same command again to resume."]
+    config = CompareConfig(optimizers=("adamw", "lion"), tasks=(MISBEHAVING,), budget="tiny", seeds=2, out=out)
+    store, later = ArenaStorage(config.storage), ArenaStorage(config.storage, invocation="a later one")
+    trials = [(cell, t) for cell in config.cells() for t in store.trials(cell)]
+    assert all("result" in t.user_attrs or "interrupted" in t.user_attrs for _, t in trials)  # none left running
+    [(cell, run)] = [(cell, t) for cell, t in trials if "interrupted" in t.user_attrs]
+    open_points = {point_key(*point) for point in config.plan(cell, later.finished(cell)).missing}
+    assert point_key(run.params["lr"], run.params["seed"]) in open_points
 
 
 def _resume(out: Path, counter: Path, monkeypatch: pytest.MonkeyPatch) -> int:

@@ -4,7 +4,8 @@ Every run happens in a worker process, never in the process the user started: a 
 signal, the OOM killer, ``os._exit``), or that hangs past the per-run time limit, is recorded as ``crashed`` or
 ``timed out`` by the supervisor, which starts a new worker, and the comparison goes on. Workers report each run they
 start and end through a pipe; a second pipe, which only the supervisor holds open, closes when the supervisor dies
-(even by ``kill -9``), and the workers then exit at once.
+(even by ``kill -9``), and the workers then exit at once. Ctrl-C and SIGTERM (a batch scheduler's kill, ``timeout``)
+stop the comparison alike: the runs in progress are recorded as interrupted and left open for the next command.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -41,8 +42,35 @@ class WorkersLost(RuntimeError):
     """The worker processes ended before the comparison was complete (they kept dying outside any run)."""
 
 
-#: ``report(event, trial_id)``: a worker tells its supervisor that it starts ("start") or has recorded ("end") a run.
-Report = Callable[[str, int], None]
+class TaskChanged(RuntimeError):
+    """A worker process loaded a task whose definition differs from the one its command loaded (its file was edited
+    while the comparison ran): its runs would land in other studies than the ones the command reports."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: stops the comparison as Ctrl-C does (a ``KeyboardInterrupt`` everywhere), and the command exits 143."""
+
+
+#: ``report(event, trial_id)``: a worker tells its supervisor that it has loaded its tasks ("loaded", no trial), or
+#: that it starts ("start") or has recorded ("end") a run.
+Report = Callable[[str, int | None], None]
+#: Task spec -> (name, fingerprint) as the command loaded it.
+Fingerprints = Mapping[str, tuple[str, str]]
+
+
+def fingerprints(config: CompareConfig) -> dict[str, tuple[str, str]]:
+    return {spec: (task.name, task.fingerprint) for spec, task in config.load_tasks().items()}
+
+
+def _check_unchanged(config: CompareConfig, expected: Fingerprints) -> None:
+    """Raise :class:`TaskChanged` naming the tasks this process loaded differently from ``expected``."""
+    changed = [f"{expected[spec][0]!r} ({spec})" for spec, (_, mark) in fingerprints(config).items()
+               if expected[spec][1] != mark]
+    if changed:
+        raise TaskChanged(f"the task {', '.join(changed)} changed while the comparison ran: its file was edited "
+                          "after the command loaded it (or its function builds a different Task in each process), so "
+                          "a worker process that loaded it anew made no run. Finished runs are stored; run the same "
+                          "command again to compare the new definition")
 
 
 def _configure_process(config: CompareConfig) -> None:
@@ -92,11 +120,17 @@ def _run_point(store: ArenaStorage, config: CompareConfig, cell: Cell, trial_id:
     report("end", trial_id)
 
 
-def work(config: CompareConfig, report: Report = lambda event, trial_id: None) -> None:
-    """Run points until every cell is complete; safe to run in many processes and on many machines at once."""
+def work(config: CompareConfig, report: Report = lambda event, trial_id: None,
+         expected: Fingerprints | None = None) -> None:
+    """Run points until every cell is complete; safe to run in many processes and on many machines at once.
+    ``expected``: the tasks as the command loaded them; a task this process loads differently raises
+    :class:`TaskChanged` before any run."""
     _configure_process(config)
     store = config.open_storage()
-    cells = config.cells()
+    cells = config.cells()  # loads the tasks anew: the file may have changed since the command read it
+    if expected is not None:
+        _check_unchanged(config, expected)
+    report("loaded", None)
     while True:
         progressed = waiting = False
         for cell in cells:
@@ -144,21 +178,28 @@ def _exit_with_parent(lifeline: Connection) -> None:
 
 
 def _interrupt_once(signum: int, frame: Any) -> None:
-    """SIGINT in a worker: the first interrupts; later ones are ignored, so that the supervisor passing on an
-    interruption the worker got from the terminal too cannot cut short the recording of the interrupted run."""
+    """SIGINT or SIGTERM in a worker: the first interrupts; later ones are ignored, so that the supervisor passing on
+    an interruption the worker got from the terminal (or a scheduler's group kill) too cannot cut short the recording
+    of the interrupted run."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
 
 
-def _worker_main(config: CompareConfig, environ: dict[str, str], status: Connection, lifeline: Connection) -> None:
+def _worker_main(config: CompareConfig, expected: Fingerprints, environ: dict[str, str], status: Connection,
+                 lifeline: Connection) -> None:
     _exit_with_parent(lifeline)
     signal.signal(signal.SIGINT, _interrupt_once)
+    signal.signal(signal.SIGTERM, _interrupt_once)
     os.environ.clear()  # the supervisor's environment now (the fork server was started with an older one)
     os.environ.update(environ)
     try:
-        work(config, report=lambda event, trial_id: status.send((event, trial_id)))
-    except KeyboardInterrupt:
-        status.send(("interrupted", None))
+        work(config, report=lambda event, trial_id: status.send((event, trial_id)), expected=expected)
+    except KeyboardInterrupt as err:
+        status.send(("interrupted", isinstance(err, Terminated)))
+        sys.exit(1)
+    except TaskChanged as err:
+        status.send(("changed", str(err)))
         sys.exit(1)
     except StorageError as err:  # nothing more can be recorded: the supervisor stops with this message
         status.send(("storage", str(err)))
@@ -173,6 +214,9 @@ class _Worker:
     process: Any
     status: Connection
     lifeline: Connection
+    born: float
+    """When it was started (monotonic): it must have loaded its tasks within the run timeout."""
+    loaded: bool = False
     trial: int | None = None
     started: float = 0.0
     error: str | None = None
@@ -186,16 +230,20 @@ class _Worker:
                 event, value = self.status.recv()
             except (EOFError, OSError):
                 return
-            if event == "start":
+            if event == "loaded":
+                self.loaded = True
+            elif event == "start":
                 self.trial, self.started = value, time.monotonic()
             elif event == "end":
                 self.trial = None
             elif event == "failed":
                 self.error = value
             elif event == "interrupted":
-                raise KeyboardInterrupt
+                raise Terminated if value else KeyboardInterrupt
             elif event == "storage":
                 raise StorageError(value)
+            elif event == "changed":
+                raise TaskChanged(value)
 
 
 @dataclass
@@ -213,26 +261,27 @@ def _context() -> Any:
     """Fork server: workers start in milliseconds from a process that has imported optarena once, and without the
     threads torch may have started in the supervisor (which make a plain fork unsafe)."""
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["optarena.arena.workers"])
+    context.set_forkserver_preload(["optarena.arena.workers", "optarena.arena.forkserver"])
     return context
 
 
-def _start(context: Any, config: CompareConfig) -> _Worker:
+def _start(context: Any, config: CompareConfig, expected: Fingerprints) -> _Worker:
     status_reader, status_writer = context.Pipe(duplex=False)
     lifeline_reader, lifeline_writer = context.Pipe(duplex=False)
-    process = context.Process(target=_worker_main, args=(config, dict(os.environ), status_writer, lifeline_reader),
-                              daemon=True, name="optarena-worker")
+    process = context.Process(target=_worker_main, daemon=True, name="optarena-worker",
+                              args=(config, expected, dict(os.environ), status_writer, lifeline_reader))
     process.start()
     status_writer.close()  # the worker holds these ends now: EOF on status means it is gone
     lifeline_reader.close()
-    return _Worker(process, status_reader, lifeline_writer)
+    return _Worker(process, status_reader, lifeline_writer, time.monotonic())
 
 
 def supervise(config: CompareConfig, store: ArenaStorage, workers: int, refresh: Callable[[], None]) -> Supervision:
     """Run ``workers`` worker processes until the comparison is complete, replacing any that die or hang."""
     context = _context()
     seen = Supervision()
-    pool = [_start(context, config) for _ in range(workers)]
+    expected = fingerprints(config)
+    pool = [_start(context, config, expected) for _ in range(workers)]
     try:
         while pool:
             multiprocessing.connection.wait([w.status for w in pool] + [w.process.sentinel for w in pool],
@@ -241,7 +290,15 @@ def supervise(config: CompareConfig, store: ArenaStorage, workers: int, refresh:
                 worker.drain()
                 timed_out = (config.run_timeout and worker.trial is not None
                              and time.monotonic() - worker.started > config.run_timeout)
-                if timed_out:
+                # a worker waiting for runs held elsewhere has loaded: only one stuck before that is hung
+                hung = config.run_timeout and not worker.loaded and time.monotonic() - worker.born > config.run_timeout
+                if hung and worker.process.is_alive():
+                    worker.process.kill()
+                    worker.process.join()
+                    seen.idle_deaths += 1
+                    seen.last_error = (f"the worker process hung loading the tasks (no run started within the "
+                                       f"per-run limit of {config.run_timeout:g} s, --run-timeout) and was stopped")
+                elif timed_out:
                     worker.process.kill()
                     worker.process.join()
                     store.fail(worker.trial, f"the run took longer than the per-run limit of {config.run_timeout:g} s "
@@ -263,12 +320,15 @@ def supervise(config: CompareConfig, store: ArenaStorage, workers: int, refresh:
                 worker.lifeline.close()
                 during_run = timed_out or worker.trial is not None
                 if during_run or (worker.process.exitcode != 0 and seen.idle_deaths < MAX_IDLE_DEATHS):
-                    pool.append(_start(context, config))  # the rest of the work still needs it
+                    pool.append(_start(context, config, expected))  # the rest of the work still needs it
             refresh()
-    except KeyboardInterrupt:  # pass it on (a SIGINT may have reached this process alone), and let the workers
-        for worker in pool:  # record their interrupted runs
+    except (KeyboardInterrupt, TaskChanged) as err:
+        # pass the signal on (it may have reached this process alone) and let the workers record their runs in
+        # progress as interrupted; after a changed task too, so that none is left running
+        passed = signal.SIGTERM if isinstance(err, Terminated) else signal.SIGINT
+        for worker in pool:
             if worker.process.is_alive():
-                os.kill(worker.process.pid, signal.SIGINT)
+                os.kill(worker.process.pid, passed)
         deadline = time.monotonic() + INTERRUPT_GRACE_SECONDS
         for worker in pool:
             worker.process.join(max(0.0, deadline - time.monotonic()))
