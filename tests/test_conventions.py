@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -196,23 +197,33 @@ def test_a_compiled_step_counts_its_steps_like_the_eager_one(case: str) -> None:
 
 @pytest.mark.parametrize("cls, key, on, off", [
     (optarena.Adafactor, "beta1", 0.9, None), (optarena.Amos, "momentum", 0.9, 0.0),
-    (optarena.Lion, "state_dtype", None, "int8")], ids=["adafactor-beta1", "amos-momentum", "lion-state-dtype"])
+    (optarena.Lion, "state_dtype", None, "int8"), (optarena.AdEMAMix, "state_dtype", "int8", None)],
+    ids=["adafactor-beta1", "amos-momentum", "lion-to-int8", "ademamix-from-int8"])
 def test_a_setting_changed_mid_run_keeps_the_state_dict_loadable(cls, key, on, off) -> None:
     """A setting that adds state switched off mid-run leaves that state (Adafactor's momentum, Amos's); a changed
     state_dtype keeps the state in the dtype it was made in. The optimizer's own state_dict was refused as "saved from
-    another optimizer", by itself and by one built with the new setting. Codes without their scales still are."""
+    another optimizer", by itself and by one built with the new setting; then codes were cast to floats (or floats to
+    codes) on load. Loaded into either, it continues as the run that saved it. Codes without scales are refused."""
     p = torch.nn.Parameter(torch.randn(64, 128))
     opt = cls([p], lr=1e-2, **{key: on})
     for setting in (on, off):
         opt.param_groups[0][key] = setting
         p.grad = torch.randn_like(p)
         opt.step()
-    saved = opt.state_dict()
-    opt.load_state_dict(saved)
-    fresh = cls([torch.nn.Parameter(p.detach().clone())], lr=1e-2, **{key: off})
-    fresh.load_state_dict(saved)
-    assert set(fresh.state[fresh.param_groups[0]["params"][0]]) == set(opt.state[p])
-    if key == "state_dtype":
+    saved = copy.deepcopy(opt.state_dict())
+    dtypes = {k: v.dtype for k, v in opt.state[p].items()}
+    twins = [torch.nn.Parameter(p.detach().clone()) for _ in range(2)]
+    itself = cls([twins[0]], lr=1e-2, **{key: on})
+    itself.load_state_dict(copy.deepcopy(saved))  # as torch's, a loaded state holds the saved tensors themselves
+    fresh = cls([twins[1]], lr=1e-2, **{key: off})
+    fresh.load_state_dict(copy.deepcopy(saved))
+    grad = torch.randn_like(p)
+    for opt_, param in ((opt, p), (itself, twins[0]), (fresh, twins[1])):
+        assert {k: v.dtype for k, v in opt_.state[param].items()} == dtypes
+        param.grad = grad.clone()
+        opt_.step()
+    assert torch.equal(twins[0], p) and torch.equal(twins[1], p)
+    if key == "state_dtype" and on is None:
         int8 = cls([p], lr=1e-2, state_dtype="int8")
         p.grad = torch.randn_like(p)
         int8.step()

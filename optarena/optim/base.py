@@ -167,17 +167,22 @@ class OptarenaOptimizer(Optimizer):
             saved = state_dict["state"].get(saved_id)
             if saved is None:
                 continue
-            # each buffer in the dtype a fresh state has: torch casts floats to the parameter's dtype, and even
-            # 8-bit codes to it; the saved values, not torch's casts, are converted (a round trip is bitwise)
-            expected = self.new_state(torch.empty_like(p, device="meta"), group)
+            # each float buffer in the dtype a fresh state has: torch casts floats to the parameter's dtype, and even
+            # 8-bit codes to it; the saved values, not torch's casts, are converted (a round trip is bitwise). Codes
+            # and floats are never cast into each other (state made before state_dtype changed keeps its dtype).
+            expected = self.state_template(p, group)
             state = self.state[p]
             for key, value in saved.items():
                 if key == "step":
                     # torch casts "step" to float32 on the param's device for groups with fused=True (its own
                     # fused kernels' convention); a hand-made checkpoint may hold a number
                     state[key] = torch.tensor(float(value), dtype=torch.float64)  # its own, not the caller's
-                elif isinstance(value, Tensor) and key in expected and state[key].dtype != expected[key].dtype:
-                    state[key] = value.to(device=p.device, dtype=expected[key].dtype)
+                elif isinstance(value, Tensor):
+                    fresh = expected.get(key, value)
+                    codes = value.dtype in quant.CODE_DTYPES or fresh.dtype in quant.CODE_DTYPES
+                    dtype = value.dtype if codes else fresh.dtype
+                    if state[key].dtype != dtype:
+                        state[key] = value.to(device=p.device, dtype=dtype)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -208,6 +213,10 @@ class OptarenaOptimizer(Optimizer):
     def new_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         """The state of ``p`` before its first step: the algorithm's, with the block scales of 8-bit buffers."""
         return quant.add_scales(self._init_state(p, group))
+
+    def state_template(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+        """What ``new_state`` would make for ``p``, on the meta device (shapes and dtypes, no memory)."""
+        return self.new_state(torch.empty_like(p, device="meta"), group)
 
     def state_for(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         """``p``'s state, created as before its first step if it has none yet."""

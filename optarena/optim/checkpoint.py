@@ -72,7 +72,7 @@ def check_state_dict(opt: Optimizer, state_dict: Any) -> None:
 
 def _check_param_state(opt: Optimizer, saved: dict[str, Any], p: torch.Tensor, group: dict[str, Any],
                        where: str) -> None:
-    expected = opt.new_state(torch.empty_like(p, device="meta"), group)
+    expected = opt.state_template(p, group)
     # what a setting switched on or off mid-run leaves or lacks: the optional buffers (Adafactor's beta1, Amos's
     # momentum) and the block scales (state_dtype changed: the state keeps the dtype it was made in)
     loose = opt._optional_state(group) | {k for k in (*saved, *expected) if k.endswith(quant.SCALE_SUFFIX)}

@@ -44,7 +44,7 @@ def check_state_fits(opt: Any, group: dict[str, Any], params: list[Tensor], stat
     """Refuse state that does not fit its parameter (one re-pointed by ``p.data = ...`` to another size): a kernel
     would read and write past its buffers, where the loop path raises a size mismatch."""
     for p, state in zip(params, states):
-        for key, want in opt.new_state(torch.empty_like(p, device="meta"), group).items():
+        for key, want in opt.state_template(p, group).items():
             have = state.get(key)
             if isinstance(have, Tensor) and have.shape != want.shape:
                 raise ValueError(f"{type(opt).__name__}: the state {key!r} of a parameter of shape {tuple(p.shape)} "
