@@ -137,10 +137,8 @@ def step_in_backward(model_or_params: nn.Module | Iterable[Tensor], optimizer: O
             group = owner.get(id(p))
         return group
 
-    def steppable(params: list[Tensor]) -> list[Tensor]:
-        return [p for p in params if p.requires_grad and group_of(p) is not None]
-
-    params = steppable(candidates())
+    owned = {id(q) for g in opt.param_groups for q in g["params"]}
+    params = [p for p in candidates() if p.requires_grad and id(p) in owned]
     if not params:
         raise ValueError("step_in_backward: none of the given parameters requires grad and belongs to the "
                          f"{type(opt).__name__} (pass the model, or parameters, that the optimizer was built on)")
@@ -150,15 +148,17 @@ def step_in_backward(model_or_params: nn.Module | Iterable[Tensor], optimizer: O
                              "post-accumulate-grad hooks exist only on leaves")
 
     pending: dict[int, _Bucket] = {}  # small parameters waiting, by group
-    waiting: set[int] = set()  # their ids
-    queued: set[int] = set()  # the backward passes (graph task ids) whose end steps them
+    waiting: dict[int, int] = {}  # their ids → the backward pass (graph task id) whose hook last saw them
+    queued: set[int] = set()  # the passes whose end steps what waits
     hooked: set[int] = set()
     # given parameters without hooks (frozen, or not the optimizer's), looked at again at the end of each pass: one
-    # unfrozen or added by add_param_group since then gets its hook there
+    # unfrozen, or added to the model and the optimizer, since then gets its hook there
     unhooked: list[Tensor] = []
-    known = [-1]  # the optimizer's parameter count when ``unhooked`` was last listed
+    listed: dict[str, Any] = {"sizes": None, "owned": set(), "outside": set()}  # as of the last listing
 
     def step(group: dict[str, Any], ready: list[Tensor]) -> None:
+        for q in ready:
+            waiting.pop(id(q), None)
         opt.step_parameters(ready, group)
         for q in ready:
             q.grad = None
@@ -173,25 +173,31 @@ def step_in_backward(model_or_params: nn.Module | Iterable[Tensor], optimizer: O
         queued.clear()
         while pending:
             bucket = pending.popitem()[1]
-            waiting.difference_update(map(id, bucket.params))
             step(bucket.group, bucket.params)
         adopt_new_parameters()
 
     def adopt_new_parameters() -> None:
-        count = sum(len(g["params"]) for g in opt.param_groups)
-        if count != known[0]:
-            first, known[0] = known[0] < 0, count
+        # listed again only when the optimizer's or the model's parameter count changed (a pass costs no more)
+        sizes = (sum(len(g["params"]) for g in opt.param_groups),
+                 None if module is None else sum(1 for _ in module.parameters()))
+        if sizes != listed["sizes"]:
+            first = listed["sizes"] is None
             given_now = candidates()
             unhooked[:] = [p for p in given_now if id(p) not in hooked and p.is_leaf]
+            listed["owned"] = {id(q) for g in opt.param_groups for q in g["params"]}
             mine = set(map(id, given_now))
             # given a part of the optimizer's parameters, the rest may be stepped by step(): said only of ones
             # added since
-            outside = sum(id(p) not in mine and p.requires_grad for g in opt.param_groups for p in g["params"])
-            if outside and not first:
-                warnings.warn(f"step_in_backward: {outside} parameter(s) of the {type(opt).__name__} are not among "
-                              "the parameters it was given: their gradients accumulate unstepped (make the handle "
-                              "again with them, or step them with optimizer.step())", RuntimeWarning, stacklevel=2)
-        new = steppable(unhooked)
+            outside = {id(q): q for g in opt.param_groups for q in g["params"] if id(q) not in mine}
+            added = [q for i, q in outside.items() if i not in listed["outside"] and q.requires_grad]
+            listed["sizes"], listed["outside"] = sizes, set(outside)
+            if added and not first:
+                shapes = ", ".join(str(tuple(q.shape)) for q in added)
+                warnings.warn(f"step_in_backward: {len(added)} parameter(s) added to the {type(opt).__name__} "
+                              f"(shapes {shapes}) are not among the parameters it was given: their gradients "
+                              "accumulate unstepped (make the handle again with them, or step them with "
+                              "optimizer.step())", RuntimeWarning, stacklevel=2)
+        new = [p for p in unhooked if p.requires_grad and id(p) in listed["owned"]]
         if not new:
             return
         hook_onto(new)
@@ -216,15 +222,19 @@ def step_in_backward(model_or_params: nn.Module | Iterable[Tensor], optimizer: O
             step(group, [p])
             return
         if id(p) in waiting:  # left waiting by a pass that raised: its gradient now holds this pass's too
+            waiting[id(p)] = task
             return
         bucket = pending.setdefault(id(group), _Bucket(group))
         if bucket.elements + p.numel() > BUCKET_ELEMENTS:  # at most BUCKET_ELEMENTS wait
-            waiting.difference_update(map(id, bucket.params))
-            step(group, bucket.params)
-            bucket = pending[id(group)] = _Bucket(group)
+            # what this pass completed steps; what a failed pass left, and this one has not reached yet, waits on
+            ready = [q for q in bucket.params if waiting[id(q)] == task]
+            left = [q for q in bucket.params if waiting[id(q)] != task]
+            if ready:
+                step(group, ready)
+            bucket = pending[id(group)] = _Bucket(group, left, sum(q.numel() for q in left))
         bucket.params.append(p)
         bucket.elements += p.numel()
-        waiting.add(id(p))
+        waiting[id(p)] = task
 
     handles: list[Any] = []
 

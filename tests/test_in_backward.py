@@ -326,6 +326,37 @@ def test_parameters_unfrozen_or_added_later_step_from_their_first_gradient() -> 
         assert not torch.equal(twin[0].weight, frozen_at_first)
         outsider = nn.Parameter(torch.zeros(3))
         opt.add_param_group({"params": [outsider]})
-        with pytest.warns(RuntimeWarning, match="1 parameter.* of the Lion are not among the parameters it was given"):
+        with pytest.warns(RuntimeWarning, match=r"1 parameter.* added to the Lion \(shapes \(3,\)\) are not among"):
             loss(twin, data[6], twin_extra + outsider).backward()
     assert outsider.grad is not None
+
+
+class RaisesInBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("backward failed")
+
+
+def test_what_a_failed_pass_left_waiting_steps_only_once_the_next_pass_added_to_it() -> None:
+    """A parameter a failed pass left waiting shares a bucket with the next pass's: a bucket that fills before that
+    pass reaches it must not step it (autograd still needs it, and its gradient lacks this pass's part)."""
+    size = 100_000  # three of them overflow one bucket (BUCKET_ELEMENTS, 256K)
+
+    def run(in_backward: bool) -> list[torch.Tensor]:
+        gen = torch.Generator().manual_seed(0)
+        a, b, c = (nn.Parameter(torch.randn(size, generator=gen)) for _ in range(3))
+        opt = optarena.Lion([a, b, c], lr=1e-3, foreach=False)
+        handle = optarena.step_in_backward([a, b, c], opt) if in_backward else None
+        with pytest.raises(RuntimeError, match="backward failed"):  # a's gradient completes, then the pass fails
+            (RaisesInBackward.apply(c.sum()) + (a * a).sum()).backward()
+        ((a * a).sum() + (b * b).sum() + (c * c).sum()).backward()  # a's hook comes last here
+        if handle is None:
+            opt.step()
+        return [a, b, c]
+
+    for want, got in zip(run(False), run(True)):
+        assert torch.equal(want, got)
