@@ -195,17 +195,19 @@ def _worker_main(config: CompareConfig, expected: Fingerprints, environ: dict[st
     os.environ.update(environ)
     try:
         work(config, report=lambda event, trial_id: status.send((event, trial_id)), expected=expected)
-    except KeyboardInterrupt as err:
-        status.send(("interrupted", isinstance(err, Terminated)))
-        sys.exit(1)
-    except TaskChanged as err:
-        status.send(("changed", str(err)))
-        sys.exit(1)
-    except StorageError as err:  # nothing more can be recorded: the supervisor stops with this message
-        status.send(("storage", str(err)))
-        sys.exit(1)
-    except BaseException as err:  # outside any run (a task that fails to load here): the supervisor names it
-        status.send(("failed", traceback.format_exception_only(type(err), err)[-1].strip()))
+    except BaseException as err:
+        # ending anyway: an interruption the supervisor passes on now (after another worker's changed task, say)
+        # must not cut the message short with a traceback
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if isinstance(err, KeyboardInterrupt):
+            status.send(("interrupted", isinstance(err, Terminated)))
+        elif isinstance(err, TaskChanged):
+            status.send(("changed", str(err)))
+        elif isinstance(err, StorageError):  # nothing more can be recorded: the supervisor stops with this message
+            status.send(("storage", str(err)))
+        else:  # outside any run (a task that fails to load here): the supervisor names it
+            status.send(("failed", traceback.format_exception_only(type(err), err)[-1].strip()))
         sys.exit(1)
 
 
