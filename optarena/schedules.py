@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from torch import nn
 from torch.optim import Optimizer
@@ -35,6 +35,11 @@ def piecewise_linear(optimizer: Optimizer, points: Mapping[int, float]) -> Lambd
 
     Call ``scheduler.step()`` once per optimizer update (with gradient accumulation: when ``did_update``).
     """
+    return LambdaLR(optimizer, piecewise_linear_lambda(points))
+
+
+def piecewise_linear_lambda(points: Mapping[int, float]) -> Callable[[int], float]:
+    """``step → multiplier`` for ``points``, checked (what :func:`piecewise_linear` schedules)."""
     if not points:
         raise ValueError("Invalid points: {} (give at least one {step: multiplier} pair)")
     for step, multiplier in points.items():
@@ -43,7 +48,7 @@ def piecewise_linear(optimizer: Optimizer, points: Mapping[int, float]) -> Lambd
         if isinstance(multiplier, bool) or not isinstance(multiplier, numbers.Real) or not 0 <= multiplier < math.inf:
             raise ValueError(f"Invalid multiplier in points: {multiplier!r} at step {step} (a finite number >= 0)")
     frozen = dict(points)
-    return LambdaLR(optimizer, lambda step: piecewise_linear_multiplier(frozen, step))
+    return lambda step: piecewise_linear_multiplier(frozen, step)
 
 
 def ema_model(model: nn.Module, decay: float = 0.999, *, use_buffers: bool = True) -> AveragedModel:

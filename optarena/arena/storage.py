@@ -311,7 +311,8 @@ class ArenaStorage:
                 pass  # someone else's process, or no pid recorded: fall back to the heartbeat
             else:  # a live worker here is never stale (a long evaluation takes no steps), unless its pid was reused
                 started, now = attrs.get("started"), _process_start(pid)
-                return now != 0 and (started is None or now is None or started == now)
+                if now is not None:  # else no /proc (not Linux): the heartbeat tells
+                    return now != 0 and (started is None or started == now)
         return time.time() - attrs.get("heartbeat", 0.0) < self.stale_after
 
     def running_keys(self, cell: Cell, trials: list[FrozenTrial] | None = None) -> set[str]:

@@ -24,8 +24,8 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 from ..registry import base_optimizer_info, create_optimizer, set_optimizer_mode
-from ..schedules import piecewise_linear
-from ..wrappers import GradientAccumulation
+from ..schedules import piecewise_linear, piecewise_linear_lambda
+from ..wrappers import GradientAccumulation, chain
 
 
 class UpdateSteppedLR(LambdaLR):
@@ -106,12 +106,11 @@ def optimizer_config(model: nn.Module, name: str, lr: float | None = None, weigh
                                                                  for c in trainer.callbacks):
         trainer.callbacks.append(ScheduleFreeModes())
     if schedule is not None:
-        scheduler = piecewise_linear(optimizer, schedule)
-        accumulation = optimizer
-        while accumulation is not None and not isinstance(accumulation, GradientAccumulation):
-            accumulation = getattr(accumulation, "base", None)
-        if accumulation is not None:  # only its updating step() calls count (Lightning's own accumulation: all)
-            scheduler = UpdateSteppedLR(optimizer, scheduler.lr_lambdas[0], accumulation)
+        accumulation = next((o for o in chain(optimizer) if isinstance(o, GradientAccumulation)), None)
+        if accumulation is None:
+            scheduler = piecewise_linear(optimizer, schedule)
+        else:  # only its updating step() calls count (Lightning's own accumulation: all)
+            scheduler = UpdateSteppedLR(optimizer, piecewise_linear_lambda(schedule), accumulation)
         config["lr_scheduler"] = {"scheduler": scheduler, "interval": "step"}
     return config
 

@@ -51,6 +51,7 @@ from ..guidance import lr_range, translate_hparams
 from ..info import LOOKAHEAD_PREFIX, OptimizerInfo, base_optimizer_info, list_optimizers
 from ..optim.muon import MUON_KEY, MuonAdamW, adamw_parameter_names
 from ..registry import create_optimizer
+from ..wrappers import chain
 
 #: Names ultralytics' own ``build_optimizer`` handles that are not in optarena's registry (the others are the
 #: registry entries with an ``ultralytics_name``).
@@ -116,8 +117,7 @@ def momentum_kwargs(name: str, momentum: float) -> dict[str, Any]:
 def keep_own_momentum(optimizer: Optimizer) -> float | None:
     """Restore the optimizer's own ``momentum`` in every group before each step and ``state_dict()``: ultralytics'
     warm-up writes ``warmup_momentum``..``args.momentum`` into each group with the key. Returns it (None: none)."""
-    while hasattr(optimizer, "base"):  # wrappers share the base's groups
-        optimizer = optimizer.base
+    optimizer = chain(optimizer)[-1]  # wrappers share the base's groups
     own = optimizer.defaults.get("momentum")
     if own is None:
         return None

@@ -5,10 +5,10 @@ wrapper as its base, LayerAdaptation none that accumulates or pulls back, no wra
 base takes GradientAccumulation only.
 """
 
-from ._base import OptimizerWrapper
+from ._base import OptimizerWrapper, chain
 from .accumulation import GradientAccumulation
 from .layer_adaptation import LayerAdaptation
 from .lazy import Lazy
 from .lookahead import Lookahead
 
-__all__ = ["GradientAccumulation", "LayerAdaptation", "Lazy", "Lookahead", "OptimizerWrapper"]
+__all__ = ["GradientAccumulation", "LayerAdaptation", "Lazy", "Lookahead", "OptimizerWrapper", "chain"]

@@ -21,6 +21,7 @@ from ultralytics.utils.nms import TorchNMS  # noqa: E402
 
 import optarena  # noqa: E402
 from optarena.integrations import ultralytics as integration  # noqa: E402
+from optarena.wrappers import chain  # noqa: E402
 
 
 def make_dataset(root: Path, images: int = 8) -> Path:
@@ -181,12 +182,6 @@ def test_bias_warmup_starts_at_zero_for_optarena_only(yolo_model: DetectionModel
         integration.build_optimizer(fake_trainer(), yolo_model, "nosuch")
 
 
-def base_of(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
-    while hasattr(optimizer, "base"):
-        optimizer = optimizer.base
-    return optimizer
-
-
 @pytest.mark.parametrize("name, expected", [
     ("momentum", {"momentum": 0.937, "nesterov": False}),  # ultralytics' momentum, not the registry's fixed 0.9
     ("nesterov", {"momentum": 0.937, "nesterov": True}),
@@ -198,7 +193,7 @@ def test_sgd_like_optimizers_take_ultralytics_momentum(yolo_model: DetectionMode
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         opt = integration.build_optimizer(fake_trainer(), yolo_model, name, lr=1e-3, momentum=0.937, decay=5e-4)
-    for group in base_of(opt).param_groups:
+    for group in chain(opt)[-1].param_groups:
         assert {k: group[k] for k in expected} == expected
 
 
@@ -212,7 +207,7 @@ def test_warmup_ramps_sgd_momentum_and_leaves_amos_momentum_alone(tmp_path: Path
                       any("exp_avg" in s or "momentum_buffer" in s for s in optimizer.state.values())))
 
     model = YOLO("yolov8n.yaml")
-    model.add_callback("on_train_start", lambda tr: base_of(tr.optimizer).register_step_post_hook(record))
+    model.add_callback("on_train_start", lambda tr: chain(tr.optimizer)[-1].register_step_post_hook(record))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # one batch per epoch, one step per batch (nbs=batch); warm-up over the first 2 of 3 steps
