@@ -18,6 +18,7 @@ from torch.optim import Optimizer
 
 from .optim.base import OptarenaOptimizer
 from .wrappers import GradientAccumulation, LayerAdaptation, Lazy, Lookahead
+from .wrappers._base import wrapper_of
 
 #: Why each wrapper cannot step one parameter at a time.
 WRAPPER_REASONS = {
@@ -79,6 +80,11 @@ def _check(optimizer: Optimizer) -> OptarenaOptimizer:
     for cls, reason in WRAPPER_REASONS.items():
         if isinstance(optimizer, cls):
             raise TypeError(f"step_in_backward cannot run {cls.__name__}: {reason}")
+    wrapper = wrapper_of(optimizer)
+    if wrapper is not None:
+        raise TypeError(f"step_in_backward cannot run this {type(optimizer).__name__}: it is the base of a "
+                        f"{type(wrapper).__name__}, whose step() would never run (the wrapper would do nothing); "
+                        "use the base alone, or the usual backward(); step()")
     if not isinstance(optimizer, OptarenaOptimizer):
         raise TypeError(f"step_in_backward runs optarena's optimizers, got {type(optimizer).__name__}: its step() "
                         "is one call over all parameters that optarena cannot split per parameter (for torch.optim "
@@ -114,8 +120,9 @@ def step_in_backward(model_or_params: nn.Module | Iterable[Tensor], optimizer: O
     usual: the hooks read the param groups at each step.
 
     Refused (``TypeError``/``ValueError`` naming the reason): wrappers (GradientAccumulation, LayerAdaptation,
-    Lookahead, Lazy), optimizers other than optarena's (torch.optim, MuonAdamW), Adan's ``max_grad_norm > 0`` and
-    ``skip_nonfinite=True``, which all need every gradient of the step. Returns a handle whose ``remove()`` undoes it.
+    Lookahead, Lazy) and the base of a live wrapper, optimizers other than optarena's (torch.optim, MuonAdamW),
+    Adan's ``max_grad_norm > 0`` and ``skip_nonfinite=True``, which all need every gradient of the step. Returns a
+    handle whose ``remove()`` undoes it.
     """
     opt = _check(optimizer)
     if not isinstance(model_or_params, nn.Module | Iterable) or isinstance(model_or_params, Tensor):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import gc
 
 import pytest
 import torch
@@ -108,8 +109,13 @@ def test_fused_path_matches_its_usual_step() -> None:
 def test_refusals_name_the_reason() -> None:
     model, _ = model_and_data()
     lion = optarena.Lion(model.parameters())
+    wrapped = optarena.Lookahead(optarena.Lion(model.parameters()))
+    copied = copy.deepcopy(wrapped)
     cases = [
-        (optarena.GradientAccumulation(lion, 2), TypeError, "sums the gradients of several backward passes"),
+        (optarena.GradientAccumulation(optarena.Lion(model.parameters()), 2), TypeError,
+         "sums the gradients of several backward passes"),
+        (wrapped.base, TypeError, "the base of a Lookahead, whose step\\(\\) would never run"),  # undetected once
+        (copied.base, TypeError, "the base of a Lookahead"),
         (optarena.LayerAdaptation(optarena.Lion(model.parameters())), TypeError, "needs the whole update"),
         (optarena.Lookahead(optarena.Lion(model.parameters())), TypeError, "counts step"),
         (optarena.Adan(model.parameters(), max_grad_norm=1.0), ValueError, "max_grad_norm=1.0.*global norm"),
@@ -126,6 +132,10 @@ def test_refusals_name_the_reason() -> None:
     optarena.step_in_backward(model, lion).remove()  # possible again after remove()
     with pytest.raises(ValueError, match="none of the given parameters"):
         optarena.step_in_backward(nn.Linear(2, 2), lion)
+    base = wrapped.base
+    del wrapped, copied, cases
+    gc.collect()
+    optarena.step_in_backward(model, base).remove()  # its wrapper is gone
 
 
 @pytest.mark.parametrize("name", ["lion", "adan"])

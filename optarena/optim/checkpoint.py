@@ -20,6 +20,9 @@ COMMON = frozenset({"lr", "weight_decay"})
 #: The state_dict keys optarena's wrappers add (each wrapper class registers its own): an optimizer without that
 #: wrapper refuses a state dict holding one, whose wrapper state it would silently drop.
 WRAPPER_STATE_KEYS: set[str] = set()
+#: The attribute by which a base optimizer knows the wrapper around it (a weak reference, which neither copies nor
+#: pickles: a wrapper that is gone no longer counts, and a copied wrapper marks its copied base again).
+WRAPPED_BY = "_optarena_wrapped_by"
 
 
 def check_no_wrapper_state(where: str, state_dict: dict[str, Any]) -> None:

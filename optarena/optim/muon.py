@@ -36,7 +36,7 @@ from torch.optim import Optimizer
 
 from ..info import OptimizerInfo, Translation, register_optimizer
 from ..validation import check_betas, check_choice, check_number, check_positive_int
-from .checkpoint import check_no_wrapper_state
+from .checkpoint import WRAPPED_BY, check_no_wrapper_state
 
 MUON_KEY = "use_muon"
 HEAD_NAMES = ("head", "lm_head", "classifier", "fc", "output")
@@ -348,8 +348,8 @@ class MuonAdamW(Optimizer):
                 raise ValueError(f"{where} has {key} of shape {tuple(value.shape)}, where {tuple(p.shape)} belongs: "
                                  "this state_dict was saved for another model")
 
-    def __getstate__(self) -> dict[str, Any]:  # deepcopy and pickle keep both halves
-        return self.__dict__
+    def __getstate__(self) -> dict[str, Any]:  # deepcopy and pickle keep both halves (not a wrapper's mark)
+        return {k: v for k, v in self.__dict__.items() if k != WRAPPED_BY}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -21,7 +22,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from ..info import info_for
-from ..optim.checkpoint import WRAPPER_STATE_KEYS, check_no_wrapper_state
+from ..optim.checkpoint import WRAPPED_BY, WRAPPER_STATE_KEYS, check_no_wrapper_state
 
 
 class OptimizerWrapper(Optimizer):
@@ -45,6 +46,7 @@ class OptimizerWrapper(Optimizer):
                 raise ValueError(f"{type(self).__name__}: the base is already wrapped in a {type(inner).__name__}; "
                                  "wrap once (its arguments set how much)")
         self.base = base
+        mark_wrapped(base, self)
         # Optimizer.__init__ sets up hooks and step patching; the groups it would build are the base's already
         self._initialising = True
         super().__init__([p for g in base.param_groups for p in g["params"]], base.defaults)
@@ -81,13 +83,14 @@ class OptimizerWrapper(Optimizer):
         base failed at its first step), but what torch leaves out too: the hooks, and the ``step`` an LR scheduler
         patched onto this object (it would step the original)."""
         return {k: v for k, v in self.__dict__.items()
-                if k not in ("step", "_opt_called") and not k.startswith("_optimizer_")}
+                if k not in ("step", "_opt_called", WRAPPED_BY) and not k.startswith("_optimizer_")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         had = "differentiable" in state["defaults"]
         super().__setstate__(state)  # new hook dicts; it also adds "differentiable" to the defaults it shares
         if not had:
             self.defaults.pop("differentiable", None)
+        mark_wrapped(self.base, self)
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:
@@ -181,6 +184,19 @@ class OptimizerWrapper(Optimizer):
 
     def _base_step(self, closure: Callable[[], Any] | None) -> Any:
         return self.base.step(closure) if closure is not None else self.base.step()
+
+
+
+
+
+def mark_wrapped(base: Optimizer, wrapper: Optimizer) -> None:
+    base.__dict__[WRAPPED_BY] = weakref.ref(wrapper)  # not in torch's __getstate__: a copy is marked by its wrapper
+
+
+def wrapper_of(optimizer: Optimizer) -> Optimizer | None:
+    """The live wrapper whose base ``optimizer`` is, if any."""
+    ref = optimizer.__dict__.get(WRAPPED_BY)
+    return None if ref is None else ref()
 
 
 def chain(optimizer: Optimizer) -> list[Optimizer]:
