@@ -49,7 +49,7 @@ from ultralytics.utils.torch_utils import unwrap_model
 
 from ..guidance import lr_range, translate_hparams
 from ..info import LOOKAHEAD_PREFIX, OptimizerInfo, base_optimizer_info, list_optimizers
-from ..optim.muon import MUON_KEY, MuonAdamW, adamw_parameter_names
+from ..optim.muon import MUON_KEY, MuonAdamW, muon_router, split_groups
 from ..registry import create_optimizer
 from ..wrappers import chain
 
@@ -148,11 +148,7 @@ def check_lrf(self: BaseTrainer, info: OptimizerInfo) -> None:
 
 def muon_groups(model: nn.Module, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """ultralytics' groups split by Muon's routing rule (2-D weights to Muon, except the head and embeddings)."""
-    named = dict(unwrap_model(model).named_parameters())
-    to_adamw = {id(named[n]) for n in adamw_parameter_names(unwrap_model(model))}
-    split = [{**g, "params": [p for p in g["params"] if (id(p) not in to_adamw) is flag], MUON_KEY: flag}
-             for flag in (True, False) for g in groups]
-    split = [g for g in split if g["params"]]
+    split = split_groups(groups, muon_router(unwrap_model(model)))
     if not any(g[MUON_KEY] for g in split):
         warnings.warn("optarena: muon here is plain AdamW: no parameter goes to Muon, which takes 2-D weights "
                       "(nn.Linear, except the head and embeddings); conv kernels (4-D), norm weights and biases go "

@@ -79,20 +79,30 @@ def muon_param_groups(model_or_params: nn.Module | Iterable[Any], weight_decay: 
                       adamw_params: Iterable[str] | str | None = None) -> list[Any]:
     """The factory's groups for ``"muon"``: its usual decay groups, each split into a ``use_muon=True`` and a
     ``use_muon=False`` part by the routing rule (given tensors or group dicts without ``use_muon``: by shape; group
-    dicts with it pass unchanged). The Muon groups come first, in :class:`MuonAdamW`'s ``param_groups`` order, so
-    each group given is one of the optimizer's (what ``ZeroRedundancyOptimizer`` needs of its partitions)."""
+    dicts with it pass unchanged). The Muon groups come first (:func:`split_groups`), so each group given is one of
+    the optimizer's (what ``ZeroRedundancyOptimizer`` needs of its partitions)."""
     from ..registry import param_groups_for_weight_decay  # the registry imports this package
 
     groups = param_groups_for_weight_decay(model_or_params, weight_decay, no_weight_decay)
     if isinstance(model_or_params, nn.Module):
-        to_adamw = {id(p) for n, p in model_or_params.named_parameters()
-                    if n in adamw_parameter_names(model_or_params, adamw_params)}
-        goes_to_muon: Callable[[Tensor], bool] = lambda p: id(p) not in to_adamw  # noqa: E731
+        goes_to_muon = muon_router(model_or_params, adamw_params)
     elif adamw_params is not None:
         raise ValueError(f"Invalid adamw_params: {adamw_params!r} (names need a model; given parameters, pass "
                          f"groups with {MUON_KEY}=False instead)")
     else:
         goes_to_muon = lambda p: p.ndim == 2  # noqa: E731
+    return split_groups(groups, goes_to_muon)
+
+
+def muon_router(model: nn.Module, adamw_params: Iterable[str] | str | None = None) -> Callable[[Tensor], bool]:
+    """Whether a parameter of ``model`` goes to Muon by the routing rule (the module docstring)."""
+    to_adamw = {id(p) for n, p in model.named_parameters() if n in adamw_parameter_names(model, adamw_params)}
+    return lambda p: id(p) not in to_adamw
+
+
+def split_groups(groups: list[Any], goes_to_muon: Callable[[Tensor], bool]) -> list[Any]:
+    """Each group without ``use_muon`` split into its Muon and AdamW parts (empty parts dropped); groups with it
+    pass unchanged. The Muon groups come first, in :class:`MuonAdamW`'s ``param_groups`` order."""
     halves: dict[bool, list[Any]] = {True: [], False: []}
     for group in groups:
         if MUON_KEY in group:  # the caller's choice (MuonAdamW refuses a wrong one)
