@@ -10,8 +10,8 @@ import torch
 # The tests use tiny tensors: thread start-up costs more than it saves, and one thread keeps results repeatable.
 torch.set_num_threads(1)
 
-#: test_fused's Adafactor tests that compile kernels of their own (their own eps; the compatibility code path): they
-#: share nothing with the others, so they need not wait for the group's worker.
+#: The fused tests' Adafactor tests that compile kernels of their own (their own eps; the compatibility code path):
+#: they share nothing with the others, so they need not wait for the group's worker.
 OWN_KERNELS = ("test_small_tensors_with_the_same_last_two_dims_share_one_pack",
                "test_fused_without_torch_internals_equals_loop")
 
@@ -22,7 +22,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     --dist=loadgroup). The bf16-state ones compile other kernels (the state dtype is part of a kernel's key) and run
     wherever there is room: one group of all of them ran ~140 s in a row on one worker."""
     for item in items:
-        if (item.module.__name__.endswith("test_fused") and "[adafactor" in item.name
+        if (item.module.__name__.endswith(("test_fused", "test_fused_kernels")) and "[adafactor" in item.name
                 and "bf16-state" not in item.name and item.originalname not in OWN_KERNELS):
             item.add_marker(pytest.mark.xdist_group("fused-adafactor"))
 
