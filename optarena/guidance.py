@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from .info import Translation, get_optimizer_info, list_optimizers
+from .validation import check_number
 
 SOURCES = ("adamw", "adam")
 
@@ -27,17 +28,15 @@ def translate_hparams(name: str, from_: str = "adamw", *, lr: float, weight_deca
     Each optimizer's rule and its source are its ``OptimizerInfo.translation`` (see :func:`lr_range` for the range
     worth sweeping).
     """
-    rule = translation_for(name)
-    if from_.lower() not in SOURCES:
+    if not isinstance(from_, str) or from_.lower() not in SOURCES:
         raise ValueError(f"Invalid from_: {from_!r} (translations start from one of {', '.join(SOURCES)})")
+    check_number("lr", lr, low_open=True)  # finite: an inf lr would come back as an inf (or NaN) starting point
+    check_number("weight_decay", weight_decay)
+    rule = translation_for(name)
     if rule is None:
         known = [n for n in list_optimizers() if translation_for(n) is not None]
         raise ValueError(f"No published rule translates AdamW hyper-parameters to {name!r}; tune its lr from its "
                          f"default {get_optimizer_info(name).default_lr:g} (rules exist for {', '.join(known)})")
-    if not lr > 0:
-        raise ValueError(f"Invalid lr: {lr!r} (must be > 0)")
-    if not weight_decay >= 0:
-        raise ValueError(f"Invalid weight_decay: {weight_decay!r} (must be >= 0)")
     if rule.absolute_lr is not None:
         new_lr = rule.absolute_lr
         new_wd = weight_decay * lr / new_lr
@@ -49,6 +48,7 @@ def translate_hparams(name: str, from_: str = "adamw", *, lr: float, weight_deca
 
 def lr_range(name: str, adamw_lr: float) -> tuple[float, float]:
     """The authors' range of learning rates for ``name`` given AdamW's, for a sweep."""
+    check_number("adamw_lr", adamw_lr, low_open=True)
     rule = translation_for(name)
     if rule is None:
         raise ValueError(f"No published rule gives {name!r} a learning-rate range relative to AdamW's")

@@ -243,3 +243,50 @@ def test_rlion_against_an_adamw_median_of_zero_is_judged_by_its_spread(tmp_path)
     measured, verdict = claims(cfg, adamw + records(cfg, "rlion", rlion))[RLION_LR]
     assert verdict == FAILS and "linear 0.05 against AdamW's 0" in measured
     assert "no relative gap to AdamW's 0 on linear" in measured and "inf" not in measured
+
+
+def test_each_claim_prints_the_band_its_verdict_is_judged_by(tmp_path):
+    """"Halves" and "about half" are read as ranges: the measured text names them, so that 46 % holding and 44 %
+    falling short follow from the printed words; more state reads as more, not as a negative saving."""
+    cfg = config(tmp_path)
+    adamw = records(cfg, "adamw", tuned(ADAMW_GRID, (0.3, 0.1, 0.2), state_bytes=80))
+    for lion_bytes, text, verdict in [(43, "keeps 46 % less", HOLDS), (45, "keeps 44 % less", SMALLER),
+                                      (90, "keeps 12 % more", FAILS)]:
+        lion = records(cfg, "lion", tuned(LION_GRID, (0.3, 0.1, 0.2), state_bytes=lion_bytes))
+        measured, found = claims(cfg, adamw + lion)[MEMORY]
+        assert found == verdict and text in measured and "claimed 50 %, read as 45–55 %" in measured
+    steps = (0, 10, 20, 30, 40)
+    adamw = records(cfg, "adamw", tuned(ADAMW_GRID, (0.3, 0.1, 0.2), steps=steps, curve=(1.0, 0.5, 0.3, 0.2, 0.1)))
+    adan = records(cfg, "adan", tuned(ADAMW_GRID, (0.29, 0.09, 0.39), steps=steps, curve=(1.0, 0.5, 0.09, 0.09, 0.09)))
+    assert "claimed about 0.5, read as 0.40–0.60): median 0.50" in claims(cfg, adamw + adan)[ADAN][0]
+
+
+def test_rlion_holding_far_from_adamws_median_says_it_was_inside_the_spread(tmp_path):
+    """AdamW at 0.2 [0.1, 0.3]: RLion's 0.28 is 40 % behind its median but inside its seed spread, which is what
+    "as well as AdamW" takes; a "holds" beside "-40.0 %" must say so."""
+    cfg = config(tmp_path)
+    adamw = records(cfg, "adamw", tuned(ADAMW_GRID, (0.3, 0.1, 0.2), spread=0.2))
+    measured, verdict = claims(cfg, adamw + _rlion(cfg, 0.28))[RLION_LR]
+    assert verdict == HOLDS and "median -40.0 % over 1 task" in measured
+    assert measured.endswith("inside AdamW's seed spread or within 10 % of its median on the one task")
+
+
+def test_an_adan_that_diverged_at_every_lr_never_reaches_adamws_result(tmp_path):
+    """No lr was chosen, so Adan has no finals: that is divergence (the claim does not hold), not a missing Adan."""
+    cfg = config(tmp_path)
+    adamw = records(cfg, "adamw", tuned(ADAMW_GRID, (0.3, 0.1, 0.2)))
+    adan = records(cfg, "adan", {(lr, 0): result(None) for lr in ADAMW_GRID})
+    measured, verdict = claims(cfg, adamw + adan)[ADAN]
+    assert verdict == FAILS and "median never (linear never (Adan diverged at every lr tried))" in measured
+
+
+def test_the_lr_claim_names_a_task_where_lion_diverged_at_every_lr(tmp_path):
+    cfg = config(tmp_path, tasks=(config(tmp_path).tasks[0], SECOND), budget="quick")
+    recs = []
+    for task in ("linear", "linear2"):
+        recs += records(cfg, "adamw", tuned(ADAMW_GRID, (0.3, 0.1, 0.2)), task=task)
+    recs += records(cfg, "lion", _lion(1e-4, lrs=(1e-5, 3.162e-5, 1e-4, 3.162e-4, 1e-3)))
+    recs += records(cfg, "lion", {(lr, 0): result(None) for lr in LION_GRID}, task="linear2")
+    measured, verdict = claims(cfg, recs)[LR]
+    assert verdict == HOLDS and measured.endswith("(median of 1 task, 1 inside 3–10; linear 10); left out: linear2 "
+                                                  "(lion without a result)")

@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 
 import pytest
-from synthetic import ADAMW_GRID, LION_GRID, SECOND, config, records, result, tuned
+from synthetic import ADAMW_GRID, LION_GRID, SECOND, USER_TASKS, config, records, result, tuned
 
 from optarena.arena.plan import default_lr, search_points
 from optarena.arena.report import TERMINAL_WIDTH, summary_table, tasks_verdict_table, terminal_summary, write_report
 from optarena.arena.results import ResultSet
+from optarena.arena.storage import Record
 from optarena.arena.verdict import compute_verdict, lr_plateau, plateau_width, profile, score, task_verdict
 
 
@@ -314,3 +315,51 @@ def test_the_protocol_says_which_optimizers_the_decay_search_cannot_move(tmp_pat
     assert "every decay to 0" not in protocol(
         ResultSet(config(tmp_path, optimizers=("adamw", "lion"), tune=("lr", "weight_decay")), []))
     assert "quasi-random" not in protocol(ResultSet(config(tmp_path, optimizers=("adamw", "amos")), []))
+
+
+def test_an_adamw_that_failed_or_has_not_run_is_beaten_by_nobody(tmp_path):
+    """No result because AdamW's runs raised (or are still to come) is no evidence: only a diverged AdamW is beaten
+    by a result."""
+    cfg = config(tmp_path, optimizers=("adamw", "lion"))
+    lion = records(cfg, "lion", tuned(LION_GRID, (0.3, 0.1, 0.2), spread=0.01))
+    adamw_cell = next(c for c in cfg.cells() if c.optimizer == "adamw")
+    failed = [Record(adamw_cell, lr, 0, "error", None, "boom", 9 + i, "w", "h") for i, lr in enumerate(ADAMW_GRID)]
+    for adamw, why in (([], "not run yet"), (failed, "error")):
+        verdict = compute_verdict(ResultSet(cfg, lion + adamw))
+        assert verdict.standings["lion"].beats_adamw == [] and "beaten" not in verdict.pick
+        assert verdict.pick.endswith(f"No AdamW result to compare with on linear ({why}).")
+    diverged = records(cfg, "adamw", {(lr, 0): result(None) for lr in ADAMW_GRID})
+    assert "AdamW is beaten beyond the seed spread by lion on linear." in compute_verdict(
+        ResultSet(cfg, lion + diverged)).pick
+    cfg = config(tmp_path, tasks=(config(tmp_path).tasks[0], SECOND), optimizers=("adamw", "lion"))
+    recs = records(cfg, "adamw", tuned(ADAMW_GRID, (0.3, 0.1, 0.2), spread=0.02))
+    recs += records(cfg, "lion", tuned(LION_GRID, (0.3, 0.11, 0.2)))  # a tie with AdamW on linear
+    recs += records(cfg, "lion", tuned(LION_GRID, (0.3, 0.1, 0.2)), task="linear2")
+    failed = [Record(next(c for c in cfg.cells() if c.optimizer == "adamw" and c.task_name == "linear2"), lr, 0,
+                     "crashed", None, "killed", 9 + i, "w", "h") for i, lr in enumerate(ADAMW_GRID)]
+    pick = compute_verdict(ResultSet(cfg, recs + failed)).pick
+    assert pick.endswith("On the final metric, no optimizer beats the AdamW baseline beyond the seed spread on any "
+                         "task where AdamW has a result. No AdamW result to compare with on linear2 (crashed).")
+
+
+def test_without_any_target_the_pick_says_no_task_has_one(tmp_path):
+    cfg = config(tmp_path, tasks=(f"{USER_TASKS}:exploding",), optimizers=("adamw", "lion"))
+    recs = records(cfg, "adamw", tuned(ADAMW_GRID, (0.3, 0.1, 0.2)), task="exploding")
+    recs += records(cfg, "lion", tuned(LION_GRID, (0.3, 0.2, 0.4)), task="exploding")
+    pick = compute_verdict(ResultSet(cfg, recs)).pick
+    assert "No task has a target, so there is no AlgoPerf-style score." in pick and "reached" not in pick
+
+
+def test_a_win_whose_margin_rounds_to_zero_prints_its_digits(tmp_path):
+    """1.2345 against 1.2346 on both seeds (no spread, as on the 2-D functions) is a win printed 1.234 vs 1.235: its
+    margin must not read +0.0 %, which says there is none; a tie keeps +0.0 %."""
+    cfg = config(tmp_path, optimizers=("adamw", "lion"))
+    recs = records(cfg, "adamw", tuned(ADAMW_GRID, (3.0, 1.2346, 2.0)))
+    recs += records(cfg, "lion", tuned(LION_GRID, (3.0, 1.2345, 2.0)))
+    verdict = compute_verdict(ResultSet(cfg, recs))
+    assert "lion best: lion 1.234 vs adamw 1.235 (+0.0081 %), beyond the seed spread" in verdict.tasks[0].sentence()
+    assert tasks_verdict_table(verdict).rows[0][2] == "+0.0081 % vs adamw"
+    recs = records(cfg, "adamw", tuned(ADAMW_GRID, (3.0, 1.2346, 2.0)))
+    recs += records(cfg, "lion", tuned(LION_GRID, (3.0, 1.23, 2.0), spread=0.009))  # 1.2345 [1.23, 1.239]
+    assert "lion 1.234 vs adamw 1.235 (+0.0 %), inside the seed spread" in task_verdict(
+        ResultSet(cfg, recs), cfg.tasks[0]).sentence()

@@ -195,12 +195,15 @@ def _trajectories(results: ResultSet, cells, task, colours, plt, save) -> None:
 
 def _time_memory(results: ResultSet, headline, colours, plt, save) -> None:
     optimizers = results.config.optimizers
-    names = [results.task(c).name for c in headline if c.optimizer == optimizers[0]]
+    # every task any optimizer ran: one that cannot run a task (schedule-free on ultralytics) leaves a gap there
+    specs = list(dict.fromkeys(c.task for c in headline))
+    names = [results.tasks[spec].name for spec in specs]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     width = 0.8 / max(1, len(optimizers))
     for i, optimizer in enumerate(optimizers):
-        summaries = [results.summaries[c.study_name] for c in headline if c.optimizer == optimizer]
-        axes[0].bar([j + i * width for j in range(len(summaries))], [s.opt_step_ms or 0 for s in summaries],
+        cells = [c for c in headline if c.optimizer == optimizer]
+        summaries = [results.summaries[c.study_name] for c in cells]
+        axes[0].bar([specs.index(c.task) + i * width for c in cells], [s.opt_step_ms or 0 for s in summaries],
                     width, label=optimizer, color=colours[optimizer])
         # the median over tasks: on a 2-parameter task per-tensor step counters inflate the per-parameter figure
         axes[1].bar([i], [median(s.state_bytes_per_param for s in summaries) or 0], color=colours[optimizer])

@@ -30,14 +30,19 @@ def md_escape(text: str) -> str:
     return html.escape(text, quote=False).replace("|", "\\|")
 
 
+def _md_cell(text: str) -> str:
+    """``text`` as one Markdown table cell: a line break (a user task's multi-line description) would end the row."""
+    return " ".join(line.strip() for line in md_escape(text).splitlines())
+
+
 @dataclass
 class Table:
     headers: list[str]
     rows: list[list[str]]
 
     def markdown(self) -> str:
-        lines = ["| " + " | ".join(map(md_escape, self.headers)) + " |", "|" + "---|" * len(self.headers)]
-        lines += ["| " + " | ".join(md_escape(cell) for cell in row) + " |" for row in self.rows]
+        lines = ["| " + " | ".join(map(_md_cell, self.headers)) + " |", "|" + "---|" * len(self.headers)]
+        lines += ["| " + " | ".join(_md_cell(cell) for cell in row) + " |" for row in self.rows]
         return "\n".join(lines)
 
     def html(self) -> str:
@@ -118,9 +123,10 @@ SCORING = ("Score: the AlgoPerf performance-profile score, the area under ρ(τ)
            f"never) over τ from 1 to {TAU_MAX:g}, normalised so that 1 means first to every target; in steps, and in "
            "seconds of training including compilation. First or tied: tasks where its median is the best or tied "
            "with the best (inside the seed spread, or equal as printed). lr plateau: the width, in decades, of the "
-           "tuning-grid learning rates around the chosen one whose result is no worse than the chosen setting's "
-           "worst seed (median over the tasks it learned; 0 when only the chosen lr qualifies; – after --tune "
-           "lr,weight_decay, whose points form no grid). Memory: medians over tasks.")
+           "learning rates around the chosen one (the tuning grid, and the AdamW-sized stress runs beyond its edges; "
+           "seed 0) whose result is no worse than the chosen setting's worst seed (median over the tasks it "
+           "learned; 0 when only the chosen lr qualifies; – after --tune lr,weight_decay, whose points form no "
+           "grid). Memory: medians over tasks.")
 
 
 def tasks_table(results: ResultSet) -> Table:

@@ -90,8 +90,14 @@ class TaskVerdict:
 
     @property
     def margin_text(self) -> str:
-        """The margin in percent; an equal result reads +0.0, never -0.0."""
-        return "–" if self.margin is None else f"{round(100 * self.margin, 1) + 0.0:+.1f} %"
+        """The margin in percent; an equal result reads +0.0, never -0.0. A win (not a tie) whose margin rounds to
+        +0.0 % gets two significant digits: 1.234 vs 1.235 is +0.0081 %, not a win by +0.0 %."""
+        if self.margin is None:
+            return "–"
+        percent = round(100 * self.margin, 1) + 0.0
+        if percent == 0 and self.margin != 0 and not self.is_tie:
+            return f"{100 * self.margin:+.2g} %"
+        return f"{percent:+.1f} %"
 
     @property
     def difference(self) -> str:
@@ -248,7 +254,8 @@ class OptimizerStanding:
     state_bytes_per_param: float | None
     peak_memory_mb: float | None
     beats_adamw: list[str]
-    """Tasks on which it beats AdamW beyond the seed spread (or AdamW has no result)."""
+    """Tasks on which it beats AdamW beyond the seed spread, or AdamW diverged (runs that failed or have not run
+    are no evidence)."""
     never_learned: list[str]
     ahead_of_adamw_on_one_seed: list[str] = field(default_factory=list)
     """Tasks on which it is ahead of AdamW where one of them has a result on one seed only: no spread measured."""
@@ -284,7 +291,7 @@ def compute_verdict(results: ResultSet) -> Verdict:
             elif outcome and (plateau := lr_plateau(results, s)) is not None:
                 plateaus.append(plateau.decades)
             adamw = summaries_here.get("adamw")
-            if name != "adamw" and adamw is not None and s.beats(adamw):
+            if name != "adamw" and adamw is not None and _has_evidence(adamw) and s.beats(adamw):
                 (beats if s.beats_beyond_spread(adamw) else one_seed).append(task)
         standings[name] = OptimizerStanding(
             name, score(ratios_steps, name), score(ratios_seconds, name),
@@ -297,6 +304,11 @@ def compute_verdict(results: ResultSet) -> Verdict:
         for standing in standings.values():
             standing.score_steps = standing.score_seconds = None
     return Verdict(tasks, standings, ratios_steps, ratios_seconds, pick_paragraph(results, tasks, standings))
+
+
+def _has_evidence(summary: CellSummary) -> bool:
+    """A result, or runs that diverged: an AdamW whose runs failed or have not run yet is beaten by nobody."""
+    return summary.metric_median is not None or summary.lost_to_divergence
 
 
 def _tied_with_on_every_task(results: ResultSet, candidate: str, best: str) -> bool:
@@ -333,8 +345,9 @@ def pick_paragraph(results: ResultSet, tasks: list[TaskVerdict], standings: dict
                      f"(AlgoPerf-style score {best.score_steps:.2f} in steps, {in_seconds}; 1 = first to every "
                      f"target), and {finals}."]
     else:
-        sentences = [f"Pick {best.name}: {finals}. No optimizer reached any task's target, so there is no "
-                     f"AlgoPerf-style score."]
+        why = ("No optimizer reached any task's target" if any(t.target is not None for t in results.tasks.values())
+               else "No task has a target")
+        sentences = [f"Pick {best.name}: {finals}. {why}, so there is no AlgoPerf-style score."]
     level = [s.name for s in ordered[1:] if rank(s) == rank(best)]
     if level:
         sentences.append(f"Level with it{' on both counts' if scored else ''}: {', '.join(level)}.")
@@ -364,14 +377,22 @@ def pick_paragraph(results: ResultSet, tasks: list[TaskVerdict], standings: dict
                              f"its {best.state_bytes_per_param:.2f} B/param.")
     if "adamw" in standings and len(standings) > 1:
         winners = {n: s.beats_adamw for n, s in standings.items() if s.beats_adamw}
+        # tasks where AdamW's runs failed or have not run: nothing there is compared with it
+        baselines = [(results.headline(spec)["adamw"], t) for spec, t in zip(results.tasks, tasks)
+                     if "adamw" in results.headline(spec)]
+        unknown = [t for adamw, t in baselines if not _has_evidence(adamw)]
         if winners:
             sentences.append("On the final metric, AdamW is beaten beyond the seed spread by " + "; ".join(
                 f"{n} on {', '.join(t)}" for n, t in winners.items()) + ".")
-        else:
+        elif len(unknown) < len(baselines):  # AdamW has a result (or diverged) somewhere to compare with
             sentences.append("On the final metric, no optimizer beats the AdamW baseline beyond the seed spread on "
-                             "any task" + ("." if best.name == "adamw" or not scored else
+                             "any task" + (" where AdamW has a result." if unknown else
+                                           "." if best.name == "adamw" or not scored else
                                            f": {best.name} is picked for its speed to the targets, and AdamW is "
                                            "as good a choice for the end result."))
+        if unknown:
+            sentences.append("No AdamW result to compare with on " + ", ".join(
+                f"{t.task} ({t.without_result['adamw']})" for t in unknown) + ".")
         ahead = {n: s.ahead_of_adamw_on_one_seed for n, s in standings.items() if s.ahead_of_adamw_on_one_seed}
         if ahead:
             sentences.append("Ahead of AdamW where a result stands on one seed (no spread measured): " + "; ".join(
