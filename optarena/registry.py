@@ -30,6 +30,7 @@ from .info import (
     list_optimizers,
     register_optimizer,
 )
+from .validation import check_number
 from .wrappers import GradientAccumulation, LayerAdaptation, Lazy, Lookahead
 
 #: Arguments many optimizers share that a sweep may pass to all of them: dropped, with a warning, where unknown.
@@ -48,6 +49,9 @@ def param_groups_for_weight_decay(model_or_params: nn.Module | Iterable[Any], we
     names (or module prefixes) listed in ``no_weight_decay`` or returned by ``model.no_weight_decay()``.
     Parameter-group dicts given by the caller are passed through unchanged. Frozen parameters are left out.
     """
+    # checked here, not left to the optimizer: torch.optim checks only its constructor's weight_decay, and the
+    # value goes into the groups (a NaN or negative decay was taken, a NaN made every weight NaN)
+    check_number("weight_decay", weight_decay)
     names = [no_weight_decay] if isinstance(no_weight_decay, str) else no_weight_decay  # one name or many
     names = list(names) if isinstance(names, Iterable) else None
     if names is None or not all(isinstance(n, str) for n in names):
@@ -138,6 +142,8 @@ def create_optimizer(model_or_params: nn.Module | Iterable[Any], name: str, lr: 
             raise ValueError(f"Invalid {argument}: {value!r} (True, False or a dict of the wrapper's arguments)")
     if not isinstance(lazy, bool):
         raise ValueError(f"Invalid lazy: {lazy!r} (True or False)")
+    if lr is not None:  # schedule-free's and SGD's constructors take a NaN lr
+        check_number("lr", lr)
     info = get_optimizer_info(name)
     _check_wrappers(info, lookahead, lazy, layer_adaptation)
     groups, kwargs = groups_and_kwargs(info, model_or_params, weight_decay, no_weight_decay, kwargs)

@@ -16,13 +16,24 @@ def check_number(name: str, value: Any, *, low: float = 0.0, high: float = math.
         raise ValueError(f"Invalid {name}: a Tensor ({value!r}); pass a Python float (LR schedulers set floats, and "
                          "the fused step already hands lr, betas and weight decay to its kernels as tensors, so "
                          "changing them never recompiles)")
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"Invalid {name}: {value!r} (expected a finite real number)")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not _finite_float(value):
+        raise ValueError(f"Invalid {name}: {value!r} (expected a finite real number: a float or an int)")
     too_low = value <= low if low_open else value < low
     too_high = value >= high if high_open else value > high
     if too_low or too_high:
         left, right = "(" if low_open else "[", ")" if high_open else "]"
         raise ValueError(f"Invalid {name}: {value!r} (must be in {left}{low}, {high}{right})")
+
+
+def _finite_float(value: numbers.Real) -> bool:
+    """Whether the math can take ``value`` as a float: a float or int (numpy's too) within float range; a
+    ``Fraction`` or an int beyond 1.8e308 failed deep inside the step (torch's ops take neither)."""
+    if not isinstance(value, (int, float)) and type(value).__module__ != "numpy":
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 def check_betas(betas: Any, count: int, *, name: str = "betas") -> None:

@@ -120,6 +120,6 @@ def test_arguments_an_audit_found_accepted_silently_or_failing_deep() -> None:
         amos = optarena.Amos(params, lr=0.01, weight_decay=0.1, **path)
         amos.param_groups[0]["lr"] = -0.1  # a schedule gone wrong: a clear error, not "math domain error" or NaN
         before = [p.detach().clone() for p in params]
-        with pytest.raises(ValueError, match="Amos: lr=-0.1 in a param group is negative"):
+        with pytest.raises(ValueError, match=r"Amos.step: param group 0 \(set after construction\): Invalid lr: -0.1"):
             amos.step()
         assert all(torch.equal(p, b) for p, b in zip(params, before)), path  # refused before the decay

@@ -24,6 +24,15 @@ def relative_step_size(t: Scalar, lr: Scalar, relative_step: bool, warmup_init: 
     return ops.smin(rho, 1e-6 * t) if warmup_init else rho
 
 
+def floor_of_moments(eps1: float | None, dtype: torch.dtype) -> float:
+    """eps1 as the math uses it in ``dtype``: the machine eps for None; otherwise within [sqrt(smallest normal),
+    sqrt(largest)], so that eps1², 1/eps1² and 1/eps1 are normal numbers there. Outside, the floor eps1² of V
+    underflowed to 0 (HF's eps1 = 1e-30 in float32: rsqrt(0)·0 = NaN wherever a gradient entry was 0) or the
+    conversion to ``dtype`` failed deep in the step."""
+    info = torch.finfo(dtype)
+    return info.eps if eps1 is None else min(max(eps1, math.sqrt(info.tiny)), math.sqrt(info.max))
+
+
 def adafactor_update(params: list[Tensor], grads: list[Tensor], row_vars: list[Tensor | None],
                      col_vars: list[Tensor | None], variances: list[Tensor | None], exp_avgs: list[Tensor | None],
                      *, steps: list[Scalar], lr: Scalar, beta2_decay: float, eps1: float | None, eps2: float,
@@ -49,7 +58,7 @@ def adafactor_update(params: list[Tensor], grads: list[Tensor], row_vars: list[T
     # second moments, and for factored ones the row and column factors of rsqrt(V̂):
     # rsqrt(max(r_i·c_j/mean(r), tiny²)) = min(rsqrt(r_i/mean(r))·rsqrt(c_j), 1/tiny), so that the rsqrt and
     # divisions run on R + C numbers and the element loop does two products
-    tiny = torch.finfo(grads[0].dtype).eps if eps1 is None else eps1  # the lists share one (math) dtype
+    tiny = floor_of_moments(eps1, grads[0].dtype)  # the lists share one (math) dtype
     factors = []
     (new_weights,) = ops.hoisted([t**beta2_decay for t in steps])  # 1 − β̂_t
     for grad, row_var, col_var, variance, new_weight in zip(grads, row_vars, col_vars, variances, new_weights):
@@ -94,8 +103,9 @@ class Adafactor(OptarenaOptimizer):
         lr: with ``relative_step`` the cap of the relative step ``ρ_t = min(lr, 1/sqrt(t))`` (the paper's 1e-2);
             without, the constant step size.
         beta2_decay: ``β̂2_t = 1 − t^beta2_decay`` (−0.8 in the paper); must be ≤ 0.
-        eps: ``(eps1, eps2)``: eps1 floors the second moment (``None``: the math dtype's machine eps, float32's for
-            bf16/fp16 params); eps2 floors RMS(θ) in the parameter scale.
+        eps: ``(eps1, eps2)``: eps1 floors the second moment at eps1² (``None``: the math dtype's machine eps,
+            float32's for bf16/fp16 params; an eps1 below ~1.1e-19 in float32 acts as 1.1e-19, so that eps1² is
+            a normal float: Hugging Face's 1e-30 is taken); eps2 floors RMS(θ) in the parameter scale.
         clip_threshold: ``d``: updates are scaled down to RMS ≤ d.
         weight_decay: decoupled ``θ ← θ·(1 − lr·wd)`` with the group's ``lr`` (as torch.optim.Adafactor).
         beta1: momentum on the clipped update (``None``: no first moment, the memory-saving default). The EMA is of
@@ -138,6 +148,11 @@ class Adafactor(OptarenaOptimizer):
             check_number("beta1", group["beta1"], low=0.0, high=1.0, high_open=True)
         for flag in ("relative_step", "scale_parameter", "warmup_init"):
             check_choice(flag, group[flag], (False, True))
+        if group["warmup_init"] and not group["relative_step"]:
+            raise ValueError("Invalid warmup_init: True needs relative_step=True (the warm-up is of the relative "
+                             "step size)")
+
+    def _check_params(self, group: dict[str, Any]) -> None:
         for p in group["params"]:
             # a sharded DTensor (FSDP2, tensor parallel) holds part of the rows or columns whose means the factored
             # moments and RMS(θ) need; refuse rather than compute per-shard statistics silently
@@ -146,9 +161,6 @@ class Adafactor(OptarenaOptimizer):
                                  f"{tuple(p.shape)} with placements {tuple(p.placements)}): its factored second "
                                  "moment and RMS(θ) need whole rows and columns. Use it with DDP or "
                                  "ZeroRedundancyOptimizer, or use Lion, RLion, Adan or AdaX under fully_shard")
-        if group["warmup_init"] and not group["relative_step"]:
-            raise ValueError("Invalid warmup_init: True needs relative_step=True (the warm-up is of the relative "
-                             "step size)")
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         state = {"step": step_counter()}

@@ -117,6 +117,11 @@ class Adan(OptarenaOptimizer):
         return (max_norm / (total + self.defaults["eps"])).clamp(max=1.0)
 
     @classmethod
+    def _grad_limit(cls, dtype: torch.dtype) -> float:
+        # n takes (g + β2·(g − g_prev))², up to (3·max|g|)²: an overflow makes n infinite for good (a frozen weight)
+        return math.sqrt(torch.finfo(dtype).max) / 3
+
+    @classmethod
     def _update(cls, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
                 states: list[dict[str, Tensor]]) -> None:
         beta1, beta2, beta3 = group["betas"]

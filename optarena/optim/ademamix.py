@@ -125,6 +125,11 @@ class AdEMAMix(OptarenaOptimizer):
                 "exp_avg_sq": zeros_state(p, group=group, nonnegative=True)}
 
     @classmethod
+    def _grad_limit(cls, dtype: torch.dtype) -> float:
+        # an overflowing g² makes ν infinite for good: the weight would freeze (NaN with 8-bit state)
+        return math.sqrt(torch.finfo(dtype).max)
+
+    @classmethod
     def _update(cls, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
                 states: list[dict[str, Tensor]]) -> None:
         beta1, beta2, beta3 = group["betas"]

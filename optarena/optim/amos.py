@@ -31,10 +31,12 @@ def default_eta(shape: Sequence[int]) -> float:
     return math.sqrt(2 / max(1, math.prod(shape[1:])))
 
 
-def check_lr_mid_run(lr: float) -> None:
-    """Refuse a negative lr set after construction (a schedule; the constructor refuses it too): Amos takes √lr."""
-    if lr < 0:
-        raise ValueError(f"Amos: lr={lr!r} in a param group is negative; its step takes √lr")
+#: The largest lr: the decay accumulator's first value γ₁ = lr² must be a float32 (larger, it is infinite and every
+#: parameter NaN after one step). Any lr above 2 already expands the weights at the first step: θ·(1 − lr²/2).
+MAX_LR = math.sqrt(torch.finfo(torch.float32).max)
+#: The range of eps, the floor of v: r = (1 − β^t)/max(v, eps) must stay finite in float32 (a subnormal eps made r
+#: infinite, and a tensor whose gradient is all zero NaN), and eps itself a float32.
+EPS_RANGE = (torch.finfo(torch.float32).tiny, torch.finfo(torch.float32).max)
 
 
 def amos_update(params: list[Tensor], grads: list[Tensor], exp_avg_sqs: list[Tensor], decays: list[Tensor],
@@ -50,8 +52,6 @@ def amos_update(params: list[Tensor], grads: list[Tensor], exp_avg_sqs: list[Ten
 
     preceded by a decoupled ``θ ← θ·(1 − lr·wd)`` when weight_decay > 0 (not part of Amos: its γ is the decay).
     """
-    if not isinstance(lr, Tensor):  # the fused path's lr is a kernel input: the class checked it before
-        check_lr_mid_run(lr)
     if ops.is_nonzero(weight_decay):
         ops.mul_(params, 1 - lr * weight_decay)
     sqrt_lr = ops.scalar_fn(lr, torch.sqrt, math.sqrt)
@@ -60,11 +60,16 @@ def amos_update(params: list[Tensor], grads: list[Tensor], exp_avg_sqs: list[Ten
         v.mul_(beta).add_(g2 * (1 - beta))
         r = (1 - beta**t) / v.clamp(min=eps)
         init_lr = lr * eta
-        gamma = lr * lr * r * g2 / (1 + zeta * sqrt_lr * b).sqrt()
+        # r·g² first: it is at most 1/(1 − β) (v ≥ (1 − β)·g²), where r alone reaches 1/eps for a tensor whose
+        # gradient is all zero, and lr²·r overflowed (lr ≥ 3: 0·inf, a NaN parameter)
+        gamma = lr * lr * (r * g2) / (1 + zeta * sqrt_lr * b).sqrt()
         d = 1 / (1 + zeta * ops.scalar_fn(init_lr, torch.sqrt, math.sqrt) * b)
         grad_scales.append(-d * init_lr * r.sqrt())
         shrinks.append(-0.5 * d * gamma)
-        b.add_(gamma * (1 + b))  # after c and d, which take b before this step
+        # after c and d, which take b before this step. b grows without bound (like exp(lr²·t) with zeta = 0): it
+        # saturates at the largest float instead of overflowing, where c and d stay what they tend to (1 with
+        # zeta = 0, else 0) and 0·inf made a NaN
+        b.add_(gamma * (1 + b)).clamp_(max=torch.finfo(b.dtype).max)
     if ops.compiling():
         grad_scales, shrinks = ops.hoisted(grad_scales, shrinks)
     updates = ops.scaled(grads, grad_scales)
@@ -87,7 +92,8 @@ class Amos(OptarenaOptimizer):
         params: parameters or parameter groups.
         lr: the global learning rate ξ. The authors: about ``1/sqrt(N)`` for N batches in the training data (0.01 in
             their PTB example, 1/sqrt(60000/32) ≈ 0.023 on MNIST); ``lr·η`` is the per-element step, where AdamW's is
-            its lr. May follow a warm-up; Amos decays it itself.
+            its lr. May follow a warm-up; Amos decays it itself. Above 2 the first step expands the weights,
+            θ·(1 − lr²/2); above ``MAX_LR`` (≈ 1.8e19, where lr² overflows float32) it is refused.
         beta: EMA rate of the second moment; ``1 − beta`` of the order of lr (the authors).
         eta: the expected scale η of every tensor of the group. ``None`` (default): per tensor from its shape,
             ``sqrt(2/fan_in)`` for ≥ 2-D weights (fan_in = ``prod(shape[1:])``), 0.5 for biases and other 0-D/1-D
@@ -113,20 +119,14 @@ class Amos(OptarenaOptimizer):
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:
-        check_number("lr", group["lr"])
+        check_number("lr", group["lr"], high=MAX_LR)
         check_number("beta", group["beta"], high=1.0, high_open=True)
         if group["eta"] is not None:
             check_number("eta", group["eta"], low=0.0, low_open=True)
         check_number("momentum", group["momentum"], high=1.0, high_open=True)
         check_number("weight_decay", group["weight_decay"])
         check_number("zeta", group["zeta"])
-        check_number("eps", group["eps"], low=0.0, low_open=True)
-
-    def _step_group(self, group: dict[str, Any], params: list[Tensor], scale: Scalar | None,
-                    plan_key: int | None = None) -> None:
-        lr = group["lr"]
-        check_lr_mid_run(lr.item() if isinstance(lr, Tensor) else lr)  # before any path moves anything
-        super()._step_group(group, params, scale, plan_key)
+        check_number("eps", group["eps"], low=EPS_RANGE[0], high=EPS_RANGE[1])
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         state = {"step": step_counter(), "exp_avg_sq": zeros_state(p, ()), "decay": zeros_state(p, ()),

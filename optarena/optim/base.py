@@ -73,7 +73,12 @@ class OptarenaOptimizer(Optimizer):
 
     # -- what an algorithm supplies ------------------------------------------------------------------------------
     def _check_group(self, group: dict[str, Any]) -> None:
-        """Raise ``ValueError`` for an out-of-range hyper-parameter of ``group`` (also for added groups)."""
+        """Raise ``ValueError`` for an out-of-range hyper-parameter of ``group`` (also for added groups, loaded
+        checkpoints and, before each step, values set since: keep it cheap, per group and not per parameter)."""
+
+    def _check_params(self, group: dict[str, Any]) -> None:
+        """Raise ``ValueError`` for a parameter of a new ``group`` this optimizer cannot step (beyond the dtype
+        checks every optimizer makes)."""
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         """The state of a parameter before its first step; a ``"step"`` counter (``step_counter()``) if the math
@@ -107,6 +112,7 @@ class OptarenaOptimizer(Optimizer):
         try:
             self._check_group(group)
             self._check_machinery(group)
+            self._check_params(group)
             for p in group["params"]:
                 if p.is_complex():
                     raise ValueError(
@@ -192,6 +198,9 @@ class OptarenaOptimizer(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         with_grads = [(group, [p for p in group["params"] if p.grad is not None]) for group in self.param_groups]
+        for group, params in with_grads:
+            if params:
+                self._check_values_now(group)
         all_params = [p for _, params in with_grads for p in params]
         self._check_grads(all_params)
         if self.skips_step(all_params):
@@ -231,6 +240,7 @@ class OptarenaOptimizer(Optimizer):
         it on the per-tensor loop: step counts advanced, ``maximize`` and fp32 math applied, ``grads`` only read.
         ``states`` may be gathered copies; they are updated in place. No gradient scale (Adan's clipping) is
         applied: that needs every gradient of the step."""
+        self._check_values_now(group)
         step_tensors(type(self)._update, group, params, grads, states)
 
     @torch.no_grad()
@@ -248,10 +258,26 @@ class OptarenaOptimizer(Optimizer):
             if p.grad is None:
                 raise ValueError(f"step_parameters: a parameter of shape {tuple(p.shape)} has no gradient (grad is "
                                  "None)")
+        self._check_values_now(group)
         self._check_grads(params)
         self._step_group(group, params, None, plan_key=id(params[0]))
 
     # -- the paths ----------------------------------------------------------------------------------------------
+    def _check_values_now(self, group: dict[str, Any]) -> None:
+        """The constructor's checks of ``group``'s hyper-parameters, before a step moves anything: a scheduler or a
+        user may have set them since (a NaN lr would silently make every parameter NaN, a string fail deep inside
+        the math). A few microseconds per group. Not inside ``torch.compile(opt.step)``: dynamo cannot trace the
+        checks on the symbolic ints it makes of changing integer values (``alpha_warmup``), and the compiled step
+        guards on the values it was traced with."""
+        if torch.compiler.is_compiling():
+            return
+        try:
+            self._check_group(group)
+        except ValueError as err:
+            index = next((i for i, g in enumerate(self.param_groups) if g is group), None)
+            where = "a param group" if index is None else f"param group {index}"
+            raise ValueError(f"{type(self).__name__}.step: {where} (set after construction): {err}") from None
+
     def _check_grads(self, params: list[Tensor]) -> None:
         for p in params:
             if p.grad.is_sparse:

@@ -58,8 +58,11 @@ class Lion(OptarenaOptimizer):
             ``torch.bfloat16`` (half the state memory; the math stays fp32).
         stochastic_rounding: round bf16 parameters stochastically when writing the fp32 result back.
         skip_nonfinite: skip the whole step (every group; ``skipped_steps`` counts them) when a gradient holds a
-            NaN or infinity, as ``torch.amp.GradScaler`` does. Without it a non-finite gradient entry reaches its
-            parameter (the next loss shows it), as in torch.optim: Lion's sign keeps a NaN a NaN.
+            NaN or infinity, as ``torch.amp.GradScaler`` does; for the optimizers that square gradients (Adan, AdaX,
+            AdEMAMix, Adafactor, Amos) also an entry whose square overflows the math dtype (beyond ~1.8e19 in
+            float32; Adan's ~6e18), which would leave the second moment infinite: a weight frozen for good, as in
+            torch's Adam. Without it a non-finite gradient entry reaches its parameter (the next loss shows it), as
+            in torch.optim: Lion's sign keeps a NaN a NaN.
     """
 
     def __init__(self, params: ParamsT, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
