@@ -3,6 +3,7 @@ and the tensors through which a schedule's values reach them."""
 
 from __future__ import annotations
 
+import itertools
 import time
 import types
 import warnings
@@ -133,6 +134,9 @@ class Kernel:
 
 
 _KERNELS: dict[tuple[Any, ...], Kernel] = {}
+#: Numbers the kernels' code objects: a name is never reused, even where the cache above is replaced (tests do), since
+#: dynamo keeps what it learned about a frame's sizes (automatic dynamic shapes) under its code's name and line.
+_NAMES = itertools.count()
 
 
 def kernel_for(opt: Any, key: tuple[Any, ...], consts: dict[str, Any], keys: tuple[str, ...], flat: bool,
@@ -144,7 +148,7 @@ def kernel_for(opt: Any, key: tuple[Any, ...], consts: dict[str, Any], keys: tup
         return kernel
     body = make_body(type(opt)._update, consts, keys)
     # dynamo caches (and limits recompiles) per code object: each key gets its own copy of the body
-    code = body.__code__.replace(co_name=f"fused_step_{len(_KERNELS)}")
+    code = body.__code__.replace(co_name=f"fused_step_{next(_NAMES)}")
     body = types.FunctionType(code, body.__globals__, code.co_name, body.__defaults__, body.__closure__)
     # the thread count is compiled into the C++ kernel; naming it keeps inductor's on-disk cache from handing a
     # kernel built for another thread count to this process
