@@ -1,8 +1,9 @@
 """Run in a fresh Python process by test_accumulation: load a GradientAccumulation checkpoint and continue.
 
 argv: input file (from torch.save), output file. The input holds, per case, the base's name, the params at the time
-of saving, the state_dict and the gradients of the remaining micro-steps (None where a parameter has none). It is
-loaded with weights_only=True: the state must be tensors and plain Python types only.
+of saving, the state_dict and the gradients of the remaining micro-steps (None where a parameter has none), and may
+hold "built_as", other settings to construct the wrapper with (loading must restore the saved ones). It is loaded
+with weights_only=True: the state must be tensors and plain Python types only.
 """
 
 import sys
@@ -30,14 +31,16 @@ if __name__ == "__main__":
     out = {}
     for case, item in payload.items():
         params = [p.clone().requires_grad_() for p in item["params"]]
-        optimizer = build(item["base"], params, item["steps"], item["skip_nonfinite"])
+        built = item.get("built_as", item)  # built with other settings: the checkpoint's must be restored
+        optimizer = build(item["base"], params, built["steps"], built["skip_nonfinite"])
         optimizer.load_state_dict(item["state_dict"])
         counters = (optimizer.micro_step, optimizer.skipped_updates)
+        settings = (optimizer.steps, optimizer.skip_nonfinite)
         for grads in item["grads"]:
             for p, g in zip(params, grads):
                 p.grad = g
             optimizer.step()
             optimizer.zero_grad()
-        out[case] = {"params": [p.detach() for p in params], "counters_at_load": counters,
+        out[case] = {"params": [p.detach() for p in params], "counters_at_load": counters, "settings_at_load": settings,
                      "skipped_updates": optimizer.skipped_updates}
     torch.save(out, sys.argv[2])

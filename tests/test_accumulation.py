@@ -247,6 +247,9 @@ CHECKPOINT_CASES = {
     "lion": dict(base="lion", steps=4, skip_nonfinite=False),
     "adan-skip": dict(base="adan", steps=4, skip_nonfinite=True),
     "adamw": dict(base="adamw", steps=3, skip_nonfinite=False),
+    # constructed with other settings in the new process: loading restores the saved ones, as torch.optim's groups
+    "adan-skip-built-otherwise": dict(base="adan", steps=4, skip_nonfinite=True,
+                                      built_as=dict(steps=2, skip_nonfinite=False)),
 }
 
 
@@ -262,6 +265,7 @@ def test_state_dict_resumes_mid_accumulation_in_a_fresh_process(tmp_path: Path) 
         opt = build(config["base"], params, config["steps"], config["skip_nonfinite"])
         feed(opt, params, grads[:saved_after])
         assert opt.micro_step != 0
+        assert opt.micro_step >= config.get("built_as", {}).get("steps", 0)  # more than it could continue
         payload[case] = {**config, "params": clone(params), "grads": grads[saved_after:],
                          "state_dict": copy.deepcopy(opt.state_dict())}  # state_dict() holds live tensors
         counters = (opt.micro_step, opt.skipped_updates)
@@ -272,18 +276,75 @@ def test_state_dict_resumes_mid_accumulation_in_a_fresh_process(tmp_path: Path) 
     for case, (want, counters, skipped) in expected.items():
         assert all(torch.equal(a, b) for a, b in zip(want, continued[case]["params"])), case
         assert tuple(continued[case]["counters_at_load"]) == counters, case
+        assert tuple(continued[case]["settings_at_load"]) == (CHECKPOINT_CASES[case]["steps"],
+                                                              CHECKPOINT_CASES[case]["skip_nonfinite"]), case
         assert continued[case]["skipped_updates"] == skipped, case
 
 
-def test_checkpoint_from_a_longer_cycle_is_refused() -> None:
+def test_loading_restores_the_saved_settings_over_the_constructors() -> None:
+    """steps and skip_nonfinite travel in the checkpoint and loading restores them, as torch.optim's
+    hyper-parameters in param_groups do: the resumed cycle ends where the saved one would have."""
+    params, grads = make_params(), make_grads(make_params(), 8, 4)
+    opt = GradientAccumulation(optarena.Lion(params, lr=1e-2), 4, skip_nonfinite=True)
+    feed(opt, params, grads[:3])
+    saved = copy.deepcopy(opt.state_dict())
+    assert saved["gradient_accumulation"]["steps"] == 4 and saved["gradient_accumulation"]["skip_nonfinite"]
+    resumed_params = clone(params)
+    resumed = GradientAccumulation(optarena.Lion([p.requires_grad_() for p in resumed_params], lr=1e-2), 2)
+    resumed.load_state_dict(saved)
+    assert (resumed.steps, resumed.skip_nonfinite, resumed.micro_step) == (4, True, 3)
+    feed(opt, params, grads[3:])
+    feed(resumed, resumed_params, grads[3:])
+    assert all(torch.equal(a, b) for a, b in zip(params, resumed_params))
+
+
+def test_a_checkpoint_saved_without_settings_keeps_the_constructors_and_refuses_a_shorter_cycle() -> None:
     params = make_params()
     opt = GradientAccumulation(optarena.Lion(params), 4)
     feed(opt, params, make_grads(params, 3, 4))
     saved = copy.deepcopy(opt.state_dict())
+    for key in ("steps", "skip_nonfinite"):  # as the checkpoints saved before the settings were stored
+        del saved["gradient_accumulation"][key]
     assert saved["gradient_accumulation"]["micro_step"] == 3
     with pytest.raises(ValueError, match="steps=2"):
         GradientAccumulation(optarena.Lion(params), 2).load_state_dict(saved)
-    GradientAccumulation(optarena.Lion(params), 5).load_state_dict(saved)  # a longer cycle can continue
+    longer = GradientAccumulation(optarena.Lion(params), 5, skip_nonfinite=True)
+    longer.load_state_dict(saved)  # a longer cycle can continue
+    assert (longer.steps, longer.skip_nonfinite, longer.micro_step) == (5, True, 3)
+
+
+@pytest.mark.parametrize(("key", "value"), [("steps", 0), ("steps", 2), ("steps", 2.5), ("skip_nonfinite", "no"),
+                                            ("micro_step", -1), ("skipped_updates", "1")])
+def test_a_bad_value_in_the_checkpoint_is_named_and_nothing_loads(key: str, value: object) -> None:
+    params = make_params()
+    opt = GradientAccumulation(optarena.Lion(params), 4)
+    feed(opt, params, make_grads(params, 3, 4))
+    saved = copy.deepcopy(opt.state_dict())
+    saved["gradient_accumulation"][key] = value
+    fresh = GradientAccumulation(optarena.Lion(params), 4)
+    with pytest.raises(ValueError, match=f"GradientAccumulation.load_state_dict: .*{key}"):
+        fresh.load_state_dict(saved)
+    assert not fresh.base.state and fresh.micro_step == 0 and not fresh.state
+
+
+def test_assigning_steps_later_is_checked_against_the_cycle_so_far() -> None:
+    """Setting steps at most micro_step mid-cycle divided more micro-batches' sum than N by N, silently."""
+    params = make_params()
+    opt = GradientAccumulation(optarena.Lion(params), 4)
+    feed(opt, params, make_grads(params, 3, 4))
+    for bad in (3, 2, 0, 1.5, True):
+        with pytest.raises(ValueError, match=f"Invalid steps: {bad!r}"):
+            opt.steps = bad
+    with pytest.raises(ValueError, match="Invalid skip_nonfinite: 1"):
+        opt.skip_nonfinite = 1
+    opt.steps = 6
+    feed(opt, params, make_grads(params, 3, 4))
+    assert (opt.steps, opt.micro_step, opt.did_update) == (6, 0, True)
+
+
+def test_a_base_that_needs_a_closure_is_refused_with_the_reason() -> None:
+    with pytest.raises(ValueError, match="LBFGS.step needs a closure"):
+        GradientAccumulation(torch.optim.LBFGS(make_params()), 2)
 
 
 @pytest.mark.parametrize(("kwargs", "name"), [

@@ -262,3 +262,9 @@ def test_state_dict_resumes_in_a_fresh_process(tmp_path: Path) -> None:
     for case, want in expected.items():
         for w, got in zip(want, continued[case]):
             assert torch.equal(w, got), case
+
+
+def test_a_base_that_needs_a_closure_is_refused_with_the_reason() -> None:
+    """LBFGS failed inside its step with a bare TypeError (the wrapper evaluates the closure and steps it without)."""
+    with pytest.raises(ValueError, match="LayerAdaptation: LBFGS.step needs a closure"):
+        LayerAdaptation(torch.optim.LBFGS([torch.zeros(3, requires_grad=True)]))

@@ -265,6 +265,9 @@ CHECKPOINT_CASES = {
     "none": dict(k=3, alpha=0.5, pullback="none", accumulate=0, lr=0.01),
     "pullback": dict(k=3, alpha=0.7, pullback="pullback", accumulate=0, lr=0.01),
     "reset-accumulated": dict(k=3, alpha=0.5, pullback="reset", accumulate=2, lr=0.01),
+    # constructed with other settings in the new process: loading restores the saved ones, as torch.optim's groups
+    "pullback-built-otherwise": dict(k=3, alpha=0.7, pullback="pullback", accumulate=0, lr=0.01,
+                                     built_as=dict(k=5, alpha=0.5, pullback="none", accumulate=0, lr=0.01)),
 }
 
 
@@ -281,12 +284,16 @@ def test_state_dict_resumes_in_a_fresh_process(tmp_path: Path) -> None:
         assert opt.inner_steps != 0 and getattr(opt.base, "micro_step", 1) != 0
         payload[case] = {"config": config, "params": clone(params), "grads": grads[saved_after:],
                          "state_dict": copy.deepcopy(opt.state_dict())}  # state_dict() holds live tensors
+        if "built_as" in config:
+            payload[case]["built_as"] = config["built_as"]
         feed(opt, params, grads[saved_after:])
         expected[case] = (clone(params), [opt.state[p]["slow"].clone() for p in params])
     continued = continue_in_fresh_process("lookahead_worker.py", payload, tmp_path)
     for case, (want_params, want_slow) in expected.items():
         assert all(torch.equal(a, b) for a, b in zip(want_params, continued[case]["params"])), case
         assert all(torch.equal(a, b) for a, b in zip(want_slow, continued[case]["slow"])), case
+        config = CHECKPOINT_CASES[case]
+        assert tuple(continued[case]["settings_at_load"]) == (config["k"], config["alpha"], config["pullback"]), case
 
 
 def test_load_state_dict_restores_counter_and_slow_weights_by_position() -> None:
@@ -302,6 +309,59 @@ def test_load_state_dict_restores_counter_and_slow_weights_by_position() -> None
     for p, q in zip(params, others):
         assert set(fresh.state[q]) == set(opt.state[p])
         assert all(torch.equal(fresh.state[q][key], opt.state[p][key]) for key in opt.state[p])
+
+
+def test_loading_restores_the_saved_settings_and_an_older_checkpoint_keeps_the_constructors() -> None:
+    params = make_params()
+    opt = Lookahead(optarena.Lion(params, lr=0.01), k=4, alpha=0.7, pullback="pullback")
+    feed(opt, params, make_grads(params, 6))
+    saved = copy.deepcopy(opt.state_dict())
+    assert {k: saved["lookahead"][k] for k in ("k", "alpha", "pullback")} == dict(k=4, alpha=0.7, pullback="pullback")
+    fresh = Lookahead(optarena.Lion(clone(params), lr=0.01), k=2, alpha=0.3)
+    fresh.load_state_dict(saved)
+    assert (fresh.k, fresh.alpha, fresh.pullback, fresh.inner_steps) == (4, 0.7, "pullback", 2)
+    for key in ("k", "alpha", "pullback"):  # as the checkpoints saved before the settings were stored
+        del saved["lookahead"][key]
+    older = Lookahead(optarena.Lion(clone(params), lr=0.01), k=3, alpha=0.3, pullback="reset")
+    older.load_state_dict(saved)
+    assert (older.k, older.alpha, older.pullback, older.inner_steps) == (3, 0.3, "reset", 2)
+
+
+@pytest.mark.parametrize(("key", "value"), [("k", 0), ("k", 2.5), ("alpha", 1.5), ("pullback", "slow"),
+                                            ("inner_steps", -1), ("inner_steps", None)])
+def test_a_bad_value_in_the_checkpoint_is_named_and_nothing_loads(key: str, value: object) -> None:
+    params = make_params()
+    opt = Lookahead(optarena.Lion(params, lr=0.01), k=4)
+    feed(opt, params, make_grads(params, 6))
+    saved = copy.deepcopy(opt.state_dict())
+    saved["lookahead"][key] = value
+    fresh = Lookahead(optarena.Lion(make_params(seed=5), lr=0.01), k=4)
+    before = [s["slow"].clone() for s in fresh.state.values()]
+    with pytest.raises(ValueError, match=f"Lookahead.load_state_dict: .*{key}:? {re.escape(repr(value))}"):
+        fresh.load_state_dict(saved)
+    assert not fresh.base.state and fresh.inner_steps == 0
+    assert all(torch.equal(a, s["slow"]) for a, s in zip(before, fresh.state.values()))
+
+
+def test_assigning_a_setting_later_is_checked_as_the_constructors_argument() -> None:
+    opt = Lookahead(optarena.Lion(make_params()))
+    for name, bad in (("k", 0), ("alpha", 2.0), ("pullback", "slow")):
+        with pytest.raises(ValueError, match=f"Invalid {name}: {re.escape(repr(bad))}"):
+            setattr(opt, name, bad)
+    opt.k, opt.alpha, opt.pullback = 7, 1, "reset"
+    assert (opt.k, opt.alpha, opt.pullback) == (7, 1.0, "reset")
+
+
+def test_a_group_added_to_the_base_directly_gets_slow_weights_before_its_first_step() -> None:
+    """lookahead.base.add_param_group (not the wrapper's): its sync failed with a bare KeyError: 'slow'."""
+    first, second = torch.ones(3, requires_grad=True), torch.ones(2, requires_grad=True)
+    opt = Lookahead(torch.optim.SGD([first], lr=0.1), k=2, alpha=0.5)
+    opt.base.add_param_group({"params": [second]})
+    for _ in range(2):
+        first.grad, second.grad = torch.ones(3), torch.ones(2)
+        opt.step()
+    assert torch.allclose(second, torch.full((2,), 0.9))  # φ = 1 captured before the steps: 1 + 0.5·(0.8 − 1)
+    assert torch.equal(opt.state[second]["slow"], second.detach())
 
 
 @pytest.mark.parametrize(("kwargs", "name"), [

@@ -59,6 +59,7 @@ def test_a_checkpoint_of_another_chain_is_refused_and_changes_nothing() -> None:
     _run(source, params, 3)
     saved = source.state_dict()
     saved["param_groups"][0]["lr"] = 0.5
+    del saved["gradient_accumulation"]["steps"]  # saved before the settings were stored: the constructor's hold
     target = GradientAccumulation(optarena.Lion(params, lr=1e-2), 2)
     with pytest.raises(ValueError, match="after 3 micro-steps of a cycle, which steps=2 cannot continue"):
         target.load_state_dict(saved)
@@ -199,3 +200,77 @@ def test_refusals_of_the_last_review() -> None:
     del opt._updated  # a property of the wrapper that fails is not answered by the base
     with pytest.raises(AttributeError, match="'GradientAccumulation' object has no attribute 'did_update'"):
         opt.did_update  # noqa: B018
+
+
+@pytest.mark.parametrize("chain", ["lookahead(accumulate(lion))", "accumulate(lookahead(lion))"])
+def test_a_compiled_step_steps_like_the_eager_one(chain: str) -> None:
+    """torch.compile(opt.step) dropped the wrappers' counter increments: GradientAccumulation never stepped its
+    base (frozen weights) and Lookahead synced at the wrong steps, silently. ("eager": dynamo alone, fast.)"""
+    results = []
+    for compiled in (False, True):
+        params = _params()
+        opt = CHAINS[chain](params)
+        step = torch.compile(opt.step, backend="eager") if compiled else opt.step
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(6):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gen)
+            step()
+        results.append(([p.detach().clone() for p in params], opt.did_update, opt.micro_step))
+    (eager, *eager_counters), (compiled_params, *compiled_counters) = results
+    assert eager_counters == compiled_counters
+    assert all(torch.equal(a, b) for a, b in zip(eager, compiled_params))
+
+
+def test_state_dict_hooks_registered_on_a_wrapper_run() -> None:
+    """torch.optim's state_dict hooks on the wrapper were ignored (only the base's own ran)."""
+    params = _params()
+    opt = Lookahead(GradientAccumulation(optarena.Lion(params, lr=1e-2), 2))
+    calls = []
+    opt.register_state_dict_pre_hook(lambda o: calls.append(("pre", o)))
+    opt.register_state_dict_post_hook(lambda o, sd: {**sd, "tag": 1})
+    opt.register_load_state_dict_pre_hook(lambda o, sd: {k: v for k, v in sd.items() if k != "tag"})
+    opt.register_load_state_dict_post_hook(lambda o: calls.append(("post", o)))
+    saved = opt.state_dict()
+    assert saved["tag"] == 1 and {"lookahead", "gradient_accumulation"} <= set(saved)
+    opt.load_state_dict(saved)  # the pre-hook drops "tag", which no optimizer in the chain would accept
+    assert calls == [("pre", opt), ("post", opt)]
+
+
+def test_loading_something_that_is_not_a_state_dict_names_its_type() -> None:
+    with pytest.raises(ValueError, match="Lookahead.load_state_dict: expected a dict .* got NoneType"):
+        Lookahead(optarena.Lion(_params())).load_state_dict(None)
+
+
+def test_a_public_attribute_of_an_inner_wrapper_is_set_where_it_is_read() -> None:
+    """opt.steps = 2 on the factory's Lookahead(GradientAccumulation(...)) landed on the Lookahead: it read back 2
+    while the accumulation went on with 4."""
+    model = nn.Linear(3, 2)
+    opt = optarena.create_optimizer(model, "lion", accumulate=4, lookahead={"k": 2})
+    opt.steps = 2
+    assert opt.base.steps == 2 and "steps" not in vars(opt)
+    for _ in range(2):
+        model(torch.ones(5, 3)).sum().backward()
+        opt.step()
+        opt.zero_grad()
+    assert opt.did_update and opt.micro_step == 0
+    with pytest.raises(ValueError, match="Invalid steps: 0"):
+        opt.steps = 0  # the inner wrapper's check applies
+    opt.note = "mine"  # an attribute no inner optimizer has stays on the outer one
+    assert vars(opt)["note"] == "mine" and not hasattr(opt.base, "note")
+
+
+def test_a_pickle_made_before_the_settings_became_checked_properties_still_steps() -> None:
+    params = _params()
+    opt = Lookahead(GradientAccumulation(optarena.Lion(params, lr=1e-2), 2, skip_nonfinite=True), k=3, alpha=0.7)
+    holder = pickle.loads(pickle.dumps({"params": params, "opt": opt}))
+    for wrapper in (holder["opt"], holder["opt"].base):  # the settings under their public names, as pickled before
+        state = wrapper.__dict__
+        for name in ("steps", "skip_nonfinite", "k", "alpha", "pullback"):
+            if f"_{name}" in state:
+                state[name] = state.pop(f"_{name}")
+    twin = pickle.loads(pickle.dumps(holder))
+    assert (twin["opt"].k, twin["opt"].alpha, twin["opt"].steps, twin["opt"].skip_nonfinite) == (3, 0.7, 2, True)
+    _run(opt, params, 6)
+    _run(twin["opt"], twin["params"], 6)
+    assert all(torch.equal(a, b) for a, b in zip(params, twin["params"]))

@@ -8,11 +8,14 @@
   scalar bookkeeping is returned by ``_extra_state``.
 - ``state_dict()`` is the base's state_dict (top-level ``state`` and ``param_groups`` unchanged, so tools that read
   them keep working) plus one key, ``state_key``, holding the wrapper's state indexed by parameter position. It
-  loads into a fresh process and nests: ``Lookahead(GradientAccumulation(Lion(...)))`` adds two keys.
+  loads into a fresh process and nests: ``Lookahead(GradientAccumulation(Lion(...)))`` adds two keys. The
+  ``state_dict`` / ``load_state_dict`` hooks registered on a wrapper run as torch.optim's do.
+- A public attribute of an inner wrapper or the base is read and set through the outer ones (``opt.steps = 8``).
 """
 
 from __future__ import annotations
 
+import inspect
 import weakref
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -78,6 +81,18 @@ class OptimizerWrapper(Optimizer):
                 pass
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        """A public attribute that an inner wrapper or the base holds is set there, as it is read there
+        (``opt.steps = 8`` on a Lookahead around a GradientAccumulation): set on the outer object, it was ignored
+        while reading back the new value. Only once constructed: torch's ``__init__`` sets ``state`` and ``defaults``
+        of the wrapper's own."""
+        base = self.__dict__.get("base")
+        if (base is not None and not name.startswith("_") and not self.__dict__.get("_initialising", True)
+                and name not in self.__dict__ and not hasattr(type(self), name) and hasattr(base, name)):
+            setattr(base, name, value)
+            return
+        super().__setattr__(name, value)
+
     def __getstate__(self) -> dict[str, Any]:
         """Everything, the base included (torch's keeps defaults, state and groups: a copy or a pickle without its
         base failed at its first step), but what torch leaves out too: the hooks, and the ``step`` an LR scheduler
@@ -86,6 +101,10 @@ class OptimizerWrapper(Optimizer):
                 if k not in ("step", "_opt_called", WRAPPED_BY) and not k.startswith("_optimizer_")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        # a pickle made before a setting (GradientAccumulation.steps, Lookahead.k) became a checked property holds
+        # it under its public name, which the property would hide
+        for name in [k for k in state if isinstance(getattr(type(self), k, None), property)]:
+            state[f"_{name}"] = state.pop(name)
         had = "differentiable" in state["defaults"]
         super().__setstate__(state)  # new hook dicts; it also adds "differentiable" to the defaults it shares
         if not had:
@@ -133,10 +152,17 @@ class OptimizerWrapper(Optimizer):
 
     # -- checkpoints ----------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        # the hooks registered on this object run as torch.optim's do (they were ignored: only the base's ran)
+        for pre_hook in self._optimizer_state_dict_pre_hooks.values():
+            pre_hook(self)
         state_dict = self.base.state_dict()
         index = {id(p): i for i, p in enumerate(self._params())}
         own = {index[id(p)]: dict(s) for p, s in self.state.items() if id(p) in index}
         state_dict[self.state_key] = {"state": own, **self._extra_state()}
+        for post_hook in self._optimizer_state_dict_post_hooks.values():
+            result = post_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
         return state_dict
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -144,7 +170,13 @@ class OptimizerWrapper(Optimizer):
         at the innermost wrapper, that no other wrapper's state is left over): a refused checkpoint changes nothing
         here."""
         where = f"{type(self).__name__}.load_state_dict"
+        if not isinstance(state_dict, dict):
+            raise ValueError(f"{where}: expected a dict (an optimizer's state_dict()), got {type(state_dict).__name__}")
         state_dict = dict(state_dict)
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = pre_hook(self, state_dict)
+            if result is not None:
+                state_dict = dict(result)
         if self.state_key not in state_dict:
             raise ValueError(f"{where}: the checkpoint has no {self.state_key!r} entry; it was not saved from a "
                              f"{type(self).__name__} (keys: {sorted(state_dict)})")
@@ -160,6 +192,8 @@ class OptimizerWrapper(Optimizer):
         for p, saved in per_param.items():
             self.state[p] = {k: v.to(device=p.device) if isinstance(v, Tensor) else v for k, v in saved.items()}
         self._load_extra_state(extra)
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
 
     def _checked_param_state(self, where: str, own: Any, params: list[Tensor]) -> dict[Tensor, dict[str, Any]]:
         """The saved per-parameter state by parameter; every tensor in it must have its parameter's shape."""
@@ -184,9 +218,6 @@ class OptimizerWrapper(Optimizer):
 
     def _base_step(self, closure: Callable[[], Any] | None) -> Any:
         return self.base.step(closure) if closure is not None else self.base.step()
-
-
-
 
 
 def mark_wrapped(base: Optimizer, wrapper: Optimizer) -> None:
@@ -216,6 +247,18 @@ def refuse_schedule_free(wrapper: str, base: Optimizer) -> None:
         raise ValueError(f"{wrapper}: {type(inner).__name__} keeps the parameters at an interpolation of its own "
                          f"sequences (train()/eval() switch them), which {wrapper} would move behind its back; only "
                          "GradientAccumulation wraps it")
+
+
+def refuse_closure_only(wrapper: str, base: Optimizer, why: str) -> None:
+    """Refuse a base whose ``step`` cannot run without a closure (``LBFGS`` re-evaluates the loss within a step):
+    this wrapper steps it without one, which failed inside the base's step with a bare ``TypeError``."""
+    inner = chain(base)[-1]
+    if not isinstance(inner, Optimizer):
+        return  # OptimizerWrapper.__init__ names it
+    closure = inspect.signature(type(inner).step).parameters.get("closure")
+    if closure is not None and closure.default is inspect.Parameter.empty:
+        raise ValueError(f"{wrapper}: {type(inner).__name__}.step needs a closure, which it re-evaluates during the "
+                         f"step; {wrapper} {why}, so it cannot give one")
 
 
 @torch.no_grad()

@@ -12,7 +12,7 @@ from torch.optim import Optimizer
 
 from ..optim.step import math_dtype
 from ..validation import check_choice
-from ._base import OptimizerWrapper
+from ._base import OptimizerWrapper, refuse_closure_only
 
 
 class GradientAccumulation(OptimizerWrapper):
@@ -48,44 +48,84 @@ class GradientAccumulation(OptimizerWrapper):
         micro_step: micro-batches accumulated since the last update (or skipped update), 0 ≤ micro_step < N.
         skipped_updates: updates skipped for non-finite gradients so far.
 
-    ``micro_step``, ``skipped_updates`` and the sums are in the ``state_dict``, so a run resumed mid-accumulation
-    continues identically.
+    ``micro_step``, ``skipped_updates``, the sums and the settings (``steps``, ``skip_nonfinite``) are in the
+    ``state_dict``, so a run resumed mid-accumulation continues identically. As torch.optim's hyper-parameters in
+    ``param_groups``, loading restores the saved settings over the constructor's (a checkpoint saved before they were
+    stored keeps the constructor's); to resume with another ``steps``, assign it after loading, which is refused
+    while the cycle already holds that many micro-steps.
     """
 
     state_key = "gradient_accumulation"
 
     def __init__(self, base: Optimizer, steps: int, *, skip_nonfinite: bool = False) -> None:
-        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
-            raise ValueError(f"Invalid steps: {steps!r} (expected an integer >= 1)")
-        check_choice("skip_nonfinite", skip_nonfinite, (False, True))
-        self.steps = int(steps)
-        self.skip_nonfinite = skip_nonfinite
         self._updated = False
         self.micro_step = 0
         self.skipped_updates = 0
+        self.steps = steps
+        self.skip_nonfinite = skip_nonfinite
+        refuse_closure_only("GradientAccumulation", base, "steps it on the mean of gradients already computed")
         super().__init__(base)
+
+    @property
+    def steps(self) -> int:
+        """N, micro-batches per update."""
+        return self._steps
+
+    @steps.setter
+    def steps(self, steps: int) -> None:
+        _check_steps(steps)
+        if steps <= self.micro_step:  # the next call would end the cycle and divide more sums than N by N
+            raise ValueError(f"Invalid steps: {steps!r} (this cycle holds {self.micro_step} micro-steps already; "
+                             "expected more, or change it when micro_step is 0)")
+        self._steps = int(steps)
+
+    @property
+    def skip_nonfinite(self) -> bool:
+        """Whether an update whose accumulated gradient is not finite is skipped."""
+        return self._skip_nonfinite
+
+    @skip_nonfinite.setter
+    def skip_nonfinite(self, skip_nonfinite: bool) -> None:
+        check_choice("skip_nonfinite", skip_nonfinite, (False, True))
+        self._skip_nonfinite = skip_nonfinite
 
     def __repr__(self) -> str:
         return (f"GradientAccumulation(steps={self.steps}, skip_nonfinite={self.skip_nonfinite}, "
                 f"base={self.base!r})")
 
     def _extra_state(self) -> dict[str, Any]:
-        return {"micro_step": self.micro_step, "skipped_updates": self.skipped_updates}
+        return {"micro_step": self.micro_step, "skipped_updates": self.skipped_updates, "steps": self.steps,
+                "skip_nonfinite": self.skip_nonfinite}
 
     def _check_extra_state(self, extra: dict[str, Any]) -> None:
+        where = "GradientAccumulation.load_state_dict"
         missing = sorted({"micro_step", "skipped_updates"} - set(extra))
         if missing:
-            raise ValueError(f"GradientAccumulation.load_state_dict: its entry lacks {', '.join(missing)}")
-        micro_step = int(extra["micro_step"])
-        if micro_step >= self.steps:
-            raise ValueError(f"GradientAccumulation.load_state_dict: the checkpoint was saved after {micro_step} "
-                             f"micro-steps of a cycle, which steps={self.steps} cannot continue")
+            raise ValueError(f"{where}: its entry lacks {', '.join(missing)}")
+        for name in ("micro_step", "skipped_updates"):
+            value = extra[name]
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+                raise ValueError(f"{where}: invalid {name} {value!r} in the checkpoint (expected an integer >= 0)")
+        try:  # a checkpoint saved before the settings were stored has neither: the constructor's hold
+            _check_steps(extra.get("steps", self.steps))
+            check_choice("skip_nonfinite", extra.get("skip_nonfinite", self.skip_nonfinite), (False, True))
+        except ValueError as err:
+            raise ValueError(f"{where}: the checkpoint's setting: {err}") from None
+        micro_step, steps = int(extra["micro_step"]), int(extra.get("steps", self.steps))
+        if micro_step >= steps:
+            raise ValueError(f"{where}: the checkpoint was saved after {micro_step} micro-steps of a cycle, which "
+                             f"steps={steps} cannot continue")
 
     def _load_extra_state(self, extra: dict[str, Any]) -> None:
         self.micro_step = int(extra["micro_step"])
         self.skipped_updates = int(extra["skipped_updates"])
+        self.steps = int(extra.get("steps", self.steps))
+        self.skip_nonfinite = extra.get("skip_nonfinite", self.skip_nonfinite)
 
     # -- the algorithm --------------------------------------------------------------------------------------------
+    # Not traced by torch.compile (the base's step still is): a compiled step dropped the counter's increments, so
+    # the base never stepped and the weights stayed frozen, silently
+    @torch.compiler.disable(recursive=False)
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Accumulate this micro-batch's gradients; on every N-th call update the base with their mean.
         ``closure`` (if given) is evaluated on every call and its loss returned; the base gets no closure."""
@@ -150,3 +190,8 @@ class GradientAccumulation(OptimizerWrapper):
         finally:
             for p, grad in zip(all_params, originals):
                 p.grad = grad
+
+
+def _check_steps(steps: Any) -> None:
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+        raise ValueError(f"Invalid steps: {steps!r} (expected an integer >= 1)")

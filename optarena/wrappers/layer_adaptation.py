@@ -11,7 +11,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from ..optim.step import LOW_PRECISION, group_by_device_and_dtype
-from ._base import OptimizerWrapper, chain, clone_params, refuse_schedule_free
+from ._base import OptimizerWrapper, chain, clone_params, refuse_closure_only, refuse_schedule_free
 from .accumulation import GradientAccumulation
 from .lookahead import Lookahead
 
@@ -60,6 +60,8 @@ class LayerAdaptation(OptimizerWrapper):
 
     def __init__(self, base: Optimizer, exclude: Callable[[Tensor], bool] | Iterable[Tensor] | None = None) -> None:
         refuse_schedule_free("LayerAdaptation", base)
+        refuse_closure_only("LayerAdaptation", base, "evaluates the closure once itself, to see which parameters "
+                            "have a gradient, and steps the base without it")
         outer = [type(w).__name__ for w in chain(base) if isinstance(w, GradientAccumulation | Lookahead)]
         if outer:
             # its step is chosen by this call's gradients and rescales whatever the base moved: an accumulated

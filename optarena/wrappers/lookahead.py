@@ -22,6 +22,11 @@ PULLBACKS = ("none", "reset", "pullback")
 MOMENTUM_KEYS = ("exp_avg", "momentum_buffer")
 
 
+def _check_k(k: Any) -> None:
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+        raise ValueError(f"Invalid k: {k!r} (expected an integer >= 1)")
+
+
 def innermost(optimizer: Optimizer) -> Optimizer:
     """The real optimizer under any number of wrappers (the one that owns the momentum buffers)."""
     return chain(optimizer)[-1]
@@ -37,7 +42,10 @@ class Lookahead(OptimizerWrapper):
     Every parameter syncs, including those without a gradient (they belong to the model). φ is captured when a
     parameter becomes known (construction or ``add_param_group``), so the first cycle already pulls back. φ is kept
     in fp32 for bf16/fp16 parameters (the small per-cycle moves would round away otherwise), else in the param's
-    dtype. φ (``state[p]["slow"]``) and the inner-step counter are in the ``state_dict``.
+    dtype. φ (``state[p]["slow"]``), the inner-step counter and the settings (``k``, ``alpha``, ``pullback``) are
+    in the ``state_dict``; as torch.optim's hyper-parameters in ``param_groups``, loading restores the saved settings
+    over the constructor's (a checkpoint saved before they were stored keeps the constructor's). Assigning a setting
+    later is checked as the constructor's argument is.
 
     Only calls that reached the real optimizer (``did_update``) count as inner steps: not GradientAccumulation's
     micro-steps between updates, nor a step that ``skip_nonfinite=True`` skipped.
@@ -65,17 +73,43 @@ class Lookahead(OptimizerWrapper):
     state_key = "lookahead"
 
     def __init__(self, base: Optimizer, k: int = 5, alpha: float = 0.5, *, pullback: str = "none") -> None:
-        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
-            raise ValueError(f"Invalid k: {k!r} (expected an integer >= 1)")
-        check_number("alpha", alpha, low=0.0, high=1.0, low_open=True)
-        check_choice("pullback", pullback, PULLBACKS)
-        self.k = int(k)
-        self.alpha = float(alpha)
+        self.k = k
+        self.alpha = alpha
         self.pullback = pullback
         #: Inner steps since the last sync (0 ≤ inner_steps < k between calls).
         self.inner_steps = 0
         refuse_schedule_free("Lookahead", base)
         super().__init__(base)
+
+    @property
+    def k(self) -> int:
+        """Inner steps per sync."""
+        return self._k
+
+    @k.setter
+    def k(self, k: int) -> None:
+        _check_k(k)
+        self._k = int(k)
+
+    @property
+    def alpha(self) -> float:
+        """The slow-weight step size, in (0, 1]."""
+        return self._alpha
+
+    @alpha.setter
+    def alpha(self, alpha: float) -> None:
+        check_number("alpha", alpha, low=0.0, high=1.0, low_open=True)
+        self._alpha = float(alpha)
+
+    @property
+    def pullback(self) -> str:
+        """What each sync does to the base's momentum: one of ``PULLBACKS``."""
+        return self._pullback
+
+    @pullback.setter
+    def pullback(self, pullback: str) -> None:
+        check_choice("pullback", pullback, PULLBACKS)
+        self._pullback = pullback
 
     def __repr__(self) -> str:
         return f"Lookahead(k={self.k}, alpha={self.alpha}, pullback={self.pullback!r}, base={self.base!r})"
@@ -90,15 +124,44 @@ class Lookahead(OptimizerWrapper):
             if key is not None:
                 state["slow_momentum"] = quant.decoded_entry(base_state, key).clone()
 
+    def _adopt_new_params(self) -> None:
+        """Capture φ for parameters added to the base directly (``lookahead.base.add_param_group``), which the
+        wrapper's ``add_param_group`` would have captured: their sync failed with a bare ``KeyError: 'slow'``."""
+        if len(self.state) != sum(len(group["params"]) for group in self.param_groups):  # per group: cheap
+            for p in self._params():
+                if "slow" not in self.state.get(p, {}):
+                    self._init_param_state(p)
+
     def _extra_state(self) -> dict[str, Any]:
-        return {"inner_steps": self.inner_steps}
+        return {"inner_steps": self.inner_steps, "k": self.k, "alpha": self.alpha, "pullback": self.pullback}
+
+    def _check_extra_state(self, extra: dict[str, Any]) -> None:
+        where = "Lookahead.load_state_dict"
+        inner_steps = extra.get("inner_steps")
+        if isinstance(inner_steps, bool) or not isinstance(inner_steps, numbers.Integral) or inner_steps < 0:
+            raise ValueError(f"{where}: its 'lookahead' entry has inner_steps {inner_steps!r} (expected an integer "
+                             ">= 0)")
+        try:  # a checkpoint saved before the settings were stored has none: the constructor's hold
+            _check_k(extra.get("k", self.k))
+            check_number("alpha", extra.get("alpha", self.alpha), low=0.0, high=1.0, low_open=True)
+            check_choice("pullback", extra.get("pullback", self.pullback), PULLBACKS)
+        except ValueError as err:
+            raise ValueError(f"{where}: the checkpoint's setting: {err}") from None
 
     def _load_extra_state(self, extra: dict[str, Any]) -> None:
         self.inner_steps = int(extra["inner_steps"])
+        for name in ("k", "alpha", "pullback"):
+            if name in extra:
+                setattr(self, name, extra[name])
+        self._adopt_new_params()
 
     # -- the algorithm --------------------------------------------------------------------------------------------
+    # Not traced by torch.compile (the base's step still is): a compiled step dropped the counter's increments and
+    # synced at the wrong steps, silently
+    @torch.compiler.disable(recursive=False)
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One inner step of the base; every k-th one is followed by the slow-weight sync."""
+        self._adopt_new_params()
         loss = self._base_step(closure)
         if not self.did_update:  # e.g. GradientAccumulation between updates: not an inner step
             return loss
@@ -151,6 +214,7 @@ class Lookahead(OptimizerWrapper):
     def slow_weights(self) -> Iterator[None]:
         """Temporarily put the slow weights φ into the model's parameters (e.g. for evaluation); the fast weights
         are restored on exit, also when the block raises. Do not step the optimizer inside the block."""
+        self._adopt_new_params()
         params = self._params()
         with torch.no_grad():
             fast = [p.detach().clone() for p in params]
