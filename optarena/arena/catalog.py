@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import hashlib
@@ -10,11 +11,14 @@ import importlib
 import importlib.util
 import inspect
 import os
+import random
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from .task import BUDGETS, Task
 from .tasks import (
@@ -103,11 +107,42 @@ def _call_factory(spec: str, factory: Callable[..., Task], budget: str) -> Any:
         raise ValueError(f"Invalid task: {spec!r} (calling it failed: {_exception_line(err)}{hint})") from err
 
 
+@contextlib.contextmanager
+def _fixed_global_generators(seed: int = 0) -> Iterator[None]:
+    """Torch's (CPU), Python's and NumPy's global generators seeded with ``seed``, and given back their states after:
+    data a task draws from them at load (a synthetic data set, a random split) is then the same in every worker
+    process and on every machine (Python's ``random`` is reseeded from the OS in each forked worker), and the
+    caller's random state does not move."""
+    try:
+        import numpy
+    except ImportError:
+        numpy = None
+    python_state = random.getstate()
+    numpy_state = numpy.random.get_state() if numpy is not None else None
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(seed)
+        random.seed(seed)
+        if numpy is not None:
+            numpy.random.seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            if numpy is not None:
+                numpy.random.set_state(numpy_state)
+
+
 def load_task(spec: str, budget: str = "quick") -> Task:
     """A built-in task by name (``"digits_mlp"``) or a user task from ``"package.module:function"`` or
-    ``"path/to/file.py:function"``. The function may take a ``budget`` keyword; it must return a :class:`Task`."""
+    ``"path/to/file.py:function"``. The function may take a ``budget`` keyword; it must return a :class:`Task`.
+    It runs with torch's, Python's and NumPy's global generators seeded (see :func:`_fixed_global_generators`)."""
     if budget not in BUDGETS:
         raise ValueError(f"Invalid budget: {budget!r} (expected one of {', '.join(BUDGETS)})")
+    with _fixed_global_generators():
+        return _load_task(spec, budget)
+
+
+def _load_task(spec: str, budget: str) -> Task:
     from .workloads import is_workload, load_workload
 
     if is_workload(spec):  # ultralytics:..., lightning:..., hf:...: fingerprinted by the workload itself

@@ -14,6 +14,7 @@ import functools
 import gc
 import hashlib
 import math
+import random
 import statistics
 import time
 from collections import deque
@@ -121,19 +122,21 @@ class _PeakMemory:
     mark, which ``/proc/self/clear_refs`` resets (so each run gets its own peak, not the worker's lifetime one).
 
     On CPU, memory freed by earlier runs is first handed back to the OS (``malloc_trim``); otherwise a run that
-    reuses it would show no growth at all. The first run in a worker still includes one-time allocations (lazy
-    imports, thread pools); medians over seeds absorb that.
+    reuses it would show no growth at all. On every device the garbage of earlier runs (reference cycles: a Muon
+    run leaves its model and state in one) is collected first: freed during this run, it would be subtracted from
+    this run's peak. The first run in a worker still includes one-time allocations (lazy imports, thread pools);
+    medians over seeds absorb that.
     """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.baseline: float | None = None
+        gc.collect()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
             self.baseline = torch.cuda.memory_allocated(device) / 2**20
         else:
-            gc.collect()
             _malloc_trim()
             try:
                 with open("/proc/self/clear_refs", "w") as f:
@@ -227,6 +230,18 @@ def _meets(task: Task, value: float) -> bool:
     return value >= task.target if task.higher_is_better else value <= task.target
 
 
+def seed_everything(seed: int) -> None:
+    """Seed torch (every device), Python's ``random`` and NumPy's global generator: a task that draws its initial
+    weights or data order from either (a NumPy init, ``random.shuffle``) then gives every optimizer the same ones."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    try:
+        import numpy
+    except ImportError:  # torch runs without NumPy; then nothing can draw from it
+        return
+    numpy.random.seed(seed)
+
+
 def ultralytics_only(optimizer_name: str) -> None:
     """Refuse, naming the argument, an optimizer only ultralytics' trainer builds (``musgd``) outside it."""
     if base_optimizer_info(optimizer_name).source == "ultralytics":
@@ -254,7 +269,7 @@ def train_once(task: Task, optimizer_name: str, lr: float, seed: int, batch_size
         return task.run(optimizer_name, lr, seed, batch_size, device=device, heartbeat=heartbeat, out=out)
     ultralytics_only(optimizer_name)
     memory = _PeakMemory(device)
-    torch.manual_seed(seed)
+    seed_everything(seed)
     model = task.make_model().to(device)
     init_digest = weights_digest(model)
     batches = iter(task.make_batches(torch.Generator().manual_seed(seed), batch_size))

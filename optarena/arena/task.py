@@ -1,8 +1,9 @@
 """What the arena trains: the :class:`Task` contract, and how a task is found from a name or ``module:function``.
 
 A task owns everything except the optimizer: the model, the data and its order, the loss and the validation metric.
-The runner calls ``make_model`` right after ``torch.manual_seed(seed)`` and hands ``make_batches`` a generator seeded
-from the same seed, so every optimizer starts from the same weights and sees the same batches in the same order.
+The runner calls ``make_model`` right after seeding torch, Python's ``random`` and NumPy with the run's seed, and hands
+``make_batches`` a generator seeded from the same seed, so every optimizer starts from the same weights and sees the
+same batches in the same order.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ class Task:
 
     Attributes:
         name: short identifier, used in study names, file names and tables.
-        make_model: builds the model; called after ``torch.manual_seed(seed)``, so it must draw its initial
-            weights from torch's global generator (the default for ``nn`` layers).
+        make_model: builds the model; called after ``torch.manual_seed(seed)`` (and ``random.seed``,
+            ``numpy.random.seed``), so it must draw its initial weights from those global generators (torch's is
+            the default for ``nn`` layers).
         make_batches: ``(generator, batch_size) -> iterator`` of training batches, endless or at least
             ``steps`` long. All randomness in the data order must come from ``generator``.
         loss: ``(model, batch) -> scalar tensor`` for one training step.

@@ -100,14 +100,18 @@ def _check_data(data: str, spec: str) -> None:
 
 
 def ultralytics_task(model: str, data: str, options: dict[str, Any], budget: str, name: str | None = None,
-                     spec: str = "") -> Task:
-    """A Task that trains ``model`` (a yaml, or weights) on ``data`` with ultralytics' detection trainer."""
+                     spec: str = "", generated_by: str | None = None) -> Task:
+    """A Task that trains ``model`` (a yaml, or weights) on ``data`` with ultralytics' detection trainer.
+    ``generated_by``: the module (in this package) whose code writes ``data`` on the first run (``shapes``); such
+    data may not exist yet, and it is fingerprinted by its folder's name and that code rather than its bytes, so
+    that generating it changes no fingerprint."""
     from .ultralytics import ARENA_ARGS
 
     clash = sorted(set(options) & (ARENA_ARGS - {"model", "data", "name"}))  # name: the task's
     if clash:
         raise ValueError(f"Invalid task: {spec or model!r} (the arena sets {', '.join(clash)} for every run)")
-    _check_data(data, spec)
+    if generated_by is None:
+        _check_data(data, spec)
     options = dict(options)
     target = options.pop("target", None)
     task_name = options.pop("name", None) or name or f"yolo-{Path(model).stem}-{Path(data).parent.name or 'data'}"
@@ -118,8 +122,10 @@ def ultralytics_task(model: str, data: str, options: dict[str, Any], budget: str
                          "optimizer)")
     data_path = str(Path(data).resolve()) if Path(data).is_file() else data
     model_path = str(Path(model).resolve()) if Path(model).is_file() else model
+    data_files = (data_path,) if generated_by is None else (_source(generated_by),)
     fingerprint = _digest("ultralytics", Path(model).name, Path(data).name, sorted(options.items()), batch, target,
-                          budget, files=(model_path, data_path, _source("ultralytics")))
+                          budget, *([Path(data).parent.name] if generated_by else []),
+                          files=(model_path, *data_files, _source("ultralytics")))
 
     def run(optimizer: str, lr: float, seed: int, batch_size: int, **kwargs: Any) -> Any:
         from .ultralytics import run as run_ultralytics

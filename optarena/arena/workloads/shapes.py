@@ -102,7 +102,7 @@ def make_yolo_shapes(budget: str = "quick", root: Path | None = None):
     data = root / f"yolo_shapes-v{VERSION}-{sizes['train']}-{sizes['val']}-{sizes['size']}px" / "data.yaml"
     options = {"epochs": sizes["epochs"], "imgsz": sizes["imgsz"], "batch": sizes["batch"], "nbs": sizes["batch"],
                "warmup_epochs": 1.0, "close_mosaic": 0, "cache": "ram"}
-    task = ultralytics_task("yolov8n.yaml", str(data), options, budget, name="yolo_shapes")
+    task = ultralytics_task("yolov8n.yaml", str(data), options, budget, name="yolo_shapes", generated_by="shapes")
     inner = task.run
 
     def run(*args, **kwargs):

@@ -100,8 +100,9 @@ def run(model: str, data: str, train_args: Mapping[str, Any], task_name: str, op
             "deterministic": True, "batch": batch_size, "device": "cpu" if device.type == "cpu" else str(device),
             "project": str(project / task_name), "name": f"{optimizer}-lr{lr:.4g}-seed{seed}", "exist_ok": True,
             "workers": 0, "plots": False, "val": True, "pretrained": False}
+    trainer_class = _trainer_class()  # imports ultralytics (~115 MB resident) once: before the memory baseline
     memory = _PeakMemory(device)
-    trainer = _trainer_class()(overrides=args)
+    trainer = trainer_class(overrides=args)
     trainer.opt_times = []
     torch.set_num_threads(threads)
     state: dict[str, Any] = {"batch_start": 0.0, "batch_times": [], "fwd_bwd": [], "train_seconds": 0.0,
