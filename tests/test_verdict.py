@@ -363,3 +363,15 @@ def test_a_win_whose_margin_rounds_to_zero_prints_its_digits(tmp_path):
     recs += records(cfg, "lion", tuned(LION_GRID, (3.0, 1.23, 2.0), spread=0.009))  # 1.2345 [1.23, 1.239]
     assert "lion 1.234 vs adamw 1.235 (+0.0 %), inside the seed spread" in task_verdict(
         ResultSet(cfg, recs), cfg.tasks[0]).sentence()
+
+
+def test_a_median_printed_on_the_printed_edge_of_the_others_range_is_a_tie(tmp_path):
+    """AdamW at 0.123456 on both seeds prints 0.1235; Lion's range [0.12346, 0.17346] prints [0.1235, 0.1735]: the
+    printed AdamW median sits on Lion's printed lower edge, so the report may not call Lion beaten beyond the spread."""
+    cfg = config(tmp_path, optimizers=("adamw", "lion"))
+    recs = records(cfg, "adamw", tuned(ADAMW_GRID, (0.3, 0.123456, 0.2)))
+    recs += records(cfg, "lion", tuned(LION_GRID, (0.3, 0.12346, 0.2), spread=0.05))
+    verdict = compute_verdict(ResultSet(cfg, recs))
+    task = verdict.tasks[0]
+    assert task.is_tie and "inside the seed spread" in task.sentence(), task.sentence()
+    assert "beaten beyond the seed spread" not in verdict.pick

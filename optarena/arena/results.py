@@ -123,14 +123,18 @@ class CellSummary:
 
     def ties(self, other: CellSummary) -> bool:
         """Two results tie when their difference lies inside the seed spread: either median inside the other's
-        range over seeds, ``[min, max]`` (widened by ``NUMERICAL_TIE``), or the two medians printed alike."""
+        range over seeds, ``[min, max]`` (widened by ``NUMERICAL_TIE``), also as printed (a median printed on the
+        printed edge of the other's range is inside it to the reader), or the two medians printed alike."""
         if self.metric_median is None or other.metric_median is None:
             return False
         if printed_alike(self.metric_median, other.metric_median):
             return True
 
         def inside(value: float, low: float, high: float) -> bool:
-            return no_worse(value, low, True) and no_worse(value, high, False)
+            if no_worse(value, low, True) and no_worse(value, high, False):
+                return True
+            value, low, high = (as_printed(x, METRIC_FORMAT) for x in (value, low, high))
+            return low <= value <= high
 
         return (inside(self.metric_median, other.metric_min, other.metric_max)
                 or inside(other.metric_median, self.metric_min, self.metric_max))
