@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import weakref
 from collections.abc import Callable
@@ -218,6 +219,23 @@ class OptimizerWrapper(Optimizer):
 
     def _base_step(self, closure: Callable[[], Any] | None) -> Any:
         return self.base.step(closure) if closure is not None else self.base.step()
+
+
+def eager_under_compile(step: Callable[..., Any]) -> Callable[..., Any]:
+    """``step`` (a wrapper's) run eagerly inside ``torch.compile(opt.step)``, the base's step still compiled: traced,
+    the wrappers' counters lost their increments (GradientAccumulation never stepped its base, silently). Dynamo's
+    ``disable`` is made on the first compiled call, not at import: importing it costs ~1.3 s."""
+    disabled: list[Callable[..., Any]] = []
+
+    @functools.wraps(step)
+    def run(self: Any, closure: Callable[[], Any] | None = None) -> Any:
+        if torch.compiler.is_compiling():
+            if not disabled:
+                disabled.append(torch.compiler.disable(step, recursive=False))
+            return disabled[0](self, closure)
+        return step(self, closure)
+
+    return run
 
 
 def mark_wrapped(base: Optimizer, wrapper: Optimizer) -> None:

@@ -12,7 +12,7 @@ from torch.optim import Optimizer
 
 from ..optim.step import math_dtype
 from ..validation import check_choice
-from ._base import OptimizerWrapper, refuse_closure_only
+from ._base import OptimizerWrapper, eager_under_compile, refuse_closure_only
 
 
 class GradientAccumulation(OptimizerWrapper):
@@ -123,9 +123,7 @@ class GradientAccumulation(OptimizerWrapper):
         self.skip_nonfinite = extra.get("skip_nonfinite", self.skip_nonfinite)
 
     # -- the algorithm --------------------------------------------------------------------------------------------
-    # Not traced by torch.compile (the base's step still is): a compiled step dropped the counter's increments, so
-    # the base never stepped and the weights stayed frozen, silently
-    @torch.compiler.disable(recursive=False)
+    @eager_under_compile
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Accumulate this micro-batch's gradients; on every N-th call update the base with their mean.
         ``closure`` (if given) is evaluated on every call and its loss returned; the base gets no closure."""

@@ -14,7 +14,7 @@ from torch.optim import Optimizer
 from ..optim import quant
 from ..optim.step import group_by_device_and_dtype, math_dtype
 from ..validation import check_choice, check_number
-from ._base import OptimizerWrapper, chain, refuse_schedule_free
+from ._base import OptimizerWrapper, chain, eager_under_compile, refuse_schedule_free
 
 PULLBACKS = ("none", "reset", "pullback")
 
@@ -156,9 +156,7 @@ class Lookahead(OptimizerWrapper):
         self._adopt_new_params()
 
     # -- the algorithm --------------------------------------------------------------------------------------------
-    # Not traced by torch.compile (the base's step still is): a compiled step dropped the counter's increments and
-    # synced at the wrong steps, silently
-    @torch.compiler.disable(recursive=False)
+    @eager_under_compile
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One inner step of the base; every k-th one is followed by the slow-weight sync."""
         self._adopt_new_params()
