@@ -35,6 +35,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 <= value < 2**63 - 1:  # torch.Generator.manual_seed(seed + 1) overflows past this
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to {2**63 - 2}, got {text!r}")
+    return value
+
+
 def _metric_name(text: str) -> str:
     if not text.strip() or ":" in text:
         raise argparse.ArgumentTypeError(f"expected a metric name without ':' (it separates a task spec's parts), "
@@ -188,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--optimizers", type=_names, default=["adamw", "lion"],
                       help="comma-separated names (default: adamw,lion)")
     demo.add_argument("--epochs", type=_positive_int, default=30)
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=_seed, default=0, help="weights, split and batch order (default: 0)")
     demo.set_defaults(func=_cmd_demo)
     listing = commands.add_parser("list", help="list the registered optimizers")
     listing.set_defaults(func=_cmd_list)

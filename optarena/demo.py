@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .registry import create_optimizer, get_optimizer_info, set_optimizer_mode, state_bytes
+from .registry import base_optimizer_info, create_optimizer, set_optimizer_mode
 
 DEFAULT_OPTIMIZERS = ("adamw", "lion")
 
@@ -86,18 +86,21 @@ def train_digits(name: str, *, lr: float | None = None, weight_decay: float = 0.
         logits = model(x_val)
         val_loss = loss_fn(logits, y_val).item()
         accuracy = (logits.argmax(dim=1) == y_val).float().mean().item()
-    used_lr = get_optimizer_info(name).default_lr if lr is None else lr
+    from .arena.runner import total_state_bytes  # here: the arena imports this module
+
+    used_lr = base_optimizer_info(name).default_lr if lr is None else lr  # lookahead_lion: lion's lr
     diverged = not (math.isfinite(val_loss) and math.isfinite(loss.item()))
     return DigitsResult(name, used_lr, accuracy, val_loss, loss.item(), steps, 1e3 * statistics.median(step_times),
-                        state_bytes(optimizer), sum(p.numel() for p in model.parameters()), diverged)
+                        total_state_bytes(optimizer), sum(p.numel() for p in model.parameters()), diverged)
 
 
 def format_table(results: Sequence[DigitsResult]) -> str:
-    header = (f"{'optimizer':<10} {'lr':>8} {'val acc':>8} {'val loss':>9} {'step ms':>8} {'state B/param':>13}")
+    width = max([10, *(len(r.optimizer) for r in results)])  # lookahead_lion, schedulefree_adamw
+    header = (f"{'optimizer':<{width}} {'lr':>8} {'val acc':>8} {'val loss':>9} {'step ms':>8} {'state B/param':>13}")
     lines = [header, "-" * len(header)]
     for r in results:
         acc = "diverged" if r.diverged else f"{100 * r.val_accuracy:.1f}%"
-        lines.append(f"{r.optimizer:<10} {r.lr:>8.1e} {acc:>8} {r.val_loss:>9.4f} {r.step_ms:>8.3f} "
+        lines.append(f"{r.optimizer:<{width}} {r.lr:>8.1e} {acc:>8} {r.val_loss:>9.4f} {r.step_ms:>8.3f} "
                      f"{r.state_bytes / r.params:>13.2f}")
     return "\n".join(lines)
 
@@ -108,6 +111,7 @@ def run_demo(optimizers: Sequence[str] = DEFAULT_OPTIMIZERS, *, epochs: int = 30
     torch.set_num_threads(1)  # a 35k-parameter MLP runs 9x slower on 2 threads than on 1 (thread overhead)
     print(f"optarena demo: MLP 64-128-128-10 on scikit-learn digits, {epochs} epochs, batch 64, seed {seed}, "
           f"each optimizer at its default lr")
-    results = [train_digits(name, epochs=epochs, seed=seed) for name in optimizers]
+    names = dict.fromkeys(n.lower() for n in optimizers)  # as compare does: a name given twice trains once
+    results = [train_digits(name, epochs=epochs, seed=seed) for name in names]
     print(format_table(results))
     return results

@@ -99,3 +99,19 @@ def test_an_out_name_too_long_for_the_file_system_is_refused(capsys, tmp_path):
 def test_an_ultralytics_dataset_that_exists_nowhere_is_refused_before_any_run(capsys, tmp_path):
     err = _refused(capsys, "compare", "--task", "ultralytics:yolov8n.yaml:nope.yaml", "--out", str(tmp_path / "out"))
     assert "(data 'nope.yaml' is no file here, nor a dataset that ultralytics ships)" in err, err
+
+
+def test_demo_trains_a_lookahead_name_that_list_offers(capsys: pytest.CaptureFixture[str]) -> None:
+    """``optarena list`` offers lookahead_ names and --optimizers takes them; the demo once trained the model and
+    then failed looking up the lr. Lookahead's slow weights count beside Lion's momentum."""
+    assert main(["demo", "--optimizers", "lookahead_lion,LION,lion", "--epochs", "1"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[-2:]]
+    assert [row[0] for row in rows] == ["lookahead_lion", "lion"]  # a name given twice trains once
+    assert [row[1] for row in rows] == ["1.0e-04", "1.0e-04"]  # Lion's default lr
+    assert [float(row[-1]) for row in rows] == [8.0, 4.0]  # state B/param: slow weights + momentum, momentum
+
+
+@pytest.mark.parametrize("seed", ["-1", "99999999999999999999999", "x"])
+def test_demo_refuses_a_seed_torch_cannot_take(capsys: pytest.CaptureFixture[str], seed: str) -> None:
+    err = _refused(capsys, "demo", "--seed", seed)
+    assert f"argument --seed: expected an integer from 0 to {2**63 - 2}, got {seed!r}" in err, err

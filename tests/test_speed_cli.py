@@ -241,3 +241,90 @@ def test_heavyball_peer_runs_real_steps() -> None:
     assert failed == []
     heavyball = next(r for r in results if r.label == "heavyball AdamW")
     assert heavyball.grads_restored and heavyball.state_bytes_per_param == pytest.approx(8.0, abs=0.05)  # + step
+
+
+@pytest.mark.parametrize("flag, value, says", [
+    ("--steps", "0", "argument --steps: expected a positive integer, got '0'"),
+    ("--steps", "-1", "argument --steps: expected a positive integer, got '-1'"),
+    ("--rounds", "0", "argument --rounds: expected a positive integer, got '0'"),
+    ("--rounds", "-2", "argument --rounds: expected a positive integer, got '-2'"),
+    ("--threads", "0", "argument --threads: expected a positive integer up to 1024, got '0'"),
+    ("--threads", "-3", "argument --threads: expected a positive integer up to 1024, got '-3'"),
+    ("--threads", "99999999999", "argument --threads: expected a positive integer up to 1024"),
+    ("--optimizers", "", "argument --optimizers: expected comma-separated names"),
+    ("--optimizers", "lion,adan,lion", "argument --optimizers: lion named twice"),
+    ("--paths", ",", "argument --paths: expected comma-separated names"),
+    ("--paths", "loop,loop", "argument --paths: loop named twice"),
+    ("--layouts", "", "argument --layouts: expected comma-separated names"),
+    ("--device", "foo", "argument --device: expected cpu or cuda[:N], got 'foo'"),
+    ("--device", "meta", "argument --device: expected cpu or cuda[:N], got 'meta'"),
+])
+def test_speed_refuses_bad_values_naming_the_flag(capsys: pytest.CaptureFixture[str], flag: str, value: str,
+                                                  says: str) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["speed", "--quick", "--no-peers", flag, value])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err, err
+
+
+def test_speed_refuses_a_json_path_it_cannot_write_before_timing(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    for path, says in ((tmp_path, "is a directory"), (tmp_path / "no" / "x.json", "does not exist")):
+        with pytest.raises(SystemExit) as info:
+            main(["speed", "--quick", "--no-peers", "--json", str(path)])
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert f"argument --json: {str(path)!r}" in err and says in err, err
+    assert capsys.readouterr().out == ""  # nothing was timed
+
+
+def test_speed_json_keeps_finished_layouts_when_a_later_one_is_interrupted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from optarena.speed import cli
+
+    out = tmp_path / "speed.json"
+    out.write_text("an older run")  # replaced
+    real = cli.run_layout
+
+    def interrupted_on_second(layout: str, *args: object, **kwargs: object) -> object:
+        if layout == "200x64":
+            raise KeyboardInterrupt
+        return real(layout, *args, **kwargs)
+
+    monkeypatch.setattr(cli, "run_layout", interrupted_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        main(["speed", "--quick", "--no-peers", "--optimizers", "lion", "--paths", "foreach", "--layouts",
+              "20x2K,200x64", "--rounds", "1", "--steps", "1", "--json", str(out)])
+    data = json.loads(out.read_text())
+    assert {r["layout"] for r in data["results"]} == {"20x2K"}
+    assert all(r["bandwidth_pct"] > 0 for r in data["results"])
+    assert data["meta"]["bandwidth_gb_s"] == max(data["meta"]["bandwidth_readings_gb_s"]) > 0
+    assert list(tmp_path.iterdir()) == [out]  # no partial file left
+
+
+def test_bandwidth_is_measured_on_the_device_that_is_timed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from optarena.speed import cli
+
+    seen = []
+
+    def bandwidth(numel: int, repeats: int = 9, device: object = "cpu") -> float:
+        seen.append(torch.device(device))
+        return 1.0
+
+    monkeypatch.setattr(cli, "measure_bandwidth", bandwidth)
+    assert main(["speed", "--quick", "--no-peers", "--optimizers", "lion", "--paths", "foreach", "--layouts",
+                 "200x64", "--rounds", "1", "--steps", "1", "--device", "cpu"]) == 0
+    assert seen == [torch.device("cpu")] * 2
+    from optarena.speed import measure_bandwidth
+
+    assert measure_bandwidth(1024, repeats=1, device=torch.device("cpu")) > 0
+
+
+def test_an_8bit_path_an_optimizer_does_not_take_is_listed_with_the_reason() -> None:
+    from optarena.speed import candidates
+
+    cands, missing = candidates(["amos", "lion"], ["fused-int8"], peers=False)
+    assert [c.label for c in cands if c.source == "optarena"] == ["lion fused-int8"]
+    assert [(m.label, m.reason) for m in missing] == [("amos fused-int8",
+                                                       "it takes no 8-bit state (state_dtype='int8')")]

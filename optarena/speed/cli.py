@@ -11,6 +11,7 @@ from dataclasses import asdict
 
 import torch
 
+from ..arena.config import MAX_THREADS
 from ..registry import get_optimizer_info, list_optimizers
 from .candidate import DEFAULT_PATHS, PATHS, Candidate, Unavailable, own_candidates
 from .layouts import LAYOUTS, MODEL_LAYOUTS, QUICK_LAYOUTS
@@ -19,23 +20,73 @@ from .peers import peer_candidates
 
 
 def candidates(optimizers: list[str], paths: list[str], peers: bool) -> tuple[list[Candidate], list[Unavailable]]:
-    """Everything to time, and the peers asked for that cannot be, with the reason."""
+    """Everything to time, and what was asked for that cannot be (8-bit state an optimizer does not take, a peer
+    not installed), with the reason."""
     own = own_candidates(optimizers, paths)
+    skipped = [Unavailable(f"{name} fused-int8", "optarena", "it takes no 8-bit state (state_dtype='int8')")
+               for name in optimizers if "fused-int8" in paths and not get_optimizer_info(name).int8_state]
     if not peers:
-        return own, []
+        return own, skipped
     found, missing = peer_candidates(optimizers)
-    return own + found, missing
+    return own + found, skipped + missing
 
 
 def _csv(choices: tuple[str, ...] | list[str]) -> Callable[[str], list[str]]:
     def parse(text: str) -> list[str]:
         names = [n.strip() for n in text.split(",") if n.strip()]
+        if not names:  # an empty list would quietly mean the default, or time nothing but AdamW
+            raise argparse.ArgumentTypeError(f"expected comma-separated names (choose from {', '.join(choices)}), "
+                                             f"got {text!r}")
         bad = [n for n in names if n not in choices]
         if bad:
             raise argparse.ArgumentTypeError(f"unknown {', '.join(bad)} (choose from {', '.join(choices)})")
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:  # two candidates of one label would pool their samples into one median
+            raise argparse.ArgumentTypeError(f"{', '.join(repeated)} named twice in {text!r}")
         return names
 
     return parse
+
+
+def _positive_int(most: int | None = None) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+        if value < 1 or (most is not None and value > most):
+            limit = f" up to {most}" if most is not None else ""
+            raise argparse.ArgumentTypeError(f"expected a positive integer{limit}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _device(text: str) -> torch.device:
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"expected cpu or cuda[:N], got {text!r}") from None
+    if device.type not in ("cpu", "cuda"):  # the timing synchronises these two only
+        raise argparse.ArgumentTypeError(f"expected cpu or cuda[:N], got {text!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: torch finds no CUDA device here")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text!r}: torch finds {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def _json_path(text: str) -> str:
+    """A file that can be written, checked before the run (which takes minutes) rather than after it."""
+    path = os.path.abspath(text)
+    folder = os.path.dirname(path)
+    if os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory, not a file")
+    if not os.path.isdir(folder):
+        raise argparse.ArgumentTypeError(f"{text!r}: its folder {folder} does not exist")
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise argparse.ArgumentTypeError(f"{text!r} cannot be written (permission denied)")
+    return text
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,14 +101,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"{','.join(QUICK_LAYOUTS)}, which any run may name); also the parameter shapes of a "
                              f"real model: {','.join(MODEL_LAYOUTS)}")
     parser.add_argument("--quick", action="store_true", help="small layouts and few steps: a smoke test")
-    parser.add_argument("--steps", type=int, default=None, help="steps per timed sample (default 3; --quick 2)")
-    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5; --quick 2)")
+    parser.add_argument("--steps", type=_positive_int(), default=None,
+                        help="steps per timed sample (default 3; --quick 2)")
+    parser.add_argument("--rounds", type=_positive_int(), default=None,
+                        help="interleaved rounds (default 5; --quick 2)")
     parser.add_argument("--no-peers", action="store_true",
                         help="leave out the other libraries' optimizers (lion-pytorch, pytorch-optimizer, "
                              "bitsandbytes, torch-optimi, heavyball, torchao)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--json", metavar="PATH", default=None, help="also write the results as JSON")
+    parser.add_argument("--threads", type=_positive_int(MAX_THREADS), default=None,
+                        help="torch threads (default: all cores)")
+    parser.add_argument("--device", type=_device, default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu or cuda[:N] (default: cuda where torch finds one, else cpu)")
+    parser.add_argument("--json", metavar="PATH", type=_json_path, default=None,
+                        help="also write the results as JSON (rewritten after each layout, so an interrupted run "
+                             "keeps the finished layouts; an existing file is replaced)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -85,31 +142,42 @@ def _run(args: argparse.Namespace) -> int:
         print(msg, flush=True)
 
     # measured before every layout and at the end: load from other processes only lowers it, so the run reports the
-    # highest (one reading at the start once came out at half the machine's figure)
+    # highest (one reading at the start once came out at half the machine's figure); on the device that is timed
     buffer_numel = 2**20 if args.quick else 2**25
-    bandwidths = [measure_bandwidth(buffer_numel)]
-    log(f"{torch.get_num_threads()} threads; torch {torch.__version__}")
+    bandwidths = [measure_bandwidth(buffer_numel, device=device)]
+    log(f"{torch.get_num_threads()} threads; torch {torch.__version__}; {device}")
     for m in missing:
         log(f"  not run {m.label}: {m.reason}")
     results: list[Result] = []
+    meta = dict(threads=torch.get_num_threads(), torch=torch.__version__, device=str(device),
+                machine=platform.machine(), processor=cpu_description(), cpu_count=os.cpu_count(), steps=steps,
+                rounds=rounds, layouts={k: [list(s) for s in v[:1]] + [len(v)] for k, v in shapes.items()})
     for layout in layouts:
         timed, failed = run_layout(layout, shapes[layout], cands, steps=steps, rounds=rounds, device=device, log=log)
         results.extend(timed)
         missing.extend(failed)
-        bandwidths.append(measure_bandwidth(buffer_numel))
+        bandwidths.append(measure_bandwidth(buffer_numel, device=device))
+        _share_of_bandwidth(results, max(bandwidths))
+        if args.json:  # after each layout: a run stopped later keeps the layouts it finished
+            _write_json(args.json, meta, bandwidths, results, missing)
     bandwidth = max(bandwidths)
-    for res in results:
-        res.bandwidth_pct = 100 * res.gb_per_s / bandwidth
-    print(f"in-place bandwidth (a += b, {'4 MiB' if args.quick else '128 MiB'} fp32): {bandwidth:.1f} GB/s "
+    print(f"in-place bandwidth (a += b, {'4 MiB' if args.quick else '128 MiB'} fp32, {device}): {bandwidth:.1f} GB/s "
           f"(highest of {len(bandwidths)} readings: {', '.join(f'{b:.1f}' for b in bandwidths)})")
     print(format_table(results, missing))
-    if args.json:
-        meta = dict(bandwidth_gb_s=bandwidth, bandwidth_readings_gb_s=bandwidths, threads=torch.get_num_threads(),
-                    torch=torch.__version__,
-                    device=str(device), machine=platform.machine(), processor=cpu_description(),
-                    cpu_count=os.cpu_count(), steps=steps, rounds=rounds,
-                    layouts={k: [list(s) for s in v[:1]] + [len(v)] for k, v in shapes.items()})
-        with open(args.json, "w") as fh:
-            json.dump({"meta": meta, "results": [asdict(r) for r in results],
-                       "not_run": [asdict(m) for m in missing]}, fh, indent=1)
     return 0
+
+
+def _share_of_bandwidth(results: list[Result], bandwidth: float) -> None:
+    for res in results:
+        res.bandwidth_pct = 100 * res.gb_per_s / bandwidth
+
+
+def _write_json(path: str, meta: dict, bandwidths: list[float], results: list[Result],
+                missing: list[Unavailable]) -> None:
+    """Write through a file beside ``path`` and rename it: an interrupted write leaves the previous file whole."""
+    data = {"meta": {"bandwidth_gb_s": max(bandwidths), "bandwidth_readings_gb_s": bandwidths, **meta},
+            "results": [asdict(r) for r in results], "not_run": [asdict(m) for m in missing]}
+    partial = f"{path}.partial"
+    with open(partial, "w") as fh:
+        json.dump(data, fh, indent=1)
+    os.replace(partial, path)

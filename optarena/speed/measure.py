@@ -54,13 +54,17 @@ def cpu_description(cpuinfo: str = "/proc/cpuinfo") -> str:
     return ", ".join(p for p in [*parts, vector] if p)
 
 
-def measure_bandwidth(numel: int, repeats: int = 9) -> float:
-    """GB/s of ``a += b`` (reads 2, writes 1 element) over two ``numel`` fp32 buffers: the in-place ceiling."""
-    a, b = torch.ones(numel), torch.ones(numel)
+def measure_bandwidth(numel: int, repeats: int = 9, device: torch.device | str = "cpu") -> float:
+    """GB/s of ``a += b`` (reads 2, writes 1 element) over two ``numel`` fp32 buffers on ``device``: the in-place
+    ceiling of the memory the timed steps use."""
+    device = torch.device(device)
+    a, b = torch.ones(numel, device=device), torch.ones(numel, device=device)
     times = []
     for _ in range(repeats):
+        _sync(device)
         start = time.perf_counter()
         a.add_(b)
+        _sync(device)
         times.append(time.perf_counter() - start)
     return 12 * numel / statistics.median(times) / 1e9
 
