@@ -131,9 +131,11 @@ def base_optimizer_info(name: str) -> OptimizerInfo:
 
 def info_for(cls: type) -> OptimizerInfo | None:
     """The entry of ``cls``, or of the nearest registered class it derives from (a user's subclass of Lion is
-    elementwise too); None for an unregistered family. Several names may share a class (SGD): they share facts."""
+    elementwise too); None for an unregistered family. Several names may share a class (SGD): they share facts.
+    A registered class with ``adapts`` (the registry's checked schedule-free classes) stands for that class too: an
+    optimizer built from the package directly still needs its train()/eval() switched."""
     for klass in cls.__mro__:
         for info in _REGISTRY.values():
-            if info.cls is klass:
+            if info.cls is klass or getattr(info.cls, "adapts", None) is klass:
                 return info
     return None

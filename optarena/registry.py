@@ -30,6 +30,7 @@ from .info import (
     list_optimizers,
     register_optimizer,
 )
+from .optim.schedule_free import AdamWScheduleFree, SGDScheduleFree
 from .validation import check_number
 from .wrappers import GradientAccumulation, LayerAdaptation, Lazy, Lookahead
 
@@ -47,7 +48,8 @@ def param_groups_for_weight_decay(model_or_params: nn.Module | Iterable[Any], we
 
     Not decayed: 1-D and 0-d parameters (biases, normalisation weights, scales), names ending in ``.bias``, and
     names (or module prefixes) listed in ``no_weight_decay`` or returned by ``model.no_weight_decay()``.
-    Parameter-group dicts given by the caller are passed through unchanged. Frozen parameters are left out.
+    Parameter-group dicts given by the caller are used as given, with ``weight_decay`` where they set none.
+    Frozen parameters are left out.
     """
     # checked here, not left to the optimizer: torch.optim checks only its constructor's weight_decay, and the
     # value goes into the groups (a NaN or negative decay was taken, a NaN made every weight NaN)
@@ -70,8 +72,12 @@ def param_groups_for_weight_decay(model_or_params: nn.Module | Iterable[Any], we
         if names:
             raise ValueError(f"Invalid no_weight_decay: {names!r} names parameters, which a list of tensors has "
                              "not: pass the model (an nn.Module)")
-        if not items or isinstance(items[0], dict):
-            return items
+        dicts = [isinstance(item, Mapping) for item in items]
+        if any(dicts) and not all(dicts):
+            raise ValueError(f"Invalid params: {sum(dicts)} param-group dicts among {len(items) - sum(dicts)} tensors "
+                             "(give tensors or param-group dicts, not both)")
+        if any(dicts):
+            return [_given_group(group, weight_decay, i) for i, group in enumerate(items)]
         skip = set()
         named = [("", p) for p in items if p.requires_grad]
     if weight_decay == 0:
@@ -82,6 +88,16 @@ def param_groups_for_weight_decay(model_or_params: nn.Module | Iterable[Any], we
         (no_decay if exempt else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
+
+
+def _given_group(group: Mapping[str, Any], weight_decay: float, index: int) -> dict[str, Any]:
+    """A caller's param group with the factory's ``weight_decay`` where it sets none (the factory passes no
+    weight_decay to the constructor, so the optimizer's own default, AdamW's 0.01 or Muon's 0.1, applied without a
+    word), its lr and weight decay checked (torch.optim checks its constructor's arguments only)."""
+    for key in ("lr", "weight_decay"):
+        if key in group:
+            check_number(f"{key} of param group {index}", group[key])
+    return {"weight_decay": weight_decay, **group}
 
 
 def _filter_kwargs(info: OptimizerInfo, kwargs: dict[str, Any], stacklevel: int = 3) -> dict[str, Any]:
@@ -240,25 +256,11 @@ def _register_torch_optimizers() -> None:
 
 _register_torch_optimizers()
 
-SCHEDULEFREE_REQUIREMENT = "schedulefree==1.4.1"
-
-
-def _missing(name: str) -> type:
-    """A stand-in class for an optional package's optimizer: building it raises ImportError with the fix."""
-    def __init__(self: Any, params: Any, *args: Any, **kwargs: Any) -> None:
-        raise ImportError(f"{name!r} needs the schedulefree package: pip install {SCHEDULEFREE_REQUIREMENT} "
-                          "(in optarena's arena extra)")
-    return type(f"Missing_{name}", (), {"__init__": __init__})
-
-
 def _register_schedulefree() -> None:
-    """Defazio et al. 2024's schedule-free AdamW and SGD from the ``schedulefree`` package (optional: without it
-    the names stay registered and building one raises ImportError naming ``pip install schedulefree``)."""
-    try:
-        import schedulefree
-        adamw, sgd = schedulefree.AdamWScheduleFree, schedulefree.SGDScheduleFree
-    except ImportError:
-        adamw, sgd = _missing("schedulefree_adamw"), _missing("schedulefree_sgd")
+    """Defazio et al. 2024's schedule-free AdamW and SGD from the ``schedulefree`` package, checked as above
+    (optional: without it the names stay registered and building one raises ImportError naming ``pip install
+    schedulefree``)."""
+    adamw, sgd = AdamWScheduleFree, SGDScheduleFree
     modal = dict(source="schedulefree", train_eval_modes=True, schedule="constant")
     register_optimizer(OptimizerInfo(
         "schedulefree_adamw", adamw, 2.5e-3, num_betas=2, eps="number", state_bytes_per_param=8, **modal,

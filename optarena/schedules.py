@@ -40,14 +40,14 @@ def piecewise_linear(optimizer: Optimizer, points: Mapping[int, float]) -> Lambd
 
 def piecewise_linear_lambda(points: Mapping[int, float]) -> Callable[[int], float]:
     """``step → multiplier`` for ``points``, checked (what :func:`piecewise_linear` schedules)."""
-    if not points:
-        raise ValueError("Invalid points: {} (give at least one {step: multiplier} pair)")
+    if not isinstance(points, Mapping) or not points:  # a list of pairs failed deep inside with AttributeError
+        raise ValueError(f"Invalid points: {points!r} (give a dict of at least one {{step: multiplier}} pair)")
     for step, multiplier in points.items():
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
             raise ValueError(f"Invalid step in points: {step!r} (steps are integers >= 0)")
         if isinstance(multiplier, bool) or not isinstance(multiplier, numbers.Real) or not 0 <= multiplier < math.inf:
             raise ValueError(f"Invalid multiplier in points: {multiplier!r} at step {step} (a finite number >= 0)")
-    frozen = dict(points)
+    frozen = {int(step): float(multiplier) for step, multiplier in points.items()}  # numpy's ints and floats too
     return lambda step: piecewise_linear_multiplier(frozen, step)
 
 
@@ -58,6 +58,6 @@ def ema_model(model: nn.Module, decay: float = 0.999, *, use_buffers: bool = Tru
     calls average); evaluate with ``ema`` (or ``ema.module``).
     ``use_buffers=True`` averages BatchNorm statistics too, so no extra ``update_bn`` pass is needed.
     """
-    if not 0.0 <= decay < 1.0:
-        raise ValueError(f"Invalid decay: {decay!r} (must be in [0, 1))")
+    if isinstance(decay, bool) or not isinstance(decay, numbers.Real) or not 0.0 <= decay < 1.0:  # NaN too
+        raise ValueError(f"Invalid decay: {decay!r} (a number in [0, 1))")  # a string failed in the comparison
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=use_buffers)

@@ -233,3 +233,29 @@ def test_bad_groups_and_foreign_state_are_refused() -> None:
     with pytest.raises(ValueError, match="lr"):
         opt.load_state_dict({**before, "param_groups": [{**g, "lr": -5.0} for g in before["param_groups"]]})
     assert opt.state_dict()["param_groups"] == before["param_groups"] and other.param_groups
+
+
+def test_group_values_are_checked_when_added_and_before_each_step() -> None:
+    model = make_model("transformer")
+    hidden, bias = model.enc.linear1.weight, model.enc.linear1.bias
+    with pytest.raises(ValueError, match="Muon part.*momentum: 5"):
+        MuonAdamW([{"params": [hidden], "momentum": 5}])
+    with pytest.raises(ValueError, match=r"AdamW part.*betas\[0\]: 1.5"):
+        MuonAdamW([{"params": [bias], "betas": (1.5, 0.9)}])
+    opt = MuonAdamW([hidden, bias], lr=LR)
+    with pytest.raises(ValueError, match="ns_steps: 0"):  # refused before either half takes it
+        opt.add_param_group({"params": [model.enc.linear2.weight], "ns_steps": 0})
+    assert len(opt.param_groups) == 2
+    for index, key, value, match in ((0, "momentum", 2.0, "momentum: 2.0"), (0, "lr", float("nan"), "lr: nan"),
+                                     (1, "betas", (0.9, 1.5), r"betas\[1\]: 1.5")):
+        opt = MuonAdamW([hidden, bias], lr=LR)
+        train(model, [opt], "transformer", batches("transformer", 1))
+        before = [hidden.detach().clone(), bias.detach().clone()]
+        opt.param_groups[index][key] = value  # as a scheduler or a user would, mid-run
+        with pytest.raises(ValueError, match=f"step: param group {index}.*{match}"):
+            train(model, [opt], "transformer", batches("transformer", 1))
+        assert torch.equal(hidden, before[0]) and torch.equal(bias, before[1])  # nothing moved
+    saved = opt.state_dict()
+    with pytest.raises(ValueError, match="param group 0.*momentum: 1.5"):
+        opt.load_state_dict({**saved, "param_groups": [{**saved["param_groups"][0], "momentum": 1.5},
+                                                       saved["param_groups"][1]]})

@@ -175,3 +175,18 @@ def test_translate_hparams_refuses_what_it_cannot_do() -> None:
         optarena.translate_hparams("lion", from_="sgd", lr=1e-3)
     with pytest.raises(ValueError, match="Invalid lr: 0"):
         optarena.translate_hparams("lion", lr=0)
+
+
+@pytest.mark.parametrize("name", ["adamw", "lion", "muon"])
+def test_group_dicts_take_the_factory_weight_decay_and_are_checked(name: str) -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    given = [{"params": [model[0].weight, model[1].weight]}, {"params": [model[0].bias], "weight_decay": 0.0}]
+    opt = optarena.create_optimizer(given, name, weight_decay=0.3)  # AdamW's own default was taken: 0.01
+    assert sorted(g["weight_decay"] for g in opt.param_groups) == [0.0, 0.3]
+    assert sorted(g["weight_decay"] for g in optarena.create_optimizer(given, name).param_groups) == [0.0, 0.0]
+    with pytest.raises(ValueError, match="weight_decay of param group 1: nan"):
+        optarena.create_optimizer([given[0], {"params": [model[1].bias], "weight_decay": float("nan")}], name)
+    with pytest.raises(ValueError, match="lr of param group 0: -1"):
+        optarena.create_optimizer([{"params": [model[1].bias], "lr": -1}], name)
+    with pytest.raises(ValueError, match="Invalid params: 1 param-group dicts among 1 tensors"):
+        optarena.create_optimizer([model[0].weight, {"params": [model[1].weight]}], name)

@@ -10,15 +10,17 @@ from torch import nn
 import optarena
 from optarena.arena import runner
 from optarena.arena.tasks import make_digits_mlp
-from optarena.registry import _missing
+from optarena.optim.schedule_free import _missing
 
 schedulefree = pytest.importorskip("schedulefree")
 
 
 def test_registry_facts_and_factory() -> None:
     info = optarena.get_optimizer_info("schedulefree_adamw")
-    assert info.train_eval_modes and info.schedule == "constant" and info.cls is schedulefree.AdamWScheduleFree
-    assert optarena.get_optimizer_info("schedulefree_sgd").cls is schedulefree.SGDScheduleFree
+    assert info.train_eval_modes and info.schedule == "constant"
+    assert issubclass(info.cls, schedulefree.AdamWScheduleFree)  # the package's class, checked (optim/schedule_free.py)
+    assert issubclass(optarena.get_optimizer_info("schedulefree_sgd").cls, schedulefree.SGDScheduleFree)
+    assert optarena.info.info_for(schedulefree.AdamWScheduleFree) is info  # built from the package directly too
     opt = optarena.create_optimizer(nn.Linear(3, 2), "schedulefree_sgd", lr=None)
     assert opt.param_groups[0]["lr"] == 1.0
     assert optarena.translate_hparams("schedulefree_adamw", lr=1e-3) == {"lr": 2.5e-3, "weight_decay": 0.0}
@@ -79,3 +81,46 @@ def test_arena_evaluates_at_the_eval_weights(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(schedulefree.AdamWScheduleFree, "eval", lambda self: None)
     skipped, _ = _run(monkeypatch)
     assert skipped.eval_metric[1:] != result.eval_metric[1:]
+
+
+def _trained(name: str, model: nn.Module, steps: int = 2) -> torch.optim.Optimizer:
+    opt = optarena.create_optimizer(model, name)
+    opt.train()
+    for _ in range(steps):
+        opt.zero_grad()
+        model(torch.ones(2, 3)).pow(2).sum().backward()
+        opt.step()
+    return opt
+
+
+@pytest.mark.parametrize("name", ["schedulefree_adamw", "schedulefree_sgd"])
+def test_bad_values_eval_mode_steps_and_foreign_state_are_refused(name: str) -> None:
+    model = nn.Linear(3, 2)
+    if name == "schedulefree_adamw":  # the package checks lr, weight decay (and SGD's momentum) only
+        for kwargs, match in (({"betas": (1.5, 0.9)}, r"betas\[0\]: 1.5"), ({"eps": -1.0}, "eps: -1.0")):
+            with pytest.raises(ValueError, match=match):
+                optarena.create_optimizer(model, name, **kwargs)
+    with pytest.raises(RuntimeError, match=r"eval\(\) mode.*optimizer.train\(\)"):
+        optarena.create_optimizer(model, name).step()  # built in eval() mode, as the package builds it
+    opt = _trained(name, model)
+    saved = opt.state_dict()
+    before = model.weight.detach().clone()
+    opt.param_groups[0]["lr"] = float("nan")  # mid-run: every weight became NaN
+    with pytest.raises(ValueError, match="step: param group 0: Invalid lr: nan"):
+        opt.step()
+    assert torch.equal(model.weight, before)
+    adamw = torch.optim.AdamW(model.parameters())
+    model(torch.ones(2, 3)).sum().backward()
+    adamw.step()
+    other = "schedulefree_sgd" if name == "schedulefree_adamw" else "schedulefree_adamw"
+    for foreign in (adamw.state_dict(), _trained(other, nn.Linear(3, 2)).state_dict()):
+        with pytest.raises(ValueError, match="param group 0 lacks .*another optimizer"):  # was KeyError at step
+            opt.load_state_dict(foreign)
+    with pytest.raises(ValueError, match=r"shape \(4, 3\).*another model"):
+        opt.load_state_dict(_trained(name, nn.Linear(3, 4)).state_dict())
+    with pytest.raises(ValueError, match="param group 0: Invalid lr: -5.0"):
+        opt.load_state_dict({**saved, "param_groups": [{**g, "lr": -5.0} for g in saved["param_groups"]]})
+    fresh = optarena.create_optimizer(model, name)
+    fresh.load_state_dict(saved)  # its own state still loads, and steps
+    fresh.step()
+    assert fresh.state_dict()["param_groups"][0]["k"] == saved["param_groups"][0]["k"] + 1

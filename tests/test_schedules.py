@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -51,3 +53,18 @@ def test_ema_model_follows_the_ema_rule() -> None:
     assert torch.allclose(ema.module.weight, expected)
     with pytest.raises(ValueError, match="Invalid decay: 1.0"):
         ema_model(model, decay=1.0)
+
+
+def test_bad_points_and_decay_are_named_with_their_value() -> None:
+    np = pytest.importorskip("numpy")
+    optimizer = optarena.Lion([torch.zeros(2, requires_grad=True)], lr=1e-3)
+    for points in ([(0, 1.0), (10, 0.1)], None):  # a list of pairs failed with AttributeError
+        with pytest.raises(ValueError, match=rf"Invalid points: {re.escape(repr(points))}"):
+            piecewise_linear(optimizer, points)
+    scheduler = piecewise_linear(optimizer, {np.int64(2): np.float64(1.0)})  # numpy's steps were refused
+    optimizer.step()
+    scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(5e-4)
+    for decay in ("0.9", float("nan"), torch.tensor(0.9)):  # a string failed inside a comparison
+        with pytest.raises(ValueError, match="Invalid decay"):
+            ema_model(torch.nn.Linear(2, 1), decay=decay)

@@ -171,9 +171,9 @@ class MuonAdamW(Optimizer):
                         ns_steps=ns_steps, muon_eps=muon_eps, adjust_lr_fn=adjust_lr_fn,
                         betas=tuple(float(b) if isinstance(b, int) and not isinstance(b, bool) else b for b in betas),
                         eps=eps)
-        self._check_defaults(defaults)
         self.muon: torch.optim.Muon | None = None
         self.adamw: torch.optim.AdamW | None = None
+        self._check_defaults(defaults)
         self._ready = False
         super().__init__(params, defaults)  # calls add_param_group per group, before _ready: groups kept aside
         pending, self.param_groups = self.param_groups, []
@@ -182,23 +182,12 @@ class MuonAdamW(Optimizer):
             self.add_param_group(group)
         self.state = _JointState(self)  # type: ignore[assignment]
 
-    @staticmethod
-    def _check_defaults(d: dict[str, Any]) -> None:
-        for key in ("lr", "weight_decay", "adamw_lr"):
-            check_number(key, d[key])
-        check_number("momentum", d["momentum"], high=1.0, high_open=True)
-        check_choice("nesterov", d["nesterov"], (True, False))
-        if len(d["ns_coefficients"]) != 3:
-            raise ValueError(f"Invalid ns_coefficients: {d['ns_coefficients']!r} (expected 3 numbers)")
-        for i, c in enumerate(d["ns_coefficients"]):
-            check_number(f"ns_coefficients[{i}]", c, low=-float("inf"))
-        check_positive_int("ns_steps", d["ns_steps"])
-        if d["ns_steps"] >= 100:
-            raise ValueError(f"Invalid ns_steps: {d['ns_steps']!r} (must be below 100)")
-        check_number("muon_eps", d["muon_eps"], low_open=True)
-        check_choice("adjust_lr_fn", d["adjust_lr_fn"], ADJUST_LR_FNS)
-        check_betas(d["betas"], 2)
-        check_number("eps", d["eps"], low_open=True)
+    def _check_defaults(self, d: dict[str, Any]) -> None:
+        check_number("adamw_lr", d["adamw_lr"])
+        check_number("muon_eps", d["muon_eps"], low_open=True)  # by its argument's name; a group calls it eps
+        self.defaults = d
+        for use_muon in (True, False):
+            self._check_group({**self._half_defaults(use_muon), MUON_KEY: use_muon})
 
     # -- the halves -------------------------------------------------------------------------------------------------
     def _halves(self) -> list[Optimizer]:
@@ -229,9 +218,6 @@ class MuonAdamW(Optimizer):
         params = [params] if isinstance(params, Tensor) else list(params)
         flag = group.pop(MUON_KEY, None)
         check_choice(MUON_KEY, flag, (True, False, None))
-        for key in ("lr", "weight_decay"):
-            if key in group:
-                check_number(f"{key} of a param group", group[key])
         known = {id(p) for g in self.param_groups for p in g["params"]}
         for p in params:
             if id(p) in known:
@@ -240,11 +226,19 @@ class MuonAdamW(Optimizer):
                 raise ValueError(f"Invalid parameter of shape {tuple(p.shape)} in a group with {MUON_KEY}=True "
                                  "(Muon takes 2-D matrices; conv kernels and vectors go to AdamW)")
         d = self.defaults
+        parts = []
         for use_muon in (True, False):
             part = [p for p in params if (p.ndim == 2 if flag is None else flag) is use_muon]
             if not part and flag is not use_muon:  # an empty group given as such stays (ZeRO's partitions)
                 continue
             new = {**group, "params": part, MUON_KEY: use_muon}
+            try:  # the group's own values, with the half's defaults for the rest, before either half takes it
+                self._check_group({**self._half_defaults(use_muon), **new})
+            except ValueError as err:
+                raise ValueError(f"{type(self).__name__}: a param group ({'Muon' if use_muon else 'AdamW'} "
+                                 f"part): {err}") from None
+            parts.append((use_muon, new))
+        for use_muon, new in parts:
             if use_muon and self.muon is None:
                 self.muon = torch.optim.Muon([new], lr=d["lr"], weight_decay=d["weight_decay"],
                                              momentum=d["momentum"], nesterov=d["nesterov"],
@@ -257,6 +251,49 @@ class MuonAdamW(Optimizer):
                 (self.muon if use_muon else self.adamw).add_param_group(new)
         self._sync()
         self._sync_momentum()
+
+    def _half_defaults(self, use_muon: bool) -> dict[str, Any]:
+        half = self.muon if use_muon else self.adamw
+        if half is not None:
+            return dict(half.defaults)
+        d = self.defaults
+        if use_muon:
+            return {k: d[k] for k in ("lr", "weight_decay", "momentum", "nesterov", "ns_coefficients", "ns_steps",
+                                      "adjust_lr_fn")} | {"eps": d["muon_eps"], "betas": d["betas"]}
+        return {"lr": d["adamw_lr"], "weight_decay": d["weight_decay"], "betas": d["betas"], "eps": d["eps"]}
+
+    @staticmethod
+    def _check_group(group: dict[str, Any]) -> None:
+        """The constructor's checks of one half's group (torch's Muon and AdamW check their constructors' arguments
+        only: a momentum of 2 or a NaN lr set on a group made every weight NaN without a word)."""
+        for key in ("lr", "weight_decay"):
+            check_number(key, group[key])
+        check_number("eps", group["eps"], low_open=True)
+        if group[MUON_KEY]:  # betas[0] mirrors momentum (synced before this check), betas[1] unused
+            check_number("momentum", group["momentum"], high=1.0, high_open=True)
+            check_choice("nesterov", group["nesterov"], (True, False))
+            coefficients = group["ns_coefficients"]
+            if not isinstance(coefficients, tuple | list) or len(coefficients) != 3:
+                raise ValueError(f"Invalid ns_coefficients: {coefficients!r} (expected 3 numbers)")
+            for i, c in enumerate(coefficients):
+                check_number(f"ns_coefficients[{i}]", c, low=-float("inf"))
+            check_positive_int("ns_steps", group["ns_steps"])
+            if group["ns_steps"] >= 100:
+                raise ValueError(f"Invalid ns_steps: {group['ns_steps']!r} (must be below 100)")
+            check_choice("adjust_lr_fn", group["adjust_lr_fn"], ADJUST_LR_FNS)
+        else:
+            check_betas(group["betas"], 2)
+
+    def _check_groups_now(self, where: str) -> None:
+        """Every group's values before a step moves anything: a scheduler or a user may have set them since."""
+        if torch.compiler.is_compiling():
+            return
+        for i, group in enumerate(self.param_groups):
+            try:
+                self._check_group(group)
+            except ValueError as err:
+                raise ValueError(f"{type(self).__name__}.{where}: param group {i} "
+                                 f"({'Muon' if group[MUON_KEY] else 'AdamW'}): {err}") from None
 
     def _sync_momentum(self) -> None:
         """Make each Muon group's ``betas[0]`` and ``momentum`` agree, keeping the one changed since the last call
@@ -280,6 +317,7 @@ class MuonAdamW(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         self._sync_momentum()
+        self._check_groups_now("step")
         for half in self._halves():
             half.step()
         return loss
@@ -320,11 +358,10 @@ class MuonAdamW(Optimizer):
             if len(saved["params"]) != len(group["params"]):
                 raise ValueError(f"{where}: param group {i} holds {len(saved['params'])} parameters, this "
                                  f"optimizer's {len(group['params'])}: it was saved for another model")
-            for key in ("lr", "weight_decay"):
-                try:
-                    check_number(key, saved.get(key, group[key]))
-                except ValueError as err:
-                    raise ValueError(f"{where}: param group {i}: {err}") from None
+            try:  # keys an older checkpoint lacks keep this optimizer's values, as torch's loading does not
+                self._check_group({**group, **{k: v for k, v in saved.items() if k != "params"}})
+            except ValueError as err:
+                raise ValueError(f"{where}: param group {i}: {err}") from None
             for position, (saved_id, p) in enumerate(zip(saved["params"], group["params"])):
                 entry = saved_state.get(saved_id, {})
                 self._check_param_state(entry, p, group[MUON_KEY], f"{where}: the state of parameter {position} "
