@@ -104,7 +104,9 @@ def lion_step_speed(results: ResultSet) -> tuple[str, str]:
     if not ratios:
         return "needs lion and adamw", UNMEASURED
     speedup = as_printed(100 * (1 - statistics.median(ratios)), ".1f")
-    measured = (f"Lion's step takes {speedup:.1f} % less time than AdamW's (positive: Lion faster; median "
+    # a slower Lion reads "more time", not "-12.1 % less time"
+    less = f"{speedup:.1f} % less" if speedup >= 0 else f"{-speedup:.1f} % more"
+    measured = (f"Lion's step takes {less} time than AdamW's (positive: Lion faster; median "
                 f"of {plural(len(ratios), 'task')}, range {100 * (1 - max(ratios)):+.0f} to "
                 f"{100 * (1 - min(ratios)):+.0f} %; claimed 2 to 15 %)")
     return measured, range_verdict(speedup, 2, 15)

@@ -1,9 +1,9 @@
 """optarena optimizers in timm's optimizer registry: ``timm.optim.create_optimizer_v2(model, "optarena_lion", ...)``.
 
 ``import optarena.integrations.timm`` registers ``optarena_<name>`` for each of optarena's own optimizers (lion,
-rlion, adan, adax, adafactor; timm has its own "lion", "adan", "adafactor", hence the prefix). timm's grouping
-(``filter_bias_and_bn``, ``layer_decay``, ``no_weight_decay``), its ``lookahead_`` prefix and ``timm.optim.
-list_optimizers()`` then work as for timm's own entries.
+rlion, adan, adax, adafactor, ademamix, amos; timm has its own "lion", "adan", "adafactor", hence the prefix).
+timm's grouping (``filter_bias_and_bn``, ``layer_decay``, ``no_weight_decay``), its ``lookahead_`` prefix and
+``timm.optim.list_optimizers()`` then work as for timm's own entries.
 
 timm's ``create_optimizer`` takes the text after the last underscore as the optimizer's name (that is how
 "lookahead_adamw" works), which would turn "optarena_lion" into timm's own "lion". So registering also wraps
