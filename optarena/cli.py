@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from .arena.plan import DEFAULT_OPTIMIZERS
 from .arena.task import BUDGETS
 from .registry import base_optimizer_info, get_optimizer_info, list_optimizers
+from .validation import positive_int_arg
 
 
 def _names(text: str) -> list[str]:
@@ -23,16 +24,6 @@ def _names(text: str) -> list[str]:
         except ValueError as err:  # argparse shows an ArgumentTypeError's message, not a ValueError's
             raise argparse.ArgumentTypeError(str(err)) from None
     return names
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def _seed(text: str) -> int:
@@ -197,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="train an MLP on scikit-learn's digits with several optimizers")
     demo.add_argument("--optimizers", type=_names, default=["adamw", "lion"],
                       help="comma-separated names (default: adamw,lion)")
-    demo.add_argument("--epochs", type=_positive_int, default=30)
+    demo.add_argument("--epochs", type=positive_int_arg(), default=30)
     demo.add_argument("--seed", type=_seed, default=0, help="weights, split and batch order (default: 0)")
     demo.set_defaults(func=_cmd_demo)
     listing = commands.add_parser("list", help="list the registered optimizers")
@@ -220,15 +211,15 @@ def build_parser() -> argparse.ArgumentParser:
     workload = compare.add_argument_group(
         "workloads", "for --task ultralytics:MODEL.yaml:DATA.yaml, lightning:pkg.module:Module[:DataModule] and "
                      "hf:pkg.module:function (a spec's own :key=value wins)")
-    workload.add_argument("--epochs", type=_positive_int, default=None,
+    workload.add_argument("--epochs", type=positive_int_arg(), default=None,
                           help="ultralytics epochs per run (default by budget: tiny 1, quick 10, full 50)")
-    workload.add_argument("--imgsz", type=_positive_int, default=None, help="ultralytics training image size")
+    workload.add_argument("--imgsz", type=positive_int_arg(), default=None, help="ultralytics training image size")
     workload.add_argument("--metric", type=_metric_name, default=None,
                           help="Lightning: a name the module logs in validation (default val_loss); HF: a "
                                "compute_metrics key (default the eval loss)")
     workload.add_argument("--higher-is-better", action="store_true", default=None,
                           help="the --metric grows when training improves (accuracy, not loss)")
-    workload.add_argument("--steps", type=_positive_int, default=None,
+    workload.add_argument("--steps", type=positive_int_arg(), default=None,
                           help="Lightning and HF optimizer steps per run (default by budget: tiny 20, quick 300, "
                                "full 2000)")
     compare.add_argument("--budget", choices=BUDGETS, default="quick")

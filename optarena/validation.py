@@ -3,10 +3,16 @@ argument and the value it was given."""
 
 from __future__ import annotations
 
+import argparse
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
+
+#: Worker processes one command may start on one machine.
+MAX_WORKERS = 256
+#: Torch threads per process (torch takes any int32 and then fails, or crashes, creating them).
+MAX_THREADS = 1024
 
 
 def check_number(name: str, value: Any, *, low: float = 0.0, high: float = math.inf,
@@ -51,6 +57,21 @@ def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
 
 
 def check_positive_int(name: str, value: Any) -> None:
-    """Unless ``value`` is an int ≥ 1 (bools refused)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    """Unless ``value`` is an integer ≥ 1 (a NumPy integer too; bools refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"Invalid {name}: {value!r} (must be a positive integer)")
+
+
+def positive_int_arg(most: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type``: a positive integer, at most ``most``; argparse names the flag in its error."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1 or (most is not None and value > most):
+            limit = f" up to {most}" if most is not None else ""
+            raise argparse.ArgumentTypeError(f"expected a positive integer{limit}, got {text!r}")
+        return value
+
+    return parse

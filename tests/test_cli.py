@@ -41,6 +41,21 @@ def test_python_dash_m_runs_the_cli() -> None:
     assert "rlion" in done.stdout
 
 
+def test_the_commands_outside_the_arena_run_without_its_extra() -> None:
+    """optuna and SQLAlchemy come with the ``arena`` extra; ``list`` (and ``demo``, ``speed``) must not need them (the
+    speed command's parser once imported the arena's storage for a constant)."""
+    code = ("import sys, importlib.abc\n"
+            "class Block(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, name, path, target=None):\n"
+            "        if name.split('.')[0] in ('optuna', 'sqlalchemy'):\n"
+            "            raise ImportError(name)\n"
+            "sys.meta_path.insert(0, Block())\n"
+            "from optarena.cli import main\n"
+            "main(['list'])\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0 and "rlion" in done.stdout, done.stderr[-2000:]
+
+
 USER_TASKS = str(Path(__file__).resolve().parent / "arena_user_tasks.py")
 
 

@@ -11,16 +11,11 @@ from pathlib import Path
 import torch
 
 from ..info import LOOKAHEAD_PREFIX, base_optimizer_info
-from ..validation import check_number, check_positive_int
+from ..validation import MAX_THREADS, MAX_WORKERS, check_number, check_positive_int
 from .catalog import default_tasks, load_tasks
 from .plan import BUDGET_PRESETS, DEFAULT_OPTIMIZERS, TUNABLE, Cell, CellPlan, Outcome, cells_for, plan_cell
 from .storage import HEARTBEAT_SECONDS, ArenaStorage, check_shared, default_storage_url
 from .task import BUDGETS, Task
-
-#: Worker processes one command may start on one machine.
-MAX_WORKERS = 256
-#: Torch threads per worker (torch takes any int32 and then fails, or crashes, creating them).
-MAX_THREADS = 1024
 
 
 def default_workers() -> int:

@@ -11,8 +11,8 @@ from dataclasses import asdict
 
 import torch
 
-from ..arena.config import MAX_THREADS
 from ..registry import get_optimizer_info, list_optimizers
+from ..validation import MAX_THREADS, positive_int_arg
 from .candidate import DEFAULT_PATHS, PATHS, Candidate, Unavailable, own_candidates
 from .layouts import LAYOUTS, MODEL_LAYOUTS, QUICK_LAYOUTS
 from .measure import Result, cpu_description, format_table, measure_bandwidth, run_layout
@@ -44,20 +44,6 @@ def _csv(choices: tuple[str, ...] | list[str]) -> Callable[[str], list[str]]:
         if repeated:  # two candidates of one label would pool their samples into one median
             raise argparse.ArgumentTypeError(f"{', '.join(repeated)} named twice in {text!r}")
         return names
-
-    return parse
-
-
-def _positive_int(most: int | None = None) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-        if value < 1 or (most is not None and value > most):
-            limit = f" up to {most}" if most is not None else ""
-            raise argparse.ArgumentTypeError(f"expected a positive integer{limit}, got {text!r}")
-        return value
 
     return parse
 
@@ -101,14 +87,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"{','.join(QUICK_LAYOUTS)}, which any run may name); also the parameter shapes of a "
                              f"real model: {','.join(MODEL_LAYOUTS)}")
     parser.add_argument("--quick", action="store_true", help="small layouts and few steps: a smoke test")
-    parser.add_argument("--steps", type=_positive_int(), default=None,
+    parser.add_argument("--steps", type=positive_int_arg(), default=None,
                         help="steps per timed sample (default 3; --quick 2)")
-    parser.add_argument("--rounds", type=_positive_int(), default=None,
+    parser.add_argument("--rounds", type=positive_int_arg(), default=None,
                         help="interleaved rounds (default 5; --quick 2)")
     parser.add_argument("--no-peers", action="store_true",
                         help="leave out the other libraries' optimizers (lion-pytorch, pytorch-optimizer, "
                              "bitsandbytes, torch-optimi, heavyball, torchao)")
-    parser.add_argument("--threads", type=_positive_int(MAX_THREADS), default=None,
+    parser.add_argument("--threads", type=positive_int_arg(MAX_THREADS), default=None,
                         help="torch threads (default: all cores)")
     parser.add_argument("--device", type=_device, default="cuda" if torch.cuda.is_available() else "cpu",
                         help="cpu or cuda[:N] (default: cuda where torch finds one, else cpu)")
