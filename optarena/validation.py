@@ -9,6 +9,8 @@ import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
+
 #: Worker processes one command may start on one machine.
 MAX_WORKERS = 256
 #: Torch threads per process (torch takes any int32 and then fails, or crashes, creating them).
@@ -75,3 +77,22 @@ def positive_int_arg(most: int | None = None) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def check_group_now(optimizer: Any, group: dict[str, Any], check: Callable[[dict[str, Any]], None], where: str,
+                    part: str = "") -> None:
+    """``check`` (the constructor's checks of one param group) on ``group`` before a step moves anything: a scheduler
+    or a user may have set its values since (a NaN lr made every weight NaN, silently). A one-element tensor lr (a
+    ``LambdaLR`` whose lambda returns a tensor sets one) is checked as its number: the constructor refuses it, a
+    schedule may set it. Nothing inside ``torch.compile(opt.step)``, which guards on the values it traced. ``part``
+    names a part of the group in the message (MuonAdamW's halves)."""
+    if torch.compiler.is_compiling():
+        return
+
+    lr = group.get("lr")
+    try:
+        check({**group, "lr": lr.item()} if isinstance(lr, torch.Tensor) and lr.numel() == 1 else group)
+    except ValueError as err:
+        index = next((i for i, g in enumerate(optimizer.param_groups) if g is group), None)
+        label = "a param group" if index is None else f"param group {index}"
+        raise ValueError(f"{type(optimizer).__name__}.{where}: {label}{part} (set after construction): {err}") from None

@@ -184,3 +184,23 @@ def test_the_factory_checks_lr_and_weight_decay_for_torchs_optimizers_too(name: 
     with pytest.raises(ValueError, match=match):
         optarena.create_optimizer(model, name, **kwargs)
 
+
+
+@pytest.mark.parametrize("name", ["lion", "adan", "adafactor", "muon"])
+def test_a_scheduler_that_sets_a_tensor_lr_still_steps_and_a_nan_one_is_refused(name: str) -> None:
+    """A LambdaLR whose lambda returns a 0-d tensor sets a tensor lr: it trained before the per-step checks and must
+    still (the constructor refuses a tensor lr; a schedule may set one); a NaN tensor is refused by name."""
+    model = torch.nn.Linear(4, 3)
+    opt = optarena.create_optimizer(model, name, lr=1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: torch.tensor(0.5 ** step))
+    for _ in range(3):
+        model(torch.randn(2, 4)).square().sum().backward()
+        opt.step()
+        opt.zero_grad()
+        sched.step()
+    assert isinstance(opt.param_groups[0]["lr"], torch.Tensor)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    opt.param_groups[0]["lr"] = torch.tensor(float("nan"))
+    model(torch.randn(2, 4)).square().sum().backward()
+    with pytest.raises(ValueError, match=r"param group 0.*\(set after construction\): Invalid lr: nan"):
+        opt.step()

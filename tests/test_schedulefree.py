@@ -106,7 +106,7 @@ def test_bad_values_eval_mode_steps_and_foreign_state_are_refused(name: str) -> 
     saved = opt.state_dict()
     before = model.weight.detach().clone()
     opt.param_groups[0]["lr"] = float("nan")  # mid-run: every weight became NaN
-    with pytest.raises(ValueError, match="step: param group 0: Invalid lr: nan"):
+    with pytest.raises(ValueError, match=r"step: param group 0 \(set after construction\): Invalid lr: nan"):
         opt.step()
     assert torch.equal(model.weight, before)
     adamw = torch.optim.AdamW(model.parameters())
@@ -124,3 +124,19 @@ def test_bad_values_eval_mode_steps_and_foreign_state_are_refused(name: str) -> 
     fresh.load_state_dict(saved)  # its own state still loads, and steps
     fresh.step()
     assert fresh.state_dict()["param_groups"][0]["k"] == saved["param_groups"][0]["k"] + 1
+
+
+def test_step_hooks_run_once_per_step() -> None:
+    """The registry's class wraps the package's: torch also wraps the package's step with its hook runner once a
+    plain instance exists, and calling that from the registry's step ran every hook twice."""
+    schedulefree = pytest.importorskip("schedulefree")
+    schedulefree.AdamWScheduleFree([nn.Parameter(torch.zeros(1))])  # torch wraps the package's class's step now
+    param = nn.Parameter(torch.zeros(3))
+    opt = optarena.create_optimizer([param], "schedulefree_adamw", lr=1e-2)
+    calls = []
+    opt.register_step_pre_hook(lambda *args: calls.append("pre"))
+    opt.register_step_post_hook(lambda *args: calls.append("post"))
+    opt.train()
+    param.grad = torch.ones(3)
+    opt.step()
+    assert calls == ["pre", "post"]

@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from ..info import info_for
-from ..validation import check_choice
+from ..validation import check_choice, check_group_now
 from . import fused, quant
 from .checkpoint import check_state_dict
 from .ops import Scalar
@@ -200,7 +200,7 @@ class OptarenaOptimizer(Optimizer):
         with_grads = [(group, [p for p in group["params"] if p.grad is not None]) for group in self.param_groups]
         for group, params in with_grads:
             if params:
-                self._check_values_now(group)
+                check_group_now(self, group, self._check_group, "step")
         all_params = [p for _, params in with_grads for p in params]
         self._check_grads(all_params)
         if self.skips_step(all_params):
@@ -240,7 +240,7 @@ class OptarenaOptimizer(Optimizer):
         it on the per-tensor loop: step counts advanced, ``maximize`` and fp32 math applied, ``grads`` only read.
         ``states`` may be gathered copies; they are updated in place. No gradient scale (Adan's clipping) is
         applied: that needs every gradient of the step."""
-        self._check_values_now(group)
+        check_group_now(self, group, self._check_group, "step")
         step_tensors(type(self)._update, group, params, grads, states)
 
     @torch.no_grad()
@@ -258,26 +258,11 @@ class OptarenaOptimizer(Optimizer):
             if p.grad is None:
                 raise ValueError(f"step_parameters: a parameter of shape {tuple(p.shape)} has no gradient (grad is "
                                  "None)")
-        self._check_values_now(group)
+        check_group_now(self, group, self._check_group, "step")
         self._check_grads(params)
         self._step_group(group, params, None, plan_key=id(params[0]))
 
     # -- the paths ----------------------------------------------------------------------------------------------
-    def _check_values_now(self, group: dict[str, Any]) -> None:
-        """The constructor's checks of ``group``'s hyper-parameters, before a step moves anything: a scheduler or a
-        user may have set them since (a NaN lr would silently make every parameter NaN, a string fail deep inside
-        the math). A few microseconds per group. Not inside ``torch.compile(opt.step)``: dynamo cannot trace the
-        checks on the symbolic ints it makes of changing integer values (``alpha_warmup``), and the compiled step
-        guards on the values it was traced with."""
-        if torch.compiler.is_compiling():
-            return
-        try:
-            self._check_group(group)
-        except ValueError as err:
-            index = next((i for i, g in enumerate(self.param_groups) if g is group), None)
-            where = "a param group" if index is None else f"param group {index}"
-            raise ValueError(f"{type(self).__name__}.step: {where} (set after construction): {err}") from None
-
     def _check_grads(self, params: list[Tensor]) -> None:
         for p in params:
             if p.grad.is_sparse:

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from ..info import OptimizerInfo, Translation, register_optimizer
-from ..validation import check_betas, check_choice, check_number, check_positive_int
+from ..validation import check_betas, check_choice, check_group_now, check_number, check_positive_int
 from .checkpoint import WRAPPED_BY, check_no_wrapper_state
 
 MUON_KEY = "use_muon"
@@ -286,14 +286,8 @@ class MuonAdamW(Optimizer):
 
     def _check_groups_now(self, where: str) -> None:
         """Every group's values before a step moves anything: a scheduler or a user may have set them since."""
-        if torch.compiler.is_compiling():
-            return
-        for i, group in enumerate(self.param_groups):
-            try:
-                self._check_group(group)
-            except ValueError as err:
-                raise ValueError(f"{type(self).__name__}.{where}: param group {i} "
-                                 f"({'Muon' if group[MUON_KEY] else 'AdamW'}): {err}") from None
+        for group in self.param_groups:
+            check_group_now(self, group, self._check_group, where, f" ({'Muon' if group[MUON_KEY] else 'AdamW'})")
 
     def _sync_momentum(self) -> None:
         """Make each Muon group's ``betas[0]`` and ``momentum`` agree, keeping the one changed since the last call

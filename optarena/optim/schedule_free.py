@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
-from ..validation import check_betas, check_number
+from ..validation import check_betas, check_group_now, check_number
 from .checkpoint import check_no_wrapper_state
 
 SCHEDULEFREE_REQUIREMENT = "schedulefree==1.4.1"
@@ -62,13 +62,18 @@ class _CheckedScheduleFree(Optimizer):
             raise
 
     def step(self, closure: Any = None) -> Any:
-        for i, group in enumerate(self.param_groups):
+        for group in self.param_groups:
             if not group["train_mode"]:
                 raise RuntimeError(f"{type(self).__name__}.step: the optimizer is in eval() mode (the parameters "
                                    "hold the average x); call optimizer.train() before training steps and "
                                    "optimizer.eval() before evaluating or saving (optarena.set_optimizer_mode)")
-            self._checked("step", group, i)
-        return super().step(closure)
+            check_group_now(self, group, self._check_group, "step")
+        # the package's own step, not torch's hook-running wrapper of it, which torch puts on the package's class
+        # once a plain instance exists: this class's step is wrapped already (hooks ran twice)
+        package_step = self.adapts.step
+        if getattr(package_step, "hooked", False):  # torch's mark of its wrapper
+            package_step = package_step.__wrapped__
+        return package_step(self, closure)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         where = f"{type(self).__name__}.load_state_dict"
