@@ -291,7 +291,9 @@ def test_loading_restores_the_saved_settings_over_the_constructors() -> None:
     assert saved["gradient_accumulation"]["steps"] == 4 and saved["gradient_accumulation"]["skip_nonfinite"]
     resumed_params = clone(params)
     resumed = GradientAccumulation(optarena.Lion([p.requires_grad_() for p in resumed_params], lr=1e-2), 2)
-    resumed.load_state_dict(saved)
+    with pytest.warns(UserWarning, match=r"steps=4 \(constructed with 2\), skip_nonfinite=True \(constructed with "
+                                         r"False\) replace the constructor's"):
+        resumed.load_state_dict(saved)
     assert (resumed.steps, resumed.skip_nonfinite, resumed.micro_step) == (4, True, 3)
     feed(opt, params, grads[3:])
     feed(resumed, resumed_params, grads[3:])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -318,12 +319,16 @@ def test_loading_restores_the_saved_settings_and_an_older_checkpoint_keeps_the_c
     saved = copy.deepcopy(opt.state_dict())
     assert {k: saved["lookahead"][k] for k in ("k", "alpha", "pullback")} == dict(k=4, alpha=0.7, pullback="pullback")
     fresh = Lookahead(optarena.Lion(clone(params), lr=0.01), k=2, alpha=0.3)
-    fresh.load_state_dict(saved)
+    with pytest.warns(UserWarning, match=r"k=4 \(constructed with 2\), alpha=0.7 \(constructed with 0.3\), "
+                                         r"pullback='pullback' \(constructed with 'none'\) replace the constructor's"):
+        fresh.load_state_dict(saved)
     assert (fresh.k, fresh.alpha, fresh.pullback, fresh.inner_steps) == (4, 0.7, "pullback", 2)
     for key in ("k", "alpha", "pullback"):  # as the checkpoints saved before the settings were stored
         del saved["lookahead"][key]
     older = Lookahead(optarena.Lion(clone(params), lr=0.01), k=3, alpha=0.3, pullback="reset")
-    older.load_state_dict(saved)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing replaced: nothing said
+        older.load_state_dict(saved)
     assert (older.k, older.alpha, older.pullback, older.inner_steps) == (3, 0.3, "reset", 2)
 
 

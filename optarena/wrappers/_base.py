@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import functools
 import inspect
+import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -171,7 +172,7 @@ class OptimizerWrapper(Optimizer):
         at the innermost wrapper, that no other wrapper's state is left over): a refused checkpoint changes nothing
         here."""
         where = f"{type(self).__name__}.load_state_dict"
-        if not isinstance(state_dict, dict):
+        if not isinstance(state_dict, Mapping):
             raise ValueError(f"{where}: expected a dict (an optimizer's state_dict()), got {type(state_dict).__name__}")
         state_dict = dict(state_dict)
         for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
@@ -236,6 +237,20 @@ def eager_under_compile(step: Callable[..., Any]) -> Callable[..., Any]:
         return step(self, closure)
 
     return run
+
+
+def restore_settings(wrapper: Optimizer, saved: dict[str, Any], names: tuple[str, ...]) -> None:
+    """Set the settings ``names`` that a checkpoint saved, as torch.optim restores a group's hyper-parameters; where
+    one replaces a different constructor value, say so (a run resumed with half the accumulation on twice the GPUs
+    would otherwise keep the checkpoint's silently). A checkpoint without them keeps the constructor's."""
+    changed = [f"{name}={saved[name]!r} (constructed with {getattr(wrapper, name)!r})" for name in names
+               if name in saved and saved[name] != getattr(wrapper, name)]
+    if changed:
+        warnings.warn(f"{type(wrapper).__name__}.load_state_dict: the checkpoint's {', '.join(changed)} replace the "
+                      "constructor's; set them after loading to change them", UserWarning, stacklevel=4)
+    for name in names:
+        if name in saved:
+            setattr(wrapper, name, saved[name])
 
 
 def mark_wrapped(base: Optimizer, wrapper: Optimizer) -> None:

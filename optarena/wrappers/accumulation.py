@@ -11,8 +11,8 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from ..optim.step import math_dtype
-from ..validation import check_choice
-from ._base import OptimizerWrapper, eager_under_compile, refuse_closure_only
+from ..validation import check_choice, check_positive_int
+from ._base import OptimizerWrapper, eager_under_compile, refuse_closure_only, restore_settings
 
 
 class GradientAccumulation(OptimizerWrapper):
@@ -73,7 +73,7 @@ class GradientAccumulation(OptimizerWrapper):
 
     @steps.setter
     def steps(self, steps: int) -> None:
-        _check_steps(steps)
+        check_positive_int("steps", steps)
         if steps <= self.micro_step:  # the next call would end the cycle and divide more sums than N by N
             raise ValueError(f"Invalid steps: {steps!r} (this cycle holds {self.micro_step} micro-steps already; "
                              "expected more, or change it when micro_step is 0)")
@@ -107,7 +107,7 @@ class GradientAccumulation(OptimizerWrapper):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
                 raise ValueError(f"{where}: invalid {name} {value!r} in the checkpoint (expected an integer >= 0)")
         try:  # a checkpoint saved before the settings were stored has neither: the constructor's hold
-            _check_steps(extra.get("steps", self.steps))
+            check_positive_int("steps", extra.get("steps", self.steps))
             check_choice("skip_nonfinite", extra.get("skip_nonfinite", self.skip_nonfinite), (False, True))
         except ValueError as err:
             raise ValueError(f"{where}: the checkpoint's setting: {err}") from None
@@ -119,8 +119,7 @@ class GradientAccumulation(OptimizerWrapper):
     def _load_extra_state(self, extra: dict[str, Any]) -> None:
         self.micro_step = int(extra["micro_step"])
         self.skipped_updates = int(extra["skipped_updates"])
-        self.steps = int(extra.get("steps", self.steps))
-        self.skip_nonfinite = extra.get("skip_nonfinite", self.skip_nonfinite)
+        restore_settings(self, extra, ("steps", "skip_nonfinite"))
 
     # -- the algorithm --------------------------------------------------------------------------------------------
     @eager_under_compile
@@ -190,6 +189,4 @@ class GradientAccumulation(OptimizerWrapper):
                 p.grad = grad
 
 
-def _check_steps(steps: Any) -> None:
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
-        raise ValueError(f"Invalid steps: {steps!r} (expected an integer >= 1)")
+

@@ -13,8 +13,8 @@ from torch.optim import Optimizer
 
 from ..optim import quant
 from ..optim.step import group_by_device_and_dtype, math_dtype
-from ..validation import check_choice, check_number
-from ._base import OptimizerWrapper, chain, eager_under_compile, refuse_schedule_free
+from ..validation import check_choice, check_number, check_positive_int
+from ._base import OptimizerWrapper, chain, eager_under_compile, refuse_schedule_free, restore_settings
 
 PULLBACKS = ("none", "reset", "pullback")
 
@@ -22,9 +22,7 @@ PULLBACKS = ("none", "reset", "pullback")
 MOMENTUM_KEYS = ("exp_avg", "momentum_buffer")
 
 
-def _check_k(k: Any) -> None:
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
-        raise ValueError(f"Invalid k: {k!r} (expected an integer >= 1)")
+
 
 
 def innermost(optimizer: Optimizer) -> Optimizer:
@@ -88,7 +86,7 @@ class Lookahead(OptimizerWrapper):
 
     @k.setter
     def k(self, k: int) -> None:
-        _check_k(k)
+        check_positive_int("k", k)
         self._k = int(k)
 
     @property
@@ -142,7 +140,7 @@ class Lookahead(OptimizerWrapper):
             raise ValueError(f"{where}: its 'lookahead' entry has inner_steps {inner_steps!r} (expected an integer "
                              ">= 0)")
         try:  # a checkpoint saved before the settings were stored has none: the constructor's hold
-            _check_k(extra.get("k", self.k))
+            check_positive_int("k", extra.get("k", self.k))
             check_number("alpha", extra.get("alpha", self.alpha), low=0.0, high=1.0, low_open=True)
             check_choice("pullback", extra.get("pullback", self.pullback), PULLBACKS)
         except ValueError as err:
@@ -150,9 +148,7 @@ class Lookahead(OptimizerWrapper):
 
     def _load_extra_state(self, extra: dict[str, Any]) -> None:
         self.inner_steps = int(extra["inner_steps"])
-        for name in ("k", "alpha", "pullback"):
-            if name in extra:
-                setattr(self, name, extra[name])
+        restore_settings(self, extra, ("k", "alpha", "pullback"))
         self._adopt_new_params()
 
     # -- the algorithm --------------------------------------------------------------------------------------------
