@@ -292,3 +292,13 @@ def test_the_lr_claim_names_a_task_where_lion_diverged_at_every_lr(tmp_path):
     measured, verdict = claims(cfg, recs)[LR]
     assert verdict == HOLDS and measured.endswith("(median of 1 task, 1 inside 3–10; linear 10); left out: linear2 "
                                                   "(lion without a result)")
+
+
+def test_a_lion_as_fast_and_as_large_as_adamw_prints_no_negative_zero(tmp_path):
+    """0.03 % slower and 0.01 % more state round to zero: "0.0 % less time" and "0 % less", never "-0.0 %"."""
+    cfg = config(tmp_path)
+    recs = records(cfg, "adamw", tuned(ADAMW_GRID, (0.3, 0.1, 0.2), state_bytes=80000, opt_ms=1.0))
+    recs += records(cfg, "lion", tuned(LION_GRID, (0.3, 0.1, 0.2), state_bytes=80008, opt_ms=1.0003))
+    found = claims(cfg, recs)
+    assert "-0" not in found[SPEED][0] and "takes 0.0 % less time" in found[SPEED][0]
+    assert "-0" not in found[MEMORY][0] and "keeps 0 % less" in found[MEMORY][0]

@@ -107,8 +107,8 @@ def lion_step_speed(results: ResultSet) -> tuple[str, str]:
     # a slower Lion reads "more time", not "-12.1 % less time"
     less = f"{speedup:.1f} % less" if speedup >= 0 else f"{-speedup:.1f} % more"
     measured = (f"Lion's step takes {less} time than AdamW's (positive: Lion faster; median "
-                f"of {plural(len(ratios), 'task')}, range {100 * (1 - max(ratios)):+.0f} to "
-                f"{100 * (1 - min(ratios)):+.0f} %; claimed 2 to 15 %)")
+                f"of {plural(len(ratios), 'task')}, range {as_printed(100 * (1 - max(ratios)), '.0f'):+.0f} to "
+                f"{as_printed(100 * (1 - min(ratios)), '.0f'):+.0f} %; claimed 2 to 15 %)")
     return measured, range_verdict(speedup, 2, 15)
 
 

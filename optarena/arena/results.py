@@ -22,7 +22,7 @@ METRIC_FORMAT = ".4g"
 def as_printed(value: float, fmt: str) -> float:
     """``value`` as the report prints it with ``fmt``: what a sentence beside the printed number compares, so that
     the number and the sentence cannot disagree (2.04 % and 1.96 % both print as 2.0 %)."""
-    return float(format(value, fmt))
+    return float(format(value, fmt)) + 0.0  # -0.0 prints as "-0"
 
 
 def printed_alike(a: float, b: float) -> bool:

@@ -95,8 +95,9 @@ class TaskVerdict:
         if self.margin is None:
             return "–"
         percent = round(100 * self.margin, 1) + 0.0
-        if percent == 0 and self.margin != 0 and not self.is_tie:
-            return f"{100 * self.margin:+.2g} %"
+        if percent == 0 and self.margin != 0 and not self.is_tie:  # two significant digits, never 1e-05
+            digits = 1 - math.floor(math.log10(abs(100 * self.margin)))
+            return f"{100 * self.margin:+.{digits}f} %"
         return f"{percent:+.1f} %"
 
     @property
