@@ -173,9 +173,7 @@ class Adafactor(OptarenaOptimizer):
             state["exp_avg"] = zeros_state(p, group=group)
         return state
 
-    @classmethod
-    def _grad_limit(cls, dtype: torch.dtype) -> float:
-        return math.sqrt(torch.finfo(dtype).max)  # g² must stay finite
+    squared_gradient_span = 1.0  # g²
 
     def _optional_state(self, group: dict[str, Any]) -> set[str]:
         return {"exp_avg"}  # made by state_for when beta1 is switched on after some steps

@@ -116,10 +116,7 @@ class Adan(OptarenaOptimizer):
         total = torch.linalg.vector_norm(torch.stack([n.to(device, torch.float64) for n in norms]))  # no host sync
         return (max_norm / (total + self.defaults["eps"])).clamp(max=1.0)
 
-    @classmethod
-    def _grad_limit(cls, dtype: torch.dtype) -> float:
-        # n takes (g + β2·(g − g_prev))², up to (3·max|g|)²: an overflow makes n infinite for good (a frozen weight)
-        return math.sqrt(torch.finfo(dtype).max) / 3
+    squared_gradient_span = 3.0  # (g + β2·(g − g_prev))², up to (3·max|g|)², into n
 
     @classmethod
     def _update(cls, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],

@@ -94,10 +94,7 @@ class AdaX(OptarenaOptimizer):
         return {"step": step_counter(), "exp_avg": zeros_state(p, group=group),
                 "exp_avg_sq": zeros_state(p, group=group, nonnegative=True)}
 
-    @classmethod
-    def _grad_limit(cls, dtype: torch.dtype) -> float:
-        # an overflowing g² makes v̂ infinite for good: the weight would freeze (NaN with 8-bit state)
-        return math.sqrt(torch.finfo(dtype).max)
+    squared_gradient_span = 1.0  # g² into v
 
     @classmethod
     def _update(cls, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],

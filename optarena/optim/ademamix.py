@@ -124,10 +124,7 @@ class AdEMAMix(OptarenaOptimizer):
                 "exp_avg_slow": zeros_state(p, group=group),
                 "exp_avg_sq": zeros_state(p, group=group, nonnegative=True)}
 
-    @classmethod
-    def _grad_limit(cls, dtype: torch.dtype) -> float:
-        # an overflowing g² makes ν infinite for good: the weight would freeze (NaN with 8-bit state)
-        return math.sqrt(torch.finfo(dtype).max)
+    squared_gradient_span = 1.0  # g² into ν
 
     @classmethod
     def _update(cls, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],

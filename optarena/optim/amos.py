@@ -135,9 +135,7 @@ class Amos(OptarenaOptimizer):
             state["exp_avg"] = zeros_state(p, group=group)
         return state
 
-    @classmethod
-    def _grad_limit(cls, dtype: torch.dtype) -> float:
-        return math.sqrt(torch.finfo(dtype).max)  # one overflowing g² would make the tensor's v infinite
+    squared_gradient_span = 1.0  # g² into v
 
     def _optional_state(self, group: dict[str, Any]) -> set[str]:
         return {"exp_avg"}  # made by state_for when momentum is switched on after some steps

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from typing import Any, TypeAlias
+from typing import Any, ClassVar, TypeAlias
 
 import torch
 from torch import Tensor
@@ -71,6 +71,9 @@ class OptarenaOptimizer(Optimizer):
         """Bytes of the scratch buffers that the fused step keeps for packed small tensors."""
         return sum(plan.scratch_bytes for plan in self._fused_plans.values())
 
+    #: The largest multiple of max|g| that the math squares (None: it squares no gradient), for ``_grad_limit``.
+    squared_gradient_span: ClassVar[float | None] = None
+
     # -- what an algorithm supplies ------------------------------------------------------------------------------
     def _check_group(self, group: dict[str, Any]) -> None:
         """Raise ``ValueError`` for an out-of-range hyper-parameter of ``group`` (also for added groups, loaded
@@ -97,8 +100,11 @@ class OptarenaOptimizer(Optimizer):
 
     @classmethod
     def _grad_limit(cls, dtype: torch.dtype) -> float:
-        """The largest gradient magnitude the math handles in ``dtype``; ``skip_nonfinite`` skips steps beyond it."""
-        return math.inf
+        """The largest gradient magnitude the math handles in ``dtype``; ``skip_nonfinite`` skips steps beyond it:
+        where the math squares gradients, one whose square would overflow (a second moment infinite for good, a
+        frozen weight; NaN with 8-bit state)."""
+        span = cls.squared_gradient_span
+        return math.inf if span is None else math.sqrt(torch.finfo(dtype).max) / span
 
     def _grad_scale(self, params: list[Tensor]) -> Tensor | None:
         """A factor for every gradient of this step (``params``: all with a grad, over all groups), or None;
