@@ -185,9 +185,8 @@ class MuonAdamW(Optimizer):
     def _check_defaults(self, d: dict[str, Any]) -> None:
         check_number("adamw_lr", d["adamw_lr"])
         check_number("muon_eps", d["muon_eps"], low_open=True)  # by its argument's name; a group calls it eps
-        self.defaults = d
         for use_muon in (True, False):
-            self._check_group({**self._half_defaults(use_muon), MUON_KEY: use_muon})
+            self._check_group({**self._half_defaults(use_muon, d), MUON_KEY: use_muon})
 
     # -- the halves -------------------------------------------------------------------------------------------------
     def _halves(self) -> list[Optimizer]:
@@ -252,11 +251,12 @@ class MuonAdamW(Optimizer):
         self._sync()
         self._sync_momentum()
 
-    def _half_defaults(self, use_muon: bool) -> dict[str, Any]:
+    def _half_defaults(self, use_muon: bool, d: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A half's defaults: its optimizer's, or before it exists those ``d`` (default: this one's) gives it."""
         half = self.muon if use_muon else self.adamw
         if half is not None:
             return dict(half.defaults)
-        d = self.defaults
+        d = self.defaults if d is None else d
         if use_muon:
             return {k: d[k] for k in ("lr", "weight_decay", "momentum", "nesterov", "ns_coefficients", "ns_steps",
                                       "adjust_lr_fn")} | {"eps": d["muon_eps"], "betas": d["betas"]}
