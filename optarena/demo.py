@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .registry import base_optimizer_info, create_optimizer, set_optimizer_mode
+from .registry import base_optimizer_info, create_optimizer, set_optimizer_mode, state_bytes
 
 DEFAULT_OPTIMIZERS = ("adamw", "lion")
 
@@ -86,12 +86,10 @@ def train_digits(name: str, *, lr: float | None = None, weight_decay: float = 0.
         logits = model(x_val)
         val_loss = loss_fn(logits, y_val).item()
         accuracy = (logits.argmax(dim=1) == y_val).float().mean().item()
-    from .arena.runner import total_state_bytes  # here: the arena imports this module
-
     used_lr = base_optimizer_info(name).default_lr if lr is None else lr  # lookahead_lion: lion's lr
     diverged = not (math.isfinite(val_loss) and math.isfinite(loss.item()))
     return DigitsResult(name, used_lr, accuracy, val_loss, loss.item(), steps, 1e3 * statistics.median(step_times),
-                        total_state_bytes(optimizer), sum(p.numel() for p in model.parameters()), diverged)
+                        state_bytes(optimizer), sum(p.numel() for p in model.parameters()), diverged)
 
 
 def format_table(results: Sequence[DigitsResult]) -> str:

@@ -301,7 +301,8 @@ _register_ultralytics()
 def state_bytes(optimizer: Optimizer) -> int:
     """Bytes held in ``optimizer.state`` tensors, measured (not the registry's nominal figure). Nested containers
     count (heavyball keeps one dict per view of a parameter), and a tensor subclass counts its inner tensors
-    (torchao's 8-bit state reports a float dtype but holds codes and scales); a tensor held twice counts once."""
+    (torchao's 8-bit state reports a float dtype but holds codes and scales); a tensor held twice counts once. A
+    wrapper counts with what it wraps (Lookahead's slow weights and its base's moments)."""
     seen: set[int] = set()
 
     def size(value: Any) -> int:
@@ -317,7 +318,11 @@ def state_bytes(optimizer: Optimizer) -> int:
             return sum(size(getattr(value, n)) for n in names)
         return value.numel() * value.element_size()
 
-    return sum(size(s) for s in optimizer.state.values())
+    total = 0
+    while optimizer is not None:
+        total += sum(size(s) for s in optimizer.state.values())
+        optimizer = getattr(optimizer, "base", None)
+    return total
 
 
 __all__ = ["LOOKAHEAD_PREFIX", "OptimizerInfo", "Translation", "base_optimizer_info", "create_optimizer",

@@ -4,7 +4,10 @@ the same level (earlier runs' garbage charged to no run), and the same data in e
 from __future__ import annotations
 
 import gc
+import json
 import random
+import subprocess
+import sys
 import weakref
 from pathlib import Path
 
@@ -65,6 +68,31 @@ def test_the_memory_baseline_leaves_out_earlier_runs_garbage(monkeypatch: pytest
     finally:
         gc.enable()
     assert memory.baseline == 0
+
+
+_FIRST_RUNS = """
+import json, torch
+from torch import nn
+from optarena.arena import Task, train_once
+task = Task("linear16", lambda: nn.Linear(16, 16), lambda g, b: iter(lambda: torch.randn(b, 16, generator=g), None),
+            lambda m, x: m(x).square().mean(), lambda m: 0.0, steps=4, batch_size=8)
+runs = [train_once(task, name, 1e-3, seed) for name, seed in (("adamw", 0), ("adamw", 1), ("adamw", 0), ("lion", 0))]
+print(json.dumps([(run.peak_memory_mb, run.train_loss) for run in runs]))
+"""
+
+
+def test_a_processs_first_run_is_charged_no_one_time_allocations() -> None:
+    """In a fresh process (a worker), the first run imported dynamo (torch's first optimizer does: 87 MB against
+    0.01 for the same run after it) and paged in library code: its peak memory must match the later runs', and
+    the warm-up that takes those allocations must leave the run itself unchanged."""
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("peak memory on CPU is measured on Linux only")
+    done = subprocess.run([sys.executable, "-c", _FIRST_RUNS], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    (first, first_loss), (second, _), (again, again_loss), (first_lion, _) = json.loads(done.stdout)
+    assert first - max(second, again) < 1.0  # MB; a linear layer's own peak is ~0.01
+    assert first_lion - again < 1.0  # an optimizer's first run, after another's
+    assert first_loss == again_loss  # the warm-up left the generators as they were
 
 
 def test_yolo_shapes_loads_before_its_data_exists_with_a_fingerprint_that_generating_it_keeps(

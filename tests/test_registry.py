@@ -190,3 +190,12 @@ def test_group_dicts_take_the_factory_weight_decay_and_are_checked(name: str) ->
         optarena.create_optimizer([{"params": [model[1].bias], "lr": -1}], name)
     with pytest.raises(ValueError, match="Invalid params: 1 param-group dicts among 1 tensors"):
         optarena.create_optimizer([model[0].weight, {"params": [model[1].weight]}], name)
+
+
+def test_state_bytes_of_a_wrapper_counts_what_it_wraps() -> None:
+    """Lookahead's slow weights and Lion's momentum: 8 B/param, where the wrapper's own state alone read 4."""
+    param = torch.nn.Parameter(torch.zeros(100))
+    opt = optarena.Lookahead(optarena.Lion([param], lr=1e-3))
+    param.grad = torch.ones(100)
+    opt.step()
+    assert optarena.state_bytes(opt.base) == 400 and optarena.state_bytes(opt) == 800

@@ -66,7 +66,7 @@ def _run(monkeypatch: pytest.MonkeyPatch) -> tuple[runner.RunResult, list[bool]]
         return made[-1]
 
     def evaluate(model: nn.Module, inner=task.evaluate) -> float:
-        modes.append(made[0].param_groups[0]["train_mode"])
+        modes.append(made[-1].param_groups[0]["train_mode"])  # the run's (a warm-up run may come first)
         return inner(model)
 
     monkeypatch.setattr(runner, "create_optimizer", recording_create)

@@ -13,9 +13,11 @@ import ctypes
 import functools
 import gc
 import hashlib
+import itertools
 import math
 import random
 import statistics
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -94,15 +96,6 @@ def arena_weight_decay(optimizer: str, task_weight_decay: float) -> dict[str, An
     return translated
 
 
-def total_state_bytes(optimizer: Optimizer) -> int:
-    """State bytes of an optimizer and of every optimizer a wrapper wraps."""
-    total = 0
-    while optimizer is not None:
-        total += state_bytes(optimizer)
-        optimizer = getattr(optimizer, "base", None)
-    return total
-
-
 @functools.cache
 def _libc_malloc_trim() -> Callable[[int], int] | None:
     try:
@@ -117,6 +110,43 @@ def _malloc_trim() -> None:
         trim(0)
 
 
+#: (device type, optimizer name) pairs :func:`_warm_up` has run in this process.
+_warmed_up: set[tuple[str, str]] = set()
+
+
+def _warm_up_task() -> Task:
+    """Two steps of a 2x2 linear layer: the runner's code path, on a model of its own."""
+    return Task("warm-up", make_model=lambda: nn.Linear(2, 2),
+                make_batches=lambda generator, batch_size: itertools.repeat(torch.ones(batch_size, 2)),
+                loss=lambda model, x: model(x).square().mean(),
+                evaluate=lambda model: model(torch.ones(1, 2, device=model.weight.device)).sum().item(),
+                steps=2, batch_size=1, eval_every=1)
+
+
+def _warm_up(device: torch.device, optimizer_name: str = "adamw") -> None:
+    """Make, once per process and optimizer, the one-time allocations its first run would be charged for, by a
+    throwaway run of :func:`_warm_up_task`: torch's first optimizer imports dynamo (~70 MB resident on CPU), the
+    first seeding formats a stack (linecache reads the source files), the first backward starts autograd, the
+    optimizer's first step imports its modules; on a GPU the first matmul allocates cuBLAS's workspace. The task's
+    own code runs in its runs only; the global generators are left as they were."""
+    if (device.type, optimizer_name) in _warmed_up:
+        return
+    _warmed_up.add((device.type, optimizer_name))
+    python_state = random.getstate()
+    numpy_random = sys.modules.get("numpy.random")  # seed_everything seeds it only where NumPy is installed
+    numpy_state = numpy_random.get_state() if numpy_random is not None else None
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            train_once(_warm_up_task(), optimizer_name, 1e-3, 0, device=device)
+            seed_everything(0)  # seeding formats its stack (linecache), which has more frames once dynamo is used
+    except Exception:  # an optimizer that cannot train this model, a device that fails: the run itself says why
+        pass
+    finally:
+        random.setstate(python_state)
+        if numpy_state is not None:
+            numpy_random.set_state(numpy_state)
+
+
 class _PeakMemory:
     """Peak memory of this process during a run: CUDA's allocator peak, or on Linux the resident-set high-water
     mark, which ``/proc/self/clear_refs`` resets (so each run gets its own peak, not the worker's lifetime one).
@@ -124,13 +154,17 @@ class _PeakMemory:
     On CPU, memory freed by earlier runs is first handed back to the OS (``malloc_trim``); otherwise a run that
     reuses it would show no growth at all. On every device the garbage of earlier runs (reference cycles: a Muon
     run leaves its model and state in one) is collected first: freed during this run, it would be subtracted from
-    this run's peak. The first run in a worker still includes one-time allocations (lazy imports, thread pools);
-    medians over seeds absorb that.
+    this run's peak. One-time allocations are kept out of a worker's first run: :func:`_warm_up` makes the generic
+    ones before the baseline, and file-backed pages the run maps in (the code of library kernels it is the first to
+    call: 3 MB on digits_mlp, 8 on char_lm) are not counted; they are shared, reclaimable, and no later run pays
+    them.
     """
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, optimizer_name: str = "adamw") -> None:
         self.device = device
         self.baseline: float | None = None
+        self.file_baseline = 0.0
+        _warm_up(device, optimizer_name)
         gc.collect()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -141,24 +175,31 @@ class _PeakMemory:
             try:
                 with open("/proc/self/clear_refs", "w") as f:
                     f.write("5")
-                self.baseline = self._status("VmRSS")
+                self.baseline, self.file_baseline = self._status("VmRSS", "RssFile")
             except OSError:  # not Linux, or not allowed: no figure rather than a wrong one
                 self.baseline = None
 
     @staticmethod
-    def _status(key: str) -> float:
+    def _status(*keys: str) -> tuple[float, ...]:
+        """``keys`` of ``/proc/self/status``, in MB."""
+        values: dict[str, float] = {}
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) / 1024
-        raise OSError(key)
+                key, _, value = line.partition(":")
+                if key in keys:
+                    values[key] = int(value.split()[0]) / 1024
+        missing = [key for key in keys if key not in values]
+        if missing:
+            raise OSError(f"/proc/self/status has no {', '.join(missing)}")
+        return tuple(values[key] for key in keys)
 
     def peak_mb(self) -> float | None:
         if self.baseline is None:
             return None
         if self.device.type == "cuda":
             return torch.cuda.max_memory_allocated(self.device) / 2**20 - self.baseline
-        return self._status("VmHWM") - self.baseline
+        high_water, file_backed = self._status("VmHWM", "RssFile")
+        return high_water - self.baseline - max(file_backed - self.file_baseline, 0.0)
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -268,7 +309,7 @@ def train_once(task: Task, optimizer_name: str, lr: float, seed: int, batch_size
     if task.run is not None:
         return task.run(optimizer_name, lr, seed, batch_size, device=device, heartbeat=heartbeat, out=out)
     ultralytics_only(optimizer_name)
-    memory = _PeakMemory(device)
+    memory = _PeakMemory(device, optimizer_name)
     seed_everything(seed)
     model = task.make_model().to(device)
     init_digest = weights_digest(model)
@@ -362,7 +403,7 @@ def train_once(task: Task, optimizer_name: str, lr: float, seed: int, batch_size
         train_seconds=train_seconds,
         opt_step_ms=1e3 * statistics.median(opt_times[skip:]) if opt_times else math.nan,
         fwd_bwd_ms=1e3 * statistics.median(fwd_times[skip:]) if fwd_times else math.nan,
-        state_bytes=total_state_bytes(optimizer),
+        state_bytes=state_bytes(optimizer),
         params=sum(p.numel() for p in model.parameters()),
         peak_memory_mb=memory.peak_mb(),
         loss_steps=_subsample(loss_steps, MAX_CURVE_POINTS),

@@ -16,8 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...registry import state_bytes
 from ..catalog import _import_factory
-from ..runner import MAX_CURVE_POINTS, RunResult, _PeakMemory, _subsample, total_state_bytes
+from ..runner import MAX_CURVE_POINTS, RunResult, _PeakMemory, _subsample
 
 
 class Diverged(Exception):
@@ -117,7 +118,7 @@ class Recorder:
             train_seconds=self.train_seconds,
             opt_step_ms=1e3 * statistics.median(self.opt_times[skip:]) if self.opt_times else math.nan,
             fwd_bwd_ms=1e3 * statistics.median(self.fwd_times[skip:]) if self.fwd_times else math.nan,
-            state_bytes=total_state_bytes(optimizer) if optimizer is not None else 0,
+            state_bytes=state_bytes(optimizer) if optimizer is not None else 0,
             params=sum(p.numel() for p in model.parameters()) if model is not None else 0,
             peak_memory_mb=self.memory.peak_mb(),
             loss_steps=_subsample(self.loss_steps, MAX_CURVE_POINTS),

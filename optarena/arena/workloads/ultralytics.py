@@ -27,7 +27,8 @@ import numpy as np
 import torch
 
 from ...info import LOOKAHEAD_PREFIX, base_optimizer_info
-from ..runner import MAX_CURVE_POINTS, RunResult, _PeakMemory, _subsample, total_state_bytes, weights_digest
+from ...registry import state_bytes
+from ..runner import MAX_CURVE_POINTS, RunResult, _PeakMemory, _subsample, weights_digest
 
 METRIC_KEY = "metrics/mAP50-95(B)"
 #: Arguments the arena sets for every run; a workload may not override them.
@@ -164,7 +165,7 @@ def run(model: str, data: str, train_args: Mapping[str, Any], task_name: str, op
         train_seconds=state["train_seconds"],
         opt_step_ms=1e3 * statistics.median(trainer.opt_times[skip:]) if steps else math.nan,
         fwd_bwd_ms=1e3 * statistics.median(state["fwd_bwd"][skip:]) if state["fwd_bwd"] else math.nan,
-        state_bytes=total_state_bytes(trainer.optimizer) if trainer.optimizer is not None else 0,
+        state_bytes=state_bytes(trainer.optimizer) if trainer.optimizer is not None else 0,
         params=sum(p.numel() for p in trainer.model.parameters()) if trainer.model is not None else 0,
         peak_memory_mb=memory.peak_mb(),
         loss_steps=_subsample(state["loss_steps"], MAX_CURVE_POINTS),
