@@ -33,6 +33,25 @@ def check_no_wrapper_state(where: str, state_dict: dict[str, Any]) -> None:
                          "optimizer does not have: load it into the same chain of wrappers it was saved from")
 
 
+def check_saved_form(where: str, state_dict: Any, opt: Optimizer | None = None) -> None:
+    """Refuse what is no optimizer's state dict (a dict with ``state`` and ``param_groups``), one saved through a
+    wrapper this optimizer does not have, and, given ``opt``, one with another number of param groups."""
+    if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= set(state_dict):
+        raise ValueError(f"{where}: expected a dict with 'state' and 'param_groups' (an optimizer's state_dict()), "
+                         f"got {type(state_dict).__name__}")
+    check_no_wrapper_state(where, state_dict)
+    if opt is not None and len(state_dict["param_groups"]) != len(opt.param_groups):
+        raise ValueError(f"{where}: the state_dict has {len(state_dict['param_groups'])} param groups, this optimizer "
+                         f"{len(opt.param_groups)}: it was saved for another model or optimizer")
+
+
+def check_param_count(where: str, index: int, saved: dict[str, Any], group: dict[str, Any]) -> None:
+    """Refuse a saved param group with another number of parameters than ``group``."""
+    if len(saved["params"]) != len(group["params"]):
+        raise ValueError(f"{where}: param group {index} holds {len(saved['params'])} parameters, this optimizer's "
+                         f"{len(group['params'])}: it was saved for another model")
+
+
 def own_hyperparameters(cls: type) -> set[str]:
     """The hyper-parameters of the algorithm itself: its constructor's arguments but the machinery's."""
     return {name for name in inspect.signature(cls.__init__).parameters if name not in ("self", "params")} - MACHINERY
@@ -43,10 +62,7 @@ def check_state_dict(opt: Optimizer, state_dict: Any) -> None:
     ``OptarenaOptimizer``: its ``_check_group``, ``_check_machinery``, ``new_state`` and ``_optional_state``)."""
     name = type(opt).__name__
     where = f"{name}.load_state_dict"
-    if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= set(state_dict):
-        raise ValueError(f"{where}: expected a dict with 'state' and 'param_groups' (an optimizer's state_dict()), "
-                         f"got {type(state_dict).__name__}")
-    check_no_wrapper_state(where, state_dict)
+    check_saved_form(where, state_dict)
     own = own_hyperparameters(type(opt))
     others = set().union(*(own_hyperparameters(get_optimizer_info(n).cls) for n in list_optimizers("optarena")))
     others -= own | COMMON

@@ -36,7 +36,7 @@ from torch.optim import Optimizer
 
 from ..info import OptimizerInfo, Translation, register_optimizer
 from ..validation import check_betas, check_choice, check_group_now, check_number, check_positive_int
-from .checkpoint import WRAPPED_BY, check_no_wrapper_state
+from .checkpoint import WRAPPED_BY, check_param_count, check_saved_form
 
 MUON_KEY = "use_muon"
 HEAD_NAMES = ("head", "lm_head", "classifier", "fc", "output")
@@ -336,22 +336,14 @@ class MuonAdamW(Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Refuses (``ValueError``, before changing anything) a state dict of another optimizer or model."""
         where = f"{type(self).__name__}.load_state_dict"
-        if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= set(state_dict):
-            raise ValueError(f"{where}: expected a dict with 'state' and 'param_groups' (an optimizer's "
-                             f"state_dict()), got {type(state_dict).__name__}")
-        check_no_wrapper_state(where, state_dict)
+        check_saved_form(where, state_dict, self)
         saved_groups, saved_state = state_dict["param_groups"], state_dict["state"]
-        if len(saved_groups) != len(self.param_groups):
-            raise ValueError(f"{where}: the state_dict has {len(saved_groups)} param groups, this optimizer "
-                             f"{len(self.param_groups)}: it was saved for another model or optimizer")
         for i, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
             if saved.get(MUON_KEY) is not group[MUON_KEY]:
                 found = f"{MUON_KEY}={saved[MUON_KEY]!r}" if MUON_KEY in saved else f"no {MUON_KEY}"
                 raise ValueError(f"{where}: param group {i} has {found}, where this optimizer's has "
                                  f"{MUON_KEY}={group[MUON_KEY]}: this state_dict was saved from another optimizer")
-            if len(saved["params"]) != len(group["params"]):
-                raise ValueError(f"{where}: param group {i} holds {len(saved['params'])} parameters, this "
-                                 f"optimizer's {len(group['params'])}: it was saved for another model")
+            check_param_count(where, i, saved, group)
             try:  # keys an older checkpoint lacks keep this optimizer's values, as torch's loading does not
                 self._check_group({**group, **{k: v for k, v in saved.items() if k != "params"}})
             except ValueError as err:

@@ -10,7 +10,7 @@ import torch
 from torch.optim import Optimizer
 
 from ..validation import check_betas, check_group_now, check_number
-from .checkpoint import check_no_wrapper_state
+from .checkpoint import check_param_count, check_saved_form
 
 SCHEDULEFREE_REQUIREMENT = "schedulefree==1.4.1"
 
@@ -77,21 +77,14 @@ class _CheckedScheduleFree(Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         where = f"{type(self).__name__}.load_state_dict"
-        if not isinstance(state_dict, Mapping) or not {"state", "param_groups"} <= set(state_dict):
-            raise ValueError(f"{where}: expected an optimizer's state_dict(), got {type(state_dict).__name__}")
-        check_no_wrapper_state(where, state_dict)
+        check_saved_form(where, dict(state_dict) if isinstance(state_dict, Mapping) else state_dict, self)
         saved_groups, saved_state = state_dict["param_groups"], state_dict["state"]
-        if len(saved_groups) != len(self.param_groups):
-            raise ValueError(f"{where}: the state_dict has {len(saved_groups)} param groups, this optimizer "
-                             f"{len(self.param_groups)}: it was saved for another model or optimizer")
         for i, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
             missing = sorted(self.group_keys - set(saved))
             if missing:
                 raise ValueError(f"{where}: param group {i} lacks {', '.join(missing)}: this state_dict was saved "
                                  f"from another optimizer than {type(self).__name__}")
-            if len(saved["params"]) != len(group["params"]):
-                raise ValueError(f"{where}: param group {i} holds {len(saved['params'])} parameters, this "
-                                 f"optimizer's {len(group['params'])}: it was saved for another model")
+            check_param_count(where, i, saved, group)
             self._checked("load_state_dict", {**group, **saved}, i)
             for position, (key, p) in enumerate(zip(saved["params"], group["params"])):
                 entry = saved_state.get(key) or {}  # train() before a first step leaves empty entries
