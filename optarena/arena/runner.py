@@ -29,8 +29,8 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from ..guidance import translate_hparams
-from ..registry import base_optimizer_info, create_optimizer, get_optimizer_info, set_optimizer_mode, state_bytes
+from ..registry import create_optimizer, set_optimizer_mode, state_bytes
+from .optimizer_setup import arena_weight_decay, lr_multiplier, run_length_kwargs, ultralytics_only
 from .task import Task
 
 DIVERGENCE_FACTOR = 10.0
@@ -83,17 +83,6 @@ class RunResult:
     def from_dict(cls, data: dict[str, Any]) -> RunResult:
         known = {f.name for f in fields(cls)}  # results stored by another version may lack or add a field
         return cls(**{k: v for k, v in data.items() if k in known})
-
-
-def arena_weight_decay(optimizer: str, task_weight_decay: float) -> dict[str, Any]:
-    """Weight-decay kwargs for ``optimizer`` given a task's AdamW-scale decay: the published translation where one
-    exists (Lion's decay is 5× AdamW's because its lr is smaller), otherwise the same value."""
-    base = base_optimizer_info(optimizer)
-    if task_weight_decay == 0 or base.translation is None:
-        return {"weight_decay": task_weight_decay}
-    translated = translate_hparams(base.name, lr=get_optimizer_info("adamw").default_lr, weight_decay=task_weight_decay)
-    translated.pop("lr")
-    return translated
 
 
 @functools.cache
@@ -242,21 +231,6 @@ def _evaluate(task: Task, model: nn.Module, optimizer: Optimizer | None = None) 
     return value
 
 
-def run_length_kwargs(optimizer_name: str, steps: int) -> dict[str, int]:
-    """The constructor arguments that take the run's length (AdEMAMix's warm-ups), set to ``steps``."""
-    return {name: steps for name in base_optimizer_info(optimizer_name).run_length_kwargs}
-
-
-def lr_multiplier(optimizer_name: str, steps: int) -> Callable[[int], float]:
-    """The arena's schedule: cosine decay from the peak lr to 0, no warm-up; for optimizers designed for a constant
-    lr (``OptimizerInfo.schedule == "constant"``: schedule-free) a linear warm-up over 5% of the steps, then
-    constant."""
-    if base_optimizer_info(optimizer_name).schedule == "constant":
-        warmup = max(1, steps // 20)
-        return lambda step: min(1.0, (step + 1) / warmup)
-    return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps))
-
-
 def _grads_finite(model: nn.Module) -> torch.Tensor | bool:
     """Whether every (dense) gradient is finite: one reduction, read with the loss."""
     grads = [p.grad for p in model.parameters() if p.grad is not None and not p.grad.is_sparse]
@@ -281,13 +255,6 @@ def seed_everything(seed: int) -> None:
     except ImportError:  # torch runs without NumPy; then nothing can draw from it
         return
     numpy.random.seed(seed)
-
-
-def ultralytics_only(optimizer_name: str) -> None:
-    """Refuse, naming the argument, an optimizer only ultralytics' trainer builds (``musgd``) outside it."""
-    if base_optimizer_info(optimizer_name).source == "ultralytics":
-        raise ValueError(f"Invalid optimizer: {optimizer_name!r} is built by ultralytics' trainer only; compare it on "
-                         "an ultralytics workload (yolo_shapes or ultralytics:MODEL.yaml:DATA.yaml)")
 
 
 def train_once(task: Task, optimizer_name: str, lr: float, seed: int, batch_size: int | None = None, *,

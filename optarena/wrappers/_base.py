@@ -5,7 +5,7 @@
   each time: the base's ``load_state_dict`` replaces its list, and a copy taken once would go stale.
 - ``train()`` / ``eval()`` reach the base (schedule-free optimizers switch their parameters between two points).
 - The wrapper's own per-parameter state lives in ``self.state`` (keyed by parameter, like torch.optim); its
-  scalar bookkeeping is returned by ``_extra_state``.
+  scalar bookkeeping is returned by ``_extra_state``, and its settings are ``Setting``s (saved with it).
 - ``state_dict()`` is the base's state_dict (top-level ``state`` and ``param_groups`` unchanged, so tools that read
   them keep working) plus one key, ``state_key``, holding the wrapper's state indexed by parameter position. It
   loads into a fresh process and nests: ``Lookahead(GradientAccumulation(Lion(...)))`` adds two keys. The
@@ -28,6 +28,34 @@ from torch.optim import Optimizer
 
 from ..info import info_for
 from ..optim.checkpoint import WRAPPED_BY, WRAPPER_STATE_KEYS, check_no_wrapper_state
+
+
+class Setting:
+    """A wrapper's checked setting (``Lookahead.k``), declared once: assigning it runs ``check(name, value)`` (one of
+    ``validation``'s) and stores ``convert(value)`` as ``_<name>``; ``state_dict()`` saves it, and ``load_state_dict``
+    checks the saved value with the same ``check`` before restoring it. ``now(wrapper, value)`` runs on assignment
+    only: it checks against the wrapper's current state, which a checkpoint replaces (GradientAccumulation's cycle)."""
+
+    def __init__(self, doc: str, check: Callable[[str, Any], None], convert: Callable[[Any], Any] = lambda v: v,
+                 now: Callable[[Any, Any], None] | None = None) -> None:
+        self.__doc__, self.check, self.convert, self.now = doc, check, convert, now
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name, self.slot = name, f"_{name}"
+
+    def __get__(self, wrapper: Any, owner: type | None = None) -> Any:
+        return self if wrapper is None else getattr(wrapper, self.slot)
+
+    def __set__(self, wrapper: Any, value: Any) -> None:
+        self.check(self.name, value)
+        if self.now is not None:
+            self.now(wrapper, value)
+        wrapper.__dict__[self.slot] = self.convert(value)
+
+
+def settings(wrapper: Any) -> list[str]:
+    """The names of ``wrapper``'s settings, in the order its class declares them."""
+    return [name for cls in reversed(type(wrapper).__mro__) for name, v in vars(cls).items() if isinstance(v, Setting)]
 
 
 class OptimizerWrapper(Optimizer):
@@ -105,7 +133,7 @@ class OptimizerWrapper(Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         # a pickle made before a setting (GradientAccumulation.steps, Lookahead.k) became a checked property holds
         # it under its public name, which the property would hide
-        for name in [k for k in state if isinstance(getattr(type(self), k, None), property)]:
+        for name in [k for k in state if isinstance(getattr(type(self), k, None), property | Setting)]:
             state[f"_{name}"] = state.pop(name)
         had = "differentiable" in state["defaults"]
         super().__setstate__(state)  # new hook dicts; it also adds "differentiable" to the defaults it shares
@@ -160,7 +188,8 @@ class OptimizerWrapper(Optimizer):
         state_dict = self.base.state_dict()
         index = {id(p): i for i, p in enumerate(self._params())}
         own = {index[id(p)]: dict(s) for p, s in self.state.items() if id(p) in index}
-        state_dict[self.state_key] = {"state": own, **self._extra_state()}
+        own_settings = {name: getattr(self, name) for name in settings(self)}
+        state_dict[self.state_key] = {"state": own, **self._extra_state(), **own_settings}
         for post_hook in self._optimizer_state_dict_post_hooks.values():
             result = post_hook(self, state_dict)
             if result is not None:
@@ -218,6 +247,16 @@ class OptimizerWrapper(Optimizer):
     def _check_extra_state(self, extra: dict[str, Any]) -> None:
         """Raise ``ValueError`` if the wrapper's scalar state cannot load (before anything is loaded)."""
 
+    def _check_saved_settings(self, extra: dict[str, Any]) -> None:
+        """Check the settings a checkpoint saved as assigning them does (a checkpoint saved before the settings were
+        stored has none: the constructor's hold)."""
+        try:
+            for name in settings(self):
+                if name in extra:
+                    getattr(type(self), name).check(name, extra[name])
+        except ValueError as err:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: the checkpoint's setting: {err}") from None
+
     def _base_step(self, closure: Callable[[], Any] | None) -> Any:
         return self.base.step(closure) if closure is not None else self.base.step()
 
@@ -239,10 +278,11 @@ def eager_under_compile(step: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
-def restore_settings(wrapper: Optimizer, saved: dict[str, Any], names: tuple[str, ...]) -> None:
-    """Set the settings ``names`` that a checkpoint saved, as torch.optim restores a group's hyper-parameters; where
-    one replaces a different constructor value, say so (a run resumed with half the accumulation on twice the GPUs
+def restore_settings(wrapper: Optimizer, saved: dict[str, Any]) -> None:
+    """Set the settings that a checkpoint saved, as torch.optim restores a group's hyper-parameters; where one
+    replaces a different constructor value, say so (a run resumed with half the accumulation on twice the GPUs
     would otherwise keep the checkpoint's silently). A checkpoint without them keeps the constructor's."""
+    names = settings(wrapper)
     changed = [f"{name}={saved[name]!r} (constructed with {getattr(wrapper, name)!r})" for name in names
                if name in saved and saved[name] != getattr(wrapper, name)]
     if changed:

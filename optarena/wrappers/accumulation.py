@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import numbers
 from collections.abc import Callable
 from typing import Any
@@ -12,7 +13,7 @@ from torch.optim import Optimizer
 
 from ..optim.step import math_dtype
 from ..validation import check_choice, check_positive_int
-from ._base import OptimizerWrapper, eager_under_compile, refuse_closure_only, restore_settings
+from ._base import OptimizerWrapper, Setting, eager_under_compile, refuse_closure_only, restore_settings
 
 
 class GradientAccumulation(OptimizerWrapper):
@@ -57,6 +58,15 @@ class GradientAccumulation(OptimizerWrapper):
 
     state_key = "gradient_accumulation"
 
+    def _fits_cycle(self, steps: int) -> None:
+        if steps <= self.micro_step:  # the next call would end the cycle and divide more sums than N by N
+            raise ValueError(f"Invalid steps: {steps!r} (this cycle holds {self.micro_step} micro-steps already; "
+                             "expected more, or change it when micro_step is 0)")
+
+    steps = Setting("N, micro-batches per update.", check_positive_int, int, now=_fits_cycle)
+    skip_nonfinite = Setting("Whether an update whose accumulated gradient is not finite is skipped.",
+                             functools.partial(check_choice, choices=(False, True)))
+
     def __init__(self, base: Optimizer, steps: int, *, skip_nonfinite: bool = False) -> None:
         self._updated = False
         self.micro_step = 0
@@ -66,36 +76,12 @@ class GradientAccumulation(OptimizerWrapper):
         refuse_closure_only("GradientAccumulation", base, "steps it on the mean of gradients already computed")
         super().__init__(base)
 
-    @property
-    def steps(self) -> int:
-        """N, micro-batches per update."""
-        return self._steps
-
-    @steps.setter
-    def steps(self, steps: int) -> None:
-        check_positive_int("steps", steps)
-        if steps <= self.micro_step:  # the next call would end the cycle and divide more sums than N by N
-            raise ValueError(f"Invalid steps: {steps!r} (this cycle holds {self.micro_step} micro-steps already; "
-                             "expected more, or change it when micro_step is 0)")
-        self._steps = int(steps)
-
-    @property
-    def skip_nonfinite(self) -> bool:
-        """Whether an update whose accumulated gradient is not finite is skipped."""
-        return self._skip_nonfinite
-
-    @skip_nonfinite.setter
-    def skip_nonfinite(self, skip_nonfinite: bool) -> None:
-        check_choice("skip_nonfinite", skip_nonfinite, (False, True))
-        self._skip_nonfinite = skip_nonfinite
-
     def __repr__(self) -> str:
         return (f"GradientAccumulation(steps={self.steps}, skip_nonfinite={self.skip_nonfinite}, "
                 f"base={self.base!r})")
 
     def _extra_state(self) -> dict[str, Any]:
-        return {"micro_step": self.micro_step, "skipped_updates": self.skipped_updates, "steps": self.steps,
-                "skip_nonfinite": self.skip_nonfinite}
+        return {"micro_step": self.micro_step, "skipped_updates": self.skipped_updates}
 
     def _check_extra_state(self, extra: dict[str, Any]) -> None:
         where = "GradientAccumulation.load_state_dict"
@@ -106,11 +92,7 @@ class GradientAccumulation(OptimizerWrapper):
             value = extra[name]
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
                 raise ValueError(f"{where}: invalid {name} {value!r} in the checkpoint (expected an integer >= 0)")
-        try:  # a checkpoint saved before the settings were stored has neither: the constructor's hold
-            check_positive_int("steps", extra.get("steps", self.steps))
-            check_choice("skip_nonfinite", extra.get("skip_nonfinite", self.skip_nonfinite), (False, True))
-        except ValueError as err:
-            raise ValueError(f"{where}: the checkpoint's setting: {err}") from None
+        self._check_saved_settings(extra)
         micro_step, steps = int(extra["micro_step"]), int(extra.get("steps", self.steps))
         if micro_step >= steps:
             raise ValueError(f"{where}: the checkpoint was saved after {micro_step} micro-steps of a cycle, which "
@@ -119,7 +101,7 @@ class GradientAccumulation(OptimizerWrapper):
     def _load_extra_state(self, extra: dict[str, Any]) -> None:
         self.micro_step = int(extra["micro_step"])
         self.skipped_updates = int(extra["skipped_updates"])
-        restore_settings(self, extra, ("steps", "skip_nonfinite"))
+        restore_settings(self, extra)
 
     # -- the algorithm --------------------------------------------------------------------------------------------
     @eager_under_compile
@@ -187,6 +169,3 @@ class GradientAccumulation(OptimizerWrapper):
         finally:
             for p, grad in zip(all_params, originals):
                 p.grad = grad
-
-
-

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import numbers
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,15 +15,12 @@ from torch.optim import Optimizer
 from ..optim import quant
 from ..optim.step import group_by_device_and_dtype, math_dtype
 from ..validation import check_choice, check_number, check_positive_int
-from ._base import OptimizerWrapper, chain, eager_under_compile, refuse_schedule_free, restore_settings
+from ._base import OptimizerWrapper, Setting, chain, eager_under_compile, refuse_schedule_free, restore_settings
 
 PULLBACKS = ("none", "reset", "pullback")
 
 #: The base-state keys treated as momentum by ``pullback``: optarena's and Adam's first moment, SGD's buffer.
 MOMENTUM_KEYS = ("exp_avg", "momentum_buffer")
-
-
-
 
 
 def innermost(optimizer: Optimizer) -> Optimizer:
@@ -70,6 +68,12 @@ class Lookahead(OptimizerWrapper):
 
     state_key = "lookahead"
 
+    k = Setting("Inner steps per sync.", check_positive_int, int)
+    alpha = Setting("The slow-weight step size, in (0, 1].",
+                    functools.partial(check_number, low=0.0, high=1.0, low_open=True), float)
+    pullback = Setting("What each sync does to the base's momentum: one of ``PULLBACKS``.",
+                       functools.partial(check_choice, choices=PULLBACKS))
+
     def __init__(self, base: Optimizer, k: int = 5, alpha: float = 0.5, *, pullback: str = "none") -> None:
         self.k = k
         self.alpha = alpha
@@ -78,36 +82,6 @@ class Lookahead(OptimizerWrapper):
         self.inner_steps = 0
         refuse_schedule_free("Lookahead", base)
         super().__init__(base)
-
-    @property
-    def k(self) -> int:
-        """Inner steps per sync."""
-        return self._k
-
-    @k.setter
-    def k(self, k: int) -> None:
-        check_positive_int("k", k)
-        self._k = int(k)
-
-    @property
-    def alpha(self) -> float:
-        """The slow-weight step size, in (0, 1]."""
-        return self._alpha
-
-    @alpha.setter
-    def alpha(self, alpha: float) -> None:
-        check_number("alpha", alpha, low=0.0, high=1.0, low_open=True)
-        self._alpha = float(alpha)
-
-    @property
-    def pullback(self) -> str:
-        """What each sync does to the base's momentum: one of ``PULLBACKS``."""
-        return self._pullback
-
-    @pullback.setter
-    def pullback(self, pullback: str) -> None:
-        check_choice("pullback", pullback, PULLBACKS)
-        self._pullback = pullback
 
     def __repr__(self) -> str:
         return f"Lookahead(k={self.k}, alpha={self.alpha}, pullback={self.pullback!r}, base={self.base!r})"
@@ -131,7 +105,7 @@ class Lookahead(OptimizerWrapper):
                     self._init_param_state(p)
 
     def _extra_state(self) -> dict[str, Any]:
-        return {"inner_steps": self.inner_steps, "k": self.k, "alpha": self.alpha, "pullback": self.pullback}
+        return {"inner_steps": self.inner_steps}
 
     def _check_extra_state(self, extra: dict[str, Any]) -> None:
         where = "Lookahead.load_state_dict"
@@ -139,16 +113,11 @@ class Lookahead(OptimizerWrapper):
         if isinstance(inner_steps, bool) or not isinstance(inner_steps, numbers.Integral) or inner_steps < 0:
             raise ValueError(f"{where}: its 'lookahead' entry has inner_steps {inner_steps!r} (expected an integer "
                              ">= 0)")
-        try:  # a checkpoint saved before the settings were stored has none: the constructor's hold
-            check_positive_int("k", extra.get("k", self.k))
-            check_number("alpha", extra.get("alpha", self.alpha), low=0.0, high=1.0, low_open=True)
-            check_choice("pullback", extra.get("pullback", self.pullback), PULLBACKS)
-        except ValueError as err:
-            raise ValueError(f"{where}: the checkpoint's setting: {err}") from None
+        self._check_saved_settings(extra)
 
     def _load_extra_state(self, extra: dict[str, Any]) -> None:
         self.inner_steps = int(extra["inner_steps"])
-        restore_settings(self, extra, ("k", "alpha", "pullback"))
+        restore_settings(self, extra)
         self._adopt_new_params()
 
     # -- the algorithm --------------------------------------------------------------------------------------------

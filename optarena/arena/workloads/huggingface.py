@@ -25,7 +25,8 @@ import torch
 
 from ...integrations.torchvision_nms import install as install_nms
 from ...registry import create_optimizer
-from ..runner import arena_weight_decay, lr_multiplier, run_length_kwargs, ultralytics_only, weights_digest
+from ..optimizer_setup import arena_weight_decay, lr_multiplier, run_length_kwargs, ultralytics_only
+from ..runner import weights_digest
 from . import _digest, workload_task
 from .common import Diverged, Recorder, resolve, run_dir
 

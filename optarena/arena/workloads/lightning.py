@@ -10,7 +10,7 @@
 
 Each run: ``seed_everything(seed, workers=True)``, then the module and DataModule are built (so the initial weights
 and the loaders' shuffling follow the seed), the optimizer is :func:`optarena.create_optimizer` over the module,
-the schedule is :func:`optarena.arena.runner.lr_multiplier` stepped per optimizer step, and validation runs
+the schedule is :func:`optarena.arena.optimizer_setup.lr_multiplier` stepped per optimizer step, and validation runs
 every ``steps / evals`` steps; the metric is what the module logged (``trainer.callback_metrics``).
 """
 
@@ -27,7 +27,8 @@ import torch
 
 from ...integrations.torchvision_nms import install as install_nms
 from ...registry import create_optimizer, get_optimizer_info
-from ..runner import arena_weight_decay, lr_multiplier, run_length_kwargs, ultralytics_only, weights_digest
+from ..optimizer_setup import arena_weight_decay, lr_multiplier, run_length_kwargs, ultralytics_only
+from ..runner import weights_digest
 from . import _digest, workload_task
 from .common import Diverged, Recorder, resolve, run_dir
 
