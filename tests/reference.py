@@ -12,8 +12,9 @@ of that group explicitly (the tests merge constructor defaults and group overrid
 
 The math runs in each parameter's own dtype (float64 in the main tests). ``round_to=torch.bfloat16`` simulates a
 low-precision parameter: keep float32 params/state here, and after every step the parameter is rounded to bf16 and
-back, exactly as optarena rounds an fp32 result into a bf16 parameter once per step. ``eps_dtype`` (Adafactor's
-``finfo(param.dtype).eps`` default) then follows ``round_to``.
+back, exactly as optarena rounds an fp32 result into a bf16 parameter once per step. Adafactor's default eps1 is
+the machine eps of the math dtype (float32 for a bf16 parameter, optarena's contract; torch.optim.Adafactor takes
+the parameter dtype's, 2⁻⁷ for bf16, which floors sqrt(V) at 0.0078 and damps every gradient below it).
 """
 
 from __future__ import annotations
@@ -222,7 +223,7 @@ class RefAdafactor(RefOptimizer):
 
     def _update(self, i, group, p, g):
         lr, beta2_decay, wd, d = group["lr"], group["beta2_decay"], group["weight_decay"], group["clip_threshold"]
-        eps1 = group["eps"][0] or torch.finfo(self.round_to or p.dtype).eps
+        eps1 = group["eps"][0] or torch.finfo(p.dtype).eps  # p holds the math dtype (float32 under round_to)
         eps2 = group["eps"][1]
         factored = p.dim() >= 2
         if i not in self.state:

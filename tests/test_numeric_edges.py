@@ -204,3 +204,52 @@ def test_a_scheduler_that_sets_a_tensor_lr_still_steps_and_a_nan_one_is_refused(
     model(torch.randn(2, 4)).square().sum().backward()
     with pytest.raises(ValueError, match=r"param group 0.*\(set after construction\): Invalid lr: nan"):
         opt.step()
+
+
+BEYOND_FLOAT32 = [
+    # (class, keyword, value): each failed deep in the step (RuntimeError "value cannot be converted to type float
+    # without overflow") or left every weight inf or NaN after a few steps, silently
+    *[(cls, key, 1e39) for cls in (optarena.Lion, optarena.RLion, optarena.Adan, optarena.AdaX, optarena.AdEMAMix)
+      for key in ("lr", "weight_decay")],
+    (optarena.AdEMAMix, "alpha", 1e39),
+    (optarena.RLion, "alpha", 1e39),  # inf in float32: 0·inf = NaN where the momentum is 0
+    # Adafactor: NaN weights (lr with relative_step=False, decay); Amos: NaN weights (decay; zeta: inf·b, b = 0)
+    *[(optarena.Adafactor, key, 1e39) for key in ("lr", "weight_decay")],
+    (optarena.Amos, "weight_decay", 1e39), (optarena.Amos, "zeta", 1e39),
+    # an eps that float32 rounds to 0 gave 0/0 = NaN where a gradient entry was 0; one beyond it froze every weight
+    *[(cls, "eps", eps) for cls in (optarena.Adan, optarena.AdaX, optarena.AdEMAMix) for eps in (1e-46, 1e39)],
+]
+
+
+@pytest.mark.parametrize(("cls", "key", "value"), BEYOND_FLOAT32,
+                         ids=[f"{c.__name__}-{k}-{v!r}" for c, k, v in BEYOND_FLOAT32])
+def test_a_hyper_parameter_beyond_float32_is_refused_up_front(cls: type, key: str, value: float) -> None:
+    params = [torch.nn.Parameter(torch.randn(4, 5))]
+    extra = dict(relative_step=False) if cls is optarena.Adafactor and key == "lr" else {}
+    with pytest.raises(ValueError, match=rf"Invalid {key}: {re.escape(repr(value))} \(must be in"):
+        cls(params, **{key: value}, **extra)
+    opt = cls(params, **extra)  # set later, as a scheduler would: refused before anything moves
+    params[0].grad = torch.randn(4, 5)
+    opt.param_groups[0][key] = value
+    with pytest.raises(ValueError, match=rf"param group 0 \(set after construction\): Invalid {key}: "):
+        opt.step()
+
+
+def test_adafactor_refuses_an_eps2_beyond_float32() -> None:
+    """eps2 = 1e39 floors RMS(θ) at inf in float32: every weight NaN after one step."""
+    with pytest.raises(ValueError, match=r"Invalid eps\[1\]: 1e\+39 \(must be in"):
+        optarena.Adafactor([torch.nn.Parameter(torch.randn(4, 5))], eps=(None, 1e39))
+
+
+@pytest.mark.parametrize("cls", [optarena.Adan, optarena.AdaX, optarena.AdEMAMix])
+def test_the_float32_range_edges_still_step_finitely(cls: type) -> None:
+    """The largest lr and decay and the smallest eps accepted: a zero gradient entry stays finite (eps is a normal
+    float32, not 0), and so does every weight after a step with a tiny lr·wd (AdaX: decoupled; its L2 form adds
+    wd·θ to the gradient, whose square then overflows like any gradient beyond ~1.8e19)."""
+    param = torch.nn.Parameter(torch.randn(4, 5))
+    extra = dict(decoupled_weight_decay=True) if cls is optarena.AdaX else {}
+    opt = cls([param], eps=torch.finfo(torch.float32).tiny, weight_decay=3e38, lr=1e-39, **extra)
+    param.grad = torch.randn(4, 5)
+    param.grad[0] = 0.0
+    opt.step()
+    assert finite(opt, [param])

@@ -401,6 +401,32 @@ def test_bf16_matches_fp32_reference_rounded(case_id, foreach, report):
     report[key] = [max(old[0], max_ulps), old[1] + n_diff, old[2] + n_total, old[3] + n_moved]
 
 
+@pytest.mark.parametrize("foreach", [False, True], ids=["loop", "foreach"])
+def test_adafactor_bf16_default_eps1_is_float32s(foreach):
+    """bf16 params with gradients below bf16's eps (2⁻⁷): optarena floors sqrt(V) at float32's eps (its contract),
+    so the relative update is still O(1). The reference used bf16's eps (torch's choice), under which such a
+    parameter barely moved; the bf16 test above never saw the difference, its gradients are O(1)."""
+    gen = torch.Generator().manual_seed(3)
+    shapes = [(8,), (4, 6)]
+    init = [torch.randn(s, generator=gen) for s in shapes]
+    params = [torch.nn.Parameter(t.to(BF16)) for t in init]
+    opt = optarena.Adafactor(params, foreach=foreach)
+    ref = RefAdafactor([dict(params=[p.detach().float() for p in params], lr=1e-2, beta2_decay=-0.8,
+                             eps=(None, 1e-3), clip_threshold=1.0, weight_decay=0.0)], round_to=BF16)
+    start = [p.detach().clone() for p in params]
+    for _ in range(3):
+        grads = [torch.randn(s, generator=gen) * 1e-4 for s in shapes]
+        for p, g in zip(params, grads):
+            p.grad = g.to(BF16)
+        opt.step()
+        ref.step([p.grad.float() for p in params])
+        for p, q in zip(params, ref.params):
+            assert int(bf16_ulps(p.detach(), q.to(BF16)).max()) <= 1
+            q.copy_(p.detach().float())
+    moved = sum(int((p.detach() != s).sum()) for p, s in zip(params, start))
+    assert moved >= 0.5 * sum(p.numel() for p in params)
+
+
 # ------------------------------------------------------------------------------------------------------ references
 def test_reference_lion_by_hand():
     p = torch.tensor([1.0, -2.0, 0.5], dtype=F64)

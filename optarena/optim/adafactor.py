@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ..info import OptimizerInfo, Translation, register_optimizer
-from ..validation import check_choice, check_number
+from ..validation import FLOAT32_MAX, check_choice, check_number
 from . import ops
 from .base import OptarenaOptimizer, ParamsT
 from .ops import Scalar
@@ -133,7 +133,7 @@ class Adafactor(OptarenaOptimizer):
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:
-        check_number("lr", group["lr"])
+        check_number("lr", group["lr"], high=FLOAT32_MAX)  # beyond it, a NaN weight (relative_step=False)
         check_number("beta2_decay", group["beta2_decay"], low=-math.inf, high=0.0)
         eps = group["eps"]
         if not isinstance(eps, (tuple, list)) or len(eps) != 2:
@@ -141,9 +141,9 @@ class Adafactor(OptarenaOptimizer):
         if eps[0] is not None:  # 0 would make rsqrt(V̂) infinite wherever a gradient entry is 0: 0·inf = NaN
             check_number("eps[0]", eps[0], low=0.0, low_open=True)
         # with scale_parameter, eps2 floors the step of a parameter at 0: 0 would leave it at 0 for ever
-        check_number("eps[1]", eps[1], low=0.0, low_open=group["scale_parameter"] is True)
+        check_number("eps[1]", eps[1], low=0.0, low_open=group["scale_parameter"] is True, high=FLOAT32_MAX)
         check_number("clip_threshold", group["clip_threshold"], low=0.0, low_open=True)
-        check_number("weight_decay", group["weight_decay"])
+        check_number("weight_decay", group["weight_decay"], high=FLOAT32_MAX)
         if group["beta1"] is not None:
             check_number("beta1", group["beta1"], low=0.0, high=1.0, high_open=True)
         for flag in ("relative_step", "scale_parameter", "warmup_init"):

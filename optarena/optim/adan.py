@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ..info import OptimizerInfo, Translation, register_optimizer
-from ..validation import check_betas, check_choice, check_number
+from ..validation import EPS_RANGE, FLOAT32_MAX, check_betas, check_choice, check_number
 from . import ops
 from .base import OptarenaOptimizer, ParamsT
 from .ops import Scalar
@@ -60,7 +60,8 @@ class Adan(OptarenaOptimizer):
         params: parameters or parameter groups.
         lr: learning rate. The authors report tolerating a peak lr 5–10× larger than Adam/AdamW.
         betas: ``(β1, β2, β3)`` for the gradient, gradient-difference and squared-term EMAs.
-        eps: added to the bias-corrected ``sqrt(n)`` (> 0: with 0, a zero gradient divides 0 by 0).
+        eps: added to the bias-corrected ``sqrt(n)`` (a normal float32, ~1.2e-38 to 3.4e38: with 0, a zero
+            gradient divides 0 by 0). lr and weight_decay up to float32's largest, ~3.4e38.
         weight_decay: the authors use 0.02. Applied as a proximal step ``θ/(1 + lr·wd)`` by default, as
             decoupled decay ``θ·(1 − lr·wd)`` with ``no_prox=True``.
         no_prox: use AdamW-style decoupled decay instead of the proximal form.
@@ -86,10 +87,11 @@ class Adan(OptarenaOptimizer):
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:
-        check_number("lr", group["lr"])
+        check_number("lr", group["lr"], high=FLOAT32_MAX)
         check_betas(group["betas"], 3)
         check_number("eps", group["eps"], low=0.0, low_open=True)
-        check_number("weight_decay", group["weight_decay"])
+        check_number("eps", group["eps"], low=EPS_RANGE[0], high=EPS_RANGE[1])  # as float32 takes it
+        check_number("weight_decay", group["weight_decay"], high=FLOAT32_MAX)
         check_choice("no_prox", group["no_prox"], (False, True))
         if group["max_grad_norm"] != self.defaults["max_grad_norm"]:
             raise ValueError(f"Invalid max_grad_norm in a param group: {group['max_grad_norm']!r} (the clipping norm "

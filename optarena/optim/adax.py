@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ..info import OptimizerInfo, Translation, register_optimizer
-from ..validation import check_betas, check_choice, check_number
+from ..validation import EPS_RANGE, FLOAT32_MAX, check_betas, check_choice, check_number
 from . import ops
 from .base import OptarenaOptimizer, ParamsT
 from .ops import Scalar
@@ -65,7 +65,10 @@ class AdaX(OptarenaOptimizer):
         lr: learning rate; the official code uses 1.5e-3 with L2 decay 5e-4 (AdaX) and 5e-3 with decoupled decay
             5e-2 (AdaX-W, the authors' recommendation).
         betas: ``(β1, β2)``; β2 > 0 is the growth rate of the long-term memory (default 1e-4).
-        eps: added to ``sqrt(v̂)`` (> 0: with 0, a zero gradient divides 0 by 0).
+        eps: added to ``sqrt(v̂)`` (a normal float32, ~1.2e-38 to 3.4e38: with 0, a zero gradient divides 0 by
+            0). The official code's default is 1e-12 on the raw ``sqrt(v)``, an eps of 1e-10 on ``sqrt(v̂)`` at
+            t = 1 shrinking to ~8e-13 at t = 1e4: 1e-8 here is Adam's. lr and weight_decay up to float32's
+            largest, ~3.4e38.
         weight_decay: L2 penalty added to the gradient, or decoupled decay with ``decoupled_weight_decay``.
         decoupled_weight_decay: AdaX-W: ``θ ← θ·(1 − lr·wd)`` instead of L2.
         maximize, foreach, fused, state_dtype, stochastic_rounding, skip_nonfinite: as :class:`optarena.Lion`.
@@ -83,11 +86,12 @@ class AdaX(OptarenaOptimizer):
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:
-        check_number("lr", group["lr"])
+        check_number("lr", group["lr"], high=FLOAT32_MAX)
         check_betas(group["betas"], 2)
         check_number("betas[1]", group["betas"][1], low=0.0, low_open=True, high=1.0, high_open=True)
         check_number("eps", group["eps"], low=0.0, low_open=True)
-        check_number("weight_decay", group["weight_decay"])
+        check_number("eps", group["eps"], low=EPS_RANGE[0], high=EPS_RANGE[1])  # as float32 takes it
+        check_number("weight_decay", group["weight_decay"], high=FLOAT32_MAX)
         check_choice("decoupled_weight_decay", group["decoupled_weight_decay"], (False, True))
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ..info import OptimizerInfo, Translation, register_optimizer
-from ..validation import check_betas, check_number, check_positive_int
+from ..validation import EPS_RANGE, FLOAT32_MAX, check_betas, check_number, check_positive_int
 from . import ops
 from .base import OptarenaOptimizer, ParamsT
 from .ops import Scalar
@@ -85,7 +85,8 @@ class AdEMAMix(OptarenaOptimizer):
             ``T_α = T_β3`` = the whole run; with a large α and β3 a run without warm-ups can diverge early.
         beta3_warmup: ``T_β3``: β3 rises from β1 to β3 over this many steps, linearly in the EMA's half-life
             (``None``: no warm-up).
-        eps: added to the bias-corrected ``sqrt(ν)`` (> 0).
+        eps: added to the bias-corrected ``sqrt(ν)`` (a normal float32, ~1.2e-38 to 3.4e38). lr, alpha and
+            weight_decay up to float32's largest, ~3.4e38.
         weight_decay: decoupled decay ``θ ← θ·(1 − lr·wd)``, as AdamW (the paper's code).
         maximize, foreach, fused, state_dtype, stochastic_rounding, skip_nonfinite: as :class:`optarena.Lion`.
 
@@ -105,11 +106,12 @@ class AdEMAMix(OptarenaOptimizer):
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:
-        check_number("lr", group["lr"])
+        check_number("lr", group["lr"], high=FLOAT32_MAX)
         check_betas(group["betas"], 3)
-        check_number("alpha", group["alpha"])
+        check_number("alpha", group["alpha"], high=FLOAT32_MAX)
         check_number("eps", group["eps"], low=0.0, low_open=True)
-        check_number("weight_decay", group["weight_decay"])
+        check_number("eps", group["eps"], low=EPS_RANGE[0], high=EPS_RANGE[1])  # as float32 takes it
+        check_number("weight_decay", group["weight_decay"], high=FLOAT32_MAX)
         for name in ("alpha_warmup", "beta3_warmup"):
             if group[name] is not None:
                 check_positive_int(name, group[name])

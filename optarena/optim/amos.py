@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from ..info import OptimizerInfo, Translation, register_optimizer
-from ..validation import check_number
+from ..validation import EPS_RANGE, FLOAT32_MAX, check_number
 from . import ops
 from .base import OptarenaOptimizer, ParamsT
 from .ops import Scalar
@@ -34,9 +34,6 @@ def default_eta(shape: Sequence[int]) -> float:
 #: The largest lr: the decay accumulator's first value γ₁ = lr² must be a float32 (larger, it is infinite and every
 #: parameter NaN after one step). Any lr above 2 already expands the weights at the first step: θ·(1 − lr²/2).
 MAX_LR = math.sqrt(torch.finfo(torch.float32).max)
-#: The range of eps, the floor of v: r = (1 − β^t)/max(v, eps) must stay finite in float32 (a subnormal eps made r
-#: infinite, and a tensor whose gradient is all zero NaN), and eps itself a float32.
-EPS_RANGE = (torch.finfo(torch.float32).tiny, torch.finfo(torch.float32).max)
 
 
 def amos_update(params: list[Tensor], grads: list[Tensor], exp_avg_sqs: list[Tensor], decays: list[Tensor],
@@ -124,8 +121,8 @@ class Amos(OptarenaOptimizer):
         if group["eta"] is not None:
             check_number("eta", group["eta"], low=0.0, low_open=True)
         check_number("momentum", group["momentum"], high=1.0, high_open=True)
-        check_number("weight_decay", group["weight_decay"])
-        check_number("zeta", group["zeta"])
+        check_number("weight_decay", group["weight_decay"], high=FLOAT32_MAX)
+        check_number("zeta", group["zeta"], high=FLOAT32_MAX)  # beyond: inf·b = NaN while b = 0
         check_number("eps", group["eps"], low=EPS_RANGE[0], high=EPS_RANGE[1])
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:

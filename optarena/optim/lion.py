@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ..info import OptimizerInfo, Translation, register_optimizer
-from ..validation import check_betas, check_number
+from ..validation import FLOAT32_MAX, check_betas, check_number
 from . import ops
 from .base import OptarenaOptimizer, ParamsT
 from .ops import Scalar
@@ -46,7 +46,8 @@ class Lion(OptarenaOptimizer):
         lr: learning rate; 3–10× smaller than AdamW's (authors' guidance).
         betas: ``(β1, β2)``: β1 interpolates for the update, β2 is the momentum's EMA rate. The authors suggest
             (0.95, 0.98) for stability on language models.
-        weight_decay: decoupled decay ``θ ← θ·(1 − lr·wd)``; 3–10× larger than AdamW's (keep lr·wd).
+        weight_decay: decoupled decay ``θ ← θ·(1 − lr·wd)``; 3–10× larger than AdamW's (keep lr·wd). lr and
+            weight_decay up to float32's largest, ~3.4e38.
         maximize: ascend instead of descend.
         foreach: ``True`` for torch._foreach kernels over all tensors, ``False`` for a per-tensor loop,
             ``None`` for the device's faster default (loop on CPU, foreach on GPU).
@@ -75,9 +76,9 @@ class Lion(OptarenaOptimizer):
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:
-        check_number("lr", group["lr"])
+        check_number("lr", group["lr"], high=FLOAT32_MAX)
         check_betas(group["betas"], 2)
-        check_number("weight_decay", group["weight_decay"])
+        check_number("weight_decay", group["weight_decay"], high=FLOAT32_MAX)
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         return {"exp_avg": zeros_state(p, group=group)}

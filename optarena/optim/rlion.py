@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ..info import OptimizerInfo, Translation, register_optimizer
-from ..validation import check_choice, check_number
+from ..validation import FLOAT32_MAX, check_choice, check_number
 from . import ops
 from .base import OptarenaOptimizer, ParamsT
 from .lion import Direction, Lion
@@ -50,7 +50,7 @@ class RLion(Lion):
     Args:
         params, lr, betas, weight_decay, maximize, foreach, fused, state_dtype, stochastic_rounding,
             skip_nonfinite: as :class:`Lion`.
-        alpha: the scale α applied to the momentum before the bounded map (> 0).
+        alpha: the scale α applied to the momentum before the bounded map (> 0, up to float32's largest).
         bound: ``"arctan"`` or ``"tanh"``.
     """
 
@@ -67,7 +67,9 @@ class RLion(Lion):
 
     def _check_group(self, group: dict[str, Any]) -> None:
         super()._check_group(group)
-        check_number("alpha", group["alpha"], low=0.0, low_open=True)
+        # beyond float32, α is inf in the math: 0·inf = NaN wherever the momentum c is 0 (a gradient entry never
+        # nonzero yet), every path
+        check_number("alpha", group["alpha"], low=0.0, low_open=True, high=FLOAT32_MAX)
         check_choice("bound", group["bound"], BOUNDS)
 
     @classmethod
