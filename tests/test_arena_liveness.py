@@ -99,3 +99,64 @@ def test_a_batch_iterator_shorter_than_the_run_is_named():
                 loss=lambda m, b: m.weight.sum(), evaluate=lambda m: 0.0, steps=5)
     with pytest.raises(RuntimeError, match="make_batches yielded only 3 batches for 5 steps"):
         train_once(task, "adamw", 1e-3, 0)
+
+
+def _finished_comparison(tmp_path):
+    """A comparison (adamw on the linear task, 1 seed) whose whole plan is stored: a command only writes the report."""
+    out = tmp_path / "out"
+    config = CompareConfig(optimizers=("adamw",), tasks=(LINEAR,), budget="tiny", seeds=1, out=out, workers=1)
+    out.mkdir()
+    store = ArenaStorage(config.storage)
+    cell = config.cells()[0]
+    for lr, metric in ((3.162e-4, 0.3), (1e-3, 0.1), (3.162e-3, 0.2)):
+        store.finish(store.claim(cell, lr, 0), _result(metric))
+    return config, store, cell
+
+
+def test_a_report_that_cannot_be_written_is_one_line_and_the_runs_stay_stored(tmp_path, monkeypatch, capsys):
+    """Every run finished and stored, then the disk fills while the report is written: the command names the folder
+    and the system's reason and exits 1, without a traceback; the runs are kept for the next command's report."""
+    import errno
+
+    from optarena import cli
+    from optarena.arena import report
+
+    config, store, cell = _finished_comparison(tmp_path)
+    out = config.out
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out / ".report.html.partial"))
+
+    monkeypatch.setattr(report, "write_report", full_disk)
+    code = cli.main(["compare", "--task", LINEAR, "--optimizers", "adamw", "--budget", "tiny", "--seeds", "1",
+                     "--workers", "1", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert f"The report could not be written to {str(out)!r} (No space left on device: " in err
+    assert "finished runs are stored" in err and len(store.records([cell])) == 3
+
+
+def test_commands_sharing_an_out_folder_write_the_report_one_at_a_time(tmp_path, monkeypatch):
+    """Two commands on one --out finish together (the last run ends both) and write the report at once: they shared
+    its temporary file, so one lost it (FileNotFoundError) and the report could mix both writes. A second command's
+    attempt to write meets the first's lock and waits."""
+    import fcntl
+
+    from optarena.arena import report
+
+    config, _, _ = _finished_comparison(tmp_path)
+    real, second_waits = report.write_report, []
+
+    def writing(results, out, **kwargs):
+        with open(out / ".report.lock", "a") as other:  # what another command's report lock meets now
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                second_waits.append(True)
+            else:
+                second_waits.append(False)
+        return real(results, out, **kwargs)
+
+    monkeypatch.setattr(report, "write_report", writing)
+    run_compare(config, show_progress=False)
+    assert second_waits == [True] and (config.out / "report.html").is_file()

@@ -18,7 +18,7 @@ from torch import nn
 from optarena.arena import Task, train_once
 from optarena.arena.plan import point_key
 from optarena.arena.results import ResultSet
-from optarena.arena.storage import ArenaStorage
+from optarena.arena.storage import ArenaStorage, redact
 
 
 def test_median_curves_align_seeds_by_step(tmp_path):
@@ -136,3 +136,43 @@ def test_the_runner_gives_ademamix_its_warmups_and_amos_a_constant_lr(monkeypatc
     assert seen["ademamix"]["alpha_warmup"] == seen["ademamix"]["beta3_warmup"] == task.steps
     constant = runner.lr_multiplier("amos", 100)
     assert constant(50) == constant(99) == 1.0 and constant(0) < 1.0  # warm-up, then no decay
+
+
+def test_a_password_with_an_unescaped_at_sign_is_hidden_whole():
+    """``postgresql://u:hunter@2x9@host/db``: the URL parser takes the password to end at the first '@' and the
+    rest of it (``2x9``) for part of the host, which the driver's message then quotes; neither part may show."""
+    url = "postgresql://optarena:hunter@2x9@db.example:5432/arena"
+    cause = "OperationalError: failed to resolve host '2x9@db.example': [Errno -2] Name or service not known"
+    for text in (redact(url), redact(f"Invalid storage: {url!r} ({cause})", url), redact(cause, url)):
+        assert "hunter" not in text and "2x9" not in text, text
+    assert redact(url) == "postgresql://optarena:***@db.example:5432/arena"
+    assert redact("postgresql://u:pw@h/db?x=a@b") == "postgresql://u:***@h/db?x=a@b"  # an '@' past the host stays
+
+
+def test_a_storage_url_of_an_unknown_scheme_or_missing_driver_says_what_to_write():
+    """``postgres://`` (what hosting services hand out) is no SQLAlchemy scheme: the refusal says to write
+    ``postgresql://`` rather than quoting a plugin loader; ``+psycopg2`` without psycopg2 names that package."""
+    import importlib.util
+
+    with pytest.raises(ValueError, match=r"'postgres://u:\*\*\*@127.0.0.1:1/db' \(SQLAlchemy knows no database type "
+                                         r"'postgres' .*; write postgresql://\)$"):
+        ArenaStorage("postgres://u:pw@127.0.0.1:1/db")
+    if importlib.util.find_spec("psycopg2") is None:
+        with pytest.raises(ValueError, match="no module named 'psycopg2'; pip install psycopg2-binary, or write "
+                                             "postgresql:// for psycopg 3"):
+            ArenaStorage("postgresql+psycopg2://u:pw@127.0.0.1:1/db")
+
+
+def test_a_run_that_failed_is_final_for_every_command_running_then_on_any_machine(tmp_path):
+    """Two machines run one comparison; a run fails (or times out) on one of them: the other, running meanwhile,
+    does not run it again (it did, once per machine: a run timing out at 600 s cost 600 s on each). A command
+    started after the failure retries it once, as before."""
+    import time
+
+    url = f"sqlite:///{tmp_path / 'arena.db'}"
+    cell = _config(tmp_path, storage=url).cells()[0]
+    a, b = (ArenaStorage(url, invocation=name, started=time.time()) for name in ("machine a", "machine b"))
+    a.fail(a.claim(cell, 1e-3, 0), "timed out after 600 s", "timed out")
+    assert point_key(1e-3, 0) in b.finished(cell) and b.claim(cell, 1e-3, 0) is None
+    later = ArenaStorage(url, invocation="the next command", started=time.time())
+    assert later.finished(cell) == {} and later.claim(cell, 1e-3, 0) is not None

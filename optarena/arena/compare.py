@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from .catalog import load_tasks
 from .config import CompareConfig
-from .storage import FAILURES, ArenaStorage
+from .storage import FAILURES, ArenaStorage, StorageError
 from .workers import POLL_SECONDS, WorkersLost, supervise, work
+
+
+class ReportError(StorageError):
+    """The report could not be written (a full disk, say); every finished run is stored, and the same command
+    writes the report once there is room."""
 
 
 @dataclass
@@ -90,7 +96,13 @@ def run_compare(config: CompareConfig, *, show_progress: bool = True):
     elapsed = time.perf_counter() - started
     results = ResultSet.load(config, store)
     verdict, claims = compute_verdict(results), evaluate_claims(results)
-    paths = write_report(results, config.out, wall_seconds=elapsed, verdict=verdict, claims=claims)
+    try:
+        with report_lock(config.out):
+            paths = write_report(results, config.out, wall_seconds=elapsed, verdict=verdict, claims=claims)
+    except OSError as err:  # a full disk, a folder removed meanwhile: the runs are stored, the report can follow
+        where = f": {err.filename}" if err.filename else ""
+        raise ReportError(f"The report could not be written to {str(config.out)!r} ({err.strerror or err}{where})"
+                          ) from None
     if show_progress:
         print_summary(results, paths, wall_seconds=elapsed, verdict=verdict, claims=claims)
     if seen is not None and now.done < now.total:  # the workers all ended with work left: never a success
@@ -99,6 +111,21 @@ def run_compare(config: CompareConfig, *, show_progress: bool = True):
         raise WorkersLost(f"{why} before the comparison was complete ({now.done} of {now.total} planned runs "
                           "made); the report covers the finished ones")
     return results
+
+
+@contextlib.contextmanager
+def report_lock(out: Path) -> Iterator[None]:
+    """Hold ``OUT/.report.lock`` while the report is written: commands sharing one folder finish together, and two
+    writing one file at once tore it (mixed content) or lost its temporary file (shared by name) to the other."""
+    with contextlib.ExitStack() as stack:
+        try:
+            import fcntl
+
+            handle = stack.enter_context(open(out / ".report.lock", "a"))
+            fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+        except (ImportError, OSError):  # not POSIX, or a file system without locks: write unlocked
+            pass
+        yield
 
 
 def _make_folders(out: Path) -> list[Path]:
@@ -183,5 +210,5 @@ def failure_summary(results) -> str | None:
             "failed\"")
 
 
-__all__ = ["CompareConfig", "failure_summary", "RunProgress", "progress_counts", "run_compare", "work",
+__all__ = ["CompareConfig", "failure_summary", "ReportError", "RunProgress", "progress_counts", "run_compare", "work",
            "WorkersLost"]

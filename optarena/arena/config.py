@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -54,6 +55,9 @@ class CompareConfig:
     over both, the same for every optimizer)."""
     invocation: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     """Identifies this command; its worker processes share it (see :class:`ArenaStorage`)."""
+    started: float = field(default_factory=time.time)
+    """When this command started (epoch seconds): a run that failed after it is final for it, whichever machine's
+    command recorded the failure (see :class:`ArenaStorage`)."""
 
     def __post_init__(self) -> None:
         if self.budget not in BUDGETS:
@@ -116,7 +120,8 @@ class CompareConfig:
         return load_tasks(self.tasks, self.budget)
 
     def open_storage(self) -> ArenaStorage:
-        return ArenaStorage(self.storage, stale_after=self.stale_after, invocation=self.invocation)
+        return ArenaStorage(self.storage, stale_after=self.stale_after, invocation=self.invocation,
+                            started=self.started)
 
     def batch_sizes_for(self, task: Task) -> tuple[int, ...]:
         return tuple(sorted(set(self.batch_sizes))) if self.batch_sizes else task.all_batch_sizes

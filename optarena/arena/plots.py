@@ -20,7 +20,8 @@ SPAN_FOR_LOG = 30.0
 def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     """``write`` to a temporary file beside ``path``, then rename it over ``path``: a full disk or a crash leaves
     the previous file (or none), never a truncated one."""
-    partial = path.with_name(f".{path.name}.partial")
+    # named per process: two writers of one path (commands sharing a folder) must not share a temporary file
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
         write(partial)
         os.replace(partial, path)

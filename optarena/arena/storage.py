@@ -8,10 +8,10 @@ workers on different machines agree on what is done:
   under a lock on the study, so of two claims the later one always sees the earlier and steps back (marked FAIL,
   ``duplicate``);
 * a finished run is COMPLETE (value = final validation metric) or PRUNED (diverged: the run blew up), and is never
-  run again. A run whose task code raised is FAIL with an ``error`` attribute: not retried within the same
-  ``optarena compare`` invocation, retried once by the next one (the task may have been fixed); so is a run whose
-  worker process died (``crashed``, with the signal or exit code) or that ran past the per-run time limit
-  (``timed out``);
+  run again. A run whose task code raised is FAIL with an ``error`` attribute: not retried by an ``optarena
+  compare`` invocation that was running when it failed (on any machine), retried once by the next one (the task
+  may have been fixed); so is a run whose worker process died (``crashed``, with the signal or exit code) or that
+  ran past the per-run time limit (``timed out``);
 * a RUNNING trial whose worker is gone — on the same machine (hostname and boot id) its process no longer exists
   (a live process there is never stale, however long it goes without a heartbeat), elsewhere no heartbeat for
   ``stale_after`` seconds (a thread sends one every ``HEARTBEAT_SECONDS`` while the run lasts, evaluations
@@ -25,6 +25,7 @@ Of several finished trials for one key (possible only after a stale takeover), t
 from __future__ import annotations
 
 import functools
+import math
 import os
 import random
 import re
@@ -75,7 +76,7 @@ def check_shared(url: str) -> None:
 
 
 _SECRET_QUERY = re.compile(r"((?:password|passwd|pwd|secret|token|sslpassword)=)[^&;\s]*", re.IGNORECASE)
-_USERINFO = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
+_USERINFO = re.compile(r"(://[^:/@\s]*:)[^@\s]*@(?:[^@\s/]*@)*")  # to the last '@' before the host
 
 
 def redact(text: str, url: str | None = None) -> str:
@@ -85,11 +86,14 @@ def redact(text: str, url: str | None = None) -> str:
     secrets = []
     for candidate in filter(None, (url, text)):
         try:
-            password = sqlalchemy.engine.make_url(candidate).password
+            parsed = sqlalchemy.engine.make_url(candidate)
         except Exception:  # noqa: BLE001 - a malformed URL: the patterns below still apply
-            password = None
-        if password:
-            secrets.append(str(password))
+            continue
+        if parsed.password:
+            secrets.append(str(parsed.password))
+            if parsed.host and "@" in parsed.host:  # an unescaped '@' in the password: its rest reads as the host
+                rest = parsed.host.rsplit("@", 1)[0]
+                secrets += [f"{parsed.password}@{rest}", rest]
     for secret in secrets:  # standalone only: a one-letter password must not star out every word holding it
         text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", "***", text)
     return _SECRET_QUERY.sub(r"\1***", _USERINFO.sub(r"\1***@", text))
@@ -97,13 +101,19 @@ def redact(text: str, url: str | None = None) -> str:
 
 def _explain(err: BaseException) -> str:
     """Why a storage URL could not be opened, in the user's terms."""
-    chain, missing = err, None
+    chain, missing, scheme = err, None, None
     while chain is not None and missing is None:  # Optuna wraps the driver's import error in one of its own
         missing = chain.name if isinstance(chain, ModuleNotFoundError) else None
+        if isinstance(chain, sqlalchemy.exc.NoSuchModuleError):  # "Can't load plugin: sqlalchemy.dialects:NAME"
+            scheme = str(chain).rsplit(":", 1)[-1].strip().replace(".", "+")
         chain = chain.__cause__ or chain.__context__
     if missing is not None or isinstance(err, ImportError):
-        hint = "; for PostgreSQL: pip install 'psycopg[binary]'" if "psycopg" in str(missing) else ""
+        hint = ("; pip install psycopg2-binary, or write postgresql:// for psycopg 3" if missing == "psycopg2" else
+                "; for PostgreSQL: pip install 'psycopg[binary]'" if "psycopg" in str(missing) else "")
         return f"its database driver is not installed: no module named {missing!r}{hint}"
+    if scheme is not None:  # postgres:// is what many hosting services hand out; SQLAlchemy knows postgresql://
+        hint = "; write postgresql://" if scheme.split("+")[0] == "postgres" else ""
+        return f"SQLAlchemy knows no database type {scheme!r} (sqlite, postgresql, mysql, ...){hint}"
     if isinstance(err, ValueError) and "invalid literal for int()" in str(err):
         return "its port is not a number"
     return _cause(err)
@@ -206,14 +216,21 @@ class ArenaStorage:
     """The arena's view of an Optuna storage.
 
     ``invocation`` identifies one ``optarena compare`` command (shared by its worker processes): runs that raised
-    count as finished for the invocation that recorded them, and are retried by a later one.
+    count as finished for the invocation that recorded them, and are retried by a later one. ``started`` (epoch
+    seconds) is when that command began: a failure recorded after it, by any machine, is final for it too, so that
+    machines sharing one comparison do not each run again a run that failed (or timed out) on one of them.
     """
 
-    def __init__(self, url: str, *, stale_after: float = 600.0, invocation: str | None = None) -> None:
+    def __init__(self, url: str, *, stale_after: float = 600.0, invocation: str | None = None,
+                 started: float | None = None) -> None:
         engine_kwargs: dict[str, Any] = {}
         if url.startswith("sqlite"):
             # several local worker processes write to one file: wait for the lock instead of failing
             engine_kwargs["connect_args"] = {"timeout": 120}
+        else:
+            # a database server that restarted (or ended idle sessions) leaves dead connections in the pool: test
+            # each before use and reconnect, or every machine's comparison stops although the server is back
+            engine_kwargs["pool_pre_ping"] = True
         for attempt in range(5):
             try:
                 self.storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
@@ -235,6 +252,7 @@ class ArenaStorage:
         self.url = url
         self.stale_after = stale_after
         self.invocation = invocation
+        self.started = math.inf if started is None else started
         self.host = _machine_id()
         self.worker_id = uuid.uuid4().hex[:12]
         self._study_ids: dict[str, int] = {}
@@ -258,14 +276,16 @@ class ArenaStorage:
     # ---------------------------------------------------------------------------------------- reading results
     def _kind(self, trial: FrozenTrial, any_invocation: bool = False) -> str | None:
         """How a trial finished, or ``None`` if its point is still open (running, stale, interrupted, duplicate,
-        or an error from an earlier invocation, which this one retries)."""
+        or an error recorded before this invocation started, which it retries)."""
         if trial.state == TrialState.COMPLETE:
             return "complete"
         if trial.state == TrialState.PRUNED:
             return "diverged"
-        if trial.state == TrialState.FAIL and "error" in trial.user_attrs and (
-                any_invocation or trial.user_attrs.get("invocation") == self.invocation):
-            return trial.user_attrs.get("failure", "error")
+        attrs = trial.user_attrs
+        if trial.state == TrialState.FAIL and "error" in attrs and (
+                any_invocation or attrs.get("invocation") == self.invocation
+                or attrs.get("failed_at", -math.inf) >= self.started):
+            return attrs.get("failure", "error")
         return None
 
     def _by_key(self, trials: list[FrozenTrial], any_invocation: bool = False) -> dict[str, tuple[str, FrozenTrial]]:
@@ -382,6 +402,7 @@ class ArenaStorage:
         try:
             self.storage.set_trial_user_attr(trial_id, "error", error[-4000:])
             self.storage.set_trial_user_attr(trial_id, "failure", failure)
+            self.storage.set_trial_user_attr(trial_id, "failed_at", time.time())
             self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
         except UpdateFinishedTrialError:
             pass
