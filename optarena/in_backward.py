@@ -75,16 +75,21 @@ class _Bucket:
     elements: int = 0
 
 
+def _check_unwrapped(optimizer: Optimizer, since: str = "") -> None:
+    """Refuse an optimizer that is the base of a live wrapper (also one wrapped after its hooks were made)."""
+    wrapper = wrapper_of(optimizer)
+    if wrapper is not None:
+        raise TypeError(f"step_in_backward cannot run this {type(optimizer).__name__}: it is the base of a "
+                        f"{type(wrapper).__name__}{since}, whose step() would never run (the wrapper would do "
+                        "nothing); use the base alone, or the usual backward(); step()")
+
+
 def _check(optimizer: Optimizer) -> OptarenaOptimizer:
     """``optimizer`` if its step can run per parameter; otherwise the error that says why not."""
     for cls, reason in WRAPPER_REASONS.items():
         if isinstance(optimizer, cls):
             raise TypeError(f"step_in_backward cannot run {cls.__name__}: {reason}")
-    wrapper = wrapper_of(optimizer)
-    if wrapper is not None:
-        raise TypeError(f"step_in_backward cannot run this {type(optimizer).__name__}: it is the base of a "
-                        f"{type(wrapper).__name__}, whose step() would never run (the wrapper would do nothing); "
-                        "use the base alone, or the usual backward(); step()")
+    _check_unwrapped(optimizer)
     if not isinstance(optimizer, OptarenaOptimizer):
         raise TypeError(f"step_in_backward runs optarena's optimizers, got {type(optimizer).__name__}: its step() "
                         "is one call over all parameters that optarena cannot split per parameter (for torch.optim "
@@ -104,9 +109,27 @@ def _check(optimizer: Optimizer) -> OptarenaOptimizer:
     return optimizer
 
 
+def _given_parameters(items: Iterable[Any]) -> list[Tensor]:
+    """The parameters of an iterable of parameters or of param groups (dicts with ``"params"``, as optimizers take
+    them: ``optimizer.param_groups``), each once; anything else is refused by its type."""
+    params: list[Any] = []
+    for item in items:
+        if isinstance(item, dict) and "params" in item:
+            group = item["params"]
+            params.extend([group] if isinstance(group, Tensor) else group)
+        else:
+            params.append(item)
+    for q in params:
+        if not isinstance(q, Tensor):
+            raise TypeError("step_in_backward: model_or_params must be an nn.Module or an iterable of parameters "
+                            f"(or of param groups), got an iterable holding {type(q).__name__}")
+    return list(dict.fromkeys(params))
+
+
 def step_in_backward(model_or_params: nn.Module | Iterable[Tensor], optimizer: Optimizer) -> StepInBackward:
-    """Step each parameter of ``model_or_params`` that ``optimizer`` holds as soon as backward has completed its
-    gradient, then free that gradient (``p.grad = None``).
+    """Step each parameter of ``model_or_params`` (a module, parameters, or param groups such as
+    ``optimizer.param_groups``) that ``optimizer`` holds as soon as backward has completed its gradient, then free
+    that gradient (``p.grad = None``).
 
     One training step is then ``loss.backward()`` alone: it gives the same parameters and state as
     ``backward(); optimizer.step(); optimizer.zero_grad()`` (bitwise on the per-tensor loop path), with at most a
@@ -120,16 +143,17 @@ def step_in_backward(model_or_params: nn.Module | Iterable[Tensor], optimizer: O
     usual: the hooks read the param groups at each step.
 
     Refused (``TypeError``/``ValueError`` naming the reason): wrappers (GradientAccumulation, LayerAdaptation,
-    Lookahead, Lazy) and the base of a live wrapper, optimizers other than optarena's (torch.optim, MuonAdamW),
-    Adan's ``max_grad_norm > 0`` and ``skip_nonfinite=True``, which all need every gradient of the step. Returns a
-    handle whose ``remove()`` undoes it.
+    Lookahead, Lazy) and the base of a live wrapper (one wrapped after this call: by its next backward pass, before
+    anything steps), optimizers other than optarena's (torch.optim, MuonAdamW), Adan's ``max_grad_norm > 0`` and
+    ``skip_nonfinite=True``, which all need every gradient of the step. What a failed pass left waiting and
+    ``zero_grad()`` then cleared does not step. Returns a handle whose ``remove()`` undoes it.
     """
     opt = _check(optimizer)
     if not isinstance(model_or_params, nn.Module | Iterable) or isinstance(model_or_params, Tensor):
         raise TypeError(f"step_in_backward: model_or_params must be an nn.Module or an iterable of parameters, got "
                         f"{type(model_or_params).__name__}")
     module = model_or_params if isinstance(model_or_params, nn.Module) else None
-    given = None if module is not None else list(dict.fromkeys(model_or_params))
+    given = None if module is not None else _given_parameters(model_or_params)
     owner: dict[int, dict[str, Any]] = {}
 
     def candidates() -> list[Tensor]:
@@ -166,6 +190,13 @@ def step_in_backward(model_or_params: nn.Module | Iterable[Tensor], optimizer: O
     def step(group: dict[str, Any], ready: list[Tensor]) -> None:
         for q in ready:
             waiting.pop(id(q), None)
+        if not any(g is group for g in opt.param_groups) or any(q.grad is None for q in ready):
+            # what a failed pass left waiting may since have been cleared (zero_grad: nothing to step, as step()
+            # would skip it) or have new groups (load_state_dict: step with the loaded hyper-parameters)
+            for q in ready:
+                if q.grad is not None and group_of(q) is not None:
+                    step(group_of(q), [q])
+            return
         opt.step_parameters(ready, group)
         for q in ready:
             q.grad = None
@@ -223,6 +254,8 @@ def step_in_backward(model_or_params: nn.Module | Iterable[Tensor], optimizer: O
             return
         task = torch._C._current_graph_task_id()
         if task not in queued:  # this pass's end steps what waits and looks for new parameters
+            # a wrapper made around the optimizer after this call: refused before anything of the pass steps
+            _check_unwrapped(opt, " made after step_in_backward")
             torch.autograd.Variable._execution_engine.queue_callback(end_of_pass)
             queued.add(task)
         if p.numel() >= BUCKET_ELEMENTS:

@@ -370,3 +370,60 @@ def test_what_a_failed_pass_left_waiting_steps_only_once_the_next_pass_added_to_
 
     for want, got in zip(run(False), run(True)):
         assert torch.equal(want, got)
+
+
+def test_a_wrapper_made_after_the_hooks_is_refused_before_anything_steps() -> None:
+    """One wrapped after the hooks were made is refused by the next backward pass, before anything steps."""
+    for wrap in (lambda o: optarena.GradientAccumulation(o, 2), optarena.Lookahead, optarena.LayerAdaptation):
+        model, data = model_and_data()
+        before, opt = copy.deepcopy(model), optarena.Lion(model.parameters(), lr=1e-3)
+        handle, wrapper = optarena.step_in_backward(model, opt), wrap(opt)
+        with pytest.raises(TypeError, match=f"base of a {type(wrapper).__name__} made after step_in_backward"):
+            loss_of(model, data[0]).backward()
+        assert_same(model, before)
+        handle.remove()
+
+
+@pytest.mark.parametrize("then", ["zero_grad", "load_state_dict"])
+def test_a_failed_pass_then_zero_grad_or_load_state_dict_steps_as_the_usual_loop(then: str) -> None:
+    """What a failed pass left waiting steps as step() would: not at all once cleared (the next pass need not reach
+    it), with the loaded hyper-parameters once a checkpoint replaced the groups."""
+    _, data = model_and_data()
+
+    def run(in_backward: bool) -> nn.Sequential:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 16), nn.GELU(), nn.Linear(16, 3))
+        opt = optarena.Lion(model.parameters(), lr=1e-3, foreach=False)
+        saved = copy.deepcopy(opt.state_dict())
+        saved["param_groups"][0]["lr"] = 0.5  # a checkpoint's other lr
+        handle = optarena.step_in_backward(model, opt) if in_backward else None
+        x, y = data[0]
+        with pytest.raises(RuntimeError, match="backward failed"):  # the last layer's gradients complete first
+            nn.functional.mse_loss(model[2](RaisesInBackward.apply(model[1](model[0](x)))), y).backward()
+        if then == "zero_grad":
+            opt.zero_grad()
+            model[1](model[0](x)).square().mean().backward()  # the last layer unused
+        else:
+            opt.load_state_dict(saved)
+            loss_of(model, data[1]).backward()
+        if handle is None:
+            opt.step()
+        return model
+
+    assert_same(run(False), run(True))
+
+
+def test_param_groups_are_taken_and_other_items_refused_by_type() -> None:
+    """Param groups give their parameters; anything else is refused by its type, not by an AttributeError."""
+    model, data = model_and_data()
+    twin, ref = copy.deepcopy(model), optarena.Lion(model.parameters(), lr=1e-3, foreach=False)
+    opt = optarena.Lion([{"params": twin[0].parameters()}, {"params": twin[3].weight}, {"params": [twin[3].bias]},
+                         {"params": twin[1].parameters()}], lr=1e-3, foreach=False)
+    for bad, name in (([twin], "Sequential"), ("abc", "str"), ([twin[0].weight, 3], "int")):
+        with pytest.raises(TypeError, match=f"an iterable of parameters .*holding {name}$"):
+            optarena.step_in_backward(bad, opt)
+    with optarena.step_in_backward(opt.param_groups, opt):
+        for batch in data[:3]:
+            usual(model, ref, batch)
+            loss_of(twin, batch).backward()
+    assert_same(model, twin)

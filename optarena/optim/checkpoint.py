@@ -4,6 +4,7 @@ constructor's arguments."""
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any
 
@@ -57,6 +58,16 @@ def own_hyperparameters(cls: type) -> set[str]:
     return {name for name in inspect.signature(cls.__init__).parameters if name not in ("self", "params")} - MACHINERY
 
 
+@functools.cache
+def torch_hyperparameters() -> frozenset[str]:
+    """The group keys of torch.optim's own optimizers: torch's Adam, AdamW and RAdam keep AdaX's state keys (step,
+    exp_avg, exp_avg_sq), and only their ``amsgrad`` or ``capturable`` tell their state dicts from AdaX's.
+    ``differentiable`` is left out: torch's base adds it to every optimizer's defaults."""
+    classes = [c for c in vars(torch.optim).values()
+               if isinstance(c, type) and issubclass(c, Optimizer) and c is not Optimizer]
+    return frozenset(set().union(*map(own_hyperparameters, classes)) - {"differentiable"})
+
+
 def check_state_dict(opt: Optimizer, state_dict: Any) -> None:
     """Raise ``ValueError``, naming the group, parameter and key, unless ``state_dict`` can load into ``opt`` (an
     ``OptarenaOptimizer``: its ``_check_group``, ``_check_machinery``, ``new_state`` and ``_optional_state``)."""
@@ -65,7 +76,7 @@ def check_state_dict(opt: Optimizer, state_dict: Any) -> None:
     check_saved_form(where, state_dict)
     own = own_hyperparameters(type(opt))
     others = set().union(*(own_hyperparameters(get_optimizer_info(n).cls) for n in list_optimizers("optarena")))
-    others -= own | COMMON
+    others = (others | torch_hyperparameters()) - own - COMMON
     groups = state_dict["param_groups"]
     for index, saved in enumerate(groups):
         alien, missing = sorted(set(saved) & others), sorted(own - set(saved))
