@@ -253,3 +253,25 @@ def test_the_float32_range_edges_still_step_finitely(cls: type) -> None:
     param.grad[0] = 0.0
     opt.step()
     assert finite(opt, [param])
+
+
+@pytest.mark.parametrize(("cls", "key", "value"), [
+    (optarena.Lion, "state_dtype", torch.float16), (optarena.Lion, "state_dtype", "INT8"),
+    (optarena.Adafactor, "state_dtype", "int8"), (optarena.Adan, "foreach", "yes")])
+def test_machinery_set_after_construction_is_checked_before_a_step(cls: type, key: str, value: object) -> None:
+    """state_dtype and the path keys set in a group mid-run are checked like the constructor's (Adafactor kept its
+    variance as int8 codes, Lion fp16 state; 'INT8' failed deep inside); a valid change still steps."""
+    params = [torch.nn.Parameter(torch.randn(300, 256))]
+    opt = cls(params)
+    params[0].grad = torch.randn(300, 256)
+    opt.step()
+    before = params[0].detach().clone()
+    opt.param_groups[0][key] = value
+    with pytest.raises(ValueError, match=rf"param group 0 \(set after construction\): Invalid {key}: "):
+        opt.step()
+    assert torch.equal(params[0], before)
+    if cls is optarena.Lion:  # a valid change steps: new state in 8 bits
+        opt.param_groups[0]["state_dtype"] = "int8"
+        opt.state.clear()
+        opt.step()
+        assert opt.state[params[0]]["exp_avg"].dtype == torch.int8

@@ -21,11 +21,13 @@ from torch.optim import Optimizer
 from ..info import info_for
 from ..validation import check_choice, check_group_now
 from . import fused, quant
-from .checkpoint import check_state_dict
+from .checkpoint import MACHINERY, check_state_dict
 from .ops import Scalar
 from .step import INT8, group_by_device_and_dtype, math_dtype, runs_of, step_tensors
 
 ParamsT: TypeAlias = Iterable[Tensor] | Iterable[dict[str, Any]]
+#: The machinery's keys in a fixed order (a group's values of them are checked once per combination).
+MACHINERY_KEYS = tuple(sorted(MACHINERY))
 
 #: Elements per call of the foreach path on CPU: its up-cast copies (bf16 state or parameters) and the algorithm's
 #: temporaries are a few buffers of this size, not of the whole bucket, and stay in cache (2–4× faster than one call
@@ -131,6 +133,21 @@ class OptarenaOptimizer(Optimizer):
             self.param_groups.pop()
             raise
 
+    def _check_settings(self, group: dict[str, Any]) -> None:
+        """A group's checks before each step: its hyper-parameters, and its machinery (``state_dtype`` set to one this
+        optimizer cannot keep made int8 codes of Adafactor's variance, or failed deep inside) where it differs from
+        every combination already checked (~0.7 µs a step instead of ~5)."""
+        self._check_group(group)
+        try:
+            machinery = tuple(map(group.get, MACHINERY_KEYS))
+            known = machinery in self.__dict__.setdefault("_machinery_checked", set())
+        except TypeError:  # an unhashable value: the check names it
+            machinery, known = None, False
+        if not known:
+            self._check_machinery(dict(group))  # a copy: it fills in a missing skip_nonfinite
+            if machinery is not None:
+                self._machinery_checked.add(machinery)
+
     def _check_machinery(self, group: dict[str, Any]) -> None:
         """The checks of the arguments every optarena optimizer takes."""
         check_choice("maximize", group["maximize"], (False, True))
@@ -206,7 +223,7 @@ class OptarenaOptimizer(Optimizer):
         with_grads = [(group, [p for p in group["params"] if p.grad is not None]) for group in self.param_groups]
         for group, params in with_grads:
             if params:
-                check_group_now(self, group, self._check_group, "step")
+                check_group_now(self, group, self._check_settings, "step")
         all_params = [p for _, params in with_grads for p in params]
         self._check_grads(all_params)
         if self.skips_step(all_params):
@@ -246,7 +263,7 @@ class OptarenaOptimizer(Optimizer):
         it on the per-tensor loop: step counts advanced, ``maximize`` and fp32 math applied, ``grads`` only read.
         ``states`` may be gathered copies; they are updated in place. No gradient scale (Adan's clipping) is
         applied: that needs every gradient of the step."""
-        check_group_now(self, group, self._check_group, "step")
+        check_group_now(self, group, self._check_settings, "step")
         step_tensors(type(self)._update, group, params, grads, states)
 
     @torch.no_grad()
@@ -264,7 +281,7 @@ class OptarenaOptimizer(Optimizer):
             if p.grad is None:
                 raise ValueError(f"step_parameters: a parameter of shape {tuple(p.shape)} has no gradient (grad is "
                                  "None)")
-        check_group_now(self, group, self._check_group, "step")
+        check_group_now(self, group, self._check_settings, "step")
         self._check_grads(params)
         self._step_group(group, params, None, plan_key=id(params[0]))
 
