@@ -31,7 +31,7 @@ from .info import (
     register_optimizer,
 )
 from .optim.schedule_free import AdamWScheduleFree, SGDScheduleFree
-from .validation import check_number
+from .validation import FLOAT32_MAX, check_number
 from .wrappers import GradientAccumulation, LayerAdaptation, Lazy, Lookahead
 
 #: Arguments many optimizers share that a sweep may pass to all of them: dropped, with a warning, where unknown.
@@ -53,7 +53,7 @@ def param_groups_for_weight_decay(model_or_params: nn.Module | Iterable[Any], we
     """
     # checked here, not left to the optimizer: torch.optim checks only its constructor's weight_decay, and the
     # value goes into the groups (a NaN or negative decay was taken, a NaN made every weight NaN)
-    check_number("weight_decay", weight_decay)
+    check_number("weight_decay", weight_decay, high=FLOAT32_MAX)
     names = [no_weight_decay] if isinstance(no_weight_decay, str) else no_weight_decay  # one name or many
     names = list(names) if isinstance(names, Iterable) else None
     if names is None or not all(isinstance(n, str) for n in names):
@@ -96,7 +96,7 @@ def _given_group(group: Mapping[str, Any], weight_decay: float, index: int) -> d
     word), its lr and weight decay checked (torch.optim checks its constructor's arguments only)."""
     for key in ("lr", "weight_decay"):
         if key in group:
-            check_number(f"{key} of param group {index}", group[key])
+            check_number(f"{key} of param group {index}", group[key], high=FLOAT32_MAX)
     return {"weight_decay": weight_decay, **group}
 
 
@@ -159,7 +159,7 @@ def create_optimizer(model_or_params: nn.Module | Iterable[Any], name: str, lr: 
     if not isinstance(lazy, bool):
         raise ValueError(f"Invalid lazy: {lazy!r} (True or False)")
     if lr is not None:  # schedule-free's and SGD's constructors take a NaN lr
-        check_number("lr", lr)
+        check_number("lr", lr, high=FLOAT32_MAX)  # beyond: "cannot be converted to type float" in step()
     info = get_optimizer_info(name)
     _check_wrappers(info, lookahead, lazy, layer_adaptation)
     groups, kwargs = groups_and_kwargs(info, model_or_params, weight_decay, no_weight_decay, kwargs)

@@ -15,12 +15,13 @@ import torch
 MAX_WORKERS = 256
 #: Torch threads per process (torch takes any int32 and then fails, or crashes, creating them).
 MAX_THREADS = 1024
-#: The largest lr, weight decay or other multiplier an optimizer takes: the math runs in float32 for float32/bf16/fp16
-#: params, where a larger value failed deep in the step ("value cannot be converted to type float without overflow")
-#: or made every weight infinite after one step.
+#: The largest lr, weight decay or other multiplier an optimizer takes, whatever the parameters' dtype: the math runs
+#: in float32 for float32/bf16/fp16 params, where a larger value failed deep in the step ("value cannot be converted
+#: to type float without overflow") or made every weight infinite after one step.
 FLOAT32_MAX = torch.finfo(torch.float32).max
-#: The range of an eps that divides (Adan, AdaX, AdEMAMix, Amos): one below float32's smallest normal rounded to 0 (or
-#: flushed, on GPUs), so a zero gradient entry gave 0/0, a NaN weight; one beyond float32 froze every weight (m/inf).
+#: The range of an eps that divides (Adan, AdaX, AdEMAMix, Amos): one below float32's smallest normal is flushed to 0
+#: under flush-denormal (or rounds to 0 below ~7e-46), so a zero gradient entry gave 0/0, a NaN weight; one beyond
+#: float32 froze every weight (m/inf).
 EPS_RANGE = (torch.finfo(torch.float32).tiny, FLOAT32_MAX)
 
 

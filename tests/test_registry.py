@@ -99,6 +99,12 @@ def test_wrong_arguments_are_refused_clearly() -> None:
         optarena.create_optimizer(Net(), "lion", nesterov=True)
     with pytest.raises(ValueError, match="Invalid lr: -1"):
         optarena.create_optimizer(Net(), "lion", lr=-1)
+    # beyond float32 torch's optimizers failed in step() ("cannot be converted to type float") or made weights inf
+    for name in ("sgd", "radam", "adamw"):
+        with pytest.raises(ValueError, match=r"Invalid lr: 1e\+39 \(must be in"):
+            optarena.create_optimizer(Net(), name, lr=1e39)
+        with pytest.raises(ValueError, match=r"Invalid weight_decay: 1e\+39 \(must be in"):
+            optarena.create_optimizer(Net(), name, weight_decay=1e39)
 
 
 def test_unknown_name_lists_the_known_ones_and_the_closest_match() -> None:

@@ -13,7 +13,9 @@ import torch
 from torch import nn
 
 import optarena
+from optarena.validation import check_positive_int
 from optarena.wrappers import GradientAccumulation, LayerAdaptation, Lazy, Lookahead
+from optarena.wrappers._base import Setting
 
 CHAINS = {
     "lookahead(accumulate(lion))": lambda ps: Lookahead(GradientAccumulation(optarena.Lion(ps, lr=1e-2), 2), k=2),
@@ -274,3 +276,23 @@ def test_a_pickle_made_before_the_settings_became_checked_properties_still_steps
     _run(opt, params, 6)
     _run(twin["opt"], twin["params"], 6)
     assert all(torch.equal(a, b) for a, b in zip(params, twin["params"]))
+
+
+def test_a_subclass_that_replaces_a_setting_still_loads_and_warns_once() -> None:
+    """settings() names each setting once, and not one a subclass replaced by a plain property (its checkpoint check
+    failed with "'property' object has no attribute 'check'"; a redefined Setting was warned about twice)."""
+
+    class FixedK(optarena.Lookahead):
+        k = property(lambda self: 2, lambda self, value: None)
+
+    class OwnK(optarena.Lookahead):
+        k = Setting("Inner steps per sync.", check_positive_int, int)
+
+    p = [torch.nn.Parameter(torch.zeros(3))]
+    fixed = FixedK(optarena.Lion(p))
+    fixed.load_state_dict(FixedK(optarena.Lion(p)).state_dict())
+    assert fixed.k == 2
+    saved = OwnK(optarena.Lion(p), k=3).state_dict()
+    with pytest.warns(UserWarning) as caught:
+        OwnK(optarena.Lion(p), k=4).load_state_dict(saved)
+    assert str(caught[0].message).count("k=3") == 1

@@ -89,8 +89,7 @@ class Adan(OptarenaOptimizer):
     def _check_group(self, group: dict[str, Any]) -> None:
         check_number("lr", group["lr"], high=FLOAT32_MAX)
         check_betas(group["betas"], 3)
-        check_number("eps", group["eps"], low=0.0, low_open=True)
-        check_number("eps", group["eps"], low=EPS_RANGE[0], high=EPS_RANGE[1])  # as float32 takes it
+        check_number("eps", group["eps"], low=EPS_RANGE[0], high=EPS_RANGE[1])  # 0 would make 0/0 where g = 0
         check_number("weight_decay", group["weight_decay"], high=FLOAT32_MAX)
         check_choice("no_prox", group["no_prox"], (False, True))
         if group["max_grad_norm"] != self.defaults["max_grad_norm"]:

@@ -89,8 +89,7 @@ class AdaX(OptarenaOptimizer):
         check_number("lr", group["lr"], high=FLOAT32_MAX)
         check_betas(group["betas"], 2)
         check_number("betas[1]", group["betas"][1], low=0.0, low_open=True, high=1.0, high_open=True)
-        check_number("eps", group["eps"], low=0.0, low_open=True)
-        check_number("eps", group["eps"], low=EPS_RANGE[0], high=EPS_RANGE[1])  # as float32 takes it
+        check_number("eps", group["eps"], low=EPS_RANGE[0], high=EPS_RANGE[1])  # 0 would make 0/0 where g = 0
         check_number("weight_decay", group["weight_decay"], high=FLOAT32_MAX)
         check_choice("decoupled_weight_decay", group["decoupled_weight_decay"], (False, True))
 

@@ -109,8 +109,7 @@ class AdEMAMix(OptarenaOptimizer):
         check_number("lr", group["lr"], high=FLOAT32_MAX)
         check_betas(group["betas"], 3)
         check_number("alpha", group["alpha"], high=FLOAT32_MAX)
-        check_number("eps", group["eps"], low=0.0, low_open=True)
-        check_number("eps", group["eps"], low=EPS_RANGE[0], high=EPS_RANGE[1])  # as float32 takes it
+        check_number("eps", group["eps"], low=EPS_RANGE[0], high=EPS_RANGE[1])  # 0 would make 0/0 where g = 0
         check_number("weight_decay", group["weight_decay"], high=FLOAT32_MAX)
         for name in ("alpha_warmup", "beta3_warmup"):
             if group[name] is not None:

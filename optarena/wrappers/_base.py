@@ -55,7 +55,10 @@ class Setting:
 
 def settings(wrapper: Any) -> list[str]:
     """The names of ``wrapper``'s settings, in the order its class declares them."""
-    return [name for cls in reversed(type(wrapper).__mro__) for name, v in vars(cls).items() if isinstance(v, Setting)]
+    names = dict.fromkeys(name for cls in reversed(type(wrapper).__mro__) for name, v in vars(cls).items()
+                          if isinstance(v, Setting))
+    # once each, and only where the class attribute that wins is still a Setting (a subclass may replace one)
+    return [name for name in names if isinstance(getattr(type(wrapper), name, None), Setting)]
 
 
 class OptimizerWrapper(Optimizer):
