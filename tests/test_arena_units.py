@@ -176,3 +176,14 @@ def test_a_run_that_failed_is_final_for_every_command_running_then_on_any_machin
     assert point_key(1e-3, 0) in b.finished(cell) and b.claim(cell, 1e-3, 0) is None
     later = ArenaStorage(url, invocation="the next command", started=time.time())
     assert later.finished(cell) == {} and later.claim(cell, 1e-3, 0) is not None
+
+
+def test_a_password_with_an_at_sign_and_a_slash_is_hidden_whole():
+    """``pa@ss/w0rd``: the URL parser reads ``ss`` as the host and ``w0rd@...`` as the database; no part may show,
+    and a URL quoted beside another '@' token keeps its own host."""
+    url = "postgresql://alice:pa@ss/w0rd@db.example.com/arena"
+    text = redact(f"Invalid storage: {url!r} (OperationalError: failed to resolve host 'ss')", url)
+    assert "pa@" not in text and "ss" not in text and "w0rd" not in text, text
+    assert "postgresql://alice:***@db.example.com/arena" in text
+    assert redact("storage=['postgresql://u:pw@dbhost','backup@example.com']") == (
+        "storage=['postgresql://u:***@dbhost','backup@example.com']")

@@ -24,3 +24,15 @@ def test_torchs_adam_state_dict_is_refused_by_adax(torch_cls: type[torch.optim.O
                                          "optimizer"):
         opt.load_state_dict(source.state_dict())
     assert not opt.state  # refused before anything changed
+
+
+def test_an_optimizer_reloads_its_own_groups_with_keys_torch_uses() -> None:
+    """A group built with an extra key that one of torch's optimizers takes ("nesterov") is still this optimizer's
+    own: only keys its own groups lack mark a foreign state dict."""
+    p = nn.Parameter(torch.randn(64, 80))
+    opt = optarena.Lion([{"params": [p], "nesterov": True}], state_dtype="int8")
+    p.grad = torch.randn_like(p)
+    opt.step()
+    again = optarena.Lion([{"params": [p], "nesterov": True}], state_dtype="int8")
+    again.load_state_dict(opt.state_dict())
+    assert torch.equal(again.state[p]["exp_avg"], opt.state[p]["exp_avg"])

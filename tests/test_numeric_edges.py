@@ -270,6 +270,12 @@ def test_machinery_set_after_construction_is_checked_before_a_step(cls: type, ke
     with pytest.raises(ValueError, match=rf"param group 0 \(set after construction\): Invalid {key}: "):
         opt.step()
     assert torch.equal(params[0], before)
+    opt.param_groups[0][key] = cls([torch.nn.Parameter(torch.zeros(1))]).param_groups[0][key]  # back as it was
+    opt.step()
+    opt.param_groups[0]["maximize"] = 0  # equal to False, which was checked, but refused by type as at construction
+    with pytest.raises(ValueError, match="Invalid maximize: 0"):
+        opt.step()
+    opt.param_groups[0]["maximize"] = False
     if cls is optarena.Lion:  # a valid change steps: new state in 8 bits
         opt.param_groups[0]["state_dtype"] = "int8"
         opt.state.clear()

@@ -94,10 +94,10 @@ def run_compare(config: CompareConfig, *, show_progress: bool = True):
         now = progress_counts(config, store)
         update(now)
     elapsed = time.perf_counter() - started
-    results = ResultSet.load(config, store)
-    verdict, claims = compute_verdict(results), evaluate_claims(results)
     try:
-        with report_lock(config.out):
+        with report_lock(config.out):  # results read inside it: the last writer has the newest
+            results = ResultSet.load(config, store)
+            verdict, claims = compute_verdict(results), evaluate_claims(results)
             paths = write_report(results, config.out, wall_seconds=elapsed, verdict=verdict, claims=claims)
     except OSError as err:  # a full disk, a folder removed meanwhile: the runs are stored, the report can follow
         where = f": {err.filename}" if err.filename else ""

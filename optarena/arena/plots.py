@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,8 +21,8 @@ SPAN_FOR_LOG = 30.0
 def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     """``write`` to a temporary file beside ``path``, then rename it over ``path``: a full disk or a crash leaves
     the previous file (or none), never a truncated one."""
-    # named per process: two writers of one path (commands sharing a folder) must not share a temporary file
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    # named per writer: two of one path (commands sharing a folder, on one machine or several) must not share one
+    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.partial")
     try:
         write(partial)
         os.replace(partial, path)

@@ -76,7 +76,8 @@ def check_shared(url: str) -> None:
 
 
 _SECRET_QUERY = re.compile(r"((?:password|passwd|pwd|secret|token|sslpassword)=)[^&;\s]*", re.IGNORECASE)
-_USERINFO = re.compile(r"(://[^:/@\s]*:)[^@\s]*@(?:[^@\s/]*@)*")  # to the last '@' before the host
+#: A URL's user info: to the last '@' before the host (an unescaped '@' in the password), not past a '/' or a quote
+_USERINFO = re.compile(r"(://[^:/@\s]*:)[^@\s]*@(?:[^@\s/'\"]*@)*")
 
 
 def redact(text: str, url: str | None = None) -> str:
@@ -91,10 +92,16 @@ def redact(text: str, url: str | None = None) -> str:
             continue
         if parsed.password:
             secrets.append(str(parsed.password))
-            if parsed.host and "@" in parsed.host:  # an unescaped '@' in the password: its rest reads as the host
-                rest = parsed.host.rsplit("@", 1)[0]
-                secrets += [f"{parsed.password}@{rest}", rest]
-    for secret in secrets:  # standalone only: a one-letter password must not star out every word holding it
+            # an unescaped '@' (or '/' after it) in the password: SQLAlchemy reads a part of it as the host or the
+            # database; the raw text between "user:" and the URL's last '@' is the whole password
+            raw = re.match(r"[^:]+://[^:/@\s]*:([^\s'\"]*)@", candidate)
+            if raw and "@" in f"{parsed.host}{parsed.database}":
+                whole = raw.group(1)
+                leaked = whole[len(str(parsed.password)):].lstrip("@")  # what it read as the host or database
+                secrets += [whole, *filter(None, re.split(r"[@/]", leaked))]
+    # longest first (a whole password before its parts); standalone only: a one-letter password must not star out
+    # every word holding it
+    for secret in sorted(secrets, key=len, reverse=True):
         text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", "***", text)
     return _SECRET_QUERY.sub(r"\1***", _USERINFO.sub(r"\1***@", text))
 
@@ -171,7 +178,8 @@ def _machine_id() -> str:
 
 
 #: How a run that produced no result ended: its task's code raised, its worker process died (a signal, an exit),
-#: or it ran past the per-run time limit. Each is final for the invocation that recorded it and retried by the next.
+#: or it ran past the per-run time limit. Each is final for every command running when it was recorded (on any
+#: machine) and retried once by the next.
 FAILURES = ("error", "crashed", "timed out")
 
 
@@ -397,8 +405,9 @@ class ArenaStorage:
 
     @_storage_call("recording a failed run")
     def fail(self, trial_id: int, error: str, failure: str = "error") -> None:
-        """FAIL with the traceback or reason, as one of ``FAILURES``: finished for this invocation, retried by the
-        next."""
+        """FAIL with the traceback or reason, as one of ``FAILURES``: finished for every command running now (on any
+        machine sharing the storage: ``failed_at`` against their start, so their clocks must agree to within the
+        time between commands), retried once by a command started later."""
         try:
             self.storage.set_trial_user_attr(trial_id, "error", error[-4000:])
             self.storage.set_trial_user_attr(trial_id, "failure", failure)

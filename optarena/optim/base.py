@@ -139,7 +139,8 @@ class OptarenaOptimizer(Optimizer):
         every combination already checked (~0.7 µs a step instead of ~5)."""
         self._check_group(group)
         try:
-            machinery = tuple(map(group.get, MACHINERY_KEYS))
+            # with their types: 1 == True, and the check refuses foreach=1
+            machinery = tuple((type(value), value) for value in map(group.get, MACHINERY_KEYS))
             known = machinery in self.__dict__.setdefault("_machinery_checked", set())
         except TypeError:  # an unhashable value: the check names it
             machinery, known = None, False
