@@ -95,7 +95,7 @@ def workload_specs(args: argparse.Namespace) -> tuple[str, ...]:
 def _cmd_compare(args: argparse.Namespace) -> int:
     from . import arena
     from .arena.compare import failure_summary
-    from .arena.storage import StorageError
+    from .arena.storage_urls import StorageError
     from .arena.workers import TaskChanged, Terminated, WorkersLost
 
     tasks = workload_specs(args)

@@ -319,7 +319,7 @@ def test_a_storage_that_fails_while_running_names_itself_and_the_cause(tmp_path,
     import optuna
     import sqlalchemy
 
-    from optarena.arena.storage import StorageError
+    from optarena.arena.storage_urls import StorageError
 
     store = ArenaStorage(f"sqlite:///{tmp_path / 'arena.db'}")
     cell = CompareConfig(optimizers=("adamw",), tasks=(f"{USER_TASKS}:linear",), budget="tiny",

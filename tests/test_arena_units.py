@@ -18,7 +18,8 @@ from torch import nn
 from optarena.arena import Task, train_once
 from optarena.arena.plan import point_key
 from optarena.arena.results import ResultSet
-from optarena.arena.storage import ArenaStorage, redact
+from optarena.arena.storage import ArenaStorage
+from optarena.arena.storage_urls import redact
 
 
 def test_median_curves_align_seeds_by_step(tmp_path):

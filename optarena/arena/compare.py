@@ -12,7 +12,8 @@ from pathlib import Path
 
 from .catalog import load_tasks
 from .config import CompareConfig
-from .storage import FAILURES, ArenaStorage, StorageError
+from .storage import FAILURES, ArenaStorage
+from .storage_urls import StorageError
 from .workers import POLL_SECONDS, WorkersLost, supervise, work
 
 

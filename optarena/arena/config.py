@@ -15,7 +15,8 @@ from ..info import LOOKAHEAD_PREFIX, base_optimizer_info
 from ..validation import MAX_THREADS, MAX_WORKERS, check_number, check_positive_int
 from .catalog import default_tasks, load_tasks
 from .plan import BUDGET_PRESETS, DEFAULT_OPTIMIZERS, TUNABLE, Cell, CellPlan, Outcome, cells_for, plan_cell
-from .storage import HEARTBEAT_SECONDS, ArenaStorage, check_shared, default_storage_url
+from .storage import HEARTBEAT_SECONDS, ArenaStorage
+from .storage_urls import check_shared, default_storage_url
 from .task import BUDGETS, Task
 
 

@@ -24,17 +24,14 @@ Of several finished trials for one key (possible only after a stale takeover), t
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import random
-import re
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -45,6 +42,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from .plan import Cell, Outcome, point_key
 from .runner import RunResult
+from .storage_urls import explain, redact, storage_call
 
 LR_DISTRIBUTION = FloatDistribution(1e-9, 1e3, log=True)
 SEED_DISTRIBUTION = IntDistribution(0, 2**31 - 1)
@@ -53,108 +51,6 @@ HEARTBEAT_SECONDS = 30.0
 """A running trial's heartbeat is refreshed this often; ``stale_after`` must be at least twice as long."""
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-def default_storage_url(out_dir: str | os.PathLike[str]) -> str:
-    """SQLite in ``out_dir``, the path escaped: a '?', '#' or '%' in a folder's name is part of the name."""
-    database = str(Path(out_dir).resolve() / "arena.db")
-    return sqlalchemy.engine.URL.create("sqlite", database=database).render_as_string(hide_password=False)
-
-
-def check_shared(url: str) -> None:
-    """Refuse a storage every worker process would get a private copy of: in-memory SQLite."""
-    try:
-        parsed = sqlalchemy.engine.make_url(url)
-    except Exception:  # noqa: BLE001 - a URL that does not parse is refused, with its cause, when it is opened
-        return
-    memory = parsed.database in (None, "", ":memory:") or parsed.database.startswith("file::memory:") or \
-        parsed.query.get("mode") == "memory"
-    if parsed.get_backend_name() == "sqlite" and memory:
-        raise ValueError(f"Invalid --storage: {redact(url)!r} is an in-memory SQLite database, which each worker "
-                         "process would get its own empty copy of; name a file (sqlite:///path/arena.db) or leave "
-                         "--storage out for OUT/arena.db")
-
-
-_SECRET_QUERY = re.compile(r"((?:password|passwd|pwd|secret|token|sslpassword)=)[^&;\s]*", re.IGNORECASE)
-#: A URL's user info: to the last '@' before the host (an unescaped '@' in the password), not past a '/' or a quote
-_USERINFO = re.compile(r"(://[^:/@\s]*:)[^@\s]*@(?:[^@\s/'\"]*@)*")
-
-
-def redact(text: str, url: str | None = None) -> str:
-    """``text`` (a storage URL, or a message that may quote one) with every secret shown as ``***``: the password
-    of ``url`` (or of a URL in ``text``) wherever it appears, and password-like query parameters. Works on URLs that
-    do not parse."""
-    secrets = []
-    for candidate in filter(None, (url, text)):
-        try:
-            parsed = sqlalchemy.engine.make_url(candidate)
-        except Exception:  # noqa: BLE001 - a malformed URL: the patterns below still apply
-            continue
-        if parsed.password:
-            secrets.append(str(parsed.password))
-            # an unescaped '@' (or '/' after it) in the password: SQLAlchemy reads a part of it as the host or the
-            # database; the raw text between "user:" and the URL's last '@' is the whole password
-            raw = re.match(r"[^:]+://[^:/@\s]*:([^\s'\"]*)@", candidate)
-            if raw and "@" in f"{parsed.host}{parsed.database}":
-                whole = raw.group(1)
-                leaked = whole[len(str(parsed.password)):].lstrip("@")  # what it read as the host or database
-                secrets += [whole, *filter(None, re.split(r"[@/]", leaked))]
-    # longest first (a whole password before its parts); standalone only: a one-letter password must not star out
-    # every word holding it
-    for secret in sorted(secrets, key=len, reverse=True):
-        text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", "***", text)
-    return _SECRET_QUERY.sub(r"\1***", _USERINFO.sub(r"\1***@", text))
-
-
-def _explain(err: BaseException) -> str:
-    """Why a storage URL could not be opened, in the user's terms."""
-    chain, missing, scheme = err, None, None
-    while chain is not None and missing is None:  # Optuna wraps the driver's import error in one of its own
-        missing = chain.name if isinstance(chain, ModuleNotFoundError) else None
-        if isinstance(chain, sqlalchemy.exc.NoSuchModuleError):  # "Can't load plugin: sqlalchemy.dialects:NAME"
-            scheme = str(chain).rsplit(":", 1)[-1].strip().replace(".", "+")
-        chain = chain.__cause__ or chain.__context__
-    if missing is not None or isinstance(err, ImportError):
-        hint = ("; pip install psycopg2-binary, or write postgresql:// for psycopg 3" if missing == "psycopg2" else
-                "; for PostgreSQL: pip install 'psycopg[binary]'" if "psycopg" in str(missing) else "")
-        return f"its database driver is not installed: no module named {missing!r}{hint}"
-    if scheme is not None:  # postgres:// is what many hosting services hand out; SQLAlchemy knows postgresql://
-        hint = "; write postgresql://" if scheme.split("+")[0] == "postgres" else ""
-        return f"SQLAlchemy knows no database type {scheme!r} (sqlite, postgresql, mysql, ...){hint}"
-    if isinstance(err, ValueError) and "invalid literal for int()" in str(err):
-        return "its port is not a number"
-    return _cause(err)
-
-
-class StorageError(RuntimeError):
-    """The storage could not be read or written while the comparison ran (disk full, server gone, ...)."""
-
-
-def _cause(err: BaseException) -> str:
-    """The first line of what the database driver said (under Optuna's and SQLAlchemy's wrappers), without the
-    SQL that SQLAlchemy appends."""
-    while err.__cause__ is not None:
-        err = err.__cause__
-    orig = getattr(err, "orig", None) or err
-    text = str(orig).strip().splitlines()[0] if str(orig).strip() else ""
-    return f"{type(orig).__name__}: {text}" if text else type(orig).__name__
-
-
-def _storage_call(doing: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Turn a database failure in the decorated method into a ``StorageError`` that names the storage, what was being
-    done (``doing``) and the driver's own message."""
-    def decorate(method: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(method)
-        def wrapper(self: ArenaStorage, *args: Any, **kwargs: Any) -> Any:
-            try:
-                return method(self, *args, **kwargs)
-            except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as err:
-                cause = _cause(err)
-                hint = " (is the disk full?)" if "full" in cause.lower() or "disk" in cause.lower() else ""
-                raise StorageError(f"The storage {redact(self.url)!r} failed while {doing}: "
-                                   f"{redact(cause, self.url)}{hint}") from None
-        return wrapper
-    return decorate
 
 
 def _process_start(pid: int) -> int | None:
@@ -251,7 +147,7 @@ class ArenaStorage:
                         raise
                     time.sleep(0.5 + random.random())
                     continue
-                raise ValueError(f"Invalid storage: {redact(url)!r} ({redact(_explain(err), url)})") from None
+                raise ValueError(f"Invalid storage: {redact(url)!r} ({redact(explain(err), url)})") from None
         if url.startswith("sqlite"):
             # WAL lets readers run beside the writer, and NORMAL syncs at checkpoints, not at every commit:
             # a commit drops from ~10 ms to well under 1 ms; a power cut may lose the last runs, a crash cannot.
@@ -266,7 +162,7 @@ class ArenaStorage:
         self._study_ids: dict[str, int] = {}
 
     # ------------------------------------------------------------------------------------------------ studies
-    @_storage_call("opening a study")
+    @storage_call("opening a study")
     def study_id(self, cell: Cell) -> int:
         if cell.study_name not in self._study_ids:
             study = optuna.create_study(storage=self.storage, study_name=cell.study_name, load_if_exists=True,
@@ -277,7 +173,7 @@ class ArenaStorage:
             self._study_ids[cell.study_name] = self.storage.get_study_id_from_name(cell.study_name)
         return self._study_ids[cell.study_name]
 
-    @_storage_call("reading runs")
+    @storage_call("reading runs")
     def trials(self, cell: Cell) -> list[FrozenTrial]:
         return self.storage.get_all_trials(self.study_id(cell), deepcopy=False)
 
@@ -358,7 +254,7 @@ class ArenaStorage:
     def _trial_id(self, cell: Cell, number: int) -> int:
         return self.storage.get_trial_id_from_study_id_trial_number(self.study_id(cell), number)
 
-    @_storage_call("claiming a run")
+    @storage_call("claiming a run")
     def claim(self, cell: Cell, lr: float, seed: int, wd: float | None = None) -> int | None:
         """Create a RUNNING trial for the point; ``None`` if another live or finished trial holds it already."""
         key = point_key(lr, seed, wd)
@@ -385,14 +281,14 @@ class ArenaStorage:
     # ------------------------------------------------------------------------------- writing a trial's end
     # Each of these is a no-op on a trial that is finished already: another worker judged it stale and took the
     # point over, so this result is dropped rather than crashing the worker.
-    @_storage_call("recording a heartbeat")
+    @storage_call("recording a heartbeat")
     def heartbeat(self, trial_id: int) -> None:
         try:
             self.storage.set_trial_user_attr(trial_id, "heartbeat", time.time())
         except UpdateFinishedTrialError:
             pass
 
-    @_storage_call("recording a finished run")
+    @storage_call("recording a finished run")
     def finish(self, trial_id: int, result: RunResult) -> None:
         try:
             self.storage.set_trial_user_attr(trial_id, "result", result.to_dict())
@@ -403,7 +299,7 @@ class ArenaStorage:
         except UpdateFinishedTrialError:
             pass
 
-    @_storage_call("recording a failed run")
+    @storage_call("recording a failed run")
     def fail(self, trial_id: int, error: str, failure: str = "error") -> None:
         """FAIL with the traceback or reason, as one of ``FAILURES``: finished for every command running now (on any
         machine sharing the storage: ``failed_at`` against their start, so their clocks must agree to within the
@@ -416,7 +312,7 @@ class ArenaStorage:
         except UpdateFinishedTrialError:
             pass
 
-    @_storage_call("releasing a run")
+    @storage_call("releasing a run")
     def abandon(self, trial_id: int, reason: str) -> None:
         """FAIL without an ``error``: the point stays open and will be run again."""
         try:

@@ -28,7 +28,8 @@ import torch
 from .config import CompareConfig
 from .plan import Cell, Point, point_key
 from .runner import train_once
-from .storage import HEARTBEAT_SECONDS, ArenaStorage, StorageError
+from .storage import HEARTBEAT_SECONDS, ArenaStorage
+from .storage_urls import StorageError
 
 POLL_SECONDS = 1.0
 #: Worker deaths outside any run (a task that fails to import, a worker killed between runs) before the supervisor
