@@ -188,3 +188,5 @@ def test_a_password_with_an_at_sign_and_a_slash_is_hidden_whole():
     assert "postgresql://alice:***@db.example.com/arena" in text
     assert redact("storage=['postgresql://u:pw@dbhost','backup@example.com']") == (
         "storage=['postgresql://u:***@dbhost','backup@example.com']")
+    assert redact("postgresql://u:pw@dbhost/arena?application_name=me@work") == (
+        "postgresql://u:***@dbhost/arena?application_name=me@work")

@@ -26,13 +26,14 @@ def test_torchs_adam_state_dict_is_refused_by_adax(torch_cls: type[torch.optim.O
     assert not opt.state  # refused before anything changed
 
 
-def test_an_optimizer_reloads_its_own_groups_with_keys_torch_uses() -> None:
-    """A group built with an extra key that one of torch's optimizers takes ("nesterov") is still this optimizer's
-    own: only keys its own groups lack mark a foreign state dict."""
+
+def test_adams_state_is_refused_by_adax_built_from_adams_groups() -> None:
+    """Groups copied from torch's Adam carry its keys ("amsgrad", "capturable"): they still mark Adam's state as
+    foreign to AdaX, whose second moment means something else."""
     p = nn.Parameter(torch.randn(64, 80))
-    opt = optarena.Lion([{"params": [p], "nesterov": True}], state_dtype="int8")
+    adam = torch.optim.Adam([p], lr=1e-3)
     p.grad = torch.randn_like(p)
-    opt.step()
-    again = optarena.Lion([{"params": [p], "nesterov": True}], state_dtype="int8")
-    again.load_state_dict(opt.state_dict())
-    assert torch.equal(again.state[p]["exp_avg"], opt.state[p]["exp_avg"])
+    adam.step()
+    adax = optarena.AdaX([dict(g) for g in adam.param_groups], lr=1e-3)
+    with pytest.raises(ValueError, match="AdaX.load_state_dict: param group 0 has amsgrad, capturable"):
+        adax.load_state_dict(adam.state_dict())

@@ -53,7 +53,8 @@ def redact(text: str, url: str | None = None) -> str:
             secrets.append(str(parsed.password))
             # an unescaped '@' (or '/' after it) in the password: SQLAlchemy reads a part of it as the host or the
             # database; the raw text between "user:" and the URL's last '@' is the whole password
-            raw = re.match(r"[^:]+://[^:/@\s]*:([^\s'\"]*)@", candidate)
+            # the URL before its query: an '@' there (application_name=me@work) is no part of the password
+            raw = re.match(r"[^:]+://[^:/@\s]*:([^\s'\"]*)@", candidate.split("?", 1)[0])
             if raw and "@" in f"{parsed.host}{parsed.database}":
                 whole = raw.group(1)
                 leaked = whole[len(str(parsed.password)):].lstrip("@")  # what it read as the host or database

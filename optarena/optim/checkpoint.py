@@ -79,9 +79,9 @@ def check_state_dict(opt: Optimizer, state_dict: Any) -> None:
     others = (others | torch_hyperparameters()) - own - COMMON
     groups = state_dict["param_groups"]
     for index, saved in enumerate(groups):
-        # a key this optimizer's own group holds is its own (a group may carry extra keys: a user's "nesterov")
-        live = set(opt.param_groups[index]) if index < len(opt.param_groups) else set()
-        alien, missing = sorted(set(saved) & others - live), sorted(own - set(saved))
+        # strict, also for a key the live group holds: AdaX built from torch Adam's groups has "amsgrad" too, and
+        # Adam's state would load as AdaX's (a group given another optimizer's key, "nesterov", cannot reload)
+        alien, missing = sorted(set(saved) & others), sorted(own - set(saved))
         if alien or missing:
             found = f"has {', '.join(alien)}" if alien else f"lacks {', '.join(missing)}"
             raise ValueError(f"{where}: param group {index} {found}, which {name}'s groups "
