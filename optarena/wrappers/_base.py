@@ -5,7 +5,7 @@
   each time: the base's ``load_state_dict`` replaces its list, and a copy taken once would go stale.
 - ``train()`` / ``eval()`` reach the base (schedule-free optimizers switch their parameters between two points).
 - The wrapper's own per-parameter state lives in ``self.state`` (keyed by parameter, like torch.optim); its
-  scalar bookkeeping is returned by ``_extra_state``, and its settings are ``Setting``s (saved with it).
+  counters are named in ``counters`` and its settings are ``Setting``s (both saved with it, checked on load).
 - ``state_dict()`` is the base's state_dict (top-level ``state`` and ``param_groups`` unchanged, so tools that read
   them keep working) plus one key, ``state_key``, holding the wrapper's state indexed by parameter position. It
   loads into a fresh process and nests: ``Lookahead(GradientAccumulation(Lion(...)))`` adds two keys. The
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import numbers
 import warnings
 import weakref
 from collections.abc import Callable, Mapping
@@ -95,11 +96,16 @@ class OptimizerWrapper(Optimizer):
     def _init_param_state(self, p: Tensor) -> None:
         """Create the wrapper's state for a parameter as soon as the parameter is known (default: none)."""
 
+    #: The wrapper's counters (integers ≥ 0: ``inner_steps``, ``micro_step``): saved in the state dict beside its
+    #: settings, checked before anything loads, restored on load.
+    counters: ClassVar[tuple[str, ...]] = ()
+
     def _extra_state(self) -> dict[str, Any]:
-        return {}
+        return {name: getattr(self, name) for name in self.counters}
 
     def _load_extra_state(self, extra: dict[str, Any]) -> None:
-        pass
+        for name in self.counters:
+            setattr(self, name, int(extra[name]))
 
     # -- forwarding -----------------------------------------------------------------------------------------------
     def __getattr__(self, name: str) -> Any:
@@ -220,12 +226,15 @@ class OptimizerWrapper(Optimizer):
         params = self._params()
         per_param = self._checked_param_state(where, own, params)
         extra = {k: v for k, v in own.items() if k != "state"}
+        self._check_saved_counters(where, extra)
+        self._check_saved_settings(extra)
         self._check_extra_state(extra)
         self.base.load_state_dict(state_dict)
         self.state.clear()
         for p, saved in per_param.items():
             self.state[p] = {k: v.to(device=p.device) if isinstance(v, Tensor) else v for k, v in saved.items()}
         self._load_extra_state(extra)
+        restore_settings(self, extra)
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
 
@@ -248,7 +257,17 @@ class OptimizerWrapper(Optimizer):
         return out
 
     def _check_extra_state(self, extra: dict[str, Any]) -> None:
-        """Raise ``ValueError`` if the wrapper's scalar state cannot load (before anything is loaded)."""
+        """Raise ``ValueError`` if the wrapper's scalar state cannot load (before anything is loaded), beyond the
+        checks of each counter and setting."""
+
+    def _check_saved_counters(self, where: str, extra: dict[str, Any]) -> None:
+        missing = sorted(set(self.counters) - set(extra))
+        if missing:
+            raise ValueError(f"{where}: its entry lacks {', '.join(missing)}")
+        for name in self.counters:
+            value = extra[name]
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+                raise ValueError(f"{where}: invalid {name} {value!r} in the checkpoint (expected an integer >= 0)")
 
     def _check_saved_settings(self, extra: dict[str, Any]) -> None:
         """Check the settings a checkpoint saved as assigning them does (a checkpoint saved before the settings were
@@ -290,7 +309,7 @@ def restore_settings(wrapper: Optimizer, saved: dict[str, Any]) -> None:
                if name in saved and saved[name] != getattr(wrapper, name)]
     if changed:
         warnings.warn(f"{type(wrapper).__name__}.load_state_dict: the checkpoint's {', '.join(changed)} replace the "
-                      "constructor's; set them after loading to change them", UserWarning, stacklevel=4)
+                      "constructor's; set them after loading to change them", UserWarning, stacklevel=3)
     for name in names:
         if name in saved:
             setattr(wrapper, name, saved[name])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -13,7 +12,7 @@ from torch.optim import Optimizer
 
 from ..optim.step import math_dtype
 from ..validation import check_choice, check_positive_int
-from ._base import OptimizerWrapper, Setting, eager_under_compile, refuse_closure_only, restore_settings
+from ._base import OptimizerWrapper, Setting, eager_under_compile, refuse_closure_only
 
 
 class GradientAccumulation(OptimizerWrapper):
@@ -57,6 +56,7 @@ class GradientAccumulation(OptimizerWrapper):
     """
 
     state_key = "gradient_accumulation"
+    counters = ("micro_step", "skipped_updates")
 
     def _fits_cycle(self, steps: int) -> None:
         if steps <= self.micro_step:  # the next call would end the cycle and divide more sums than N by N
@@ -80,28 +80,11 @@ class GradientAccumulation(OptimizerWrapper):
         return (f"GradientAccumulation(steps={self.steps}, skip_nonfinite={self.skip_nonfinite}, "
                 f"base={self.base!r})")
 
-    def _extra_state(self) -> dict[str, Any]:
-        return {"micro_step": self.micro_step, "skipped_updates": self.skipped_updates}
-
     def _check_extra_state(self, extra: dict[str, Any]) -> None:
-        where = "GradientAccumulation.load_state_dict"
-        missing = sorted({"micro_step", "skipped_updates"} - set(extra))
-        if missing:
-            raise ValueError(f"{where}: its entry lacks {', '.join(missing)}")
-        for name in ("micro_step", "skipped_updates"):
-            value = extra[name]
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-                raise ValueError(f"{where}: invalid {name} {value!r} in the checkpoint (expected an integer >= 0)")
-        self._check_saved_settings(extra)
         micro_step, steps = int(extra["micro_step"]), int(extra.get("steps", self.steps))
         if micro_step >= steps:
-            raise ValueError(f"{where}: the checkpoint was saved after {micro_step} micro-steps of a cycle, which "
-                             f"steps={steps} cannot continue")
-
-    def _load_extra_state(self, extra: dict[str, Any]) -> None:
-        self.micro_step = int(extra["micro_step"])
-        self.skipped_updates = int(extra["skipped_updates"])
-        restore_settings(self, extra)
+            raise ValueError(f"GradientAccumulation.load_state_dict: the checkpoint was saved after {micro_step} "
+                             f"micro-steps of a cycle, which steps={steps} cannot continue")
 
     # -- the algorithm --------------------------------------------------------------------------------------------
     @eager_under_compile

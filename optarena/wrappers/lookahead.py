@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import numbers
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -15,7 +14,7 @@ from torch.optim import Optimizer
 from ..optim import quant
 from ..optim.step import group_by_device_and_dtype, math_dtype
 from ..validation import check_choice, check_number, check_positive_int
-from ._base import OptimizerWrapper, Setting, chain, eager_under_compile, refuse_schedule_free, restore_settings
+from ._base import OptimizerWrapper, Setting, chain, eager_under_compile, refuse_schedule_free
 
 PULLBACKS = ("none", "reset", "pullback")
 
@@ -67,6 +66,7 @@ class Lookahead(OptimizerWrapper):
     """
 
     state_key = "lookahead"
+    counters = ("inner_steps",)
 
     k = Setting("Inner steps per sync.", check_positive_int, int)
     alpha = Setting("The slow-weight step size, in (0, 1].",
@@ -104,20 +104,8 @@ class Lookahead(OptimizerWrapper):
                 if "slow" not in self.state.get(p, {}):
                     self._init_param_state(p)
 
-    def _extra_state(self) -> dict[str, Any]:
-        return {"inner_steps": self.inner_steps}
-
-    def _check_extra_state(self, extra: dict[str, Any]) -> None:
-        where = "Lookahead.load_state_dict"
-        inner_steps = extra.get("inner_steps")
-        if isinstance(inner_steps, bool) or not isinstance(inner_steps, numbers.Integral) or inner_steps < 0:
-            raise ValueError(f"{where}: its 'lookahead' entry has inner_steps {inner_steps!r} (expected an integer "
-                             ">= 0)")
-        self._check_saved_settings(extra)
-
     def _load_extra_state(self, extra: dict[str, Any]) -> None:
-        self.inner_steps = int(extra["inner_steps"])
-        restore_settings(self, extra)
+        super()._load_extra_state(extra)
         self._adopt_new_params()
 
     # -- the algorithm --------------------------------------------------------------------------------------------
