@@ -12,6 +12,8 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from .validation import check_number
+
 
 def piecewise_linear_multiplier(points: Mapping[int, float], step: int) -> float:
     """The multiplier at ``step`` for ``points`` {step: multiplier}, linear in between, constant after the last.
@@ -58,6 +60,5 @@ def ema_model(model: nn.Module, decay: float = 0.999, *, use_buffers: bool = Tru
     calls average); evaluate with ``ema`` (or ``ema.module``).
     ``use_buffers=True`` averages BatchNorm statistics too, so no extra ``update_bn`` pass is needed.
     """
-    if isinstance(decay, bool) or not isinstance(decay, numbers.Real) or not 0.0 <= decay < 1.0:  # NaN too
-        raise ValueError(f"Invalid decay: {decay!r} (a number in [0, 1))")  # a string failed in the comparison
+    check_number("decay", decay, high=1.0, high_open=True)  # NaN, a string and a tensor too
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=use_buffers)
