@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from .runner import global_generators_restored
 from .task import BUDGETS, Task
 from .tasks import (
     make_char_lm,
@@ -117,19 +118,12 @@ def _fixed_global_generators(seed: int = 0) -> Iterator[None]:
         import numpy
     except ImportError:
         numpy = None
-    python_state = random.getstate()
-    numpy_state = numpy.random.get_state() if numpy is not None else None
-    with torch.random.fork_rng(devices=[]):
+    with global_generators_restored([]):
         torch.random.default_generator.manual_seed(seed)
         random.seed(seed)
         if numpy is not None:
             numpy.random.seed(seed)
-        try:
-            yield
-        finally:
-            random.setstate(python_state)
-            if numpy is not None:
-                numpy.random.set_state(numpy_state)
+        yield
 
 
 def load_task(spec: str, budget: str = "quick") -> Task:

@@ -9,6 +9,7 @@ as errors).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import gc
@@ -20,7 +21,7 @@ import statistics
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -121,19 +122,12 @@ def _warm_up(device: torch.device, optimizer_name: str = "adamw") -> None:
     if (device.type, optimizer_name) in _warmed_up:
         return
     _warmed_up.add((device.type, optimizer_name))
-    python_state = random.getstate()
-    numpy_random = sys.modules.get("numpy.random")  # seed_everything seeds it only where NumPy is installed
-    numpy_state = numpy_random.get_state() if numpy_random is not None else None
     try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with global_generators_restored([device] if device.type == "cuda" else []):
             train_once(_warm_up_task(), optimizer_name, 1e-3, 0, device=device)
             seed_everything(0)  # seeding formats its stack (linecache), which has more frames once dynamo is used
     except Exception:  # an optimizer that cannot train this model, a device that fails: the run itself says why
         pass
-    finally:
-        random.setstate(python_state)
-        if numpy_state is not None:
-            numpy_random.set_state(numpy_state)
 
 
 class _PeakMemory:
@@ -255,6 +249,22 @@ def seed_everything(seed: int) -> None:
     except ImportError:  # torch runs without NumPy; then nothing can draw from it
         return
     numpy.random.seed(seed)
+
+
+@contextlib.contextmanager
+def global_generators_restored(devices: list[torch.device]) -> Iterator[None]:
+    """Torch's generators (CPU and ``devices``), Python's and NumPy's (where imported) given back their states on
+    exit, however the block seeds or draws from them."""
+    python_state = random.getstate()
+    numpy_random = sys.modules.get("numpy.random")
+    numpy_state = numpy_random.get_state() if numpy_random is not None else None
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        random.setstate(python_state)
+        if numpy_state is not None:
+            numpy_random.set_state(numpy_state)
 
 
 def train_once(task: Task, optimizer_name: str, lr: float, seed: int, batch_size: int | None = None, *,
