@@ -299,7 +299,7 @@ def test_report_shows_markup_in_names_and_errors_as_text(tmp_path):
 
 
 def test_a_report_file_is_replaced_whole_or_not_at_all(tmp_path):
-    from optarena.arena.report import write_atomically
+    from optarena.atomic import write_atomically
 
     target = tmp_path / "report.md"
     target.write_text("the previous report")

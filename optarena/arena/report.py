@@ -14,10 +14,11 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import write_atomically
 from ..info import base_optimizer_info
 from .claims import ClaimResult, evaluate_claims
 from .plan import BUDGET_PRESETS, point_key
-from .plots import make_plots, write_atomically
+from .plots import make_plots
 from .results import METRIC_FORMAT, CellSummary, ResultSet
 from .storage import FAILURES
 from .verdict import TAU_MAX, Verdict, compute_verdict

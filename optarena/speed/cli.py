@@ -8,9 +8,11 @@ import os
 import platform
 from collections.abc import Callable
 from dataclasses import asdict
+from pathlib import Path
 
 import torch
 
+from ..atomic import write_atomically
 from ..registry import get_optimizer_info, list_optimizers
 from ..validation import MAX_THREADS, positive_int_arg
 from .candidate import DEFAULT_PATHS, PATHS, Candidate, Unavailable, own_candidates
@@ -160,10 +162,7 @@ def _share_of_bandwidth(results: list[Result], bandwidth: float) -> None:
 
 def _write_json(path: str, meta: dict, bandwidths: list[float], results: list[Result],
                 missing: list[Unavailable]) -> None:
-    """Write through a file beside ``path`` and rename it: an interrupted write leaves the previous file whole."""
+    """An interrupted write leaves the previous file whole."""
     data = {"meta": {"bandwidth_gb_s": max(bandwidths), "bandwidth_readings_gb_s": bandwidths, **meta},
             "results": [asdict(r) for r in results], "not_run": [asdict(m) for m in missing]}
-    partial = f"{path}.partial"
-    with open(partial, "w") as fh:
-        json.dump(data, fh, indent=1)
-    os.replace(partial, path)
+    write_atomically(Path(path), lambda partial: partial.write_text(json.dumps(data, indent=1)))
