@@ -158,8 +158,7 @@ def create_optimizer(model_or_params: nn.Module | Iterable[Any], name: str, lr: 
             raise ValueError(f"Invalid {argument}: {value!r} (True, False or a dict of the wrapper's arguments)")
     if not isinstance(lazy, bool):
         raise ValueError(f"Invalid lazy: {lazy!r} (True or False)")
-    if lr is not None:  # schedule-free's and SGD's constructors take a NaN lr
-        check_number("lr", lr, high=FLOAT32_MAX)  # beyond: "cannot be converted to type float" in step()
+    check_arguments(lr, kwargs)
     info = get_optimizer_info(name)
     _check_wrappers(info, lookahead, lazy, layer_adaptation)
     groups, kwargs = groups_and_kwargs(info, model_or_params, weight_decay, no_weight_decay, kwargs)
@@ -174,6 +173,17 @@ def create_optimizer(model_or_params: nn.Module | Iterable[Any], name: str, lr: 
     if lookahead is not False:
         optimizer = Lookahead(optimizer, **({} if lookahead is True else dict(lookahead)))
     return optimizer
+
+
+def check_arguments(lr: float | None, kwargs: Mapping[str, Any]) -> None:
+    """What torch.optim's constructors take and then train to NaN weights on: schedule-free's and SGD's a NaN lr,
+    SGD's a NaN or infinite momentum or dampening (it checks ``momentum < 0`` only); beyond float32's range, "cannot
+    be converted to type float" in ``step()``. optarena's own optimizers check these (more strictly) too."""
+    if lr is not None:
+        check_number("lr", lr, high=FLOAT32_MAX)
+    for key in ("momentum", "dampening"):
+        if key in kwargs:
+            check_number(key, kwargs[key], high=FLOAT32_MAX)
 
 
 def groups_and_kwargs(info: OptimizerInfo, model_or_params: nn.Module | Iterable[Any], weight_decay: float,

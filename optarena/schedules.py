@@ -40,15 +40,16 @@ def piecewise_linear(optimizer: Optimizer, points: Mapping[int, float]) -> Lambd
     return LambdaLR(optimizer, piecewise_linear_lambda(points))
 
 
-def piecewise_linear_lambda(points: Mapping[int, float]) -> Callable[[int], float]:
-    """``step → multiplier`` for ``points``, checked (what :func:`piecewise_linear` schedules)."""
+def piecewise_linear_lambda(points: Mapping[int, float], name: str = "points") -> Callable[[int], float]:
+    """``step → multiplier`` for ``points``, checked (what :func:`piecewise_linear` schedules); errors call the
+    argument ``name``."""
     if not isinstance(points, Mapping) or not points:  # a list of pairs failed deep inside with AttributeError
-        raise ValueError(f"Invalid points: {points!r} (give a dict of at least one {{step: multiplier}} pair)")
+        raise ValueError(f"Invalid {name}: {points!r} (give a dict of at least one {{step: multiplier}} pair)")
     for step, multiplier in points.items():
         if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
-            raise ValueError(f"Invalid step in points: {step!r} (steps are integers >= 0)")
+            raise ValueError(f"Invalid step in {name}: {step!r} (steps are integers >= 0)")
         if isinstance(multiplier, bool) or not isinstance(multiplier, numbers.Real) or not 0 <= multiplier < math.inf:
-            raise ValueError(f"Invalid multiplier in points: {multiplier!r} at step {step} (a finite number >= 0)")
+            raise ValueError(f"Invalid multiplier in {name}: {multiplier!r} at step {step} (a finite number >= 0)")
     frozen = {int(step): float(multiplier) for step, multiplier in points.items()}  # numpy's ints and floats too
     return lambda step: piecewise_linear_multiplier(frozen, step)
 

@@ -105,6 +105,11 @@ def test_wrong_arguments_are_refused_clearly() -> None:
             optarena.create_optimizer(Net(), name, lr=1e39)
         with pytest.raises(ValueError, match=r"Invalid weight_decay: 1e\+39 \(must be in"):
             optarena.create_optimizer(Net(), name, weight_decay=1e39)
+    # torch's SGD checks momentum < 0 only: a NaN momentum or dampening trained to NaN weights after two steps
+    for key in ("momentum", "dampening"):
+        for value in (float("nan"), float("inf")):
+            with pytest.raises(ValueError, match=f"Invalid {key}: {value}"):
+                optarena.create_optimizer(Net(), "sgd", **{key: value})
 
 
 def test_unknown_name_lists_the_known_ones_and_the_closest_match() -> None:

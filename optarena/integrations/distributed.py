@@ -24,7 +24,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.optim import Optimizer
 
-from ..registry import get_optimizer_info, groups_and_kwargs, set_optimizer_mode
+from ..registry import check_arguments, get_optimizer_info, groups_and_kwargs, set_optimizer_mode
 from ..wrappers import OptimizerWrapper
 
 
@@ -41,6 +41,11 @@ def zero_redundancy_optimizer(model_or_params: nn.Module | Iterable[Any], name: 
     Clip the full gradient before ``step()`` instead (``torch.nn.utils.clip_grad_norm_``).
     """
     info = get_optimizer_info(name)
+    if info.train_eval_modes:  # ZeRO copies its own groups (train_mode included) over the optimizer's before each step
+        raise ValueError(f"Invalid optimizer: {name!r} under ZeroRedundancyOptimizer ({info.name!r} is schedule-free: "
+                         "its train()/eval() would switch only this rank's share of the parameters, and ZeRO resets "
+                         "the mode from its own param_groups before every step); use it with DDP")
+    check_arguments(lr, kwargs)  # as create_optimizer: torch's SGD takes a NaN lr or momentum
     if kwargs.get("max_grad_norm", 0):
         raise ValueError(f"Invalid max_grad_norm: {kwargs['max_grad_norm']!r} under ZeroRedundancyOptimizer (each "
                          "rank sees only its share of the gradients, so the norm would not be global); use "
@@ -89,11 +94,17 @@ def load_checkpoint(checkpoint_id: str | os.PathLike, model: nn.Module, optimize
 
 def _refuse_wrappers(where: str, optimizer: Optimizer) -> None:
     """torch.distributed.checkpoint keeps an optimizer's ``state`` and ``param_groups`` only (and initialises missing
-    state by calling ``step()``, a micro-step of a GradientAccumulation): a wrapper's own state would be lost."""
+    state by calling ``step()``, a micro-step of a GradientAccumulation): a wrapper's own state would be lost. ZeRO
+    keeps each rank's share in an inner optimizer that ``get_state_dict`` does not see."""
     if isinstance(optimizer, OptimizerWrapper):
         raise TypeError(f"{where}: {type(optimizer).__name__}'s own state ({optimizer.state_key!r}) is not kept by "
                         "torch.distributed.checkpoint, which saves an optimizer's state and param_groups only; "
                         "checkpoint an unwrapped optimizer")
+    if isinstance(optimizer, ZeroRedundancyOptimizer):  # its state is only whole after consolidate_state_dict(to=r)
+        raise TypeError(f"{where}: ZeroRedundancyOptimizer's state is split by ZeRO's own rule, which "
+                        "torch.distributed.checkpoint does not read (it failed with 'Optimizer state has not been "
+                        "consolidated on this rank'); call optimizer.consolidate_state_dict(to=0) on every rank, "
+                        "save optimizer.state_dict() on rank 0 and restore it with optimizer.load_state_dict()")
 
 
 __all__ = ["load_checkpoint", "save_checkpoint", "zero_redundancy_optimizer"]

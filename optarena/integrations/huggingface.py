@@ -27,7 +27,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from transformers import TrainingArguments, get_scheduler
 
-from ..registry import _filter_kwargs, base_optimizer_info, create_optimizer, get_optimizer_info
+from ..registry import _filter_kwargs, base_optimizer_info, check_arguments, create_optimizer, get_optimizer_info
 
 #: Scheduler types that do not decay: what schedule-free optimizers (OptimizerInfo.schedule "constant") accept.
 CONSTANT_SCHEDULES = ("constant", "constant_with_warmup")
@@ -49,6 +49,7 @@ def optimizer_cls_and_kwargs(name: str, lr: float | None = None, **kwargs: Any) 
         raise ValueError(f"Invalid optimizer: {name!r} through optimizer_cls_and_kwargs ({why}); build it with "
                          "optarena.integrations.huggingface.create_optimizer_and_scheduler and pass "
                          "Trainer(optimizers=...)")
+    check_arguments(lr, kwargs)  # as create_optimizer: torch's SGD takes a NaN lr or momentum
     if "weight_decay" in kwargs:
         raise ValueError(f"Invalid weight_decay: {kwargs['weight_decay']!r} here (the Trainer overrides it per "
                          "parameter group); set TrainingArguments(weight_decay=...) instead")

@@ -24,7 +24,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 from ..registry import base_optimizer_info, create_optimizer, set_optimizer_mode
-from ..schedules import piecewise_linear, piecewise_linear_lambda
+from ..schedules import piecewise_linear_lambda
 from ..wrappers import GradientAccumulation, chain
 
 
@@ -94,6 +94,8 @@ def optimizer_config(model: nn.Module, name: str, lr: float | None = None, weigh
     not decay, and the :class:`ScheduleFreeModes` callback is added to the model's Trainer (when one is attached).
     """
     info = base_optimizer_info(name)
+    # checked first: a list of pairs failed with AttributeError in the schedule-free check below
+    lr_lambda = None if schedule is None else piecewise_linear_lambda(schedule, "schedule")
     if info.schedule == "constant" and schedule is not None:
         multipliers = [m for _, m in sorted(schedule.items())]
         if any(later < earlier for earlier, later in zip(multipliers, multipliers[1:])):  # any decrease is a decay
@@ -108,9 +110,9 @@ def optimizer_config(model: nn.Module, name: str, lr: float | None = None, weigh
     if schedule is not None:
         accumulation = next((o for o in chain(optimizer) if isinstance(o, GradientAccumulation)), None)
         if accumulation is None:
-            scheduler = piecewise_linear(optimizer, schedule)
+            scheduler = LambdaLR(optimizer, lr_lambda)  # what piecewise_linear(optimizer, schedule) builds
         else:  # only its updating step() calls count (Lightning's own accumulation: all)
-            scheduler = UpdateSteppedLR(optimizer, piecewise_linear_lambda(schedule), accumulation)
+            scheduler = UpdateSteppedLR(optimizer, lr_lambda, accumulation)
         config["lr_scheduler"] = {"scheduler": scheduler, "interval": "step"}
     return config
 

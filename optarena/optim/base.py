@@ -161,6 +161,15 @@ class OptarenaOptimizer(Optimizer):
         if group["state_dtype"] == INT8 and not (info is not None and info.int8_state):
             raise ValueError(f"Invalid state_dtype: {INT8!r} ({type(self).__name__} does not keep its state in 8 "
                              "bits; Lion, RLion, Adan, AdaX and AdEMAMix do)")
+        if group["state_dtype"] == INT8:
+            # 8-bit codes and block scales are plain tensors: a step mixing them with DTensors (FSDP2, tensor
+            # parallel) failed deep inside torch ("got mixed torch.Tensor and DTensor")
+            dtensor = next((p for p in group["params"] if hasattr(p, "placements") and quant.quantizes(p)), None)
+            if dtensor is not None:
+                raise ValueError(f"Invalid state_dtype: {INT8!r} for a DTensor parameter (shape "
+                                 f"{tuple(dtensor.shape)}, placements {tuple(dtensor.placements)}: FSDP2 or tensor "
+                                 "parallel); 8-bit state is for plain tensors (DDP, one process): use "
+                                 "state_dtype=torch.bfloat16 under fully_shard")
         check_choice("stochastic_rounding", group["stochastic_rounding"], (False, True))
         skip = group.setdefault("skip_nonfinite", self.defaults.setdefault("skip_nonfinite", False))
         check_choice("skip_nonfinite", skip, (False, True))

@@ -116,6 +116,24 @@ def test_zero_refuses_adan_global_clipping() -> None:
         zero_redundancy_optimizer(worker.make_model(), "adan", max_grad_norm=1.0)
 
 
+def test_zero_checks_lr() -> None:
+    # torch's SGD takes a NaN lr: ZeRO then trained to NaN weights without an error (create_optimizer refuses it)
+    from optarena.integrations.distributed import zero_redundancy_optimizer
+
+    for lr in (float("nan"), -1.0):
+        with pytest.raises(ValueError, match=f"Invalid lr: {lr}"):
+            zero_redundancy_optimizer(worker.make_model(), "momentum", lr=lr)
+
+
+def test_zero_refuses_schedulefree() -> None:
+    # ZeRO copied its param_groups' train_mode over the optimizer's before each step: optimizer.optim.train() was
+    # undone and step() raised "in eval() mode; call optimizer.train()", which ZeroRedundancyOptimizer does not have
+    from optarena.integrations.distributed import zero_redundancy_optimizer
+
+    with pytest.raises(ValueError, match="Invalid optimizer: 'schedulefree_adamw' under ZeroRedundancyOptimizer"):
+        zero_redundancy_optimizer(worker.make_model(), "schedulefree_adamw")
+
+
 @pytest.mark.xdist_group("distributed")
 def test_distributed_checkpoint_resumes_identically(launched: dict[str, Any]) -> None:
     uninterrupted = launched["dcp_save"]["uninterrupted"]
@@ -165,3 +183,57 @@ def test_checkpoint_resumes_schedulefree(tmp_path: Path, switched_first: bool) -
     assert fresh.param_groups[0]["train_mode"] is False  # as saved
     run(resumed, fresh, data[3:6])
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), resumed.parameters()))
+
+
+def test_checkpoint_refuses_zero(tmp_path: Path) -> None:
+    # save_checkpoint raised ZeRO's "not been consolidated on this rank"; after consolidate_state_dict it saved (one
+    # process), and load_checkpoint then raised that same advice, which consolidating cannot satisfy
+    from optarena.integrations.distributed import load_checkpoint, save_checkpoint, zero_redundancy_optimizer
+
+    dist.init_process_group("gloo", init_method=(tmp_path / "init").as_uri(), rank=0, world_size=1)
+    try:
+        model = worker.make_model()
+        optimizer = zero_redundancy_optimizer(model, "adan")
+        worker.train(model, optimizer, worker.batches()[:1], rank=0, world=1)
+        optimizer.consolidate_state_dict(to=0)
+        for function in (save_checkpoint, load_checkpoint):
+            with pytest.raises(TypeError, match=f"{function.__name__}: ZeroRedundancyOptimizer's state .*"
+                                                r"consolidate_state_dict\(to=0\)"):
+                function(tmp_path / "dcp", model, optimizer)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_int8_state_refuses_dtensor_parameters_and_bf16_state_steps_them(tmp_path: Path) -> None:
+    # 8-bit codes are plain tensors: under fully_shard the first step failed deep inside torch with "aten._foreach_add_
+    # .List got mixed torch.Tensor and DTensor" (Lion) or "aten.copy_.default got mixed ..." (Adan)
+    from torch.distributed.tensor import Shard, distribute_tensor, init_device_mesh
+
+    dist.init_process_group("gloo", init_method=(tmp_path / "init").as_uri(), rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        start, grad = torch.randn(64, 128), torch.randn(64, 128)
+        sharded = torch.nn.Parameter(distribute_tensor(start.clone(), mesh, [Shard(0)]))
+        small = torch.nn.Parameter(distribute_tensor(torch.randn(8), mesh, [Shard(0)]))  # fp32 state: taken
+        for cls in (optarena.Lion, optarena.Adan):
+            with pytest.raises(ValueError, match=r"Invalid state_dtype: 'int8' for a DTensor parameter \(shape "
+                                                 r"\(64, 128\), placements \(Shard\(dim=0\),\)"):
+                cls([sharded, small], state_dtype="int8")
+            cls([small], state_dtype="int8")
+            opt = cls([sharded], state_dtype=torch.bfloat16)  # what the message advises
+            opt.param_groups[0]["state_dtype"] = "int8"  # set mid-run: checked before the step, nothing moved
+            sharded.grad = distribute_tensor(grad, mesh, [Shard(0)])
+            with pytest.raises(ValueError, match="Invalid state_dtype: 'int8' for a DTensor parameter"):
+                opt.step()
+            assert torch.equal(sharded.full_tensor(), start)
+            opt.param_groups[0]["state_dtype"] = torch.bfloat16
+            plain = torch.nn.Parameter(start.clone())
+            plain.grad = grad
+            reference = cls([plain], state_dtype=torch.bfloat16)
+            for _ in range(3):
+                opt.step()
+                reference.step()
+            assert torch.equal(sharded.full_tensor(), plain.detach())
+            sharded.data.copy_(distribute_tensor(start, mesh, [Shard(0)]))
+    finally:
+        dist.destroy_process_group()

@@ -111,3 +111,10 @@ def test_helpers_reject_bad_arguments() -> None:
         optimizer_cls_and_kwargs("muon")
     with pytest.raises(ValueError, match="'schedulefree_adamw' through optimizer_cls_and_kwargs .it is schedule-free"):
         optimizer_cls_and_kwargs("schedulefree_adamw")
+
+
+@pytest.mark.parametrize("lr", [float("nan"), -1.0, "1e-3"])
+def test_optimizer_cls_and_kwargs_checks_lr(lr: object) -> None:
+    # torch's SGD takes a NaN lr: the Trainer then trained 6 steps to NaN weights without an error
+    with pytest.raises(ValueError, match=r"Invalid lr: (nan|-1.0|'1e-3')"):
+        optimizer_cls_and_kwargs("momentum", lr=lr)

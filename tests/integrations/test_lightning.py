@@ -87,3 +87,16 @@ def test_accumulated_schedule_steps_once_per_update(tmp_path: Path) -> None:
     assert scheduler.last_epoch == 4 * 3 // 2
     assert scheduler.get_last_lr()[0] == pytest.approx(1e-3 * piecewise_linear_multiplier({4: 1.0, 40: 0.1}, 6))
     assert "_accumulation" not in scheduler.state_dict()  # the checkpoint holds plain types only
+
+
+@pytest.mark.parametrize("name", ["lion", "schedulefree_adamw"])
+@pytest.mark.parametrize(("schedule", "message"), [([(0, 1.0)], r"Invalid schedule: \[\(0, 1.0\)\]"),
+                                                   ({0: 1.0, "a": 2.0}, "Invalid step in schedule: 'a'"),
+                                                   ({0: float("nan")}, "Invalid multiplier in schedule: nan")])
+def test_bad_schedule_is_named(name: str, schedule: object, message: str) -> None:
+    # schedule-free's decay check ran first: a list failed with AttributeError, a str step with TypeError from sorted;
+    # the others' errors said "points", piecewise_linear's argument, not this function's
+    from optarena.integrations.lightning import optimizer_config
+
+    with pytest.raises(ValueError, match=message):
+        optimizer_config(torch.nn.Linear(3, 2), name, schedule=schedule)
