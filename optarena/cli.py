@@ -8,7 +8,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from .arena.plan import DEFAULT_OPTIMIZERS
+from .arena.plan import BUDGET_PRESETS, DEFAULT_OPTIMIZERS
 from .arena.task import BUDGETS
 from .registry import base_optimizer_info, get_optimizer_info, list_optimizers
 from .validation import positive_int_arg
@@ -23,6 +23,16 @@ def _names(text: str) -> list[str]:
             base_optimizer_info(name)
         except ValueError as err:  # argparse shows an ArgumentTypeError's message, not a ValueError's
             raise argparse.ArgumentTypeError(str(err)) from None
+    return names
+
+
+def _demo_names(text: str) -> list[str]:
+    """As ``_names``, less those only ultralytics' trainer builds: refused before the demo trains the others."""
+    names = _names(text)
+    for name in names:
+        if base_optimizer_info(name).source == "ultralytics":
+            raise argparse.ArgumentTypeError(f"{name!r} is built by ultralytics' trainer only (compare it on an "
+                                             "ultralytics workload); the demo trains a plain MLP")
     return names
 
 
@@ -186,9 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="optarena", description=__doc__)
     commands = parser.add_subparsers(dest="command")
     demo = commands.add_parser("demo", help="train an MLP on scikit-learn's digits with several optimizers")
-    demo.add_argument("--optimizers", type=_names, default=["adamw", "lion"],
+    demo.add_argument("--optimizers", type=_demo_names, default=["adamw", "lion"],
                       help="comma-separated names (default: adamw,lion)")
-    demo.add_argument("--epochs", type=positive_int_arg(), default=30)
+    demo.add_argument("--epochs", type=positive_int_arg(), default=30,
+                      help="passes over the training split (default: 30)")
     demo.add_argument("--seed", type=_seed, default=0, help="weights, split and batch order (default: 0)")
     demo.set_defaults(func=_cmd_demo)
     listing = commands.add_parser("list", help="list the registered optimizers")
@@ -222,8 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
     workload.add_argument("--steps", type=positive_int_arg(), default=None,
                           help="Lightning and HF optimizer steps per run (default by budget: tiny 20, quick 300, "
                                "full 2000)")
-    compare.add_argument("--budget", choices=BUDGETS, default="quick")
-    compare.add_argument("--seeds", type=int, default=None, help="seeds per chosen setting (quick 3, full 5)")
+    compare.add_argument("--budget", choices=BUDGETS, default="quick",
+                         help="steps, lr grid and seeds per task (default: quick)")
+    compare.add_argument("--seeds", type=int, default=None,
+                         help="seeds per chosen setting (default by budget: "
+                              f"{', '.join(f'{b.name} {b.seeds}' for b in BUDGET_PRESETS.values())})")
     compare.add_argument("--batch-sizes", type=_ints, default=None,
                          help="comma-separated batch sizes for every task (default: each task's own)")
     compare.add_argument("--out", default="optarena-report", help="output folder (default: ./optarena-report)")
@@ -235,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: cores/workers)")
     compare.add_argument("--device", default="cpu", help="torch device for training (default: cpu)")
     compare.add_argument("--stale-after", type=float, default=600.0,
-                         help="seconds without a heartbeat after which another machine's running trial is re-run")
+                         help="seconds without a heartbeat after which another machine's running trial is re-run "
+                              "(default: 600; at least 60, twice the 30 s heartbeat)")
     compare.add_argument("--run-timeout", type=float, default=None, metavar="SECONDS",
                          help="stop a run after this long and record it as timed out (default: tiny 120, quick 600, "
                               "full 3600; 0: no limit)")
@@ -246,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.set_defaults(func=_cmd_compare)
 
     tasks = commands.add_parser("tasks", help="list the built-in tasks")
-    tasks.add_argument("--budget", choices=BUDGETS, default="quick")
+    tasks.add_argument("--budget", choices=BUDGETS, default="quick",
+                       help="the budget whose steps and batch sizes to list (default: quick)")
     tasks.set_defaults(func=_cmd_tasks)
 
     from . import speed
@@ -266,6 +282,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except ValueError as err:
         parser.exit(2, f"optarena: error: {err}\n")
+    except KeyboardInterrupt:  # Ctrl-C in demo or tasks (compare and speed say what they kept): no traceback
+        print("\noptarena: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -130,3 +130,36 @@ def test_demo_trains_a_lookahead_name_that_list_offers(capsys: pytest.CaptureFix
 def test_demo_refuses_a_seed_torch_cannot_take(capsys: pytest.CaptureFixture[str], seed: str) -> None:
     err = _refused(capsys, "demo", "--seed", seed)
     assert f"argument --seed: expected an integer from 0 to {2**63 - 2}, got {seed!r}" in err, err
+
+
+def test_ctrl_c_in_the_demo_exits_130_without_a_traceback(capsys: pytest.CaptureFixture[str],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from optarena import demo
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "run_demo", interrupted)
+    try:
+        code = main(["demo", "--epochs", "1"])
+    except KeyboardInterrupt:  # caught here: escaping, it would stop the whole test session
+        pytest.fail("Ctrl-C escaped optarena demo as a traceback")
+    assert code == 130
+    assert capsys.readouterr().err.strip() == "optarena: interrupted"
+
+
+def test_compare_help_states_the_defaults_it_applies(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """The defaults of --seeds (tiny had none in the help), --stale-after and --budget, as the config applies them."""
+    from optarena.arena.config import CompareConfig
+
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for budget in ("tiny", "quick", "full"):
+        seeds = CompareConfig(budget=budget, optimizers=("adamw",), tasks=("rosenbrock",), out=tmp_path).seeds
+        assert f"{budget} {seeds}" in text.split("seeds per chosen setting (default by budget:")[1].split(")")[0]
+    assert "(default: 600; at least 60, twice the 30 s heartbeat)" in text
+    assert CompareConfig(optimizers=("adamw",), tasks=("rosenbrock",), out=tmp_path).stale_after == 600
+    with pytest.raises(ValueError, match="at least 60"):
+        CompareConfig(optimizers=("adamw",), tasks=("rosenbrock",), out=tmp_path, stale_after=59.9)
+    assert "per task (default: quick)" in text

@@ -170,6 +170,42 @@ def test_candidates_that_fail_or_freeze_are_reported_with_the_reason() -> None:
                    rounds=1, device=torch.device("cpu"), log=lambda _: None)
 
 
+class _LastOnly(torch.optim.SGD):
+    """Moves only its last tensor, as a peer that skips some (a size threshold, one group) would."""
+
+    @torch.no_grad()
+    def step(self, closure: object = None) -> None:  # type: ignore[override]
+        p = self.param_groups[0]["params"][-1]
+        p.add_(p.grad, alpha=-0.1)
+
+
+def test_a_candidate_that_moves_only_some_tensors_is_not_timed() -> None:
+    """Its GB/s would count every tensor's bytes while it moved a tenth of them."""
+    cands = [Candidate("last only", "sgd", lambda ps: _LastOnly(ps, lr=0.1), 12.0, "test-peer"), _moves_after("sgd")]
+    results, missing = run_layout("tiny", _tiny_layout(), cands, steps=1, rounds=1, device=torch.device("cpu"),
+                                  log=lambda _: None)
+    assert [r.label for r in results] == ["sgd"]
+    assert [(m.label, m.reason) for m in missing] == [
+        ("last only", "its step left 2 of 3 parameter tensors unchanged")]
+
+
+def test_a_layout_where_every_candidate_is_refused_returns_them_all() -> None:
+    cands = [Candidate("frozen", "sgd", lambda ps: _Frozen(ps, lr=0.1), 12.0, "test-peer")]
+    results, missing = run_layout("tiny", _tiny_layout(), cands, steps=1, rounds=2, device=torch.device("cpu"),
+                                  log=lambda _: None)
+    assert results == [] and [m.reason for m in missing] == ["its step did not move the parameters"]
+
+
+def test_the_table_states_peak_memory_in_the_mib_it_holds() -> None:
+    from optarena.speed import Result
+
+    row = Result("tiny", "sgd", "test", 1.0, 1.0, 1.0, 4.0, peak_extra_mb=peak_extra_bytes(
+        lambda: torch.empty(2**18)) / 2**20, compile_s=0.0)  # 2**18 fp32 = 1 MiB
+    head, _, line = format_table([row]).splitlines()
+    assert "peak MiB" in head and "MB" not in head.replace("MiB", "")
+    assert line.split()[-2] == "1.0"
+
+
 def test_missing_peers_are_listed_with_the_reason_in_table_and_json(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     from optarena.speed import peers
@@ -256,6 +292,10 @@ def test_heavyball_peer_runs_real_steps() -> None:
     ("--paths", ",", "argument --paths: expected comma-separated names"),
     ("--paths", "loop,loop", "argument --paths: loop named twice"),
     ("--layouts", "", "argument --layouts: expected comma-separated names"),
+    ("--optimizers", "lion,muon", "argument --optimizers: muon: a torch.optim optimizer; optarena speed times "
+                                  "optarena's own (choose from "),
+    ("--optimizers", "adamw", "argument --optimizers: adamw: torch's AdamW is always timed, as the baseline"),
+    ("--json", "", "argument --json: expected a file path, got ''"),
     ("--device", "foo", "argument --device: expected cpu or cuda[:N], got 'foo'"),
     ("--device", "meta", "argument --device: expected cpu or cuda[:N], got 'meta'"),
 ])
@@ -270,7 +310,9 @@ def test_speed_refuses_bad_values_naming_the_flag(capsys: pytest.CaptureFixture[
 
 def test_speed_refuses_a_json_path_it_cannot_write_before_timing(tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    for path, says in ((tmp_path, "is a directory"), (tmp_path / "no" / "x.json", "does not exist")):
+    (tmp_path / "a-file").write_text("")
+    for path, says in ((tmp_path, "is a directory"), (tmp_path / "no" / "x.json", "does not exist"),
+                       (tmp_path / "a-file" / "x.json", f"its folder {tmp_path / 'a-file'} is a file, not a folder")):
         with pytest.raises(SystemExit) as info:
             main(["speed", "--quick", "--no-peers", "--json", str(path)])
         assert info.value.code == 2
@@ -280,7 +322,7 @@ def test_speed_refuses_a_json_path_it_cannot_write_before_timing(tmp_path: Path,
 
 
 def test_speed_json_keeps_finished_layouts_when_a_later_one_is_interrupted(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     from optarena.speed import cli
 
     out = tmp_path / "speed.json"
@@ -293,9 +335,17 @@ def test_speed_json_keeps_finished_layouts_when_a_later_one_is_interrupted(
         return real(layout, *args, **kwargs)
 
     monkeypatch.setattr(cli, "run_layout", interrupted_on_second)
-    with pytest.raises(KeyboardInterrupt):
-        main(["speed", "--quick", "--no-peers", "--optimizers", "lion", "--paths", "foreach", "--layouts",
-              "20x2K,200x64", "--rounds", "1", "--steps", "1", "--json", str(out)])
+    # Ctrl-C: exit 130 with the finished layouts' table and one line, not a traceback
+    try:
+        code = main(["speed", "--quick", "--no-peers", "--optimizers", "lion", "--paths", "foreach", "--layouts",
+                     "20x2K,200x64", "--rounds", "1", "--steps", "1", "--json", str(out)])
+    except KeyboardInterrupt:  # caught here: escaping, it would stop the whole test session
+        pytest.fail("Ctrl-C escaped optarena speed as a traceback")
+    assert code == 130
+    printed = capsys.readouterr()
+    assert printed.err.strip().splitlines()[-1] == f"optarena speed: interrupted; {out} keeps the finished layouts"
+    table = printed.out.split("compile s")[-1]
+    assert "20x2K     lion foreach" in table and "200x64" not in table
     data = json.loads(out.read_text())
     assert {r["layout"] for r in data["results"]} == {"20x2K"}
     assert all(r["bandwidth_pct"] > 0 for r in data["results"])

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -33,13 +34,24 @@ def candidates(optimizers: list[str], paths: list[str], peers: bool) -> tuple[li
     return own + found, skipped + missing
 
 
-def _csv(choices: tuple[str, ...] | list[str]) -> Callable[[str], list[str]]:
+def _not_timed(name: str) -> str:
+    """Why a registered optimizer is not among ``--optimizers``' choices ("unknown" would be wrong)."""
+    if name == "adamw":
+        return "adamw: torch's AdamW is always timed, as the baseline"
+    return f"{name}: a {get_optimizer_info(name).source} optimizer; optarena speed times optarena's own"
+
+
+def _csv(choices: tuple[str, ...] | list[str], registered: tuple[str, ...] = ()) -> Callable[[str], list[str]]:
     def parse(text: str) -> list[str]:
         names = [n.strip() for n in text.split(",") if n.strip()]
         if not names:  # an empty list would quietly mean the default, or time nothing but AdamW
             raise argparse.ArgumentTypeError(f"expected comma-separated names (choose from {', '.join(choices)}), "
                                              f"got {text!r}")
         bad = [n for n in names if n not in choices]
+        elsewhere = [n for n in bad if n in registered]
+        if elsewhere:
+            raise argparse.ArgumentTypeError(f"{'; '.join(map(_not_timed, elsewhere))} "
+                                             f"(choose from {', '.join(choices)})")
         if bad:
             raise argparse.ArgumentTypeError(f"unknown {', '.join(bad)} (choose from {', '.join(choices)})")
         repeated = sorted({n for n in names if names.count(n) > 1})
@@ -66,12 +78,15 @@ def _device(text: str) -> torch.device:
 
 def _json_path(text: str) -> str:
     """A file that can be written, checked before the run (which takes minutes) rather than after it."""
+    if not text.strip():  # abspath would make it the current folder, refused below as "a directory"
+        raise argparse.ArgumentTypeError(f"expected a file path, got {text!r}")
     path = os.path.abspath(text)
     folder = os.path.dirname(path)
     if os.path.isdir(path):
         raise argparse.ArgumentTypeError(f"{text!r} is a directory, not a file")
     if not os.path.isdir(folder):
-        raise argparse.ArgumentTypeError(f"{text!r}: its folder {folder} does not exist")
+        what = "is a file, not a folder" if os.path.exists(folder) else "does not exist"
+        raise argparse.ArgumentTypeError(f"{text!r}: its folder {folder} {what}")
     if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
         raise argparse.ArgumentTypeError(f"{text!r} cannot be written (permission denied)")
     return text
@@ -79,7 +94,7 @@ def _json_path(text: str) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     own = [n for n in list_optimizers("optarena") if get_optimizer_info(n).step_bytes is not None]
-    parser.add_argument("--optimizers", type=_csv(own), default=own,
+    parser.add_argument("--optimizers", type=_csv(own, tuple(list_optimizers())), default=own,
                         help="comma-separated optarena optimizers (default: all)")
     parser.add_argument("--paths", type=_csv(PATHS), default=list(DEFAULT_PATHS),
                         help=f"comma-separated paths (default: {','.join(DEFAULT_PATHS)}; 'compiled', "
@@ -107,24 +122,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     threads = torch.get_num_threads()
+    results: list[Result] = []
+    missing: list[Unavailable] = []
     try:
-        return _run(args)
+        return _run(args, results, missing)
+    except KeyboardInterrupt:  # Ctrl-C is how a long run is cut short: the finished layouts, not a traceback
+        if results:
+            print(format_table(results, missing))
+        kept = f"; {args.json} keeps the finished layouts" if args.json and results else ""
+        print(f"optarena speed: interrupted{kept}", file=sys.stderr)
+        return 130
     finally:
         torch.set_num_threads(threads)
         torch.set_flush_denormal(False)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, results: list[Result], missing: list[Unavailable]) -> int:
+    """The run; ``results`` and ``missing`` fill layout by layout, so that an interrupted run can show them."""
     torch.set_flush_denormal(True)  # AdamW's moments drift into subnormals; that would time the FPU, not the step
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     default = QUICK_LAYOUTS if args.quick else LAYOUTS
     layouts = args.layouts or list(default)
     fixed = {**LAYOUTS, **QUICK_LAYOUTS}
-    shapes = {name: fixed[name] if name in fixed else MODEL_LAYOUTS[name]() for name in layouts}
+    try:  # before anything is timed; main() reports a ValueError as a bad argument (exit 2)
+        shapes = {name: fixed[name] if name in fixed else MODEL_LAYOUTS[name]() for name in layouts}
+    except ImportError as exc:
+        raise ValueError(f"Invalid --layouts: {','.join(layouts)!r} ({exc})") from None
     steps = args.steps or (2 if args.quick else 3)
     rounds = args.rounds or (2 if args.quick else 5)
     device = torch.device(args.device)
-    cands, missing = candidates(args.optimizers, args.paths, peers=not args.no_peers)
+    cands, skipped = candidates(args.optimizers, args.paths, peers=not args.no_peers)
+    missing.extend(skipped)
 
     def log(msg: str) -> None:
         print(msg, flush=True)
@@ -136,15 +164,14 @@ def _run(args: argparse.Namespace) -> int:
     log(f"{torch.get_num_threads()} threads; torch {torch.__version__}; {device}")
     for m in missing:
         log(f"  not run {m.label}: {m.reason}")
-    results: list[Result] = []
     meta = dict(threads=torch.get_num_threads(), torch=torch.__version__, device=str(device),
                 machine=platform.machine(), processor=cpu_description(), cpu_count=os.cpu_count(), steps=steps,
                 rounds=rounds, layouts={k: [list(s) for s in v[:1]] + [len(v)] for k, v in shapes.items()})
     for layout in layouts:
         timed, failed = run_layout(layout, shapes[layout], cands, steps=steps, rounds=rounds, device=device, log=log)
-        results.extend(timed)
-        missing.extend(failed)
         bandwidths.append(measure_bandwidth(buffer_numel, device=device))
+        results.extend(timed)  # after the reading its share needs, so that an interrupted run shows none as 0 %
+        missing.extend(failed)
         _share_of_bandwidth(results, max(bandwidths))
         if args.json:  # after each layout: a run stopped later keeps the layouts it finished
             _write_json(args.json, meta, bandwidths, results, missing)

@@ -21,8 +21,8 @@ def yolov8n_shapes() -> list[tuple[int, ...]]:
     os.environ.setdefault("YOLO_OFFLINE", "1")
     try:
         from ultralytics.nn.tasks import DetectionModel
-    except ImportError as exc:
-        raise SystemExit(f"the yolov8n layout needs ultralytics ({exc}); pip install ultralytics") from exc
+    except ImportError as exc:  # ImportError, not SystemExit: a caller may go on without it
+        raise ImportError(f"the yolov8n layout needs ultralytics ({exc}); pip install ultralytics") from exc
     model = DetectionModel("yolov8n.yaml", nc=80, verbose=False)
     return [tuple(p.shape) for p in model.parameters() if p.requires_grad]  # the DFL layer's weight is frozen
 
