@@ -183,6 +183,7 @@ class MuonAdamW(Optimizer):
         self.state = _JointState(self)  # type: ignore[assignment]
 
     def _check_defaults(self, d: dict[str, Any]) -> None:
+        check_number("lr", d["lr"])  # first: adamw_lr defaults to it, and a bad lr was reported as adamw_lr's
         check_number("adamw_lr", d["adamw_lr"])
         check_number("muon_eps", d["muon_eps"], low_open=True)  # by its argument's name; a group calls it eps
         for use_muon in (True, False):
@@ -269,6 +270,8 @@ class MuonAdamW(Optimizer):
         for key in ("lr", "weight_decay"):
             check_number(key, group[key])
         check_number("eps", group["eps"], low_open=True)
+        if group.get("maximize", False) is not False:  # torch's Muon has none: only the AdamW half maximised
+            raise ValueError(f"Invalid maximize: {group['maximize']!r} (torch's Muon has none; negate the loss)")
         if group[MUON_KEY]:  # betas[0] mirrors momentum (synced before this check), betas[1] unused
             check_number("momentum", group["momentum"], high=1.0, high_open=True)
             check_choice("nesterov", group["nesterov"], (True, False))

@@ -3,13 +3,14 @@ torch.optim's conventions checked; stand-ins that name the install command where
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch.optim import Optimizer
 
-from ..validation import check_betas, check_group_now, check_number
+from ..validation import check_betas, check_choice, check_group_now, check_number
 from .checkpoint import check_param_count, check_saved_form
 
 SCHEDULEFREE_REQUIREMENT = "schedulefree==1.4.1"
@@ -27,7 +28,10 @@ class _CheckedScheduleFree(Optimizer):
     """What the schedulefree package's optimizers lack of torch.optim's conventions (they check lr and weight decay
     at construction only): each group's values checked when added and before each step, a step in eval() mode
     refused with the fix, and ``load_state_dict`` refusing another optimizer's or model's state (AdamW's loaded
-    silently, then the step failed with ``KeyError: 'train_mode'``)."""
+    silently, then the step failed with ``KeyError: 'train_mode'``). Also: ``p.grad`` left as backward left it (the
+    package's step divides and decays it in place; the step works on a copy, one gradient's size for the step's
+    duration), ``maximize`` refused (the package ignores it), a group added mid-run in the others' train()/eval()
+    mode, and one warning when a scheduler decays the lr (the method is built for warm-up, then a constant lr)."""
 
     #: The package's class this one checks; :func:`~optarena.info.info_for` finds the entry from it too.
     adapts: type
@@ -46,6 +50,10 @@ class _CheckedScheduleFree(Optimizer):
         if isinstance(group["warmup_steps"], bool) or not isinstance(group["warmup_steps"], int) \
                 or group["warmup_steps"] < 0:
             raise ValueError(f"Invalid warmup_steps: {group['warmup_steps']!r} (an integer >= 0)")
+        check_choice("foreach", group.get("foreach"), (True, False, None))  # the package took any value as a bool
+        if group.get("maximize", False) is not False:  # the package's step ignores it: it minimised silently
+            raise ValueError(f"Invalid maximize: {group['maximize']!r} ({type(self).__name__} has no maximize; "
+                             "minimise the negated objective)")
 
     def _checked(self, where: str, group: Mapping[str, Any], index: int) -> None:
         try:
@@ -54,6 +62,10 @@ class _CheckedScheduleFree(Optimizer):
             raise ValueError(f"{type(self).__name__}.{where}: param group {index}: {err}") from None
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if self.param_groups and "train_mode" not in param_group:
+            # a group added mid-run (layers unfrozen) joins the others' mode: its parameters have no z yet, so they
+            # are y and x at once; in the defaults' eval() mode its first step was refused after train()
+            param_group = {**param_group, "train_mode": self.param_groups[0]["train_mode"]}
         super().add_param_group(param_group)
         try:
             self._checked("add_param_group", self.param_groups[-1], len(self.param_groups) - 1)
@@ -68,12 +80,48 @@ class _CheckedScheduleFree(Optimizer):
                                    "hold the average x); call optimizer.train() before training steps and "
                                    "optimizer.eval() before evaluating or saving (optarena.set_optimizer_mode)")
             check_group_now(self, group, self._check_group, "step")
+        self._warn_if_decaying()
+        loss = None
+        if closure is not None:  # here, not in the package's step, so that the copies below hold its gradients
+            with torch.enable_grad():
+                loss = closure()
+        # the package's step changes p.grad in place (AdamW divides it by its denominator and adds the decay, SGD
+        # adds the decay): it steps on copies, so the caller's gradients stay as backward left them
+        given = [(p, p.grad) for group in self.param_groups if self._changes_grads(group)
+                 for p in group["params"] if p.grad is not None]
+        for p, grad in given:
+            p.grad = grad.clone()
         # the package's own step, not torch's hook-running wrapper of it, which torch puts on the package's class
         # once a plain instance exists: this class's step is wrapped already (hooks ran twice)
         package_step = self.adapts.step
         if getattr(package_step, "hooked", False):  # torch's mark of its wrapper
             package_step = package_step.__wrapped__
-        return package_step(self, closure)
+        try:
+            package_step(self, None)
+        finally:
+            for p, grad in given:
+                p.grad = grad
+        return loss
+
+    def _changes_grads(self, group: Mapping[str, Any]) -> bool:
+        return True
+
+    def _warn_if_decaying(self) -> None:
+        """Warn once when a group's lr falls below the peak it reached: schedule-free's averaging stands in for the
+        decay, and the package and the paper assume warm-up then a constant lr (an LR scheduler that decays, or
+        ReduceLROnPlateau, still runs, with results the method was not designed for)."""
+        if self.__dict__.get("_warned_decay"):
+            return
+        for index, group in enumerate(self.param_groups):
+            k, warmup = group["k"], group["warmup_steps"]
+            lr = float(group["lr"]) * ((k + 1) / warmup if k < warmup else 1.0)  # what the package's step will use
+            if lr < group["lr_max"] * (1 - 1e-6):  # not a chained scheduler's rounding at the end of its warm-up
+                self._warned_decay = True
+                warnings.warn(f"{type(self).__name__}: param group {index}'s lr fell from its peak "
+                              f"{group['lr_max']:.6g} to {lr:.6g}; schedule-free optimizers are built for a "
+                              "constant lr after warm-up (their averaging replaces the decay): use warm-up then "
+                              "constant (warmup_steps= or an LR scheduler that never decays)", stacklevel=3)
+                return
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         where = f"{type(self).__name__}.load_state_dict"
@@ -109,5 +157,8 @@ try:
     class SGDScheduleFree(_CheckedScheduleFree, schedulefree.SGDScheduleFree):
         adapts, state_keys = schedulefree.SGDScheduleFree, frozenset({"z"})
         group_keys = _CheckedScheduleFree.group_keys | {"momentum"}
+
+        def _changes_grads(self, group: Mapping[str, Any]) -> bool:
+            return group["weight_decay"] != 0  # SGD's step adds the decay to p.grad, and does nothing else to it
 except ImportError:
     AdamWScheduleFree, SGDScheduleFree = _missing("schedulefree_adamw"), _missing("schedulefree_sgd")
