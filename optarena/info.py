@@ -118,6 +118,11 @@ def get_optimizer_info(name: str) -> OptimizerInfo:
     """The registry entry for ``name`` (case-insensitive); an unknown name lists the known ones."""
     key = name.lower() if isinstance(name, str) else name
     if key not in _REGISTRY:
+        if isinstance(key, str) and key.removeprefix(LOOKAHEAD_PREFIX) in _REGISTRY:  # said "Unknown optimizer"
+            raise ValueError(f"Invalid optimizer: {name!r} here: the {LOOKAHEAD_PREFIX!r} prefix is "
+                             "optarena.create_optimizer's (it wraps the optimizer in Lookahead); name "
+                             f"{key.removeprefix(LOOKAHEAD_PREFIX)!r} and wrap it in optarena.Lookahead, or build it "
+                             "with create_optimizer (the integrations' builders take lookahead=True)")
         close = difflib.get_close_matches(str(key), list(_REGISTRY), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ValueError(f"Unknown optimizer {name!r}.{hint} Known optimizers: {', '.join(list_optimizers())}")

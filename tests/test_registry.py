@@ -118,6 +118,18 @@ def test_unknown_name_lists_the_known_ones_and_the_closest_match() -> None:
         optarena.create_optimizer(Net(), "lino")
 
 
+def test_the_lookahead_prefix_outside_create_optimizer_says_where_it_works() -> None:
+    # it said "Unknown optimizer 'lookahead_lion'" where a name is looked up alone (the HF Trainer's and ZeRO's
+    # builders), beside a create_optimizer that takes it
+    from optarena.integrations.distributed import zero_redundancy_optimizer
+
+    for build in (optarena.get_optimizer_info, lambda name: zero_redundancy_optimizer(Net(), name)):
+        with pytest.raises(ValueError, match=r"Invalid optimizer: 'Lookahead_Lion' here: the 'lookahead_' prefix is "
+                                             r"optarena.create_optimizer's .* name 'lion' and wrap it"):
+            build("Lookahead_Lion")
+    assert isinstance(optarena.create_optimizer(Net(), "lookahead_lion"), optarena.Lookahead)
+
+
 def test_registering_a_new_optimizer() -> None:
     info = optarena.OptimizerInfo("my_sgd", torch.optim.SGD, 0.05, has_momentum=True, source="test")
     optarena.register_optimizer(info)

@@ -30,6 +30,8 @@ def nonzero_rows(x: Tensor) -> Tensor:
     ``x.any(dim=1)``, with no full-size temporary."""
     if x.shape[1] == 0:
         return torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    if x.is_complex():  # amax/amin have no complex kernels (a bare NotImplementedError); torch's bases take complex
+        x = torch.view_as_real(x).flatten(1)
     return x.amax(dim=1).ne(0).logical_or_(x.amin(dim=1).ne(0))
 
 
@@ -163,7 +165,9 @@ class Lazy(OptimizerWrapper):
         if state:
             shadow.state[param_rows] = {k: v.index_select(0, rows) if k in per_element else v
                                         for k, v in state.items()}
-        shadow.step()
+        # the class's step under torch's hook wrapper: global step hooks (register_optimizer_step_post_hook) saw
+        # every shadow as one more optimizer step, of an optimizer the user never made
+        getattr(type(shadow).step, "__wrapped__", type(shadow).step)(shadow)
         param_rows.grad = None
         new_state = shadow.state.get(param_rows, {})
         if new_state and not state:

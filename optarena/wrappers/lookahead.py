@@ -31,11 +31,14 @@ class Lookahead(OptimizerWrapper):
     """Lookahead: the base optimizer explores k steps ahead with fast weights θ, then slow weights φ move part of
     the way towards them and the fast weights restart from there::
 
-        φ ← θ₀ (at construction)
+        φ ← θ₀ (the weights the first step starts from)
         every k-th inner step:  φ ← φ + α·(θ − φ);  θ ← φ
 
     Every parameter syncs, including those without a gradient (they belong to the model). φ is captured when a
-    parameter becomes known (construction or ``add_param_group``), so the first cycle already pulls back. φ is kept
+    parameter becomes known (construction or ``add_param_group``), so the first cycle already pulls back, and taken
+    again at the next ``step()`` (also by ``state_dict()`` and ``slow_weights()`` before it): weights loaded into the
+    model after the optimizer was built (``model.load_state_dict(pretrained)``, fine with torch.optim) are θ₀, not
+    the ones they replaced. A checkpoint's φ is kept as loaded. φ is kept
     in fp32 for bf16/fp16 parameters (the small per-cycle moves would round away otherwise), else in the param's
     dtype. φ (``state[p]["slow"]``), the inner-step counter and the settings (``k``, ``alpha``, ``pullback``) are
     in the ``state_dict``; as torch.optim's hyper-parameters in ``param_groups``, loading restores the saved settings
@@ -80,6 +83,8 @@ class Lookahead(OptimizerWrapper):
         self.pullback = pullback
         #: Inner steps since the last sync (0 ≤ inner_steps < k between calls).
         self.inner_steps = 0
+        #: Parameters whose φ was captured but not yet stepped (not saved: a checkpoint's φ is kept as saved).
+        self._unstepped: set[Tensor] = set()
         refuse_schedule_free("Lookahead", base)
         super().__init__(base)
 
@@ -91,10 +96,22 @@ class Lookahead(OptimizerWrapper):
     def _init_param_state(self, p: Tensor) -> None:
         state = self.state[p]
         state["slow"] = p.detach().to(dtype=math_dtype(p), copy=True)
+        state.pop("slow_momentum", None)  # taken again below, or zeros (absent) as for a fresh parameter
         if self.pullback == "pullback":
             base_state, key = self._momentum(p)
             if key is not None:
                 state["slow_momentum"] = quant.decoded_entry(base_state, key).clone()
+        self._unstepped.add(p)
+
+    def _recapture_unstepped(self) -> None:
+        """φ ← θ again for the parameters not stepped yet: between construction and the first step, θ may have been
+        replaced (pretrained weights loaded), and φ captured at construction pulled them back towards the old ones."""
+        for p in list(self._unstepped):
+            self._init_param_state(p)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("_unstepped", set())  # a pickle made before it existed: its φ stays as it was
 
     def _adopt_new_params(self) -> None:
         """Capture φ for parameters added to the base directly (``lookahead.base.add_param_group``), which the
@@ -106,13 +123,21 @@ class Lookahead(OptimizerWrapper):
 
     def _load_extra_state(self, extra: dict[str, Any]) -> None:
         super()._load_extra_state(extra)
+        self._unstepped.clear()  # the checkpoint's φ is kept; only parameters it lacks are captured anew
         self._adopt_new_params()
+
+    def state_dict(self) -> dict[str, Any]:
+        self._recapture_unstepped()  # a checkpoint saved before the first step holds the θ₀ that step would take
+        return super().state_dict()
 
     # -- the algorithm --------------------------------------------------------------------------------------------
     @eager_under_compile
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One inner step of the base; every k-th one is followed by the slow-weight sync."""
         self._adopt_new_params()
+        if self._unstepped:
+            self._recapture_unstepped()
+            self._unstepped.clear()
         loss = self._base_step(closure)
         if not self.did_update:  # e.g. GradientAccumulation between updates: not an inner step
             return loss
@@ -166,6 +191,7 @@ class Lookahead(OptimizerWrapper):
         """Temporarily put the slow weights φ into the model's parameters (e.g. for evaluation); the fast weights
         are restored on exit, also when the block raises. Do not step the optimizer inside the block."""
         self._adopt_new_params()
+        self._recapture_unstepped()
         params = self._params()
         with torch.no_grad():
             fast = [p.detach().clone() for p in params]
