@@ -159,7 +159,7 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
     for name in [*BUILTIN_TASKS, *WORKLOAD_TASKS]:
         task = load_task(name, args.budget)
         target = "–" if task.target is None else f"{task.target:g}"
-        sizes = ",".join(map(str, task.all_batch_sizes))
+        sizes = ",".join(map(str, task.all_batch_sizes)) if task.batched else "–"
         print(f"{name:<16} {task.metric:<14} {target:>8} {task.steps:>6} {sizes:>6}  {task.description}")
     print("\nA user task: --task package.module:function (or path/to/file.py:function) returning optarena.arena.Task;"
           "\na workload: --task ultralytics:MODEL.yaml:DATA.yaml, lightning:pkg.module:Module[:DataModule], "

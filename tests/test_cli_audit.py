@@ -55,3 +55,11 @@ def test_demo_refuses_musgd_before_training_the_others(capsys: pytest.CaptureFix
     printed = capsys.readouterr()
     assert printed.out == ""  # nothing trained
     assert "argument --optimizers: 'musgd' is built by ultralytics' trainer only" in printed.err, printed.err
+
+
+def test_tasks_lists_no_batch_size_for_the_surfaces(capsys: pytest.CaptureFixture[str]) -> None:
+    # the 2-D surfaces printed batch 1, where the README's table and the report say they have no data to batch
+    assert main(["tasks", "--budget", "tiny"]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert rows["rosenbrock"][4] == rows["rastrigin"][4] == "–"
+    assert rows["digits_mlp"][4] == "64" and rows["noisy_quadratic"][4] == "16,64,256"

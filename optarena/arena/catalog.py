@@ -95,17 +95,31 @@ def _exception_line(err: BaseException) -> str:
 def _call_factory(spec: str, factory: Callable[..., Task], budget: str) -> Any:
     """The factory's task; its failures (a factory that needs arguments, a Task built wrong) named as the spec's."""
     try:
-        parameters = inspect.signature(factory).parameters
+        signature: inspect.Signature | None = inspect.signature(factory)
     except (TypeError, ValueError):  # a builtin without a signature: call it as it is
-        parameters = {}
+        signature = None
+    kwargs = {"budget": budget} if signature is not None and "budget" in signature.parameters else {}
     try:
-        return factory(budget=budget) if "budget" in parameters else factory()
+        return factory(**kwargs)
     except ValueError:  # the Task's own checks name the field ("Invalid steps of task 'x': 0")
         raise
     except Exception as err:
+        # the hint only where the call's arguments were the trouble: a TypeError from inside the function (a Task
+        # given loss=None, say) is about something else
         hint = ("; a task function takes no arguments, or only budget, and returns optarena.arena.Task"
-                if isinstance(err, TypeError) else "")
+                if isinstance(err, TypeError) and not _binds(signature, kwargs) else "")
         raise ValueError(f"Invalid task: {spec!r} (calling it failed: {_exception_line(err)}{hint})") from err
+
+
+def _binds(signature: inspect.Signature | None, kwargs: dict[str, Any]) -> bool:
+    """Whether a function of ``signature`` can be called with ``kwargs`` (unknown: no)."""
+    if signature is None:
+        return False
+    try:
+        signature.bind(**kwargs)
+    except TypeError:
+        return False
+    return True
 
 
 @contextlib.contextmanager

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,6 +63,17 @@ class CompareConfig:
     def __post_init__(self) -> None:
         if self.budget not in BUDGETS:
             raise ValueError(f"Invalid budget: {self.budget!r} (expected one of {', '.join(BUDGETS)})")
+        # a string would be read letter by letter ("Unknown optimizer 'a'"); a Task object cannot reach the worker
+        # processes, which load every task anew from its spec
+        for what, expected in (("optimizers", "a tuple of names, e.g. ('adamw', 'lion')"),
+                               ("tasks", "a tuple of specs, e.g. ('digits_mlp', 'my_tasks:make_task'): a task of "
+                                         "your own by its 'module:function', which every worker process loads")):
+            values = getattr(self, what)
+            if not isinstance(values, (str, bytes)) and isinstance(values, Iterable):
+                values = tuple(values)  # a generator is read once
+            if not isinstance(values, tuple) or not all(isinstance(v, str) for v in values):
+                raise TypeError(f"Invalid {what}: {values!r} ({expected})")
+            setattr(self, what, values)
         names = tuple(self.optimizers) or DEFAULT_OPTIMIZERS[self.budget]
         for name in names:
             base_optimizer_info(name)  # ValueError naming the unknown one
@@ -87,6 +98,10 @@ class CompareConfig:
             if self.threads > MAX_THREADS:
                 raise ValueError(f"Invalid threads: {self.threads!r} (at most {MAX_THREADS} torch threads per worker)")
         if self.batch_sizes is not None:
+            if isinstance(self.batch_sizes, (str, bytes)) or not isinstance(self.batch_sizes, Iterable):
+                raise TypeError(f"Invalid batch_sizes: {self.batch_sizes!r} (a tuple of positive integers, e.g. "
+                                "(16, 64))")
+            self.batch_sizes = tuple(self.batch_sizes)
             if not self.batch_sizes:
                 raise ValueError(f"Invalid batch_sizes: {self.batch_sizes!r} (positive integers)")
             for size in self.batch_sizes:
@@ -117,15 +132,25 @@ class CompareConfig:
         return self.threads or max(1, (os.cpu_count() or 1) // self.workers)
 
     def load_tasks(self) -> dict[str, Task]:
-        """The tasks by spec (loaded once per process)."""
-        return load_tasks(self.tasks, self.budget)
+        """The tasks by spec (loaded once per process); ``batch_sizes`` refused where no task is batched."""
+        tasks = load_tasks(self.tasks, self.budget)
+        if self.batch_sizes and not any(t.batched for t in tasks.values()):
+            # it would change nothing: refused as --epochs is where no workload takes it
+            raise ValueError(f"Invalid --batch-sizes: {','.join(map(str, self.batch_sizes))!r} (no task compared "
+                             f"here has data to batch: {', '.join(t.name for t in tasks.values())}; leave "
+                             "--batch-sizes out)")
+        return tasks
 
     def open_storage(self) -> ArenaStorage:
         return ArenaStorage(self.storage, stale_after=self.stale_after, invocation=self.invocation,
                             started=self.started)
 
     def batch_sizes_for(self, task: Task) -> tuple[int, ...]:
-        return tuple(sorted(set(self.batch_sizes))) if self.batch_sizes else task.all_batch_sizes
+        """``batch_sizes``, or the task's own; a task without data (``batched=False``) runs at its own only, and one
+        with fewer training examples than a batch size runs that size as its full batch (``train_examples``)."""
+        if not (self.batch_sizes and task.batched):
+            return task.all_batch_sizes
+        return tuple(sorted({min(size, task.train_examples or size) for size in self.batch_sizes}))
 
     def default_batch_size(self, task: Task) -> int:
         """The batch size a task's headline results use: its own default, or the closest swept one."""

@@ -21,6 +21,7 @@ from .plan import BUDGET_PRESETS, point_key
 from .plots import make_plots
 from .results import METRIC_FORMAT, CellSummary, ResultSet
 from .storage import FAILURES
+from .task import Task
 from .verdict import TAU_MAX, Verdict, compute_verdict
 
 __all__ = ["md_escape", "print_summary", "write_atomically", "write_report"]
@@ -83,7 +84,7 @@ def summary_table(results: ResultSet) -> Table:
         task = results.task(cell)
         lr = _num(s.plan.chosen_lr, ".3g") + (" (edge)" if s.plan.at_edge else "") + (
             f", wd {s.plan.chosen_wd:.3g}" if s.plan.chosen_wd is not None else "")
-        rows.append([task.name, str(cell.batch_size), cell.optimizer, lr, _metric(s), str(s.runs),
+        rows.append([task.name, _batch(task, cell.batch_size), cell.optimizer, lr, _metric(s), str(s.runs),
                      f"{s.diverged}/{s.runs} (tuning {s.tuning_diverged})",
                      f"{s.reached}/{s.runs}" if task.target is not None else "no target",
                      _num(s.steps_to_target, ".0f"), _num(s.seconds_to_target, ".2f"), _num(s.opt_step_ms, ".3f"),
@@ -130,12 +131,17 @@ SCORING = ("Score: the AlgoPerf performance-profile score, the area under ρ(τ)
            "grid). Memory: medians over tasks.")
 
 
+def _batch(task: Task, batch_size: int) -> str:
+    """A batch size as printed: "–" for a task without data to batch (the 2-D surfaces)."""
+    return str(batch_size) if task.batched else "–"
+
+
 def tasks_table(results: ResultSet) -> Table:
     rows = []
     for task in results.tasks.values():
         direction = "higher" if task.higher_is_better else "lower"
         rows.append([task.name, f"{task.metric} ({direction} is better)", _num(task.target), str(task.steps),
-                     ", ".join(map(str, results.config.batch_sizes_for(task))), task.description])
+                     ", ".join(_batch(task, b) for b in results.config.batch_sizes_for(task)), task.description])
     return Table(["task", "metric", "target", "steps", "batch sizes", "what it probes"], rows)
 
 
@@ -309,8 +315,9 @@ def terminal_summary(results: ResultSet, paths: dict[str, Path], *, wall_seconds
                 rows.append([optimizer, lr, metric, f"{s.reached}/{s.runs}" if task.target is not None else "–",
                              _num(s.steps_to_target, ".0f")])
             direction = "higher" if task.higher_is_better else "lower"
-            lines += ["", *wrap(f"{task.name}, batch {batch}: {task.metric} ({direction} is better), median [min, "
-                                f"max] over seeds; * chosen lr on the grid's edge")]
+            batched = f", batch {batch}" if task.batched else ""
+            lines += ["", *wrap(f"{task.name}{batched}: {task.metric} ({direction} is better), median [min, max] over "
+                                f"seeds; * chosen lr on the grid's edge")]
             lines += _fit(["optimizer", "lr", "metric", "reached", "steps"], rows)
     lines += ["", "Published claims on this workload:"]
     for claim in claims if claims is not None else evaluate_claims(results):

@@ -32,7 +32,7 @@ from torch.optim import Optimizer
 
 from ..registry import create_optimizer, set_optimizer_mode, state_bytes
 from .optimizer_setup import arena_weight_decay, lr_multiplier, run_length_kwargs, ultralytics_only
-from .task import Task
+from .task import Task, check_loss, checked_model, metric_value
 
 DIVERGENCE_FACTOR = 10.0
 """A run whose smoothed training loss exceeds this multiple of its first loss has blown up."""
@@ -218,7 +218,7 @@ def _evaluate(task: Task, model: nn.Module, optimizer: Optimizer | None = None) 
     if optimizer is not None:
         set_optimizer_mode(optimizer, False)  # schedule-free: evaluate at x, the average, not the training point y
     with torch.no_grad():
-        value = float(task.evaluate(model))
+        value = metric_value(task, task.evaluate(model))
     model.train()
     if optimizer is not None:
         set_optimizer_mode(optimizer, True)
@@ -288,7 +288,7 @@ def train_once(task: Task, optimizer_name: str, lr: float, seed: int, batch_size
     ultralytics_only(optimizer_name)
     memory = _PeakMemory(device, optimizer_name)
     seed_everything(seed)
-    model = task.make_model().to(device)
+    model = checked_model(task, task.make_model()).to(device)
     init_digest = weights_digest(model)
     batches = iter(task.make_batches(torch.Generator().manual_seed(seed), batch_size))
     decay = task.weight_decay if weight_decay is None else weight_decay
@@ -323,6 +323,8 @@ def train_once(task: Task, optimizer_name: str, lr: float, seed: int, batch_size
                                f"{task.name!r}: its iterator must be endless or at least steps long)") from None
         start = time.perf_counter()
         loss = task.loss(model, batch)
+        if step == 1:
+            check_loss(task, loss)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         finite_grads = _grads_finite(model)

@@ -9,7 +9,8 @@ same batches in the same order.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,25 @@ from ..validation import check_number, check_positive_int
 
 BUDGETS = ("tiny", "quick", "full")
 """``tiny`` exists for tests and smoke runs; ``quick`` is the default suite; ``full`` is the longer one."""
+
+#: Words of a metric's name that say its direction beyond doubt (what it is named after, not what it is computed
+#: from), and words that turn a name around (``neg_loss``, ``accuracy_drop``): then no direction is read.
+HIGHER_IS_BETTER_WORDS = frozenset({"accuracy", "acc", "auc", "auroc", "f1", "map", "bleu", "rouge", "precision",
+                                   "recall", "iou", "psnr", "ssim"})
+LOWER_IS_BETTER_WORDS = frozenset({"loss", "error", "err", "mse", "mae", "rmse", "nll", "perplexity", "ppl", "wer",
+                                  "cer"})
+_TURNING_WORDS = frozenset({"neg", "negative", "minus", "inv", "drop", "gap", "delta", "diff", "change", "reduction"})
+
+
+def metric_direction(metric: str) -> bool | None:
+    """Whether ``metric``'s name says higher is better (True), lower (False), or neither clearly (None):
+    ``val_accuracy``, ``mAP50-95`` and ``top1_acc`` are higher-is-better; ``val_loss``, ``val_mse`` lower."""
+    words = set(re.findall(r"[a-z0-9]+", metric.lower()))
+    words |= {w.rstrip("0123456789") for w in words}  # map50 → map, top1 → top
+    if words & _TURNING_WORDS:
+        return None
+    higher, lower = bool(words & HIGHER_IS_BETTER_WORDS), bool(words & LOWER_IS_BETTER_WORDS)
+    return higher if higher != lower else None
 
 
 @dataclass
@@ -36,11 +56,16 @@ class Task:
         loss: ``(model, batch) -> scalar tensor`` for one training step.
         evaluate: ``model -> float``, the validation metric (called under ``torch.no_grad()`` in eval mode).
         metric: the metric's name, e.g. ``"val_accuracy"``.
-        higher_is_better: direction of ``metric``.
+        higher_is_better: direction of ``metric``; a name that says its direction (``val_accuracy``, ``val_loss``:
+            see :func:`metric_direction`) must agree, or the lr of the worst result would be chosen.
         target: the metric value that counts as "solved", for steps- and seconds-to-target (``None``: none).
         steps: optimizer steps per run.
         batch_size: default batch size.
         batch_sizes: extra batch sizes to sweep (the batch-size claims); empty for none.
+        batched: ``False`` where the batch size changes nothing (no data: the 2-D test functions' batches are
+            dummies); such a task runs once, at ``batch_size``, whatever ``--batch-sizes`` says.
+        train_examples: how many training examples ``make_batches`` draws from, where they are finite: a larger
+            batch is all of them, so ``--batch-sizes`` stops there (``None``: data drawn without end).
         weight_decay: decoupled weight decay at AdamW scale; other optimizers get their published translation.
         eval_every: evaluate this often (default: about 20 points per run).
         surface: for 2-D problems, ``(x, y) -> z`` on tensors, drawn under the optimizer trajectories.
@@ -68,6 +93,11 @@ class Task:
     steps: int = 200
     batch_size: int = 64
     batch_sizes: tuple[int, ...] = ()
+    #: False for a task without data: a sweep over batch sizes would repeat one run (and "batch 16" would be shown
+    #: for a run that has no batches), so ``CompareConfig.batch_sizes_for`` passes it by.
+    batched: bool = True
+    #: A batch above it would repeat the full-batch run under another label ("batch 1024" on 480 examples).
+    train_examples: int | None = None
     weight_decay: float = 0.0
     eval_every: int | None = None
     surface: Callable[[Tensor, Tensor], Tensor] | None = None
@@ -92,8 +122,35 @@ class Task:
             if not callable(getattr(self, attr)):
                 raise TypeError(f"Task {self.name!r}: {attr} must be callable, got {getattr(self, attr)!r}")
         check_positive_int(f"steps of task {self.name!r}", self.steps)
+        # ValueErrors all (a loader names them as the task's): higher_is_better="False" is truthy and would rank
+        # every run the wrong way round; metric=None would label the report with nothing
+        if not isinstance(self.metric, str) or not self.metric.strip():
+            raise ValueError(f"Invalid metric of task {self.name!r}: {self.metric!r} (a non-empty name, e.g. "
+                             "'val_accuracy')")
+        for flag in ("higher_is_better", "batched"):
+            value = getattr(self, flag)
+            if type(value).__name__ not in ("bool", "bool_"):  # NumPy's bool (from a config, say) is one too
+                raise ValueError(f"Invalid {flag} of task {self.name!r}: {value!r} (True or False)")
+            setattr(self, flag, bool(value))
+        named = metric_direction(self.metric)
+        if named is not None and named != self.higher_is_better:  # the lr would be chosen for the worst result
+            raise ValueError(f"Invalid higher_is_better of task {self.name!r}: {self.higher_is_better} for metric "
+                             f"{self.metric!r}, whose name says {'higher' if named else 'lower'} is better (set "
+                             f"higher_is_better={named}; --higher-is-better on a workload)")
+        if isinstance(self.batch_sizes, (str, bytes)) or not isinstance(self.batch_sizes, Iterable):
+            raise ValueError(f"Invalid batch_sizes of task {self.name!r}: {self.batch_sizes!r} (a tuple of positive "
+                             "integers, e.g. (16, 64, 256); () for none)")
+        self.batch_sizes = tuple(self.batch_sizes)
+        if self.train_examples is not None:
+            check_positive_int(f"train_examples of task {self.name!r}", self.train_examples)
         for bs in (self.batch_size, *self.batch_sizes):
             check_positive_int(f"batch size of task {self.name!r}", bs)
+            if self.train_examples is not None and bs > self.train_examples:
+                raise ValueError(f"Invalid batch size of task {self.name!r}: {bs!r} (more than its "
+                                 f"{self.train_examples} training examples)")
+        if not self.batched and self.batch_sizes:
+            raise ValueError(f"Invalid batch_sizes of task {self.name!r}: {self.batch_sizes!r} (the task is not "
+                             "batched: every batch size would repeat one run)")
         if self.eval_every is None:
             self.eval_every = max(1, self.steps // 20)
         check_positive_int(f"eval_every of task {self.name!r}", self.eval_every)
@@ -104,3 +161,29 @@ class Task:
     @property
     def all_batch_sizes(self) -> tuple[int, ...]:
         return tuple(sorted({self.batch_size, *self.batch_sizes}))
+
+
+# What a task's own functions return, checked where the run first uses it: otherwise every run failed with torch's
+# words ("grad can be implicitly created only for scalar outputs", "'NoneType' object has no attribute 'to'").
+def checked_model(task: Task, model: Any) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"Task {task.name!r}: make_model() must return an nn.Module, got {type(model).__name__}")
+    return model
+
+
+def check_loss(task: Task, loss: Any) -> None:
+    if not isinstance(loss, Tensor) or loss.numel() != 1:
+        got = (f"a tensor of shape {tuple(loss.shape)} (reduce it, e.g. with .mean())" if isinstance(loss, Tensor)
+               else type(loss).__name__)
+        raise TypeError(f"Task {task.name!r}: loss(model, batch) must return a scalar tensor, got {got}")
+    if not loss.requires_grad:
+        raise TypeError(f"Task {task.name!r}: loss(model, batch) returned a tensor that does not depend on the "
+                        "model's parameters (computed under torch.no_grad() or detached)")
+
+
+def metric_value(task: Task, value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError, RuntimeError):  # float() of a multi-element tensor raises RuntimeError
+        got = f"a tensor of shape {tuple(value.shape)}" if isinstance(value, Tensor) else repr(value)[:80]
+        raise TypeError(f"Task {task.name!r}: evaluate(model) must return a number, got {got}") from None

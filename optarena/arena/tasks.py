@@ -135,7 +135,8 @@ def _surface_task(name: str, surface: Callable[[Tensor, Tensor], Tensor], start:
     return Task(
         name=name, make_model=lambda: _Vector(torch.tensor(start)), make_batches=lambda g, b: itertools.repeat(None),
         loss=loss, evaluate=lambda model: loss(model, None).item(), metric="val_loss", higher_is_better=False,
-        target=target, steps=steps, batch_size=1, surface=surface, position=position, description=description)
+        target=target, steps=steps, batch_size=1, batched=False, surface=surface, position=position,
+        description=description)
 
 
 def make_rosenbrock(budget: str = "quick") -> Task:
@@ -169,7 +170,7 @@ def _digits_task(name: str, make_model: Callable[[], nn.Module], shape: tuple[in
         name=name, make_model=make_model,
         make_batches=lambda g, b: _sample_epochs(x_train, y_train, g, b),
         loss=_classification_loss, evaluate=_accuracy(x_val, y_val), metric="val_accuracy", higher_is_better=True,
-        target=0.95, steps=steps, batch_size=64, description=description)
+        target=0.95, steps=steps, batch_size=64, train_examples=len(x_train), description=description)
 
 
 def make_digits_mlp(budget: str = "quick") -> Task:
@@ -329,6 +330,6 @@ def make_modular_add(budget: str = "quick") -> Task:
         name="modular_add", make_model=lambda: _LastToken(TinyTransformer(_MOD_P + 1, 3, 32, layers=1)),
         make_batches=lambda g, b: _sample_epochs(x_train, y_train, g, b), loss=_classification_loss,
         evaluate=_accuracy(x_val, y_val), metric="val_accuracy", higher_is_better=True, target=0.75,
-        steps=_pick(budget, 10, 300, 3000), batch_size=256, weight_decay=10.0,
+        steps=_pick(budget, 10, 300, 3000), batch_size=256, train_examples=len(x_train), weight_decay=10.0,
         description=f"Grokking (Power et al. 2022): (a + b) mod {_MOD_P} from half the pairs, 1-layer transformer, "
                     "AdamW decay 10: without strong decoupled weight decay it memorises and does not generalise.")

@@ -80,3 +80,15 @@ def tiny_gpt2(budget: str = "tiny") -> dict:
                                       max_steps=12, weight_decay=0.0),
             "train_dataset": _Text(128, 0), "eval_dataset": _Text(32, 1), "compute_metrics": compute_metrics,
             "metric": "next_token_acc", "higher_is_better": True}
+
+
+def tiny_gpt2_declared(budget: str = "tiny") -> dict:
+    """tiny_gpt2 with its metric declared the Trainer's way only: ``args.metric_for_best_model`` (which makes
+    ``args.greater_is_better`` true), no ``metric`` or ``higher_is_better`` keys."""
+    from transformers import TrainingArguments
+
+    made = tiny_gpt2(budget)
+    del made["metric"], made["higher_is_better"]
+    made["args"] = TrainingArguments(output_dir="unused", per_device_train_batch_size=8, max_steps=12,
+                                     metric_for_best_model="next_token_acc")
+    return made

@@ -4,6 +4,7 @@ and how a user's module or function is resolved from a spec."""
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 import os
 import statistics
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 
 from ...registry import state_bytes
-from ..catalog import _import_factory
+from ..catalog import _exception_line, _import_factory
 from ..runner import MAX_CURVE_POINTS, RunResult, _PeakMemory, _subsample
 
 
@@ -37,9 +38,51 @@ def resolve(spec: str, module_name: str, attr: str) -> tuple[Any, str | None]:
         module = importlib.import_module(module_name)
     except ImportError as err:
         raise ValueError(f"Invalid task: {spec!r} (cannot import {module_name!r}: {err})") from None
+    except Exception as err:  # the module's own code: a SyntaxError, or anything it raises at import
+        raise ValueError(f"Invalid task: {spec!r} (importing {module_name!r} failed: {_exception_line(err)})") \
+            from err
     if not hasattr(module, attr):
         raise ValueError(f"Invalid task: {spec!r} ({module_name!r} has no {attr!r})")
     return getattr(module, attr), getattr(module, "__file__", None)
+
+
+def call_factory(spec: str, function: Any, budget: str) -> Any:
+    """``function(budget=...)`` (the keyword if it takes it) or ``function()``; whatever it raises (a signature
+    that wants other arguments, an error in its code) becomes one line naming the spec, as for ``--task``."""
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):  # a builtin without a signature: call it as it is
+        parameters = {}
+    try:
+        return function(budget=budget) if "budget" in parameters else function()
+    except Exception as err:
+        hint = ("; a workload function takes no arguments, or only budget" if isinstance(err, TypeError) else "")
+        raise ValueError(f"Invalid task: {spec!r} (calling {getattr(function, '__name__', function)!r} failed: "
+                         f"{_exception_line(err)}{hint})") from err
+
+
+def positive_int(spec: str, name: str, value: Any) -> int:
+    """``value`` of the spec's option ``name`` as a positive integer, or a ValueError naming both."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"Invalid task: {spec!r} ({name}={value!r} is not a positive integer)")
+    return value
+
+
+def finite_float(spec: str, name: str, value: Any, *, minimum: float | None = None) -> float:
+    """``value`` of the spec's option ``name`` as a finite number (at least ``minimum``), or a ValueError."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    if not ok or (minimum is not None and value < minimum):
+        bound = f" >= {minimum:g}" if minimum is not None else ""
+        raise ValueError(f"Invalid task: {spec!r} ({name}={value!r} is not a finite number{bound})")
+    return float(value)
+
+
+def flag(spec: str, name: str, value: Any) -> bool:
+    """``value`` of the spec's option ``name`` as a bool: true/false, not any truthy text (``max`` would read as
+    true and turn the metric's direction around silently)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"Invalid task: {spec!r} ({name}={value!r} is not true or false)")
+    return value
 
 
 @dataclass
@@ -49,6 +92,8 @@ class Recorder:
     device: torch.device
     higher_is_better: bool
     target: float | None = None
+    optimizer_name: str = "adamw"
+    """Warmed up before the memory baseline, as the runner does: its one-time costs are no run's."""
     memory: _PeakMemory = field(init=False)
     digest: str | None = None
     eval_steps: list[int] = field(default_factory=list)
@@ -65,7 +110,7 @@ class Recorder:
     _before_opt: float | None = None
 
     def __post_init__(self) -> None:
-        self.memory = _PeakMemory(self.device)
+        self.memory = _PeakMemory(self.device, self.optimizer_name)
 
     def step_start(self) -> None:
         self._start, self._before_opt = time.perf_counter(), None

@@ -9,14 +9,15 @@ Each run: ``transformers.set_seed(seed)``, ``model_init()`` (so every optimizer 
 then a ``Trainer`` with ``args`` copied with the run's seed (``seed`` and ``data_seed``: the same sampler order
 for every optimizer), ``max_steps``, evaluation every ``steps / evals`` steps, no checkpoints and no reporting, and
 ``optimizers=`` the registry's optimizer at the run's lr (``args.weight_decay`` translated per optimizer as the
-arena does) with the arena's schedule. The metric is ``compute_metrics``' (``eval_<metric>``) or the eval loss.
+arena does) with the arena's schedule. The metric is ``compute_metrics``' (``eval_<metric>``): the option's, else the
+function's ``metric``, else ``args.metric_for_best_model`` (with ``args.greater_is_better`` as its direction), else
+the eval loss (lower is better).
 Options: ``metric``, ``higher_is_better``, ``steps``, ``evals``, ``name``, ``target``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from ...registry import create_optimizer
 from ..optimizer_setup import arena_weight_decay, lr_multiplier, run_length_kwargs, ultralytics_only
 from ..runner import weights_digest
 from . import _digest, workload_task
-from .common import Diverged, Recorder, resolve, run_dir
+from .common import Diverged, Recorder, call_factory, finite_float, flag, positive_int, resolve, run_dir
 
 STEPS = {"tiny": 20, "quick": 300, "full": 2000}
 #: What the function returns beyond the Trainer's own arguments.
@@ -42,7 +43,7 @@ def hf_task(spec: str, positional: list[str], options: dict[str, Any], budget: s
     function, source = resolve(spec, positional[0], positional[1])
     if not callable(function):
         raise ValueError(f"Invalid task: {spec!r} ({positional[1]!r} is not callable)")
-    made = function(budget=budget) if "budget" in inspect.signature(function).parameters else function()
+    made = call_factory(spec, function, budget)
     if not isinstance(made, dict) or not {"model_init", "args", "train_dataset"} <= set(made):
         raise ValueError(f"Invalid task: {spec!r} returned {type(made).__name__} without model_init, args and "
                          "train_dataset (a dict of Trainer.hyperparameter_search's inputs)")
@@ -51,14 +52,25 @@ def hf_task(spec: str, positional: list[str], options: dict[str, Any], budget: s
     if unknown:
         raise ValueError(f"Invalid task: {spec!r} (unknown options {', '.join(unknown)}; known: "
                          f"{', '.join(sorted(known))})")
-    metric = str(options.get("metric", made.get("metric", "loss")))
-    metric = metric if metric.startswith("eval_") else f"eval_{metric}"
-    higher = bool(options.get("higher_is_better", made.get("higher_is_better", False)))
     args = made["args"]
-    steps = int(options.get("steps") or (args.max_steps if args.max_steps > 0 else STEPS[budget]))
-    evals = int(options.get("evals", 10))
-    if steps < 1 or evals < 1:
-        raise ValueError(f"Invalid task: {spec!r} (steps={steps!r} and evals={evals!r} must be positive)")
+
+    def option(key: str, default: Any) -> Any:  # an option given empty (steps=) is not given
+        return default if options.get(key) is None else options[key]
+
+    # the metric and its direction: the spec's, else the function's, else what args say for best-model
+    # selection (metric_for_best_model, greater_is_better: the Trainer's own declaration), else the eval loss
+    declared = getattr(args, "metric_for_best_model", None)
+    metric = str(option("metric", made.get("metric", declared or "loss")))
+    metric = metric if metric.startswith("eval_") else f"eval_{metric}"
+    greater = getattr(args, "greater_is_better", None)
+    same = declared is not None and metric == (declared if declared.startswith("eval_") else f"eval_{declared}")
+    higher = flag(spec, "higher_is_better",
+                  option("higher_is_better", made.get("higher_is_better", bool(greater) if same else False)))
+    steps = positive_int(spec, "steps", option("steps", args.max_steps if args.max_steps > 0 else STEPS[budget]))
+    evals = positive_int(spec, "evals", option("evals", 10))
+    target = options.get("target")
+    if target is not None:
+        target = finite_float(spec, "target", target)
     shaping = [getattr(args, k, None) for k in ("per_device_train_batch_size", "gradient_accumulation_steps",
                                                  "weight_decay", "max_grad_norm", "bf16", "fp16")]
     fingerprint = _digest(spec, metric, higher, steps, evals, budget, shaping,
@@ -67,11 +79,11 @@ def hf_task(spec: str, positional: list[str], options: dict[str, Any], budget: s
     def run(optimizer: str, lr: float, seed: int, batch_size: int, *, device: torch.device,
             heartbeat: Callable[[], None] | None = None, out: Path | None = None) -> Any:
         return _run(made, task.name, metric, higher, steps, max(1, steps // evals), optimizer, lr, seed, batch_size,
-                    device=device, heartbeat=heartbeat, out=out, target=options.get("target"))
+                    device=device, heartbeat=heartbeat, out=out, target=target)
 
     task = workload_task(options.get("name") or f"hf-{positional[1]}", run, framework="hf", metric=metric,
                          higher_is_better=higher,
-                         steps=steps, batch_size=args.per_device_train_batch_size, target=options.get("target"),
+                         steps=steps, batch_size=args.per_device_train_batch_size, target=target,
                          fingerprint=fingerprint, description=f"Hugging Face Trainer {positional[1]}, {steps} steps, "
                                                               f"metric {metric}")
     return task
@@ -84,7 +96,7 @@ def _run(made: dict[str, Any], task_name: str, metric: str, higher: bool, steps:
     from transformers import Trainer, TrainerCallback, set_seed
 
     ultralytics_only(optimizer_name)
-    record = Recorder(device, higher, target)
+    record = Recorder(device, higher, target, optimizer_name)
     args = dataclasses.replace(
         made["args"], output_dir=str(run_dir(out, "hf", task_name, optimizer_name, lr, seed)), seed=seed,
         data_seed=seed, learning_rate=lr, max_steps=steps, per_device_train_batch_size=batch_size,

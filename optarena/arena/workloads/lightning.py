@@ -30,7 +30,7 @@ from ...registry import create_optimizer, get_optimizer_info
 from ..optimizer_setup import arena_weight_decay, lr_multiplier, run_length_kwargs, ultralytics_only
 from ..runner import weights_digest
 from . import _digest, workload_task
-from .common import Diverged, Recorder, resolve, run_dir
+from .common import Diverged, Recorder, call_factory, finite_float, flag, positive_int, resolve, run_dir
 
 STEPS = {"tiny": 20, "quick": 300, "full": 2000}
 
@@ -69,7 +69,7 @@ def _load(spec: str, positional: list[str], budget: str) -> tuple[LightningWorkl
     if not callable(target) or len(positional) == 3:
         raise ValueError(f"Invalid task: {spec!r} ({positional[1]!r} is neither a LightningModule class nor a "
                          "factory function)")
-    made = target(budget=budget) if "budget" in inspect.signature(target).parameters else target()
+    made = call_factory(spec, target, budget)
     if not isinstance(made, LightningWorkload):
         raise ValueError(f"Invalid task: {spec!r} returned {type(made).__name__}, not LightningWorkload")
     return made, source
@@ -82,13 +82,20 @@ def lightning_task(spec: str, positional: list[str], options: dict[str, Any], bu
     if unknown:
         raise ValueError(f"Invalid task: {spec!r} (unknown options {', '.join(unknown)}; known: "
                          f"{', '.join(sorted(known))})")
-    metric = options.get("metric", workload.metric)
-    higher = bool(options.get("higher_is_better", workload.higher_is_better))
-    steps = int(options.get("steps") or workload.steps or STEPS[budget])
-    weight_decay = float(options.get("weight_decay", workload.weight_decay))
-    evals = int(options.get("evals", 10))
-    if steps < 1 or evals < 1:
-        raise ValueError(f"Invalid task: {spec!r} (steps={steps!r} and evals={evals!r} must be positive)")
+
+    def option(key: str, default: Any) -> Any:  # an option given empty (steps=) is not given
+        return default if options.get(key) is None else options[key]
+
+    metric = option("metric", workload.metric)
+    if not isinstance(metric, str) or not metric:
+        raise ValueError(f"Invalid task: {spec!r} (metric={metric!r} is not a name the module logs)")
+    higher = flag(spec, "higher_is_better", option("higher_is_better", workload.higher_is_better))
+    steps = positive_int(spec, "steps", option("steps", workload.steps or STEPS[budget]))
+    weight_decay = finite_float(spec, "weight_decay", option("weight_decay", workload.weight_decay), minimum=0)
+    evals = positive_int(spec, "evals", option("evals", 10))
+    target = options.get("target")
+    if target is not None:
+        target = finite_float(spec, "target", target)
     name = options.get("name") or f"lightning-{positional[1]}"
     fingerprint = _digest(spec, metric, higher, steps, weight_decay, evals, budget,
                           files=(source, __file__))
@@ -96,11 +103,11 @@ def lightning_task(spec: str, positional: list[str], options: dict[str, Any], bu
     def run(optimizer: str, lr: float, seed: int, batch_size: int, *, device: torch.device,
             heartbeat: Callable[[], None] | None = None, out: Path | None = None) -> Any:
         return _run(workload, task.name, metric, higher, steps, weight_decay, max(1, steps // evals), optimizer, lr,
-                    seed, device=device, heartbeat=heartbeat, out=out, target=options.get("target"))
+                    seed, device=device, heartbeat=heartbeat, out=out, target=target)
 
     task = workload_task(name, run, framework="lightning", batch_size_owner="its DataModule", metric=metric,
                          higher_is_better=higher, steps=steps,
-                         batch_size=workload.batch_size or 1, target=options.get("target"), fingerprint=fingerprint,
+                         batch_size=workload.batch_size or 1, target=target, fingerprint=fingerprint,
                          description=f"Lightning {positional[1]}, {steps} steps, metric {metric}")
     return task
 
@@ -114,7 +121,7 @@ def _run(workload: LightningWorkload, task_name: str, metric: str, higher: bool,
     from ...integrations.lightning import ScheduleFreeModes
 
     ultralytics_only(optimizer_name)
-    record = Recorder(device, higher, target)
+    record = Recorder(device, higher, target, optimizer_name)
     pl.seed_everything(seed, workers=True, verbose=False)
     module = workload.model()
     datamodule = workload.datamodule() if workload.datamodule is not None else None

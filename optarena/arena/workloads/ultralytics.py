@@ -10,12 +10,18 @@ weight decay, gradient clipping and EMA. ``lr0`` is the run's lr. ultralytics' o
 (:mod:`optarena.integrations.ultralytics`).
 
 Where ultralytics would recover from a NaN loss by reloading ``last.pt``, the run ends as diverged instead.
+
+Timing: the step ms is the optimizer's own ``step()``, as on every other task. ultralytics' ``optimizer_step`` also
+clips the gradients and updates the EMA; that costs every optimizer the same, so it is fair, but counted in the step
+it would pull every ratio of step times towards 1 (Lion's saving over AdamW, say). It is kept out of the step ms and
+of fwd+bwd, and counted in the training seconds (time to target), where it belongs to the training.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -28,7 +34,8 @@ import torch
 
 from ...info import LOOKAHEAD_PREFIX, base_optimizer_info
 from ...registry import state_bytes
-from ..runner import MAX_CURVE_POINTS, RunResult, _PeakMemory, _subsample, weights_digest
+from ..runner import MAX_CURVE_POINTS, RunResult, _PeakMemory, _subsample, global_generators_restored, weights_digest
+from ..runner import _warm_up as warm_up_optimizer
 
 METRIC_KEY = "metrics/mAP50-95(B)"
 #: Arguments the arena sets for every run; a workload may not override them.
@@ -62,10 +69,35 @@ def _trainer_class() -> type:
         best.pt at the end (the last epoch's validation is the final metric)."""
 
         opt_times: list[float]
+        step_times: list[float]
 
         def optimizer_step(self) -> None:
-            start = time.perf_counter()
-            super().optimizer_step()
+            # opt_times: the whole optimizer_step (unscale, clip, step, zero_grad, EMA), one per optimizer step, kept
+            # out of fwd+bwd; step_times: the optimizer's own step(), the step ms the arena reports on every task,
+            # since clipping and the EMA cost every optimizer the same and would shrink every ratio of step times
+            # towards 1 (they stay in the training seconds)
+            optimizer, start = self.optimizer, time.perf_counter()
+            own = "step" in vars(optimizer)
+            step = optimizer.step
+            sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+
+            def timed(*args: Any, **kwargs: Any) -> Any:
+                sync()
+                began = time.perf_counter()
+                try:
+                    return step(*args, **kwargs)
+                finally:
+                    sync()
+                    self.step_times.append(time.perf_counter() - began)
+
+            optimizer.step = timed
+            try:
+                super().optimizer_step()
+            finally:
+                if own:
+                    optimizer.step = step
+                else:
+                    del optimizer.step
             self.opt_times.append(time.perf_counter() - start)
 
         def _handle_nan_recovery(self, epoch: int) -> bool:
@@ -79,6 +111,35 @@ def _trainer_class() -> type:
             pass
 
     return ArenaTrainer
+
+
+#: The (model, data, device) a throwaway epoch has been trained on in this process (see :func:`_warm_up`).
+_warmed_up: set[tuple[str, str, str]] = set()
+
+
+def _warm_up(trainer_class: type, args: dict[str, Any], threads: int) -> None:
+    """Train a throwaway epoch of two batches and validate it on a batch of images, once per process and workload,
+    before the first run's memory baseline: the first training and validation in a process allocate for good
+    (20-45 MB on yolov8n, CPU), which would be charged to whichever optimizer a worker happens to run first. Its
+    files go to a folder removed after; a failure is left to the run itself to report."""
+    key = (str(args["model"]), str(args["data"]), str(args["device"]))
+    if key in _warmed_up:
+        return
+    _warmed_up.add(key)
+    folder = tempfile.mkdtemp(prefix="optarena-ultralytics-warm-up-")
+    images = max(2, int(args["batch"]))  # ultralytics reads a fraction of 1 as "all"
+    device = args["device"]
+    try:  # the generators as they were: the run draws from them as if no warm-up had run
+        with global_generators_restored([] if str(device) == "cpu" else [torch.device(device)]):
+            trainer = trainer_class(overrides={**args, "epochs": 1, "project": folder, "name": "warm-up",
+                                               "fraction": [2 * images, images]})
+            trainer.opt_times, trainer.step_times = [], []
+            trainer.train()
+    except Exception:  # noqa: BLE001 - the run itself says what is wrong
+        pass
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        torch.set_num_threads(threads)
 
 
 def _loss_value(tloss: Any) -> float:
@@ -102,9 +163,11 @@ def run(model: str, data: str, train_args: Mapping[str, Any], task_name: str, op
             "project": str(project / task_name), "name": f"{optimizer}-lr{lr:.4g}-seed{seed}", "exist_ok": True,
             "workers": 0, "plots": False, "val": True, "pretrained": False}
     trainer_class = _trainer_class()  # imports ultralytics (~115 MB resident) once: before the memory baseline
+    _warm_up(trainer_class, args, threads)
+    warm_up_optimizer(device, optimizer)  # its first-use costs before the baseline, as the runner's loop does
     memory = _PeakMemory(device)
     trainer = trainer_class(overrides=args)
-    trainer.opt_times = []
+    trainer.opt_times, trainer.step_times = [], []
     torch.set_num_threads(threads)
     state: dict[str, Any] = {"batch_start": 0.0, "batch_times": [], "fwd_bwd": [], "train_seconds": 0.0,
                              "digest": None, "eval_steps": [], "eval_metric": [], "loss_steps": [], "train_loss": [],
@@ -163,7 +226,7 @@ def run(model: str, data: str, train_args: Mapping[str, Any], task_name: str, op
         steps_to_target=state["steps_to_target"],
         seconds_to_target=state["seconds_to_target"],
         train_seconds=state["train_seconds"],
-        opt_step_ms=1e3 * statistics.median(trainer.opt_times[skip:]) if steps else math.nan,
+        opt_step_ms=1e3 * statistics.median(trainer.step_times[skip:]) if len(trainer.step_times) > skip else math.nan,
         fwd_bwd_ms=1e3 * statistics.median(state["fwd_bwd"][skip:]) if state["fwd_bwd"] else math.nan,
         state_bytes=state_bytes(trainer.optimizer) if trainer.optimizer is not None else 0,
         params=sum(p.numel() for p in trainer.model.parameters()) if trainer.model is not None else 0,
