@@ -77,7 +77,11 @@ def test_a_direction_against_the_metrics_name_is_refused(metric, higher):
 
 
 @pytest.mark.parametrize("metric, higher", [("val_accuracy", True), ("val_loss", False), ("neg_mse", True),
-                                            ("accuracy_drop", False), ("val_score", True), ("val_score", False)])
+                                            ("accuracy_drop", False), ("val_score", True), ("val_score", False),
+                                            # a review's names: turned around, or a word beside the direction word
+                                            ("1-accuracy", False), ("-val_loss", True), ("acc_std", False),
+                                            ("val_map_l1", False), ("loss_improvement", True),
+                                            ("mae_probe_top1", True)])
 def test_a_direction_the_name_agrees_with_or_does_not_decide_is_taken(metric, higher):
     assert _task(metric=metric, higher_is_better=higher).higher_is_better is higher
 
@@ -146,7 +150,7 @@ def test_the_arguments_hint_is_given_only_where_the_arguments_were_wrong(tmp_pat
                     "    return Task(name='x', make_model=lambda: nn.Linear(2, 1), make_batches=lambda g, b: None,\n"
                     "                loss=None, evaluate=lambda m: 0.0)\n\n"
                     "def needs(x):\n    return None\n")
-    hint = "a task function takes no arguments, or only budget"
+    hint = "the function takes no arguments, or only budget"
     with pytest.raises(ValueError, match="loss must be callable, got None") as refused:
         load_task(f"{path}:no_loss", "tiny")
     assert hint not in str(refused.value)  # the function's arguments were fine: its Task was not

@@ -375,3 +375,20 @@ def test_a_median_printed_on_the_printed_edge_of_the_others_range_is_a_tie(tmp_p
     task = verdict.tasks[0]
     assert task.is_tie and "inside the seed spread" in task.sentence(), task.sentence()
     assert "beaten beyond the seed spread" not in verdict.pick
+
+
+def test_a_chosen_setting_with_a_seed_that_did_not_learn_reads_no_plateau(tmp_path):
+    """Lion's seed 1 at its chosen lr stays at the untrained level: every grid lr is then "no worse than its worst
+    seed", which read as the widest plateau and named Lion the most robust (yolo_shapes: RLion at 0.0006–0.215)."""
+    cfg = config(tmp_path, optimizers=("adamw", "lion"))
+    recs = records(cfg, "adamw", tuned(ADAMW_GRID, (0.3, 0.1, 0.2), spread=0.02))
+    lion = tuned(LION_GRID, (0.5, 0.1, 0.6))
+    results = ResultSet(cfg, recs + records(cfg, "lion", lion))
+    assert compute_verdict(results).standings["lion"].plateau_decades == 0.0  # every seed learned: counted
+    lion[(LION_GRID[1], 1)] = result(1.04, curve=(1.05, 1.04))  # seed 1 never left the untrained level
+    results = ResultSet(cfg, recs + records(cfg, "lion", lion))
+    lion_summary = next(s for s in results.summaries.values() if s.cell.optimizer == "lion")
+    assert lr_plateau(results, lion_summary).decades > 0.9  # the grid reads as one plateau
+    verdict = compute_verdict(results)
+    assert verdict.standings["lion"].plateau_decades is None and verdict.standings["lion"].never_learned == []
+    assert "Most robust" not in verdict.pick  # was: "Most robust to the learning rate: lion (1.0 decades"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 
 from optarena.wrappers.lookahead import Lookahead
@@ -49,3 +50,22 @@ def test_a_checkpoints_slow_weights_are_kept_at_the_first_step_after_loading() -
             p.grad = torch.zeros_like(p)
     resumed.step()  # the sync: 5 + 0.5·(7 − 5)
     assert all(torch.equal(p, torch.full_like(p, 6.0)) for p in params)
+
+
+def test_weights_loaded_after_a_first_step_that_raised_are_theta0() -> None:
+    # φ was marked taken before the base stepped: a first step that raised (here its closure) left φ at the init,
+    # and weights loaded afterwards were pulled halfway back to it (5.0 → ~2.5 with lr 0)
+    model = torch.nn.Linear(4, 1)
+    opt = Lookahead(torch.optim.SGD(model.parameters(), lr=0.0), k=1)
+
+    def failing() -> torch.Tensor:
+        raise RuntimeError("data loader failed")
+
+    with pytest.raises(RuntimeError, match="data loader failed"):
+        opt.step(failing)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(5.0)
+    model(torch.randn(3, 4)).sum().backward()
+    opt.step()  # k=1: this step syncs
+    assert torch.equal(model.weight, torch.full((1, 4), 5.0))

@@ -92,8 +92,11 @@ def _exception_line(err: BaseException) -> str:
     return traceback.format_exception_only(type(err), err)[-1].strip()
 
 
-def _call_factory(spec: str, factory: Callable[..., Task], budget: str) -> Any:
-    """The factory's task; its failures (a factory that needs arguments, a Task built wrong) named as the spec's."""
+def call_factory(spec: str, factory: Callable[..., Any], budget: str,
+                 returns: str = "optarena.arena.Task") -> Any:
+    """What ``factory(budget=...)`` (the keyword if it takes it) or ``factory()`` returns; its failures (a factory
+    that needs arguments, a Task built wrong, an error in its code) named as the spec's, in one line. A ValueError
+    passes as it is: a Task's own checks name the field."""
     try:
         signature: inspect.Signature | None = inspect.signature(factory)
     except (TypeError, ValueError):  # a builtin without a signature: call it as it is
@@ -106,7 +109,7 @@ def _call_factory(spec: str, factory: Callable[..., Task], budget: str) -> Any:
     except Exception as err:
         # the hint only where the call's arguments were the trouble: a TypeError from inside the function (a Task
         # given loss=None, say) is about something else
-        hint = ("; a task function takes no arguments, or only budget, and returns optarena.arena.Task"
+        hint = (f"; the function takes no arguments, or only budget, and returns {returns}"
                 if isinstance(err, TypeError) and not _binds(signature, kwargs) else "")
         raise ValueError(f"Invalid task: {spec!r} (calling it failed: {_exception_line(err)}{hint})") from err
 
@@ -168,7 +171,7 @@ def _load_task(spec: str, budget: str) -> Task:
         factory = BUILTIN_TASKS[spec]
     else:
         factory = _import_factory(spec)
-    task = _call_factory(spec, factory, budget)
+    task = call_factory(spec, factory, budget)
     if not isinstance(task, Task):
         raise ValueError(f"Invalid task: {spec!r} returned {type(task).__name__}, not optarena.arena.Task")
     task.fingerprint = fingerprint(task, factory)

@@ -76,7 +76,7 @@ def make_plots(results: ResultSet, verdict: Verdict, out: Path) -> list[tuple[st
     stress = {point_key(lr, 0) for lr in stress_lrs()}
     for spec, task in results.tasks.items():
         cells = [c for c in headline if c.task == spec]
-        batch = f"batch {results.config.default_batch_size(task)}"
+        batch = f"batch {results.config.default_batch_size(task)}" if task.batched else "no data to batch"
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
         drawn: list[list[float]] = [[], []]
         for cell in cells:

@@ -126,9 +126,9 @@ SCORING = ("Score: the AlgoPerf performance-profile score, the area under ρ(τ)
            "seconds of training including compilation. First or tied: tasks where its median is the best or tied "
            "with the best (inside the seed spread, or equal as printed). lr plateau: the width, in decades, of the "
            "learning rates around the chosen one (the tuning grid, and the AdamW-sized stress runs beyond its edges; "
-           "seed 0) whose result is no worse than the chosen setting's worst seed (median over the tasks it "
-           "learned; 0 when only the chosen lr qualifies; – after --tune lr,weight_decay, whose points form no "
-           "grid). Memory: medians over tasks.")
+           "seed 0) whose result is no worse than the chosen setting's worst seed (median over the tasks where every "
+           "seed of the chosen setting learned; 0 when only the chosen lr qualifies; – after --tune lr,weight_decay, "
+           "whose points form no grid). Memory: medians over tasks.")
 
 
 def _batch(task: Task, batch_size: int) -> str:

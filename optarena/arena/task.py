@@ -22,21 +22,23 @@ from ..validation import check_number, check_positive_int
 BUDGETS = ("tiny", "quick", "full")
 """``tiny`` exists for tests and smoke runs; ``quick`` is the default suite; ``full`` is the longer one."""
 
-#: Words of a metric's name that say its direction beyond doubt (what it is named after, not what it is computed
-#: from), and words that turn a name around (``neg_loss``, ``accuracy_drop``): then no direction is read.
+#: Words of a metric's name that say its direction beyond doubt, and words that say nothing of it (a split, an
+#: average, ultralytics' "metrics/...(B)"). A name with any other word (``acc_std``, ``loss_improvement``,
+#: ``val_map_l1``) or turned around by a leading ``-`` or ``1-`` says no direction.
 HIGHER_IS_BETTER_WORDS = frozenset({"accuracy", "acc", "auc", "auroc", "f1", "map", "bleu", "rouge", "precision",
                                    "recall", "iou", "psnr", "ssim"})
-LOWER_IS_BETTER_WORDS = frozenset({"loss", "error", "err", "mse", "mae", "rmse", "nll", "perplexity", "ppl", "wer",
-                                  "cer"})
-_TURNING_WORDS = frozenset({"neg", "negative", "minus", "inv", "drop", "gap", "delta", "diff", "change", "reduction"})
+LOWER_IS_BETTER_WORDS = frozenset({"loss", "error", "mse", "mae", "rmse", "nll", "perplexity", "ppl", "wer", "cer"})
+_NEUTRAL_WORDS = frozenset({"", "val", "valid", "validation", "eval", "test", "train", "metrics", "b", "top", "mean",
+                           "avg", "macro", "micro", "weighted", "squared", "absolute", "root"})
 
 
 def metric_direction(metric: str) -> bool | None:
-    """Whether ``metric``'s name says higher is better (True), lower (False), or neither clearly (None):
+    """Whether ``metric``'s name says higher is better (True), lower (False), or nothing sure (None):
     ``val_accuracy``, ``mAP50-95`` and ``top1_acc`` are higher-is-better; ``val_loss``, ``val_mse`` lower."""
-    words = set(re.findall(r"[a-z0-9]+", metric.lower()))
-    words |= {w.rstrip("0123456789") for w in words}  # map50 → map, top1 → top
-    if words & _TURNING_WORDS:
+    if re.match(r"\s*(1\s*)?-", metric):  # -val_loss, 1-accuracy
+        return None
+    words = {w.rstrip("0123456789") for w in re.findall(r"[a-z0-9]+", metric.lower())}  # map50 → map, top1 → top
+    if words - HIGHER_IS_BETTER_WORDS - LOWER_IS_BETTER_WORDS - _NEUTRAL_WORDS:
         return None
     higher, lower = bool(words & HIGHER_IS_BETTER_WORDS), bool(words & LOWER_IS_BETTER_WORDS)
     return higher if higher != lower else None

@@ -43,18 +43,20 @@ def best_result(summaries: dict[str, CellSummary]) -> float | None:
     return max(values) if next(iter(summaries.values())).higher_is_better else min(values)
 
 
-def learned(summary: CellSummary, best: float | None) -> bool | None:
-    """Whether the tuned result improves on the untrained model by at least ``LEARNED_FRACTION`` of the way to the
-    task's best result (modular_add's chance accuracy, a loss that never left its start, count as not learned);
-    None where there is no result to judge (diverged, failed)."""
-    if summary.metric_median is None:
+def learned(summary: CellSummary, best: float | None, value: float | None = None) -> bool | None:
+    """Whether the tuned result (or ``value``, one of its seeds) improves on the untrained model by at least
+    ``LEARNED_FRACTION`` of the way to the task's best result (modular_add's chance accuracy, a loss that never left
+    its start, count as not learned); None where there is nothing to judge: no result (diverged, failed), or no
+    untrained result to measure from (workloads evaluate only after training): no verdict leans on it then."""
+    value = summary.metric_median if value is None else value
+    if value is None:
         return None
     start = summary.initial_metric
     if start is None or best is None:
-        return True  # nothing to measure learning against
-    if not summary.better_than(start):
+        return None
+    if not (value > start if summary.higher_is_better else value < start):
         return False
-    return best == start or (summary.metric_median - start) / (best - start) >= LEARNED_FRACTION
+    return best == start or (value - start) / (best - start) >= LEARNED_FRACTION
 
 
 def never_learned(results: ResultSet, spec: str, optimizer: str) -> bool:
@@ -287,9 +289,14 @@ def compute_verdict(results: ResultSet) -> Verdict:
             task = results.tasks[spec].name
             # every lr leaves a model that never learned where it was: a plateau of not learning, not robustness;
             # and a task without a result (None) has no plateau either
-            if (outcome := learned(s, best_result(summaries_here))) is False:
+            best = best_result(summaries_here)
+            if (outcome := learned(s, best)) is False:
                 blank.append(task)
-            elif outcome and (plateau := lr_plateau(results, s)) is not None:
+            # with a seed that did not learn, any lr is "no worse than the worst seed": noise, not robustness
+            # (yolo_shapes: RLion's seeds 0.0006 to 0.215 read as "2.0 decades"), so no plateau is counted; nor
+            # where learning cannot be judged
+            elif outcome and s.worst is not None and learned(s, best, s.worst) \
+                    and (plateau := lr_plateau(results, s)) is not None:
                 plateaus.append(plateau.decades)
             adamw = summaries_here.get("adamw")
             if name != "adamw" and adamw is not None and _has_evidence(adamw) and s.beats(adamw):
@@ -359,9 +366,9 @@ def pick_paragraph(results: ResultSet, tasks: list[TaskVerdict], standings: dict
         each = "it" if len(robust) == 1 else "each"
         sentences.append(f"Most robust to the learning rate: {', '.join(robust)} (results no worse than the chosen "
                          f"setting's worst seed over {widest:.1f} decades of lr, median over the tasks {each} "
-                         "learned)." if widest > 0
+                         "learned on every seed)." if widest > 0
                          else "No optimizer's result holds up at a neighbouring grid lr (median over the tasks each "
-                              "learned): each needs its tuned learning rate.")
+                              "learned on every seed): each needs its tuned learning rate.")
     if best.state_bytes_per_param is not None:
         def state_bytes(s: OptimizerStanding) -> float:
             return as_printed(s.state_bytes_per_param, ".2f")

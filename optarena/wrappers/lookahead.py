@@ -135,10 +135,9 @@ class Lookahead(OptimizerWrapper):
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One inner step of the base; every k-th one is followed by the slow-weight sync."""
         self._adopt_new_params()
-        if self._unstepped:
-            self._recapture_unstepped()
-            self._unstepped.clear()
+        self._recapture_unstepped()
         loss = self._base_step(closure)
+        self._unstepped.clear()  # after the step: one that raised leaves θ₀ to be taken again at the next
         if not self.did_update:  # e.g. GradientAccumulation between updates: not an inner step
             return loss
         self.inner_steps += 1

@@ -17,7 +17,6 @@ import glob
 import hashlib
 import importlib.util
 import inspect
-import math
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -115,9 +114,10 @@ def ultralytics_task(model: str, data: str, options: dict[str, Any], budget: str
         _check_data(data, spec)
     options = dict(options)
     target = options.pop("target", None)
-    if target is not None and (isinstance(target, bool) or not isinstance(target, (int, float)) or
-                               not math.isfinite(target)):
-        raise ValueError(f"Invalid task: {spec or model!r} (target={target!r} is not a finite number)")
+    if target is not None:
+        from .common import finite_float  # here: .common imports the runner, which loading a task does not need
+
+        target = finite_float(spec or model, "target", target)
     task_name = options.pop("name", None) or name or f"yolo-{Path(model).stem}-{Path(data).parent.name or 'data'}"
     options.setdefault("epochs", ULTRALYTICS_EPOCHS[budget])
     batch = options.pop("batch", 16)

@@ -4,7 +4,6 @@ and how a user's module or function is resolved from a spec."""
 from __future__ import annotations
 
 import importlib
-import inspect
 import math
 import os
 import statistics
@@ -46,21 +45,6 @@ def resolve(spec: str, module_name: str, attr: str) -> tuple[Any, str | None]:
     return getattr(module, attr), getattr(module, "__file__", None)
 
 
-def call_factory(spec: str, function: Any, budget: str) -> Any:
-    """``function(budget=...)`` (the keyword if it takes it) or ``function()``; whatever it raises (a signature
-    that wants other arguments, an error in its code) becomes one line naming the spec, as for ``--task``."""
-    try:
-        parameters = inspect.signature(function).parameters
-    except (TypeError, ValueError):  # a builtin without a signature: call it as it is
-        parameters = {}
-    try:
-        return function(budget=budget) if "budget" in parameters else function()
-    except Exception as err:
-        hint = ("; a workload function takes no arguments, or only budget" if isinstance(err, TypeError) else "")
-        raise ValueError(f"Invalid task: {spec!r} (calling {getattr(function, '__name__', function)!r} failed: "
-                         f"{_exception_line(err)}{hint})") from err
-
-
 def positive_int(spec: str, name: str, value: Any) -> int:
     """``value`` of the spec's option ``name`` as a positive integer, or a ValueError naming both."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -69,7 +53,13 @@ def positive_int(spec: str, name: str, value: Any) -> int:
 
 
 def finite_float(spec: str, name: str, value: Any, *, minimum: float | None = None) -> float:
-    """``value`` of the spec's option ``name`` as a finite number (at least ``minimum``), or a ValueError."""
+    """``value`` of the spec's option ``name`` as a finite number (at least ``minimum``), or a ValueError. Text that
+    reads as a number is one: YAML reads ``1e-4`` (no dot) as a string."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
     if not ok or (minimum is not None and value < minimum):
         bound = f" >= {minimum:g}" if minimum is not None else ""

@@ -26,10 +26,11 @@ import torch
 
 from ...integrations.torchvision_nms import install as install_nms
 from ...registry import create_optimizer
+from ..catalog import call_factory
 from ..optimizer_setup import arena_weight_decay, lr_multiplier, run_length_kwargs, ultralytics_only
 from ..runner import weights_digest
 from . import _digest, workload_task
-from .common import Diverged, Recorder, call_factory, finite_float, flag, positive_int, resolve, run_dir
+from .common import Diverged, Recorder, finite_float, flag, positive_int, resolve, run_dir
 
 STEPS = {"tiny": 20, "quick": 300, "full": 2000}
 #: What the function returns beyond the Trainer's own arguments.
@@ -43,7 +44,7 @@ def hf_task(spec: str, positional: list[str], options: dict[str, Any], budget: s
     function, source = resolve(spec, positional[0], positional[1])
     if not callable(function):
         raise ValueError(f"Invalid task: {spec!r} ({positional[1]!r} is not callable)")
-    made = call_factory(spec, function, budget)
+    made = call_factory(spec, function, budget, "a dict of the Trainer's inputs")
     if not isinstance(made, dict) or not {"model_init", "args", "train_dataset"} <= set(made):
         raise ValueError(f"Invalid task: {spec!r} returned {type(made).__name__} without model_init, args and "
                          "train_dataset (a dict of Trainer.hyperparameter_search's inputs)")

@@ -27,10 +27,11 @@ import torch
 
 from ...integrations.torchvision_nms import install as install_nms
 from ...registry import create_optimizer, get_optimizer_info
+from ..catalog import call_factory
 from ..optimizer_setup import arena_weight_decay, lr_multiplier, run_length_kwargs, ultralytics_only
 from ..runner import weights_digest
 from . import _digest, workload_task
-from .common import Diverged, Recorder, call_factory, finite_float, flag, positive_int, resolve, run_dir
+from .common import Diverged, Recorder, finite_float, flag, positive_int, resolve, run_dir
 
 STEPS = {"tiny": 20, "quick": 300, "full": 2000}
 
@@ -69,7 +70,7 @@ def _load(spec: str, positional: list[str], budget: str) -> tuple[LightningWorkl
     if not callable(target) or len(positional) == 3:
         raise ValueError(f"Invalid task: {spec!r} ({positional[1]!r} is neither a LightningModule class nor a "
                          "factory function)")
-    made = call_factory(spec, target, budget)
+    made = call_factory(spec, target, budget, "a LightningWorkload")
     if not isinstance(made, LightningWorkload):
         raise ValueError(f"Invalid task: {spec!r} returned {type(made).__name__}, not LightningWorkload")
     return made, source

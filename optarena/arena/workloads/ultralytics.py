@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import statistics
 import tempfile
 import time
@@ -34,7 +33,7 @@ import torch
 
 from ...info import LOOKAHEAD_PREFIX, base_optimizer_info
 from ...registry import state_bytes
-from ..runner import MAX_CURVE_POINTS, RunResult, _PeakMemory, _subsample, global_generators_restored, weights_digest
+from ..runner import MAX_CURVE_POINTS, RunResult, _PeakMemory, _subsample, weights_digest
 from ..runner import _warm_up as warm_up_optimizer
 
 METRIC_KEY = "metrics/mAP50-95(B)"
@@ -113,35 +112,6 @@ def _trainer_class() -> type:
     return ArenaTrainer
 
 
-#: The (model, data, device) a throwaway epoch has been trained on in this process (see :func:`_warm_up`).
-_warmed_up: set[tuple[str, str, str]] = set()
-
-
-def _warm_up(trainer_class: type, args: dict[str, Any], threads: int) -> None:
-    """Train a throwaway epoch of two batches and validate it on a batch of images, once per process and workload,
-    before the first run's memory baseline: the first training and validation in a process allocate for good
-    (20-45 MB on yolov8n, CPU), which would be charged to whichever optimizer a worker happens to run first. Its
-    files go to a folder removed after; a failure is left to the run itself to report."""
-    key = (str(args["model"]), str(args["data"]), str(args["device"]))
-    if key in _warmed_up:
-        return
-    _warmed_up.add(key)
-    folder = tempfile.mkdtemp(prefix="optarena-ultralytics-warm-up-")
-    images = max(2, int(args["batch"]))  # ultralytics reads a fraction of 1 as "all"
-    device = args["device"]
-    try:  # the generators as they were: the run draws from them as if no warm-up had run
-        with global_generators_restored([] if str(device) == "cpu" else [torch.device(device)]):
-            trainer = trainer_class(overrides={**args, "epochs": 1, "project": folder, "name": "warm-up",
-                                               "fraction": [2 * images, images]})
-            trainer.opt_times, trainer.step_times = [], []
-            trainer.train()
-    except Exception:  # noqa: BLE001 - the run itself says what is wrong
-        pass
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-        torch.set_num_threads(threads)
-
-
 def _loss_value(tloss: Any) -> float:
     if tloss is None:
         return math.nan
@@ -163,7 +133,6 @@ def run(model: str, data: str, train_args: Mapping[str, Any], task_name: str, op
             "project": str(project / task_name), "name": f"{optimizer}-lr{lr:.4g}-seed{seed}", "exist_ok": True,
             "workers": 0, "plots": False, "val": True, "pretrained": False}
     trainer_class = _trainer_class()  # imports ultralytics (~115 MB resident) once: before the memory baseline
-    _warm_up(trainer_class, args, threads)
     warm_up_optimizer(device, optimizer)  # its first-use costs before the baseline, as the runner's loop does
     memory = _PeakMemory(device)
     trainer = trainer_class(overrides=args)
