@@ -392,3 +392,19 @@ def test_a_chosen_setting_with_a_seed_that_did_not_learn_reads_no_plateau(tmp_pa
     verdict = compute_verdict(results)
     assert verdict.standings["lion"].plateau_decades is None and verdict.standings["lion"].never_learned == []
     assert "Most robust" not in verdict.pick  # was: "Most robust to the learning rate: lion (1.0 decades"
+
+
+def test_without_an_untrained_result_no_plateau_is_read(tmp_path):
+    """Workloads evaluate only after training: whether a seed learned cannot be judged, so no plateau (and no "most
+    robust") leans on it; with the step-0 evaluation the same runs read one."""
+    cfg = config(tmp_path, optimizers=("adamw",))
+
+    def runs(steps):
+        return {key: result(r.final_metric, steps=steps) for key, r in
+                tuned(ADAMW_GRID, (0.11, 0.1, 0.2), spread=0.02).items()}
+
+    with_start = compute_verdict(ResultSet(cfg, records(cfg, "adamw", runs((0, 10, 20, 30)))))
+    assert with_start.standings["adamw"].plateau_decades == 0.5 and "Most robust" in with_start.pick
+    without = compute_verdict(ResultSet(cfg, records(cfg, "adamw", runs((10, 20, 30)))))
+    assert without.standings["adamw"].plateau_decades is None and "Most robust" not in without.pick
+    assert without.standings["adamw"].never_learned == []  # nor is "never learned" claimed
