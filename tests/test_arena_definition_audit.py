@@ -5,6 +5,7 @@ where it is made, ``--batch-sizes`` passes by a task without data (or is refused
 from __future__ import annotations
 
 import itertools
+import re
 
 import numpy
 import pytest
@@ -67,10 +68,14 @@ def test_numpys_bool_is_taken_as_a_bool():
 
 
 @pytest.mark.parametrize("metric, higher", [("val_accuracy", False), ("top1_acc", False), ("val_mAP50-95", False),
-                                            ("val_loss", True), ("eval_mse", True), ("mean_squared_error", True)])
+                                            ("val_loss", True), ("eval_mse", True), ("mean_squared_error", True),
+                                            # a review's: f1 with its digit, Lightning's _epoch/_step names, err
+                                            ("eval_f1", False), ("val_acc_epoch", False), ("train_loss_step", True),
+                                            ("top5_err", True), ("metrics/mAP50-95(B)", False)])
 def test_a_direction_against_the_metrics_name_is_refused(metric, higher):
     # the Task's default is lower-is-better: metric="val_accuracy" alone chose the lr of the worst accuracy
-    with pytest.raises(ValueError, match=rf"Invalid higher_is_better of task 't': {higher} for metric '{metric}', "
+    with pytest.raises(ValueError, match=rf"Invalid higher_is_better of task 't': {higher} for metric "
+                                         rf"'{re.escape(metric)}', "
                                          rf"whose name says {'lower' if higher else 'higher'} is better \(set "
                                          rf"higher_is_better={not higher}"):
         _task(metric=metric, higher_is_better=higher)
@@ -81,7 +86,8 @@ def test_a_direction_against_the_metrics_name_is_refused(metric, higher):
                                             # a review's names: turned around, or a word beside the direction word
                                             ("1-accuracy", False), ("-val_loss", True), ("acc_std", False),
                                             ("val_map_l1", False), ("loss_improvement", True),
-                                            ("mae_probe_top1", True)])
+                                            ("mae_probe_top1", True), ("100-accuracy", False), ("1/loss", True),
+                                            ("f1_score_std", False)])
 def test_a_direction_the_name_agrees_with_or_does_not_decide_is_taken(metric, higher):
     assert _task(metric=metric, higher_is_better=higher).higher_is_better is higher
 

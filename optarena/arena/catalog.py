@@ -92,11 +92,11 @@ def _exception_line(err: BaseException) -> str:
     return traceback.format_exception_only(type(err), err)[-1].strip()
 
 
-def call_factory(spec: str, factory: Callable[..., Any], budget: str,
-                 returns: str = "optarena.arena.Task") -> Any:
+def call_factory(spec: str, factory: Callable[..., Any], budget: str, returns: str = "optarena.arena.Task",
+                 keep_value_errors: bool = False) -> Any:
     """What ``factory(budget=...)`` (the keyword if it takes it) or ``factory()`` returns; its failures (a factory
-    that needs arguments, a Task built wrong, an error in its code) named as the spec's, in one line. A ValueError
-    passes as it is: a Task's own checks name the field."""
+    that needs arguments, a Task built wrong, an error in its code) named as the spec's, in one line.
+    ``keep_value_errors``: a ValueError passes as it is (a Task's own checks name the field)."""
     try:
         signature: inspect.Signature | None = inspect.signature(factory)
     except (TypeError, ValueError):  # a builtin without a signature: call it as it is
@@ -104,9 +104,9 @@ def call_factory(spec: str, factory: Callable[..., Any], budget: str,
     kwargs = {"budget": budget} if signature is not None and "budget" in signature.parameters else {}
     try:
         return factory(**kwargs)
-    except ValueError:  # the Task's own checks name the field ("Invalid steps of task 'x': 0")
-        raise
     except Exception as err:
+        if keep_value_errors and isinstance(err, ValueError):  # "Invalid steps of task 'x': 0"
+            raise
         # the hint only where the call's arguments were the trouble: a TypeError from inside the function (a Task
         # given loss=None, say) is about something else
         hint = (f"; the function takes no arguments, or only budget, and returns {returns}"
@@ -171,7 +171,7 @@ def _load_task(spec: str, budget: str) -> Task:
         factory = BUILTIN_TASKS[spec]
     else:
         factory = _import_factory(spec)
-    task = call_factory(spec, factory, budget)
+    task = call_factory(spec, factory, budget, keep_value_errors=True)
     if not isinstance(task, Task):
         raise ValueError(f"Invalid task: {spec!r} returned {type(task).__name__}, not optarena.arena.Task")
     task.fingerprint = fingerprint(task, factory)

@@ -27,19 +27,25 @@ BUDGETS = ("tiny", "quick", "full")
 #: ``val_map_l1``) or turned around by a leading ``-`` or ``1-`` says no direction.
 HIGHER_IS_BETTER_WORDS = frozenset({"accuracy", "acc", "auc", "auroc", "f1", "map", "bleu", "rouge", "precision",
                                    "recall", "iou", "psnr", "ssim"})
-LOWER_IS_BETTER_WORDS = frozenset({"loss", "error", "mse", "mae", "rmse", "nll", "perplexity", "ppl", "wer", "cer"})
+LOWER_IS_BETTER_WORDS = frozenset({"loss", "error", "err", "mse", "mae", "rmse", "nll", "perplexity", "ppl", "wer",
+                                  "cer"})
 _NEUTRAL_WORDS = frozenset({"", "val", "valid", "validation", "eval", "test", "train", "metrics", "b", "top", "mean",
-                           "avg", "macro", "micro", "weighted", "squared", "absolute", "root"})
+                           "avg", "macro", "micro", "weighted", "squared", "absolute", "root", "epoch", "step",
+                           "score"})
 
 
 def metric_direction(metric: str) -> bool | None:
     """Whether ``metric``'s name says higher is better (True), lower (False), or nothing sure (None):
     ``val_accuracy``, ``mAP50-95`` and ``top1_acc`` are higher-is-better; ``val_loss``, ``val_mse`` lower."""
-    if re.match(r"\s*(1\s*)?-", metric):  # -val_loss, 1-accuracy
+    if re.match(r"\s*(\d+\s*)?[-/]", metric):  # -val_loss, 1-accuracy, 100-accuracy, 1/loss
         return None
-    words = {w.rstrip("0123456789") for w in re.findall(r"[a-z0-9]+", metric.lower())}  # map50 → map, top1 → top
-    if words - HIGHER_IS_BETTER_WORDS - LOWER_IS_BETTER_WORDS - _NEUTRAL_WORDS:
-        return None
+    known = HIGHER_IS_BETTER_WORDS | LOWER_IS_BETTER_WORDS | _NEUTRAL_WORDS
+    words = set()
+    for token in re.findall(r"[a-z0-9]+", metric.lower()):  # a word as it is (f1) or without its digits (map50, top5)
+        word = next((w for w in (token, token.rstrip("0123456789")) if w in known), None)
+        if word is None:  # acc_std, loss_improvement: a word that may turn the name around
+            return None
+        words.add(word)
     higher, lower = bool(words & HIGHER_IS_BETTER_WORDS), bool(words & LOWER_IS_BETTER_WORDS)
     return higher if higher != lower else None
 

@@ -24,6 +24,10 @@ def needs_args(x):
 
 def raises():
     raise RuntimeError("boom in factory")
+
+
+def refuses():
+    raise ValueError("--load_best_model_at_end requires the save and eval strategy to match")
 '''
 
 
@@ -38,7 +42,9 @@ def test_bad_user_code_is_a_one_line_invalid_task(tmp_path: Path, monkeypatch: p
              f"audit_{prefix}_syntax:f": r"importing 'audit_\w+_syntax' failed: SyntaxError: .*line 1",
              f"audit_{prefix}_user:needs_args": r"calling it failed: TypeError: .*takes no arguments, or "
                                                 r"only budget",
-             f"audit_{prefix}_user:raises": r"calling it failed: RuntimeError: boom in factory"}
+             f"audit_{prefix}_user:raises": r"calling it failed: RuntimeError: boom in factory",
+             # a ValueError of the user's code (TrainingArguments raises them) named the spec too
+             f"audit_{prefix}_user:refuses": r"calling it failed: ValueError: --load_best_model_at_end requires"}
     for spec, message in cases.items():
         with pytest.raises(ValueError, match=rf"^Invalid task: '{prefix}:{spec}' \({message}"):
             load_task(f"{prefix}:{spec}", "tiny")
