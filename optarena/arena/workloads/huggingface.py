@@ -60,11 +60,13 @@ def hf_task(spec: str, positional: list[str], options: dict[str, Any], budget: s
 
     # the metric and its direction: the spec's, else the function's, else what args say for best-model
     # selection (metric_for_best_model, greater_is_better: the Trainer's own declaration), else the eval loss
+    def eval_key(name: str) -> str:  # the key the Trainer's evaluation logs the metric under
+        return name if name.startswith("eval_") else f"eval_{name}"
+
     declared = getattr(args, "metric_for_best_model", None)
-    metric = str(option("metric", made.get("metric", declared or "loss")))
-    metric = metric if metric.startswith("eval_") else f"eval_{metric}"
+    metric = eval_key(str(option("metric", made.get("metric", declared or "loss"))))
     greater = getattr(args, "greater_is_better", None)
-    same = declared is not None and metric == (declared if declared.startswith("eval_") else f"eval_{declared}")
+    same = declared is not None and metric == eval_key(declared)
     higher = flag(spec, "higher_is_better",
                   option("higher_is_better", made.get("higher_is_better", bool(greater) if same else False)))
     steps = positive_int(spec, "steps", option("steps", args.max_steps if args.max_steps > 0 else STEPS[budget]))
