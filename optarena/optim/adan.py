@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -25,6 +24,9 @@ def adan_update(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor
         n ← β3·n + (1−β3)·(g + β2·diff)²;  denom ← sqrt(n)/sqrt(1−β3^t) + eps
         step ← lr/(1−β1^t)·m/denom + lr·β2/(1−β2^t)·d/denom
         θ ← (θ − step)/(1 + lr·wd)   or, with no_prox,   θ ← θ·(1 − lr·wd) − step;      g_prev ← g
+
+    1/denom is taken once and multiplied, as is 1/(1 + lr·wd): one division per element instead of four (divisions
+    bound the compiled 8-bit step: benchmarks/NOTES.md, "One division per element").
     """
     ops.copy_at_first_step_(prev_grads, grads, steps)
     diffs = torch._foreach_sub(grads, prev_grads)
@@ -36,18 +38,19 @@ def adan_update(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor
     ops.mul_(exp_avg_sqs, beta3)
     ops.addcmul_(exp_avg_sqs, nesterov_grads, nesterov_grads, 1 - beta3)
 
-    sqrt_bias3, step1, step2 = ops.hoisted([ops.scalar_fn(1 - beta3**t, torch.sqrt, math.sqrt) for t in steps],
-                                           [-lr / (1 - beta1**t) for t in steps],
-                                           [-lr * beta2 / (1 - beta2**t) for t in steps])
-    denoms = torch._foreach_sqrt(exp_avg_sqs)
-    ops.div_(denoms, sqrt_bias3)
-    ops.add_(denoms, eps)
+    inv_sqrt_bias3, step1, step2 = ops.hoisted(
+        [ops.rsqrt(1 - beta3**t) for t in steps],
+        [-lr / (1 - beta1**t) for t in steps], [-lr * beta2 / (1 - beta2**t) for t in steps])
+    inv_denoms = torch._foreach_sqrt(exp_avg_sqs)
+    ops.mul_(inv_denoms, inv_sqrt_bias3)
+    ops.add_(inv_denoms, eps)
+    torch._foreach_reciprocal_(inv_denoms)
     if no_prox and ops.is_nonzero(weight_decay):
         ops.mul_(params, 1 - lr * weight_decay)
-    ops.addcdiv_(params, exp_avgs, denoms, step1)
-    ops.addcdiv_(params, exp_avg_diffs, denoms, step2)
+    ops.addcmul_(params, exp_avgs, inv_denoms, step1)
+    ops.addcmul_(params, exp_avg_diffs, inv_denoms, step2)
     if not no_prox and ops.is_nonzero(weight_decay):
-        ops.div_(params, 1 + lr * weight_decay)
+        ops.mul_(params, 1 / (1 + lr * weight_decay))
     ops.copy_(prev_grads, grads)
 
 

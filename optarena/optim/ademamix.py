@@ -47,16 +47,18 @@ def ademamix_update(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Te
         θ ← θ·(1 − lr·wd);  m1 ← β1·m1 + (1−β1)·g;  m2 ← β3_t·m2 + (1−β3_t)·g;  ν ← β2·ν + (1−β2)·g²
         θ ← θ − lr·(m1/(1−β1^t) + α_t·m2)/(sqrt(ν)/sqrt(1−β2^t) + eps)
 
-    The slow EMA m2 is not bias-corrected (the paper: its bias is what the α and β3 warm-ups tame).
+    The slow EMA m2 is not bias-corrected (the paper: its bias is what the α and β3 warm-ups tame). sqrt(ν) is
+    multiplied by 1/sqrt(1−β2^t), not divided by its root: one division per element (benchmarks/NOTES.md, "One
+    division per element").
     """
     if ops.is_nonzero(weight_decay):
         ops.mul_(params, 1 - lr * weight_decay)
     # m̂1 + α·m2 = (m1 + α·(1 − β1^t)·m2)/(1 − β1^t): one per-tensor factor per list, no per-tensor alpha= argument
     bias1 = [1 - beta1**t for t in steps]
-    slow_weights, mixes, sqrt_bias2, step_sizes = ops.hoisted(
+    slow_weights, mixes, inv_sqrt_bias2, step_sizes = ops.hoisted(
         [1 - beta3_at(t, beta1, beta3, beta3_warmup) for t in steps],
         [alpha_at(t, alpha, alpha_warmup) * b for t, b in zip(steps, bias1)],
-        [ops.scalar_fn(1 - beta2**t, torch.sqrt, math.sqrt) for t in steps],
+        [ops.rsqrt(1 - beta2**t) for t in steps],
         [-lr / b for b in bias1])
     ops.lerp_(exp_avgs, grads, 1 - beta1)
     ops.lerp_(exp_avg_slows, grads, slow_weights)
@@ -65,7 +67,7 @@ def ademamix_update(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Te
     numerators = ops.scaled(exp_avg_slows, mixes)
     torch._foreach_add_(numerators, exp_avgs)
     denoms = torch._foreach_sqrt(exp_avg_sqs)
-    ops.div_(denoms, sqrt_bias2)
+    ops.mul_(denoms, inv_sqrt_bias2)
     ops.add_(denoms, eps)
     ops.addcdiv_(params, numerators, denoms, step_sizes)
 

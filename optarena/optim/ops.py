@@ -71,6 +71,12 @@ def scalar_fn(value: Scalar, tensor_fn: Callable[[Tensor], Tensor], number_fn: C
     return tensor_fn(value) if isinstance(value, Tensor) else number_fn(value)
 
 
+def rsqrt(value: Scalar) -> Scalar:
+    """``1/sqrt(value)`` for a number or a tensor: a factor to multiply by where dividing by the root would cost a
+    division per element."""
+    return scalar_fn(value, torch.rsqrt, lambda x: 1 / math.sqrt(x))
+
+
 def smin(a: Scalar, b: Scalar) -> Scalar:
     """``min`` for numbers or tensors."""
     if isinstance(a, Tensor) and isinstance(b, Tensor):
