@@ -8,6 +8,7 @@ Only an update that needs nothing but its own parameter's gradient can run this 
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
+from torch.utils.weak import WeakIdKeyDictionary
 
 from .optim.base import OptarenaOptimizer
 from .wrappers import GradientAccumulation, LayerAdaptation, Lazy, Lookahead
@@ -39,13 +41,25 @@ BUCKET_ELEMENTS = 1 << 18
 #: The attribute that marks an optimizer whose steps run inside backward (one set of hooks per optimizer).
 ACTIVE = "_optarena_step_in_backward"
 
+#: Each hooked parameter → a weak reference to the live handle whose hook steps it. A second handle over it (another
+#: optimizer: a new one for the next phase) is refused: the first hook frees the gradient, so the second optimizer
+#: never stepped.
+_CLAIMED: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
 
 class StepInBackward:
     """The hooks made by :func:`step_in_backward`; ``remove()`` restores the usual ``backward(); step()``."""
 
-    def __init__(self, optimizer: OptarenaOptimizer, handles: list[Any]) -> None:
+    def __init__(self, optimizer: OptarenaOptimizer, handles: list[Any], params: list[Tensor] | None = None) -> None:
         self.optimizer = optimizer
         self._handles = handles
+        self._params = [] if params is None else params  # the hooked ones (claimed in _CLAIMED)
+
+    @staticmethod
+    def of(p: Tensor) -> StepInBackward | None:
+        """The live handle whose hook steps ``p``, or None: to remove one whose handle was not kept."""
+        ref = _CLAIMED.get(p)
+        return None if ref is None else ref()
 
     @property
     def active(self) -> bool:
@@ -56,6 +70,10 @@ class StepInBackward:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        for p in self._params:
+            if StepInBackward.of(p) is self:
+                del _CLAIMED[p]
+        self._params = []
         if getattr(self.optimizer, ACTIVE, None) is self:
             delattr(self.optimizer, ACTIVE)
 
@@ -109,6 +127,12 @@ def _check(optimizer: Optimizer) -> OptarenaOptimizer:
     return optimizer
 
 
+def _can_require_grad(p: Tensor) -> bool:
+    """Whether ``p`` may ever get a gradient (only floating and complex tensors, not inference ones, can require
+    grad)."""
+    return p.requires_grad or ((p.is_floating_point() or p.is_complex()) and not p.is_inference())
+
+
 def _given_parameters(items: Iterable[Any]) -> list[Tensor]:
     """The parameters of an iterable of parameters or of param groups (dicts with ``"params"``, as optimizers take
     them: ``optimizer.param_groups``), each once; anything else is refused by its type."""
@@ -136,8 +160,9 @@ def step_in_backward(model_or_params: nn.Module | Iterable[Tensor], optimizer: O
     bucket of small gradients per param group (:data:`BUCKET_ELEMENTS` elements) alive beside the one just
     completed: a tensor of at least that many elements steps at once, smaller ones together when the next would
     not fit in their bucket or when backward ends. A backward pass that raises leaves its waiting gradients in
-    ``.grad``; the next pass adds to them and steps them. Parameters unfrozen, or added to the model and the
-    optimizer, after this call get their hooks at the end of the next backward pass and step from there.
+    ``.grad``; the next pass adds to them and steps them. Frozen parameters get their hooks too and step once
+    unfrozen; ones added to the model and the optimizer after this call get theirs at the end of the next backward
+    pass and step from there.
     ``optimizer.step()`` must not be called (it finds no gradients); ``torch.nn.utils.clip_grad_norm_`` cannot be
     used (no moment has all gradients). LR schedulers, ``maximize``, ``state_dict``/``load_state_dict`` work as
     usual: the hooks read the param groups at each step.
@@ -145,8 +170,11 @@ def step_in_backward(model_or_params: nn.Module | Iterable[Tensor], optimizer: O
     Refused (``TypeError``/``ValueError`` naming the reason): wrappers (GradientAccumulation, LayerAdaptation,
     Lookahead, Lazy) and the base of a live wrapper (one wrapped after this call: by its next backward pass, before
     anything steps), optimizers other than optarena's (torch.optim, MuonAdamW), Adan's ``max_grad_norm > 0`` and
-    ``skip_nonfinite=True``, which all need every gradient of the step. What a failed pass left waiting and
-    ``zero_grad()`` then cleared does not step. Returns a handle whose ``remove()`` undoes it.
+    ``skip_nonfinite=True``, which all need every gradient of the step, and a parameter that another optimizer
+    already steps inside backward (``StepInBackward.of(p)`` finds its handle). What a failed pass left waiting and
+    ``zero_grad()`` then cleared does not step. Returns a handle whose ``remove()`` undoes it; a handle never removed
+    keeps the model and the optimizer alive (torch's garbage collector does not see references held by tensor
+    hooks).
     """
     opt = _check(optimizer)
     if not isinstance(model_or_params, nn.Module | Iterable) or isinstance(model_or_params, Tensor):
@@ -169,21 +197,29 @@ def step_in_backward(model_or_params: nn.Module | Iterable[Tensor], optimizer: O
         return group
 
     owned = {id(q) for g in opt.param_groups for q in g["params"]}
-    params = [p for p in candidates() if p.requires_grad and id(p) in owned]
-    if not params:
+    # frozen ones too: a pass in which only parameters unfrozen since get gradients runs no hook, so nothing could
+    # notice them (freeze the head, unfreeze the backbone: the backbone never stepped)
+    params = [p for p in candidates() if id(p) in owned and _can_require_grad(p)]
+    if not any(p.requires_grad for p in params):
         raise ValueError("step_in_backward: none of the given parameters requires grad and belongs to the "
                          f"{type(opt).__name__} (pass the model, or parameters, that the optimizer was built on)")
     for p in params:
         if not p.is_leaf:
             raise ValueError(f"step_in_backward: a parameter of shape {tuple(p.shape)} is not a leaf tensor; "
                              "post-accumulate-grad hooks exist only on leaves")
+        other = StepInBackward.of(p)
+        if other is not None:
+            raise ValueError(f"step_in_backward: a parameter of shape {tuple(p.shape)} already steps inside backward "
+                             f"with another {type(other.optimizer).__name__}, whose hook frees its gradient first "
+                             "(this one would never step it); remove() that handle first "
+                             "(StepInBackward.of(parameter) finds it)")
 
     pending: dict[int, _Bucket] = {}  # small parameters waiting, by group
     waiting: dict[int, int] = {}  # their ids → the backward pass (graph task id) whose hook last saw them
     queued: set[int] = set()  # the passes whose end steps what waits
     hooked: set[int] = set()
-    # given parameters without hooks (frozen, or not the optimizer's), looked at again at the end of each pass: one
-    # unfrozen, or added to the model and the optimizer, since then gets its hook there
+    # given parameters without hooks (not the optimizer's), looked at again at the end of each pass: one added to the
+    # model and the optimizer since then gets its hook there
     unhooked: list[Tensor] = []
     listed: dict[str, Any] = {"sizes": None, "owned": set(), "outside": set()}  # as of the last listing
 
@@ -235,14 +271,15 @@ def step_in_backward(model_or_params: nn.Module | Iterable[Tensor], optimizer: O
                               f"(shapes {shapes}) are not among the parameters it was given: their gradients "
                               "accumulate unstepped (make the handle again with them, or step them with "
                               "optimizer.step())", RuntimeWarning, stacklevel=2)
-        new = [p for p in unhooked if p.requires_grad and id(p) in listed["owned"]]
+        new = [p for p in unhooked if id(p) in listed["owned"] and _can_require_grad(p)
+               and StepInBackward.of(p) is None]
         if not new:
             return
         hook_onto(new)
         unhooked[:] = [p for p in unhooked if id(p) not in hooked]
         late: dict[int, _Bucket] = {}  # their gradients of this pass, complete without a hook
         for p in new:
-            if p.grad is not None:
+            if p.requires_grad and p.grad is not None:
                 group = group_of(p)
                 late.setdefault(id(group), _Bucket(group)).params.append(p)
         for bucket in late.values():
@@ -277,13 +314,26 @@ def step_in_backward(model_or_params: nn.Module | Iterable[Tensor], optimizer: O
         waiting[id(p)] = task
 
     handles: list[Any] = []
+    claimed: list[Tensor] = []
 
     def hook_onto(new: list[Tensor]) -> None:
-        handles.extend(p.register_post_accumulate_grad_hook(hook) for p in new)
+        for p in new:
+            # torch registers hooks only on tensors that require grad; the hook stays through later freezing and
+            # unfreezing, so a frozen one requires grad for the registration alone
+            frozen = not p.requires_grad
+            if frozen:
+                p.requires_grad_(True)
+            try:
+                handles.append(p.register_post_accumulate_grad_hook(hook))
+            finally:
+                if frozen:
+                    p.requires_grad_(False)
+            _CLAIMED[p] = weakref.ref(handle)
+            claimed.append(p)
         hooked.update(map(id, new))
 
+    handle = StepInBackward(opt, handles, claimed)
     hook_onto(params)
     adopt_new_parameters()  # lists the unhooked ones
-    handle = StepInBackward(opt, handles)
     setattr(opt, ACTIVE, handle)
     return handle

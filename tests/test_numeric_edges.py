@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fractions
 import re
+from typing import Any
 
 import pytest
 import torch
@@ -106,6 +107,32 @@ def test_skip_nonfinite_skips_a_gradient_whose_square_overflows(cls: type, path:
     param.grad = torch.randn(4, 5)
     opt.step()
     assert not torch.equal(param, before)
+
+
+@pytest.mark.parametrize("state_dtype", ["int8", torch.bfloat16])
+@pytest.mark.parametrize("cls", [optarena.Adan, optarena.AdaX, optarena.AdEMAMix])
+def test_skip_nonfinite_limits_float64_parameters_by_their_narrower_state(cls: type, state_dtype: Any) -> None:
+    """An fp64 parameter was checked against float64's limit, which a 1e25 gradient is far inside, while its squared
+    gradient lands in float32 block scales (8-bit state: 255 weights NaN at the next step) or bf16 (a moment infinite
+    for good, a frozen weight). Fp64 state keeps float64's limit."""
+    gen = torch.Generator().manual_seed(0)
+    param = torch.nn.Parameter(torch.randn(64, 80, dtype=torch.float64, generator=gen))  # quantised: 8-bit codes
+    opt = cls([param], skip_nonfinite=True, state_dtype=state_dtype)
+    param.grad = torch.randn(64, 80, dtype=torch.float64, generator=gen)
+    opt.step()
+    before = param.detach().clone()
+    param.grad = torch.randn(64, 80, dtype=torch.float64, generator=gen)
+    param.grad[0, 0] = 1e25
+    opt.step()
+    assert opt.skipped_steps == 1 and torch.equal(param, before)
+    for _ in range(2):
+        param.grad = torch.randn(64, 80, dtype=torch.float64, generator=gen)
+        opt.step()
+    assert finite(opt, [param]) and (param != before).all()
+    wide = cls([param], skip_nonfinite=True)
+    param.grad[0, 0] = 1e25
+    wide.step()
+    assert wide.skipped_steps == 0 and finite(wide, [param])
 
 
 MID_RUN = [

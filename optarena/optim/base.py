@@ -303,6 +303,18 @@ class OptarenaOptimizer(Optimizer):
                                    f"parameter of shape {tuple(p.shape)}); use dense gradients, e.g. "
                                    "nn.Embedding(sparse=False)")
 
+    def _range_dtype(self, p: Tensor, group: dict[str, Any]) -> torch.dtype:
+        """The narrowest float type ``p``'s math and state pass through: its math dtype, or the state's where that
+        overflows first (bf16 state, the float32 block scales of 8-bit state, also where codes outlive a switch of
+        ``state_dtype``): an fp64 parameter with 8-bit state turned a block NaN at gradients near 1e25."""
+        state_dtype = group.get("state_dtype")
+        if state_dtype == INT8 or any(v.dtype in quant.CODE_DTYPES for v in self.state.get(p, {}).values()):
+            state_dtype = torch.float32
+        dtype = math_dtype(p)
+        if isinstance(state_dtype, torch.dtype) and torch.finfo(state_dtype).max < torch.finfo(dtype).max:
+            return state_dtype
+        return dtype
+
     def _grads_in_range(self, params: list[Tensor]) -> bool:
         """Whether every gradient entry is finite and within ``_grad_limit``: one reduction, one host sync."""
         grads = [p.grad if p.grad.layout == torch.strided else p.grad.coalesce().values() for p in params]  # Lazy's
@@ -310,8 +322,9 @@ class OptarenaOptimizer(Optimizer):
         if not grads:  # none, or all empty (a sparse gradient without rows, a zero-size parameter)
             return True
         largest = torch.stack([n.to(torch.float64) for n in torch._foreach_norm(grads, math.inf)])
-        limits = torch.tensor([self._grad_limit(math_dtype(p)) for p in params], dtype=torch.float64,
-                              device=largest.device)
+        groups = {id(q): g for g in self.param_groups for q in g["params"]}
+        limits = torch.tensor([self._grad_limit(self._range_dtype(p, groups.get(id(p), self.defaults)))
+                               for p in params], dtype=torch.float64, device=largest.device)
         return bool((largest.isfinite() & (largest <= limits)).all())
 
     def _step_group(self, group: dict[str, Any], params: list[Tensor], scale: Scalar | None,

@@ -13,6 +13,7 @@ from torch.optim import Optimizer
 
 from ..info import get_optimizer_info, list_optimizers
 from . import quant
+from .step import INT8
 
 #: Group keys every optarena optimizer has (later versions may add more; an older checkpoint gets their defaults).
 MACHINERY = frozenset({"maximize", "foreach", "fused", "state_dtype", "stochastic_rounding", "skip_nonfinite"})
@@ -128,3 +129,34 @@ def _check_param_state(opt: Optimizer, saved: dict[str, Any], p: torch.Tensor, g
         if key != "step" and tuple(shape) != tuple(want):
             raise ValueError(f"{where} has {key} of shape {shape}, where {tuple(want)} belongs: this state_dict was "
                              "saved for another model")
+    _check_codes(opt, saved, p, group, where)
+
+
+def _check_codes(opt: Optimizer, saved: dict[str, Any], p: torch.Tensor, group: dict[str, Any], where: str) -> None:
+    """Refuse 8-bit buffers that are not what the step wrote: a buffer with block scales holds codes of its 8-bit
+    dtype, and its scales are floats. Loaded, codes cast to floats became the moment itself (values up to 127),
+    uint8 codes read as int8 made a second moment negative (NaN at the next step), integer scales were truncated."""
+    owners = [key.removesuffix(quant.SCALE_SUFFIX) for key in saved if key.endswith(quant.SCALE_SUFFIX)]
+    if not owners:
+        return
+    # the dtypes of the 8-bit state, whatever the group's state_dtype says now (state keeps the dtype it was made
+    # in); a tensor too small to quantise asks a larger stand-in, so that codes saved under a lower MIN_QUANTIZED load
+    shape = p.shape if quant.quantizes(p) else (quant.MIN_QUANTIZED,)
+    codes = {key: value.dtype for key, value in opt.state_template(
+        torch.empty(shape, dtype=p.dtype, device="meta"), {**group, "state_dtype": INT8}).items()
+        if value.dtype in quant.CODE_DTYPES}
+    for key in owners:
+        scales, value = saved[key + quant.SCALE_SUFFIX], saved.get(key)
+        if key not in codes:
+            raise ValueError(f"{where} has {key}{quant.SCALE_SUFFIX}, block scales of no 8-bit buffer "
+                             f"{type(opt).__name__} keeps (its 8-bit buffers: {', '.join(sorted(codes)) or 'none'}): "
+                             "this state_dict was saved from another optimizer or altered")
+        dtype = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
+        if dtype != codes[key]:
+            raise ValueError(f"{where} has {key} of dtype {dtype} beside its block scales {key}{quant.SCALE_SUFFIX}, "
+                             f"where 8-bit codes of dtype {codes[key]} belong: this state_dict was altered (its "
+                             "codes cast)")
+        if not (isinstance(scales, torch.Tensor) and scales.is_floating_point()):
+            dtype = scales.dtype if isinstance(scales, torch.Tensor) else type(scales).__name__
+            raise ValueError(f"{where} has {key}{quant.SCALE_SUFFIX} of dtype {dtype}, where floating-point block "
+                             "scales belong: this state_dict was altered (its scales cast)")
