@@ -93,19 +93,28 @@ def dequantize(codes: Tensor, absmax: Tensor) -> Tensor:
     return x.reshape(-1)[:codes.numel()].view(codes.shape)
 
 
-def quantize_(codes: Tensor, absmax: Tensor, x: Tensor) -> None:
-    """Encode float32 ``x`` into ``codes`` and ``absmax`` (in place), each element to its nearest code."""
-    absmax.copy_(encode_blocks_(codes, x, absmax.numel()))
+def quantize_(codes: Tensor, absmax: Tensor, x: Tensor, stochastic: bool = False) -> None:
+    """Encode float32 ``x`` into ``codes`` and ``absmax`` (in place), each element to its nearest code, or with
+    ``stochastic`` to one of its two neighbours (:func:`encode_blocks_`)."""
+    absmax.copy_(encode_blocks_(codes, x, absmax.numel(), stochastic))
 
 
-def encode_blocks_(codes: Tensor, x: Tensor, nblocks: int) -> Tensor:
+def _rounded(x: Tensor, stochastic: bool) -> Tensor:
+    """``x`` (≥ 0) rounded to the nearest integer, or up with probability its fractional part (torch's global random
+    generator): unbiased, so a moment that moves by less than half a code per step still moves on average."""
+    return (x + torch.rand_like(x)).floor() if stochastic else x.round()
+
+
+def encode_blocks_(codes: Tensor, x: Tensor, nblocks: int, stochastic: bool = False) -> Tensor:
     """Encode float32 ``x`` into ``codes`` (in place) and return its ``nblocks`` new block scales. The fused step
     takes them as a kernel output instead of writing the scales it read: inductor then runs the block maximum and
-    the encoding in one loop over blocks (benchmarks/NOTES.md, "8-bit state")."""
+    the encoding in one loop over blocks (benchmarks/NOTES.md, "8-bit state"). Rounded to the nearest code, a
+    moment whose step is below half a code never moves (a constant gradient, a block maximum that stays): a weight
+    kept stepping against its gradient; ``stochastic`` rounding moves it by the right amount on average."""
     amax, unit = unit_blocks(x, nblocks)
     if codes.dtype == torch.int8:
         root = unit.abs().sqrt() if SIGNED_POWER == 2 else unit.abs() ** (1 / SIGNED_POWER)
-        rounded = (root * 127).round()
+        rounded = _rounded(root * 127, stochastic)
         # the sign by a compare and a blend (sign()·x costs six vector operations, copysign a call into Sleef per 16
         # elements); through int32, two vector instructions where float→int8 takes six (no step time measurably
         # saved), and a NaN or infinite value encodes as 0 on every path (directly, −128 in vector lanes)
@@ -113,7 +122,7 @@ def encode_blocks_(codes: Tensor, x: Tensor, nblocks: int) -> Tensor:
     else:
         # a non-negative moment that rounding made slightly negative encodes as 0
         root = unit.clamp(min=0).sqrt().sqrt() if UNSIGNED_POWER == 4 else unit.clamp(min=0) ** (1 / UNSIGNED_POWER)
-        q = (root * 255).round()
+        q = _rounded(root * 255, stochastic)
     codes.copy_(q.reshape(-1)[:codes.numel()].view(codes.shape))
     return amax
 
@@ -137,11 +146,11 @@ def decoded(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return {k: decoded_entry(state, k) for k in state if not is_scale(state, k)}
 
 
-def encode_(state: dict[str, Tensor], values: dict[str, Tensor]) -> None:
+def encode_(state: dict[str, Tensor], values: dict[str, Tensor], stochastic: bool = False) -> None:
     """Encode the decoded buffers of ``values`` (from :func:`decoded`) back into ``state``'s codes."""
     for k, v in values.items():
         if is_codes(state, k):
-            quantize_(state[k], state[k + SCALE_SUFFIX], v)
+            quantize_(state[k], state[k + SCALE_SUFFIX], v, stochastic)
 
 
 def is_scale(state: dict[str, Tensor], key: str) -> bool:

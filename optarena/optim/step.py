@@ -129,6 +129,7 @@ def step_tensors(update: Update, group: dict[str, Any], params: list[Tensor], gr
     if work[0] is not params[0]:
         round_into(params, work, group["stochastic_rounding"])
     dst, src = [], []
+    stochastic = group["stochastic_rounding"]
     for i, (s, w) in enumerate(zip(states, work_states)):
         for k, value in w.items():
             if value is s[k]:
@@ -136,9 +137,9 @@ def step_tensors(update: Update, group: dict[str, Any], params: list[Tensor], gr
             if quant.is_codes(s, k):
                 scales = s[k + quant.SCALE_SUFFIX]
                 if new_scales is None:
-                    quant.quantize_(s[k], scales, value)
+                    quant.quantize_(s[k], scales, value, stochastic)
                 else:
-                    new_scales[i][k] = quant.encode_blocks_(s[k], value, scales.numel())
+                    new_scales[i][k] = quant.encode_blocks_(s[k], value, scales.numel(), stochastic)
             else:
                 dst.append(s[k])
                 src.append(value)
