@@ -110,11 +110,14 @@ def test_skip_nonfinite_skips_a_gradient_whose_square_overflows(cls: type, path:
 
 
 @pytest.mark.parametrize("state_dtype", ["int8", torch.bfloat16])
-@pytest.mark.parametrize("cls", [optarena.Adan, optarena.AdaX, optarena.AdEMAMix])
-def test_skip_nonfinite_limits_float64_parameters_by_their_narrower_state(cls: type, state_dtype: Any) -> None:
+@pytest.mark.parametrize(("cls", "huge"), [(optarena.Adan, 1e25), (optarena.AdaX, 1e25), (optarena.AdEMAMix, 1e25),
+                                           (optarena.Lion, 1e41), (optarena.RLion, 1e41)])
+def test_skip_nonfinite_limits_float64_parameters_by_their_narrower_state(cls: type, huge: float,
+                                                                         state_dtype: Any) -> None:
     """An fp64 parameter was checked against float64's limit, which a 1e25 gradient is far inside, while its squared
     gradient lands in float32 block scales (8-bit state: 255 weights NaN at the next step) or bf16 (a moment infinite
-    for good, a frozen weight). Fp64 state keeps float64's limit."""
+    for good, a frozen weight); Lion's and RLion's momentum, which squares nothing, had no limit at all (1e41: a block
+    NaN). Fp64 state keeps float64's limit."""
     gen = torch.Generator().manual_seed(0)
     param = torch.nn.Parameter(torch.randn(64, 80, dtype=torch.float64, generator=gen))  # quantised: 8-bit codes
     opt = cls([param], skip_nonfinite=True, state_dtype=state_dtype)
@@ -122,17 +125,31 @@ def test_skip_nonfinite_limits_float64_parameters_by_their_narrower_state(cls: t
     opt.step()
     before = param.detach().clone()
     param.grad = torch.randn(64, 80, dtype=torch.float64, generator=gen)
-    param.grad[0, 0] = 1e25
+    param.grad[0, 0] = huge
     opt.step()
     assert opt.skipped_steps == 1 and torch.equal(param, before)
     for _ in range(2):
         param.grad = torch.randn(64, 80, dtype=torch.float64, generator=gen)
         opt.step()
-    assert finite(opt, [param]) and (param != before).all()
+    assert finite(opt, [param]) and not torch.equal(param, before)
     wide = cls([param], skip_nonfinite=True)
-    param.grad[0, 0] = 1e25
+    param.grad[0, 0] = huge
     wide.step()
     assert wide.skipped_steps == 0 and finite(wide, [param])
+
+
+def test_skip_nonfinite_reads_the_state_a_parameter_has_after_state_dtype_changes() -> None:
+    """State keeps the dtype it was made in: bf16 moments of an fp64 parameter stay bf16 after the group switches to
+    state_dtype=None, and a 1e25 gradient still overflows them (an infinite second moment, a frozen weight)."""
+    param = torch.nn.Parameter(torch.randn(64, 80, dtype=torch.float64))
+    opt = optarena.AdaX([param], skip_nonfinite=True, state_dtype=torch.bfloat16)
+    param.grad = torch.randn_like(param)
+    opt.step()
+    opt.param_groups[0]["state_dtype"] = None
+    param.grad = torch.randn_like(param)
+    param.grad[0, 0] = 1e25
+    opt.step()
+    assert opt.skipped_steps == 1 and finite(opt, [param])
 
 
 MID_RUN = [

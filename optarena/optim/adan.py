@@ -41,7 +41,7 @@ def adan_update(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor
     inv_sqrt_bias3, step1, step2 = ops.hoisted(
         [ops.rsqrt(1 - beta3**t) for t in steps],
         [-lr / (1 - beta1**t) for t in steps], [-lr * beta2 / (1 - beta2**t) for t in steps])
-    inv_denoms = torch._foreach_sqrt(exp_avg_sqs)
+    inv_denoms = torch._foreach_sqrt(exp_avg_sqs)  # the denominators, inverted in place below
     ops.mul_(inv_denoms, inv_sqrt_bias3)
     ops.add_(inv_denoms, eps)
     torch._foreach_reciprocal_(inv_denoms)

@@ -106,7 +106,9 @@ class OptarenaOptimizer(Optimizer):
         where the math squares gradients, one whose square would overflow (a second moment infinite for good, a
         frozen weight; NaN with 8-bit state)."""
         span = cls.squared_gradient_span
-        return math.inf if span is None else math.sqrt(torch.finfo(dtype).max) / span
+        # no square: a moment is a mix of gradients, so one beyond the dtype's range overflows it (an fp64 parameter
+        # with float32 or 8-bit state)
+        return torch.finfo(dtype).max if span is None else math.sqrt(torch.finfo(dtype).max) / span
 
     def _grad_scale(self, params: list[Tensor]) -> Tensor | None:
         """A factor for every gradient of this step (``params``: all with a grad, over all groups), or None;
@@ -304,15 +306,22 @@ class OptarenaOptimizer(Optimizer):
                                    "nn.Embedding(sparse=False)")
 
     def _range_dtype(self, p: Tensor, group: dict[str, Any]) -> torch.dtype:
-        """The narrowest float type ``p``'s math and state pass through: its math dtype, or the state's where that
-        overflows first (bf16 state, the float32 block scales of 8-bit state, also where codes outlive a switch of
-        ``state_dtype``): an fp64 parameter with 8-bit state turned a block NaN at gradients near 1e25."""
-        state_dtype = group.get("state_dtype")
-        if state_dtype == INT8 or any(v.dtype in quant.CODE_DTYPES for v in self.state.get(p, {}).values()):
-            state_dtype = torch.float32
+        """The narrowest float type ``p``'s math and state pass through: its math dtype, or its state's where that
+        overflows first (bf16 buffers, the float32 block scales of 8-bit codes): an fp64 parameter with 8-bit state
+        turned a block NaN at gradients near 1e25. The state it has (which keeps its dtype when the group's
+        ``state_dtype`` changes), else the one the group will give it."""
+        state = {k: v for k, v in self.state.get(p, {}).items() if k != "step" and isinstance(v, Tensor)}
+        if state:
+            kinds = {torch.float32 if v.dtype in quant.CODE_DTYPES else v.dtype for v in state.values()}
+        else:
+            state_dtype = group.get("state_dtype")
+            if state_dtype == INT8:
+                state_dtype = torch.float32 if quant.quantizes(p) else None
+            kinds = {state_dtype} if state_dtype is not None else set()
         dtype = math_dtype(p)
-        if isinstance(state_dtype, torch.dtype) and torch.finfo(state_dtype).max < torch.finfo(dtype).max:
-            return state_dtype
+        for kind in kinds:
+            if kind.is_floating_point and torch.finfo(kind).max < torch.finfo(dtype).max:
+                dtype = kind
         return dtype
 
     def _grads_in_range(self, params: list[Tensor]) -> bool:

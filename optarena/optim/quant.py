@@ -7,7 +7,8 @@ says which code they hold: ``int8`` for signed moments (momentum, gradient diffe
 ``uint8`` for non-negative ones (second moments), ``x = a·(q/255)⁴``. Both spend more codes near zero than a linear
 code does, as the dynamic code does, yet decode with two multiplications and encode with a square root, so that the
 fused kernel dequantises, updates and requantises in one pass at memory speed (the choice and the measurement
-behind it: benchmarks/NOTES.md, "8-bit state"). Math is float32; encoding rounds to the nearest code.
+behind it: benchmarks/NOTES.md, "8-bit state"). Math is float32; encoding rounds to the nearest code, or with the
+group's ``stochastic_rounding`` to one of the two neighbouring codes.
 
 Tensors with fewer than :data:`MIN_QUANTIZED` elements (biases, norm weights) keep float32 state: a block scale
 would cost more than the bytes saved, and they are where a per-element error hurts most.
@@ -101,8 +102,12 @@ def quantize_(codes: Tensor, absmax: Tensor, x: Tensor, stochastic: bool = False
 
 def _rounded(x: Tensor, stochastic: bool) -> Tensor:
     """``x`` (≥ 0) rounded to the nearest integer, or up with probability its fractional part (torch's global random
-    generator): unbiased, so a moment that moves by less than half a code per step still moves on average."""
-    return (x + torch.rand_like(x)).floor() if stochastic else x.round()
+    generator): unbiased in the code, so a moment that moves by less than half a code per step still moves on average
+    (the decoded value of a moment far below its block's maximum comes out slightly high: the codes decode as powers).
+    Never above ``ceil(x)``: in float32, 127 + a draw just below 1 rounds to 128, which wrapped to −128 as int8."""
+    if not stochastic:
+        return x.round()
+    return torch.minimum((x + torch.rand_like(x)).floor(), x.ceil())
 
 
 def encode_blocks_(codes: Tensor, x: Tensor, nblocks: int, stochastic: bool = False) -> Tensor:

@@ -2,8 +2,9 @@
 
 :func:`step_tensors` advances the step counts, folds ``maximize`` and a gradient scale into the gradients, runs the
 algorithm's math in float32 (or better) on up-cast copies of low-precision parameters, gradients and state, and
-writes the results back (bf16 parameters stochastically rounded on request). The loop and foreach paths call it
-eagerly on real tensors; the fused path compiles it over flat views. Each of those concerns therefore exists once.
+writes the results back (bf16 parameters and 8-bit codes stochastically rounded on request). The loop and foreach
+paths call it eagerly on real tensors; the fused path compiles it over flat views. Each of those concerns therefore
+exists once.
 """
 
 from __future__ import annotations
@@ -126,10 +127,10 @@ def step_tensors(update: Update, group: dict[str, Any], params: list[Tensor], gr
     work_states = [_work_state(s, work_dtype) for s in states]
     work = [_as(p, work_dtype) for p in params]
     update(group, work, grads, work_states)
-    if work[0] is not params[0]:
-        round_into(params, work, group["stochastic_rounding"])
-    dst, src = [], []
     stochastic = group["stochastic_rounding"]
+    if work[0] is not params[0]:
+        round_into(params, work, stochastic)
+    dst, src = [], []
     for i, (s, w) in enumerate(zip(states, work_states)):
         for k, value in w.items():
             if value is s[k]:
