@@ -168,7 +168,8 @@ class CellPlan:
         return not self.missing and not self.blocked
 
 
-def _better(value: float, than: float, higher_is_better: bool) -> bool:
+def better(value: float, than: float, higher_is_better: bool) -> bool:
+    """``value`` is strictly better than ``than`` in the metric's direction."""
     return value > than if higher_is_better else value < than
 
 
@@ -177,7 +178,7 @@ def _best(cell: Cell, finished: Mapping[str, Outcome], keys: list[str]) -> int |
     best_i, best = None, None
     for i, key in enumerate(keys):
         metric = finished[key].metric
-        if metric is not None and math.isfinite(metric) and (best is None or _better(metric, best,
+        if metric is not None and math.isfinite(metric) and (best is None or better(metric, best,
                                                                                       cell.higher_is_better)):
             best_i, best = i, metric
     return best_i

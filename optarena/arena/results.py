@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .config import CompareConfig
-from .plan import Cell, CellPlan, Outcome, point_key
+from .plan import Cell, CellPlan, Outcome, better, point_key
 from .storage import FAILURES, ArenaStorage, Record
 from .task import Task
 
@@ -119,7 +119,7 @@ class CellSummary:
         """Whether this result's median is strictly better than ``value``."""
         if self.metric_median is None:
             return False
-        return self.metric_median > value if self.higher_is_better else self.metric_median < value
+        return better(self.metric_median, value, self.higher_is_better)
 
     def ties(self, other: CellSummary) -> bool:
         """Two results tie when their difference lies inside the seed spread: either median inside the other's

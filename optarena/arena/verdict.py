@@ -16,7 +16,7 @@ import math
 import statistics
 from dataclasses import dataclass, field
 
-from .plan import point_key, stress_lrs
+from .plan import better, point_key, stress_lrs
 from .results import (
     METRIC_FORMAT,
     CellSummary,
@@ -54,7 +54,7 @@ def learned(summary: CellSummary, best: float | None, value: float | None = None
     start = summary.initial_metric
     if start is None or best is None:
         return None
-    if not (value > start if summary.higher_is_better else value < start):
+    if not better(value, start, summary.higher_is_better):
         return False
     return best == start or (value - start) / (best - start) >= LEARNED_FRACTION
 
