@@ -113,11 +113,10 @@ def ultralytics_task(model: str, data: str, options: dict[str, Any], budget: str
     if generated_by is None:
         _check_data(data, spec)
     options = dict(options)
-    target = options.pop("target", None)
-    if target is not None:
-        from .common import finite_float  # here: .common imports the runner, which loading a task does not need
+    from .common import target_option  # here: .common imports the runner, which loading a task does not need
 
-        target = finite_float(spec or model, "target", target)
+    target = target_option(spec or model, options)
+    options.pop("target", None)
     task_name = options.pop("name", None) or name or f"yolo-{Path(model).stem}-{Path(data).parent.name or 'data'}"
     options.setdefault("epochs", ULTRALYTICS_EPOCHS[budget])
     batch = options.pop("batch", 16)

@@ -9,6 +9,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,17 @@ def resolve(spec: str, module_name: str, attr: str) -> tuple[Any, str | None]:
     if not hasattr(module, attr):
         raise ValueError(f"Invalid task: {spec!r} ({module_name!r} has no {attr!r})")
     return getattr(module, attr), getattr(module, "__file__", None)
+
+
+def option(options: Mapping[str, Any], key: str, default: Any) -> Any:
+    """The spec's option ``key``, or ``default`` where it is not given (an option given empty, ``steps=``, is not)."""
+    return default if options.get(key) is None else options[key]
+
+
+def target_option(spec: str, options: Mapping[str, Any]) -> float | None:
+    """The spec's ``target`` as a finite number, or None where it is not given."""
+    target = options.get("target")
+    return None if target is None else finite_float(spec, "target", target)
 
 
 def positive_int(spec: str, name: str, value: Any) -> int:

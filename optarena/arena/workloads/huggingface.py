@@ -30,7 +30,7 @@ from ..catalog import call_factory
 from ..optimizer_setup import arena_weight_decay, lr_multiplier, run_length_kwargs, ultralytics_only
 from ..runner import weights_digest
 from . import _digest, workload_task
-from .common import Diverged, Recorder, finite_float, flag, positive_int, resolve, run_dir
+from .common import Diverged, Recorder, flag, option, positive_int, resolve, run_dir, target_option
 
 STEPS = {"tiny": 20, "quick": 300, "full": 2000}
 #: What the function returns beyond the Trainer's own arguments.
@@ -55,25 +55,21 @@ def hf_task(spec: str, positional: list[str], options: dict[str, Any], budget: s
                          f"{', '.join(sorted(known))})")
     args = made["args"]
 
-    def option(key: str, default: Any) -> Any:  # an option given empty (steps=) is not given
-        return default if options.get(key) is None else options[key]
-
     # the metric and its direction: the spec's, else the function's, else what args say for best-model
     # selection (metric_for_best_model, greater_is_better: the Trainer's own declaration), else the eval loss
     def eval_key(name: str) -> str:  # the key the Trainer's evaluation logs the metric under
         return name if name.startswith("eval_") else f"eval_{name}"
 
     declared = getattr(args, "metric_for_best_model", None)
-    metric = eval_key(str(option("metric", made.get("metric", declared or "loss"))))
+    metric = eval_key(str(option(options, "metric", made.get("metric", declared or "loss"))))
     greater = getattr(args, "greater_is_better", None)
     same = declared is not None and metric == eval_key(declared)
     higher = flag(spec, "higher_is_better",
-                  option("higher_is_better", made.get("higher_is_better", bool(greater) if same else False)))
-    steps = positive_int(spec, "steps", option("steps", args.max_steps if args.max_steps > 0 else STEPS[budget]))
-    evals = positive_int(spec, "evals", option("evals", 10))
-    target = options.get("target")
-    if target is not None:
-        target = finite_float(spec, "target", target)
+                  option(options, "higher_is_better", made.get("higher_is_better", bool(greater) if same else False)))
+    steps = positive_int(spec, "steps",
+                         option(options, "steps", args.max_steps if args.max_steps > 0 else STEPS[budget]))
+    evals = positive_int(spec, "evals", option(options, "evals", 10))
+    target = target_option(spec, options)
     shaping = [getattr(args, k, None) for k in ("per_device_train_batch_size", "gradient_accumulation_steps",
                                                  "weight_decay", "max_grad_norm", "bf16", "fp16")]
     fingerprint = _digest(spec, metric, higher, steps, evals, budget, shaping,

@@ -31,7 +31,7 @@ from ..catalog import call_factory
 from ..optimizer_setup import arena_weight_decay, lr_multiplier, run_length_kwargs, ultralytics_only
 from ..runner import weights_digest
 from . import _digest, workload_task
-from .common import Diverged, Recorder, finite_float, flag, positive_int, resolve, run_dir
+from .common import Diverged, Recorder, finite_float, flag, option, positive_int, resolve, run_dir, target_option
 
 STEPS = {"tiny": 20, "quick": 300, "full": 2000}
 
@@ -84,19 +84,15 @@ def lightning_task(spec: str, positional: list[str], options: dict[str, Any], bu
         raise ValueError(f"Invalid task: {spec!r} (unknown options {', '.join(unknown)}; known: "
                          f"{', '.join(sorted(known))})")
 
-    def option(key: str, default: Any) -> Any:  # an option given empty (steps=) is not given
-        return default if options.get(key) is None else options[key]
-
-    metric = option("metric", workload.metric)
+    metric = option(options, "metric", workload.metric)
     if not isinstance(metric, str) or not metric:
         raise ValueError(f"Invalid task: {spec!r} (metric={metric!r} is not a name the module logs)")
-    higher = flag(spec, "higher_is_better", option("higher_is_better", workload.higher_is_better))
-    steps = positive_int(spec, "steps", option("steps", workload.steps or STEPS[budget]))
-    weight_decay = finite_float(spec, "weight_decay", option("weight_decay", workload.weight_decay), minimum=0)
-    evals = positive_int(spec, "evals", option("evals", 10))
-    target = options.get("target")
-    if target is not None:
-        target = finite_float(spec, "target", target)
+    higher = flag(spec, "higher_is_better", option(options, "higher_is_better", workload.higher_is_better))
+    steps = positive_int(spec, "steps", option(options, "steps", workload.steps or STEPS[budget]))
+    weight_decay = finite_float(spec, "weight_decay", option(options, "weight_decay", workload.weight_decay),
+                                minimum=0)
+    evals = positive_int(spec, "evals", option(options, "evals", 10))
+    target = target_option(spec, options)
     name = options.get("name") or f"lightning-{positional[1]}"
     fingerprint = _digest(spec, metric, higher, steps, weight_decay, evals, budget,
                           files=(source, __file__))
