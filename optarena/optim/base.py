@@ -23,7 +23,7 @@ from ..validation import check_choice, check_group_now
 from . import fused, quant
 from .checkpoint import MACHINERY, check_state_dict
 from .ops import Scalar
-from .step import INT8, group_by_device_and_dtype, math_dtype, runs_of, step_tensors
+from .step import INT8, group_by_device_and_dtype, math_dtype, runs_of, step_counter, step_tensors
 
 ParamsT: TypeAlias = Iterable[Tensor] | Iterable[dict[str, Any]]
 #: The machinery's keys in a fixed order (a group's values of them are checked once per combination).
@@ -224,6 +224,8 @@ class OptarenaOptimizer(Optimizer):
                     dtype = value.dtype if codes else fresh.dtype
                     if state[key].dtype != dtype:
                         state[key] = value.to(device=p.device, dtype=dtype)
+            if quant.STEP not in state and any(quant.is_codes(state, key) for key in state):
+                state[quant.STEP] = step_counter()  # saved before 8-bit state counted steps (its dither's seed)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:

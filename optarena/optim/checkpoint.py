@@ -109,6 +109,8 @@ def _check_param_state(opt: Optimizer, saved: dict[str, Any], p: torch.Tensor, g
     # what a setting switched on or off mid-run leaves or lacks: the optional buffers (Adafactor's beta1, Amos's
     # momentum) and the block scales (state_dtype changed: the state keeps the dtype it was made in)
     loose = opt._optional_state(group) | {k for k in (*saved, *expected) if k.endswith(quant.SCALE_SUFFIX)}
+    if quant.STEP not in opt._init_state(torch.empty_like(p, device="meta"), group):
+        loose.add(quant.STEP)  # the step count only 8-bit state keeps (its dither's seed), not the math
     unexpected = sorted(set(saved) - set(expected) - loose)
     missing = sorted(set(expected) - set(saved) - loose)
     missing += [key + quant.SCALE_SUFFIX for key, value in saved.items()  # 8-bit codes need their scales

@@ -57,9 +57,9 @@ class Lion(OptarenaOptimizer):
             Falls back to foreach with one warning where compilation fails. ``None``: off (see README, "Speed").
         state_dtype: dtype of the state buffers: ``None`` (fp32 for fp32/bf16/fp16 params, fp64 for fp64) or
             ``torch.bfloat16`` (half the state memory; the math stays fp32).
-        stochastic_rounding: round bf16 parameters stochastically when writing the fp32 result back, and 8-bit
-            state's codes to one of their two neighbours (unbiased in the code: a moment moving less than half a
-            code per step still moves; README, "8-bit state"); draws from torch's global random generator.
+        stochastic_rounding: round bf16 parameters stochastically when writing the fp32 result back (draws from
+            torch's global random generator). 8-bit state's codes are always rounded without bias, by a
+            deterministic dither (README, "8-bit state").
         skip_nonfinite: skip the whole step (every group; ``skipped_steps`` counts them) when a gradient holds a
             NaN or infinity, as ``torch.amp.GradScaler`` does; for the optimizers that square gradients (Adan, AdaX,
             AdEMAMix, Adafactor, Amos) also an entry whose square overflows the math dtype (beyond ~1.8e19 in

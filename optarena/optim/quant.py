@@ -7,8 +7,9 @@ says which code they hold: ``int8`` for signed moments (momentum, gradient diffe
 ``uint8`` for non-negative ones (second moments), ``x = a·(q/255)⁴``. Both spend more codes near zero than a linear
 code does, as the dynamic code does, yet decode with two multiplications and encode with a square root, so that the
 fused kernel dequantises, updates and requantises in one pass at memory speed (the choice and the measurement
-behind it: benchmarks/NOTES.md, "8-bit state"). Math is float32; encoding rounds to the nearest code, or with the
-group's ``stochastic_rounding`` to one of the two neighbouring codes.
+behind it: benchmarks/NOTES.md, "8-bit state"). Math is float32. Encoding rounds each value to one of its two
+neighbouring codes, up with a probability equal to its position between them, by a deterministic dither
+(:func:`dither_rows`): to the nearest code, a moment that moves by less than half a code per step would never move.
 
 Tensors with fewer than :data:`MIN_QUANTIZED` elements (biases, norm weights) keep float32 state: a block scale
 would cost more than the bytes saved, and they are where a per-element error hurts most.
@@ -31,6 +32,8 @@ SCALE_SUFFIX = "_absmax"
 SIGNED_POWER = 2
 UNSIGNED_POWER = 4
 CODE_DTYPES = (torch.int8, torch.uint8)
+#: The state key of a parameter's step count.
+STEP = "step"
 
 
 def quantizes(p: Tensor) -> bool:
@@ -49,12 +52,15 @@ def zeros_codes(p: Tensor, shape: tuple[int, ...] | torch.Size | None, nonnegati
 
 
 def add_scales(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """``state`` with a zero block-scale vector after each buffer of codes."""
+    """``state`` with a zero block-scale vector after each buffer of codes, and a step count if it has codes and
+    none (the seed of their dither, :func:`dither_rows`: Lion's and RLion's math counts no steps)."""
     out: dict[str, Tensor] = {}
     for key, value in state.items():
         out[key] = value
         if value.dtype in CODE_DTYPES:
             out[key + SCALE_SUFFIX] = torch.zeros(blocks(value.numel()), dtype=torch.float32, device=value.device)
+    if len(out) > len(state) and STEP not in out:
+        out[STEP] = torch.zeros((), dtype=torch.float64)  # as step.step_counter()
     return out
 
 
@@ -94,32 +100,60 @@ def dequantize(codes: Tensor, absmax: Tensor) -> Tensor:
     return x.reshape(-1)[:codes.numel()].view(codes.shape)
 
 
-def quantize_(codes: Tensor, absmax: Tensor, x: Tensor, stochastic: bool = False) -> None:
-    """Encode float32 ``x`` into ``codes`` and ``absmax`` (in place), each element to its nearest code, or with
-    ``stochastic`` to one of its two neighbours (:func:`encode_blocks_`)."""
-    absmax.copy_(encode_blocks_(codes, x, absmax.numel(), stochastic))
+#: The dither's resolution (:func:`dither_rows`): multiples of 2**-15 up to 1 − 2**-15, small enough that no code
+#: ≤ 255 plus a dither rounds, in float32, up to the next code but one, and that the integer arithmetic fits int32.
+_DITHER_BITS = 15
+_DITHER_MASK = (1 << _DITHER_BITS) - 1
+#: Steps of the dither's Weyl sequences along a block and along the steps: the golden ratio's and the silver
+#: ratio's fractional parts in units of 2**-15 (odd, so that each sequence runs through all 2**15 values).
+_ALONG_BLOCK = 20251
+_ALONG_STEPS = 13573
 
 
-def _rounded(x: Tensor, stochastic: bool) -> Tensor:
-    """``x`` (≥ 0) rounded to the nearest integer, or up with probability its fractional part (torch's global random
-    generator): unbiased in the code, so a moment that moves by less than half a code per step still moves on average
-    (the decoded value of a moment far below its block's maximum comes out slightly high: the codes decode as powers).
-    Never above ``ceil(x)``: in float32, 127 + a draw just below 1 rounds to 128, which wrapped to −128 as int8."""
-    if not stochastic:
+def dither_rows(steps: list[Tensor]) -> Tensor:
+    """The dither of the encodings at each of ``steps`` (step counts, 0-d or 1-element): a (len(steps), BLOCK)
+    float32 tensor in [0, 1), one row shared by every block of a tensor and by its buffers (one dither for Adan's
+    four: a salt per buffer cost its fused step 3 % more). Element j of a block at step t gets frac(j·φ + t·σ) (φ, σ:
+    the golden and silver ratios) in multiples of 2**-15, in exact integer arithmetic, so that the loop, foreach and
+    fused paths (and any device) compute the same numbers. Over the steps each element's dither is equidistributed (a
+    Weyl sequence), which makes its rounding unbiased on average, and more evenly than random draws would; along a
+    block the dithers are spread evenly. Unlike torch's random generator it needs no state of its own and costs the
+    fused kernel a few operations per element (benchmarks/NOTES.md, "Stuck 8-bit moments")."""
+    counts = torch.stack([s.reshape(()) for s in steps]).to(torch.int64) & _DITHER_MASK
+    offsets = ((counts * _ALONG_STEPS) & _DITHER_MASK).to(torch.int32)
+    # int32 in the compiled kernel: int64 vectors would double its integer work (Adan encodes four buffers); nothing
+    # overflows (255·20251 + 2**15 < 2**31)
+    along = torch.arange(BLOCK, dtype=torch.int32, device=offsets.device) * _ALONG_BLOCK
+    return ((along[None, :] + offsets[:, None]) & _DITHER_MASK).to(torch.float32) * 2.0**-_DITHER_BITS
+
+
+def quantize_(codes: Tensor, absmax: Tensor, x: Tensor, dither: Tensor | None = None) -> None:
+    """Encode float32 ``x`` into ``codes`` and ``absmax`` (in place) (:func:`encode_blocks_`)."""
+    absmax.copy_(encode_blocks_(codes, x, absmax.numel(), dither))
+
+
+def _rounded(x: Tensor, dither: Tensor | None) -> Tensor:
+    """``x`` (≥ 0, as (nblocks, BLOCK)) rounded to the nearest integer, or with ``dither`` (a (BLOCK,) row in
+    [0, 1)) up where its fractional part exceeds 1 − dither: unbiased over steps, so a moment that moves by less than
+    half a code per step still moves on average (the decoded value of a moment far below its block's maximum comes
+    out slightly high: the codes decode as powers). Never above ``ceil(x)`` (``x`` ≤ 255, the dither ≤ 1 − 2**-15):
+    a float32 127 plus a dither just below 1 rounded to 128, which wrapped to −128 as int8."""
+    if dither is None:
         return x.round()
-    return torch.minimum((x + torch.rand_like(x)).floor(), x.ceil())
+    return (x + dither.to(x.device)).floor()
 
 
-def encode_blocks_(codes: Tensor, x: Tensor, nblocks: int, stochastic: bool = False) -> Tensor:
+def encode_blocks_(codes: Tensor, x: Tensor, nblocks: int, dither: Tensor | None = None) -> Tensor:
     """Encode float32 ``x`` into ``codes`` (in place) and return its ``nblocks`` new block scales. The fused step
     takes them as a kernel output instead of writing the scales it read: inductor then runs the block maximum and
-    the encoding in one loop over blocks (benchmarks/NOTES.md, "8-bit state"). Rounded to the nearest code, a
-    moment whose step is below half a code never moves (a constant gradient, a block maximum that stays): a weight
-    kept stepping against its gradient; ``stochastic`` rounding moves it by the right amount on average."""
+    the encoding in one loop over blocks (benchmarks/NOTES.md, "8-bit state"). Each value rounds to its nearest
+    code, or with a ``dither`` row (:func:`dither_rows`) to one of its two neighbouring codes, unbiased over steps:
+    rounded to the nearest code, a moment whose step is below half a code never moves (a constant gradient, a block
+    maximum that stays), and a weight kept stepping against its gradient."""
     amax, unit = unit_blocks(x, nblocks)
     if codes.dtype == torch.int8:
         root = unit.abs().sqrt() if SIGNED_POWER == 2 else unit.abs() ** (1 / SIGNED_POWER)
-        rounded = _rounded(root * 127, stochastic)
+        rounded = _rounded(root * 127, dither)
         # the sign by a compare and a blend (sign()·x costs six vector operations, copysign a call into Sleef per 16
         # elements); through int32, two vector instructions where float→int8 takes six (no step time measurably
         # saved), and a NaN or infinite value encodes as 0 on every path (directly, −128 in vector lanes)
@@ -127,7 +161,7 @@ def encode_blocks_(codes: Tensor, x: Tensor, nblocks: int, stochastic: bool = Fa
     else:
         # a non-negative moment that rounding made slightly negative encodes as 0
         root = unit.clamp(min=0).sqrt().sqrt() if UNSIGNED_POWER == 4 else unit.clamp(min=0) ** (1 / UNSIGNED_POWER)
-        q = _rounded(root * 255, stochastic)
+        q = _rounded(root * 255, dither)
     codes.copy_(q.reshape(-1)[:codes.numel()].view(codes.shape))
     return amax
 
@@ -151,11 +185,12 @@ def decoded(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return {k: decoded_entry(state, k) for k in state if not is_scale(state, k)}
 
 
-def encode_(state: dict[str, Tensor], values: dict[str, Tensor], stochastic: bool = False) -> None:
-    """Encode the decoded buffers of ``values`` (from :func:`decoded`) back into ``state``'s codes."""
+def encode_(state: dict[str, Tensor], values: dict[str, Tensor]) -> None:
+    """Encode the decoded buffers of ``values`` (from :func:`decoded`) back into ``state``'s codes, dithered by
+    the state's step count."""
     for k, v in values.items():
         if is_codes(state, k):
-            quantize_(state[k], state[k + SCALE_SUFFIX], v, stochastic)
+            quantize_(state[k], state[k + SCALE_SUFFIX], v, dither_rows([state[STEP]])[0])
 
 
 def is_scale(state: dict[str, Tensor], key: str) -> bool:

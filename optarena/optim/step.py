@@ -2,9 +2,9 @@
 
 :func:`step_tensors` advances the step counts, folds ``maximize`` and a gradient scale into the gradients, runs the
 algorithm's math in float32 (or better) on up-cast copies of low-precision parameters, gradients and state, and
-writes the results back (bf16 parameters and 8-bit codes stochastically rounded on request). The loop and foreach
-paths call it eagerly on real tensors; the fused path compiles it over flat views. Each of those concerns therefore
-exists once.
+writes the results back (bf16 parameters stochastically rounded on request, 8-bit codes dithered). The loop and
+foreach paths call it eagerly on real tensors; the fused path compiles it over flat views. Each of those concerns
+therefore exists once.
 """
 
 from __future__ import annotations
@@ -105,11 +105,12 @@ def runs_of(indices: Sequence[int], size: Callable[[int], int], limit: int) -> l
 
 def step_tensors(update: Update, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
                  states: list[dict[str, Tensor]], scale: ops.Scalar | None = None,
-                 new_scales: list[dict[str, Tensor]] | None = None) -> None:
+                 new_scales: list[dict[str, Tensor]] | None = None) -> Tensor | None:
     """One step of ``update`` on same-dtype ``params`` (updated in place), their read-only ``grads`` and their
     ``states`` (updated in place; a ``"step"`` entry is advanced first). ``scale`` multiplies every gradient
     (Adan's clipping); ``group["maximize"]`` flips its sign. With ``new_scales`` (one dict per state), 8-bit
-    buffers' new block scales go there by the codes' key instead of into the state (the fused kernels' outputs)."""
+    buffers' new block scales go there by the codes' key instead of into the state (the fused kernels' outputs).
+    Returns the dither rows of the 8-bit encodings (None without 8-bit state)."""
     work_dtype = math_dtype(params[0])
     grads = [_as(g, work_dtype) for g in grads]
     factor = -1.0 if group["maximize"] else None
@@ -127,10 +128,10 @@ def step_tensors(update: Update, group: dict[str, Any], params: list[Tensor], gr
     work_states = [_work_state(s, work_dtype) for s in states]
     work = [_as(p, work_dtype) for p in params]
     update(group, work, grads, work_states)
-    stochastic = group["stochastic_rounding"]
     if work[0] is not params[0]:
-        round_into(params, work, stochastic)
+        round_into(params, work, group["stochastic_rounding"])
     dst, src = [], []
+    dithers = _dithers(states)
     for i, (s, w) in enumerate(zip(states, work_states)):
         for k, value in w.items():
             if value is s[k]:
@@ -138,14 +139,27 @@ def step_tensors(update: Update, group: dict[str, Any], params: list[Tensor], gr
             if quant.is_codes(s, k):
                 scales = s[k + quant.SCALE_SUFFIX]
                 if new_scales is None:
-                    quant.quantize_(s[k], scales, value, stochastic)
+                    quant.quantize_(s[k], scales, value, dithers[i])
                 else:
-                    new_scales[i][k] = quant.encode_blocks_(s[k], value, scales.numel(), stochastic)
+                    new_scales[i][k] = quant.encode_blocks_(s[k], value, scales.numel(), dithers[i])
             else:
                 dst.append(s[k])
                 src.append(value)
     if dst:
         ops.copy_(dst, src)
+    return dithers
+
+
+def _dithers(states: list[dict[str, Tensor]]) -> Tensor | None:
+    """The dither rows of this step's 8-bit encodings, one per state (one computation for all tensors; a state
+    without codes gets a row it does not use), or None without codes."""
+    if not any(quant.is_codes(s, k) for s in states for k in s):
+        return None
+    # a state with codes has a step count (quant.add_scales)
+    return quant.dither_rows([s.get(quant.STEP, _NO_STEP) for s in states])
+
+
+_NO_STEP = torch.zeros((), dtype=torch.float64)
 
 
 def _work_state(state: dict[str, Tensor], work_dtype: torch.dtype) -> dict[str, Tensor]:

@@ -153,7 +153,7 @@ class Lazy(OptimizerWrapper):
                 full[k].index_copy_(0, rows, v)
             else:
                 state[k] = v
-        quant.encode_(state, full, group.get("stochastic_rounding", False))
+        quant.encode_(state, full)
 
     def _torch_rows(self, group: dict[str, Any], p: Tensor, rows: Tensor, param_rows: Tensor,
                     grad_rows: Tensor) -> None:

@@ -59,7 +59,7 @@ def code_keys(keys: tuple[str, ...]) -> list[str]:
 def make_body(update: Update, consts: dict[str, Any], keys: tuple[str, ...]) -> Callable[..., list[Tensor]]:
     """The function a kernel compiles: the group's values in, then the one step body on flat views (or packs);
     it returns the new block scales of 8-bit buffers (tensor-major, keys in order), which :class:`Kernel` copies
-    into the state."""
+    into the state, and then their dither rows."""
     coded = code_keys(keys)
 
     def fused_step(params: list[Tensor], grads: list[Tensor], buffers: list[list[Tensor]], steps: list[Tensor],
@@ -78,8 +78,10 @@ def make_body(update: Update, consts: dict[str, Any], keys: tuple[str, ...]) -> 
             state["step"] = step
         new_scales: list[dict[str, Tensor]] = [{} for _ in params]
         with laid_out(None if segments is None else Segments(*segments)):
-            step_tensors(update, group, params, grads, states, scale, new_scales if coded else None)
-        return [new[key] for new in new_scales for key in coded]
+            dithers = step_tensors(update, group, params, grads, states, scale, new_scales if coded else None)
+        # the dither rows an output, so that inductor computes them once into a buffer that the encodings read: left
+        # to itself, it computed them again for every element (Adan's 8-bit step was 10 % slower)
+        return [new[key] for new in new_scales for key in coded] + ([dithers] if dithers is not None else [])
 
     return fused_step
 
@@ -127,9 +129,9 @@ class Kernel:
         self._run(fn, *args)
 
     def _run(self, fn: Callable[..., list[Tensor]], *args: Any) -> None:
-        new_scales = fn(*args)
-        if new_scales:  # written here, not in the kernel: see quant.encode_blocks_
-            buffers = args[2]
+        outputs = fn(*args)
+        if outputs:  # 8-bit state's new block scales, written here, not in the kernel (see quant.encode_blocks_),
+            new_scales, buffers = outputs[:-1], args[2]  # and the dither rows
             torch._foreach_copy_([buffers[j][i] for i in range(len(args[0])) for j in self.scale_rows], new_scales)
 
 
