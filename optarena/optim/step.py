@@ -131,12 +131,14 @@ def step_tensors(update: Update, group: dict[str, Any], params: list[Tensor], gr
     if work[0] is not params[0]:
         round_into(params, work, group["stochastic_rounding"])
     dst, src = [], []
-    dithers = _dithers(states)
+    dithers = None
     for i, (s, w) in enumerate(zip(states, work_states)):
         for k, value in w.items():
             if value is s[k]:
                 continue
             if quant.is_codes(s, k):
+                if dithers is None:  # one computation for all tensors (a state without codes gets an unused row)
+                    dithers = quant.dither_rows([state.get(quant.STEP, _NO_STEP) for state in states])
                 scales = s[k + quant.SCALE_SUFFIX]
                 if new_scales is None:
                     quant.quantize_(s[k], scales, value, dithers[i])
@@ -150,15 +152,7 @@ def step_tensors(update: Update, group: dict[str, Any], params: list[Tensor], gr
     return dithers
 
 
-def _dithers(states: list[dict[str, Tensor]]) -> Tensor | None:
-    """The dither rows of this step's 8-bit encodings, one per state (one computation for all tensors; a state
-    without codes gets a row it does not use), or None without codes."""
-    if not any(quant.is_codes(s, k) for s in states for k in s):
-        return None
-    # a state with codes has a step count (quant.add_scales)
-    return quant.dither_rows([s.get(quant.STEP, _NO_STEP) for s in states])
-
-
+#: The step count of a state without codes, which needs no dither (one with codes has a count: quant.add_scales).
 _NO_STEP = torch.zeros((), dtype=torch.float64)
 
 
