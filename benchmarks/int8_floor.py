@@ -3,13 +3,14 @@ Adan and torch's fused AdamW, interleaved in one process.
 
 The C loop (compiled here with gcc: ``-O3 -march=native -ffast-math -fopenmp``) does per 256-element block what
 ``optarena.optim.quant`` and Lion's rule say, in the fewest operations: decode the block's codes (``a·q·|q|/127²``),
-update the parameters with the sign of the interpolated momentum, keep the new momentum in a 1 KiB buffer while
-taking its absolute maximum, then encode it (square root, round, sign); the Adan loop does the same for its four
-buffers (its second moment in the unsigned code, a fourth root). They are floors for the generated kernels, not
-a replacement: optarena's kernels come from the rule's one Python function. For Adan, cheaper codes beside it
-(linear; a minifloat from the float's exponent bits; linear with the scales known, one pass) and a loop that only
-moves its bytes show what bounds an 8-bit Adan step. The optarena and torch candidates have tensors of their own and
-move the bytes they do in ``optarena speed``; the C loops share theirs (each only rewrites them).
+update the parameters with the sign of the interpolated momentum, keep the new momentum in a 1 KiB buffer while taking
+its absolute maximum, then encode it (square root, round to the nearest code, sign: the kernels dither instead, which
+cost them no measurable time, benchmarks/NOTES.md "Stuck 8-bit moments"); the Adan loop does the same for its four
+buffers (its second moment in the unsigned code, a fourth root). They are floors for the generated kernels, not a
+replacement: optarena's kernels come from the rule's one Python function. For Adan, cheaper codes beside it (linear; a
+minifloat from the float's exponent bits; linear with the scales known, one pass) and a loop that only moves its bytes
+show what bounds an 8-bit Adan step. The optarena and torch candidates have tensors of their own and move the bytes they
+do in ``optarena speed``; the C loops share theirs (each only rewrites them).
 
     PYTHONPATH=. python benchmarks/int8_floor.py [--sizes 1048576,16777216] [--rounds 7]
 """

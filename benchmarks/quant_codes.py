@@ -3,9 +3,10 @@
 Codes compared (``optarena.optim.quant``): for signed moments linear (power 1), the companding code sign(q)·(q/127)²
 (power 2) and Dettmers et al.'s dynamic tree code (a 256-entry table, nearest entry by search; written here for the
 comparison only); for non-negative second moments linear, (q/255)², (q/255)⁴ and the unsigned dynamic code; and a
-minifloat pair taken from the float's exponent bits (no roots). Block
-sizes 64, 256, 2048. The gradients mix a constant signal with noise whose scale varies by 1000× across rows (as
-across a layer's units), so blocks see both small and large moments.
+minifloat pair taken from the float's exponent bits (no roots). Block sizes 64, 256, 2048. Every code rounds to its
+nearest code here, as when they were compared (the step now dithers the power codes: benchmarks/NOTES.md, "Stuck 8-bit
+moments"). The gradients mix a constant signal with noise whose scale varies by 1000× across rows (as across a layer's
+units), so blocks see both small and large moments.
 
     PYTHONPATH=. python benchmarks/quant_codes.py
 """
@@ -17,7 +18,14 @@ import torch
 import optarena
 from optarena.optim import quant
 
-ORIGINAL = (quant.dequantize, quant.quantize_)
+_POWER_QUANTIZE = quant.quantize_
+
+
+def power_quantize_(codes: torch.Tensor, absmax: torch.Tensor, x: torch.Tensor, dither: object = None) -> None:
+    _POWER_QUANTIZE(codes, absmax, x)  # nearest: the dither left out
+
+
+ORIGINAL = (quant.dequantize, power_quantize_)
 
 
 def dynamic_table(signed: bool) -> torch.Tensor:
@@ -39,7 +47,7 @@ def table_dequantize(codes: torch.Tensor, absmax: torch.Tensor) -> torch.Tensor:
     return (unit * absmax[:, None]).reshape(-1)[:codes.numel()].view(codes.shape)
 
 
-def table_quantize_(codes: torch.Tensor, absmax: torch.Tensor, x: torch.Tensor) -> None:
+def table_quantize_(codes: torch.Tensor, absmax: torch.Tensor, x: torch.Tensor, dither: object = None) -> None:
     amax, unit = quant.unit_blocks(x, absmax.numel())
     table = TABLES[codes.dtype]
     mids = (table[1:] + table[:-1]) / 2
@@ -63,7 +71,8 @@ def minifloat_dequantize(codes: torch.Tensor, absmax: torch.Tensor) -> torch.Ten
     return x.reshape(-1)[:codes.numel()].view(codes.shape)
 
 
-def minifloat_quantize_(codes: torch.Tensor, absmax: torch.Tensor, x: torch.Tensor) -> None:
+def minifloat_quantize_(codes: torch.Tensor, absmax: torch.Tensor, x: torch.Tensor,
+                        dither: object = None) -> None:
     amax, unit = quant.unit_blocks(x, absmax.numel())
     bits = unit.abs().contiguous().view(torch.int32)
     c = (((bits + (1 << 19)) >> 20) - MINIFLOAT_BASE[codes.dtype]).clamp(0, MINIFLOAT_TOP[codes.dtype])

@@ -3,6 +3,8 @@ over steps, which keeps a slowly moving moment moving (benchmarks/NOTES.md, "Stu
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 import torch
 
@@ -84,8 +86,8 @@ def test_the_dither_draws_nothing_from_torchs_generator(cls: type) -> None:
 @pytest.mark.parametrize("dtype", [torch.int8, torch.uint8])
 def test_a_constant_value_averages_to_itself_over_steps(dtype: torch.dtype) -> None:
     """A value between two codes encodes to the upper one in a share of the steps equal to its position between them:
-    the mean of its codes over 64 steps is within 2/64 of a code of the value itself, for every element of a block
-    (0.029 measured; independent random draws' mean would stray by 0.06 of a code at one standard deviation, nearest
+    the mean of its codes over 64 steps is within 0.04 of a code of the value itself, for every element of a block
+    (0.033 measured; independent random draws' mean would stray by 0.06 of a code at one standard deviation, nearest
     rounding by up to half a code, always the same way)."""
     top = 127 if dtype == torch.int8 else 255
     position = torch.linspace(0.02, 0.98, quant.BLOCK)  # where each element sits between its two codes
@@ -98,7 +100,7 @@ def test_a_constant_value_averages_to_itself_over_steps(dtype: torch.dtype) -> N
         quant.encode_blocks_(codes, x, 4, quant.dither_rows([torch.tensor(float(step))])[0])
         total += codes.float()
     mean = total[:, 1:] / 64
-    assert (mean - code_units[1:]).abs().max() <= 2 / 64
+    assert (mean - code_units[1:]).abs().max() <= 0.04
 
 
 @pytest.mark.parametrize(("dtype", "top"), [(torch.int8, 127), (torch.uint8, 255)])
@@ -108,12 +110,30 @@ def test_a_dithered_code_never_passes_the_top_code(dtype: torch.dtype, top: int)
     256 became 0)."""
     x = torch.ones(1 << 16)
     codes = torch.zeros(x.shape, dtype=dtype)
-    largest = torch.full((quant.BLOCK,), 1 - 2.0**-15)
-    rows = quant.dither_rows([torch.tensor(float(t)) for t in range(1 << 15)])
-    assert rows.max().item() == largest[0].item() and rows.min().item() == 0.0
+    largest = torch.full((quant.BLOCK,), 1 - 2.0**-14)
+    rows = quant.dither_rows([torch.tensor(float(t)) for t in range(1 << 13)])
+    assert rows.max().item() == largest[0].item() and rows.min().item() == 2.0**-14
     for dither in (largest, rows[0]):
         quant.encode_blocks_(codes, x, x.numel() // quant.BLOCK, dither)
         assert (codes == top).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.uint8])
+def test_a_decoded_code_encodes_to_itself_under_any_dither(dtype: torch.dtype) -> None:
+    """Decoding and encoding again changes nothing (as Lazy does for rows without a gradient, every step): the
+    decoded value lands within float32's error of its code, and the dither keeps clear of 0 and 1. A dither of 0
+    dropped such a value to the code below (12K of 1M codes changed over 2000 steps, always smaller)."""
+    gen = torch.Generator().manual_seed(0)
+    low = -127 if dtype == torch.int8 else 0
+    codes = torch.randint(low, 128 if dtype == torch.int8 else 256, (64, quant.BLOCK), generator=gen).to(dtype)
+    codes[:, 0] = 127 if dtype == torch.int8 else 255  # each block's maximum: the scale stays
+    scales = 10 ** (torch.rand(64, generator=gen) * 60 - 30)
+    values = quant.dequantize(codes, scales)
+    again, new_scales = torch.empty_like(codes), torch.empty_like(scales)
+    for t in range(1 << 13):  # every dither of every element
+        quant.quantize_(again, new_scales, values, quant.dither_rows([torch.tensor(float(t))])[0])
+        assert torch.equal(again, codes), t
+    torch.testing.assert_close(new_scales, scales, rtol=3e-7, atol=0)  # the top code decodes within 2 ulps
 
 
 def test_lazy_dithers_its_codes_too() -> None:
@@ -153,3 +173,21 @@ def test_a_checkpoint_saved_without_a_step_count_loads() -> None:
     fp32 = optarena.Lion([param], lr=1e-3)
     fp32.step()
     assert "step" not in fp32.state[param]  # fp32 state counts none: Lion's math needs no count
+
+
+def test_an_optimizer_pickled_without_a_step_count_gets_one() -> None:
+    """An optimizer pickled (or deep-copied) before 8-bit state counted steps: its state gets a count, so its dither
+    changes from step to step (a count left missing kept one dither for good: the stuck moments again, weight 1 of
+    the reversal case moved -0.25) and Lazy's re-encoding finds it (KeyError: 'step')."""
+    param = torch.nn.Parameter(torch.zeros(NUMEL))
+    param.grad = torch.randn(NUMEL)
+    opt = optarena.Lion([param], lr=1e-3, state_dtype="int8")
+    opt.step()
+    del opt.state[param]["step"]
+    restored = pickle.loads(pickle.dumps(opt))
+    (state,) = restored.state.values()
+    assert state["step"].dtype == torch.float64
+    (restored_param,) = restored.param_groups[0]["params"]
+    restored_param.grad = torch.randn(NUMEL)
+    optarena.Lazy(restored).step()
+    assert state["step"].item() == 1

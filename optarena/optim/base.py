@@ -192,6 +192,7 @@ class OptarenaOptimizer(Optimizer):
         for group in self.param_groups:
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
+        self._count_steps_of_codes()  # pickled before 8-bit state counted steps
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """As torch.optim, but state keeps the group's state dtype: fp32 for bf16/fp16 parameters (torch would round
@@ -224,8 +225,14 @@ class OptarenaOptimizer(Optimizer):
                     dtype = value.dtype if codes else fresh.dtype
                     if state[key].dtype != dtype:
                         state[key] = value.to(device=p.device, dtype=dtype)
+        self._count_steps_of_codes()  # again: torch cast the codes to floats before it called __setstate__
+
+    def _count_steps_of_codes(self) -> None:
+        """Give 8-bit state saved before it counted steps (its dither's seed) a count: without one its dither never
+        changed (stuck moments again), and Lazy's and Lookahead's re-encoding failed."""
+        for state in self.state.values():
             if quant.STEP not in state and any(quant.is_codes(state, key) for key in state):
-                state[quant.STEP] = step_counter()  # saved before 8-bit state counted steps (its dither's seed)
+                state[quant.STEP] = step_counter()
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:

@@ -100,31 +100,34 @@ def dequantize(codes: Tensor, absmax: Tensor) -> Tensor:
     return x.reshape(-1)[:codes.numel()].view(codes.shape)
 
 
-#: The dither's resolution (:func:`dither_rows`): multiples of 2**-15 up to 1 − 2**-15, small enough that no code
-#: ≤ 255 plus a dither rounds, in float32, up to the next code but one, and that the integer arithmetic fits int32.
-_DITHER_BITS = 15
+#: The dither's resolution (:func:`dither_rows`): the midpoints of 2**13 equal cells of [0, 1), which keeps it 2**-14
+#: from both ends: a value decoded from a code (float32 error up to 2**-16 of a code, measured) encodes to that code
+#: again, and no value ≤ 255 rounds past ``ceil(x)`` (where 127 plus a dither just below 1 rounded to 128 in
+#: float32, −128 as int8).
+_DITHER_BITS = 13
 _DITHER_MASK = (1 << _DITHER_BITS) - 1
 #: Steps of the dither's Weyl sequences along a block and along the steps: the golden ratio's and the silver
-#: ratio's fractional parts in units of 2**-15 (odd, so that each sequence runs through all 2**15 values).
-_ALONG_BLOCK = 20251
-_ALONG_STEPS = 13573
+#: ratio's fractional parts in units of 2**-13 (odd, so that each sequence runs through all 2**13 values).
+_ALONG_BLOCK = 5063
+_ALONG_STEPS = 3393
 
 
 def dither_rows(steps: list[Tensor]) -> Tensor:
     """The dither of the encodings at each of ``steps`` (step counts, 0-d or 1-element): a (len(steps), BLOCK)
-    float32 tensor in [0, 1), one row shared by every block of a tensor and by its buffers (one dither for Adan's
+    float32 tensor in (0, 1), one row shared by every block of a tensor and by its buffers (one dither for Adan's
     four: a salt per buffer cost its fused step 3 % more). Element j of a block at step t gets frac(j·φ + t·σ) (φ, σ:
-    the golden and silver ratios) in multiples of 2**-15, in exact integer arithmetic, so that the loop, foreach and
-    fused paths (and any device) compute the same numbers. Over the steps each element's dither is equidistributed (a
-    Weyl sequence), which makes its rounding unbiased on average, and more evenly than random draws would; along a
-    block the dithers are spread evenly. Unlike torch's random generator it needs no state of its own and costs the
-    fused kernel a few operations per element (benchmarks/NOTES.md, "Stuck 8-bit moments")."""
+    the golden and silver ratios) at the midpoint of its 2**-13 cell, from exact integer arithmetic, so that the
+    loop, foreach and fused paths (and any device) compute the same numbers. Over the steps each element's dither is
+    equidistributed (a Weyl sequence), which makes its rounding unbiased on average, and more evenly than random
+    draws would; along a block the dithers are spread evenly. Unlike torch's random generator it needs no state of
+    its own and costs the fused kernel a few operations per element (benchmarks/NOTES.md, "Stuck 8-bit moments")."""
     counts = torch.stack([s.reshape(()) for s in steps]).to(torch.int64) & _DITHER_MASK
     offsets = ((counts * _ALONG_STEPS) & _DITHER_MASK).to(torch.int32)
     # int32 in the compiled kernel: int64 vectors would double its integer work (Adan encodes four buffers); nothing
-    # overflows (255·20251 + 2**15 < 2**31)
+    # overflows (BLOCK·5063 + 2**13 < 2**31 for blocks up to 400K elements)
     along = torch.arange(BLOCK, dtype=torch.int32, device=offsets.device) * _ALONG_BLOCK
-    return ((along[None, :] + offsets[:, None]) & _DITHER_MASK).to(torch.float32) * 2.0**-_DITHER_BITS
+    cells = (along[None, :] + offsets[:, None]) & _DITHER_MASK
+    return (cells.to(torch.float32) + 0.5) * 2.0**-_DITHER_BITS
 
 
 def quantize_(codes: Tensor, absmax: Tensor, x: Tensor, dither: Tensor | None = None) -> None:
@@ -136,8 +139,7 @@ def _rounded(x: Tensor, dither: Tensor | None) -> Tensor:
     """``x`` (≥ 0, as (nblocks, BLOCK)) rounded to the nearest integer, or with ``dither`` (a (BLOCK,) row in
     [0, 1)) up where its fractional part exceeds 1 − dither: unbiased over steps, so a moment that moves by less than
     half a code per step still moves on average (the decoded value of a moment far below its block's maximum comes
-    out slightly high: the codes decode as powers). Never above ``ceil(x)`` (``x`` ≤ 255, the dither ≤ 1 − 2**-15):
-    a float32 127 plus a dither just below 1 rounded to 128, which wrapped to −128 as int8."""
+    out slightly high: the codes decode as powers); never above ``ceil(x)`` (:data:`_DITHER_BITS`)."""
     if dither is None:
         return x.round()
     return (x + dither.to(x.device)).floor()

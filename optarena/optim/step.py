@@ -138,7 +138,8 @@ def step_tensors(update: Update, group: dict[str, Any], params: list[Tensor], gr
                 continue
             if quant.is_codes(s, k):
                 if dithers is None:  # one computation for all tensors (a state without codes gets an unused row)
-                    dithers = quant.dither_rows([state.get(quant.STEP, _NO_STEP) for state in states])
+                    steps = [state.get(quant.STEP, _NO_STEP) for state in states]
+                    dithers = quant.dither_rows(steps).to(params[0].device)  # the counts are CPU tensors
                 scales = s[k + quant.SCALE_SUFFIX]
                 if new_scales is None:
                     quant.quantize_(s[k], scales, value, dithers[i])
@@ -152,7 +153,8 @@ def step_tensors(update: Update, group: dict[str, Any], params: list[Tensor], gr
     return dithers
 
 
-#: The step count of a state without codes, which needs no dither (one with codes has a count: quant.add_scales).
+#: The step count of a state without codes, which needs no dither (one with codes has a count: quant.add_scales,
+#: OptarenaOptimizer._count_steps_of_codes).
 _NO_STEP = torch.zeros((), dtype=torch.float64)
 
 
