@@ -113,6 +113,8 @@ def test_paths_agree_and_state_bytes(case: str) -> None:
 
 @pytest.mark.xdist_group("fused-int8")  # compiles the 8-bit Lion kernel that the fresh-process checkpoint test uses
 def test_fused_path_matches_the_loop() -> None:
+    """The fused kernels compute the loop's step, the codes' dither included (from the step counts: with the count
+    before its increment, half the codes differed by one after the first step)."""
     gen = torch.Generator().manual_seed(1)
     # whole blocks, 60K elements and 8K (below the packing size): compiled kernels (a partial last block would step
     # eagerly)
