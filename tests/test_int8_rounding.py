@@ -173,3 +173,15 @@ def test_an_optimizer_pickled_without_a_step_count_gets_one() -> None:
     restored_param.grad = torch.randn(NUMEL)
     optarena.Lazy(restored).step()
     assert state["step"].item() == 1
+
+
+def test_an_optimizer_with_a_hand_added_state_entry_still_copies() -> None:
+    """Copying looks for 8-bit buffers without a step count in every state entry: a number a user added to a state
+    (no tensor) made deepcopy and pickle raise AttributeError."""
+    param = torch.nn.Parameter(torch.zeros(NUMEL))
+    param.grad = torch.randn(NUMEL)
+    opt = optarena.Lion([param], lr=1e-3)
+    opt.step()
+    opt.state[param]["note"] = 0.5
+    (state,) = pickle.loads(pickle.dumps(opt)).state.values()
+    assert state["note"] == 0.5

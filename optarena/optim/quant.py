@@ -65,7 +65,8 @@ def add_scales(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def is_codes(state: dict[str, Tensor], key: str) -> bool:
-    return state[key].dtype in CODE_DTYPES and key + SCALE_SUFFIX in state
+    value = state[key]  # a hand-added entry may be no tensor (copying the optimizer checks every entry)
+    return isinstance(value, Tensor) and value.dtype in CODE_DTYPES and key + SCALE_SUFFIX in state
 
 
 def _blocked(x: Tensor, nblocks: int) -> Tensor:
@@ -137,7 +138,7 @@ def quantize_(codes: Tensor, absmax: Tensor, x: Tensor, dither: Tensor | None = 
 
 def _rounded(x: Tensor, dither: Tensor | None) -> Tensor:
     """``x`` (≥ 0, as (nblocks, BLOCK)) rounded to the nearest integer, or with ``dither`` (a (BLOCK,) row in
-    [0, 1)) up where its fractional part exceeds 1 − dither: unbiased over steps, so a moment that moves by less than
+    (0, 1)) up where its fractional part exceeds 1 − dither: unbiased over steps, so a moment that moves by less than
     half a code per step still moves on average (the decoded value of a moment far below its block's maximum comes
     out slightly high: the codes decode as powers); never above ``ceil(x)`` (:data:`_DITHER_BITS`)."""
     if dither is None:
