@@ -42,6 +42,14 @@ def default_to_foreach(params: Iterable[Tensor]) -> bool:
     return all(p.device.type != "cpu" for p in params)
 
 
+def add_step_count(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``state``, given a step count (in place) if it holds 8-bit codes and none: the seed of their dither
+    (``quant.dither_rows``), which Lion's and RLion's math does not keep."""
+    if quant.STEP not in state and any(quant.is_codes(state, key) for key in state):
+        state[quant.STEP] = step_counter()
+    return state
+
+
 def foreach_chunks(indices: list[int], params: list[Tensor]) -> list[list[int]]:
     """``indices`` (of one device) in order, cut into runs of at most FOREACH_ELEMENTS elements (or one larger
     tensor)."""
@@ -231,8 +239,7 @@ class OptarenaOptimizer(Optimizer):
         """Give 8-bit state saved before it counted steps (its dither's seed) a count: without one its dither never
         changed (stuck moments again), and Lazy's and Lookahead's re-encoding failed."""
         for state in self.state.values():
-            if quant.STEP not in state and any(quant.is_codes(state, key) for key in state):
-                state[quant.STEP] = step_counter()
+            add_step_count(state)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -264,8 +271,9 @@ class OptarenaOptimizer(Optimizer):
         return not self.did_update
 
     def new_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
-        """The state of ``p`` before its first step: the algorithm's, with the block scales of 8-bit buffers."""
-        return quant.add_scales(self._init_state(p, group))
+        """The state of ``p`` before its first step: the algorithm's, with the block scales of 8-bit buffers (and
+        then a step count, :func:`add_step_count`)."""
+        return add_step_count(quant.add_scales(self._init_state(p, group)))
 
     def state_template(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         """What ``new_state`` would make for ``p``, on the meta device (shapes and dtypes, no memory)."""

@@ -52,15 +52,12 @@ def zeros_codes(p: Tensor, shape: tuple[int, ...] | torch.Size | None, nonnegati
 
 
 def add_scales(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """``state`` with a zero block-scale vector after each buffer of codes, and a step count if it has codes and
-    none (the seed of their dither, :func:`dither_rows`: Lion's and RLion's math counts no steps)."""
+    """``state`` with a zero block-scale vector after each buffer of codes."""
     out: dict[str, Tensor] = {}
     for key, value in state.items():
         out[key] = value
         if value.dtype in CODE_DTYPES:
             out[key + SCALE_SUFFIX] = torch.zeros(blocks(value.numel()), dtype=torch.float32, device=value.device)
-    if len(out) > len(state) and STEP not in out:
-        out[STEP] = torch.zeros((), dtype=torch.float64)  # as step.step_counter()
     return out
 
 
@@ -113,22 +110,24 @@ _ALONG_BLOCK = 5063
 _ALONG_STEPS = 3393
 
 
-def dither_rows(steps: list[Tensor]) -> Tensor:
-    """The dither of the encodings at each of ``steps`` (step counts, 0-d or 1-element): a (len(steps), BLOCK)
-    float32 tensor in (0, 1), one row shared by every block of a tensor and by its buffers (one dither for Adan's
-    four: a salt per buffer cost its fused step 3 % more). Element j of a block at step t gets frac(j·φ + t·σ) (φ, σ:
-    the golden and silver ratios) at the midpoint of its 2**-13 cell, from exact integer arithmetic, so that the
-    loop, foreach and fused paths (and any device) compute the same numbers. Over the steps each element's dither is
-    equidistributed (a Weyl sequence), which makes its rounding unbiased on average, and more evenly than random
-    draws would; along a block the dithers are spread evenly. Unlike torch's random generator it needs no state of
-    its own and costs the fused kernel a few operations per element (benchmarks/NOTES.md, "Stuck 8-bit moments")."""
+def dither_rows(steps: list[Tensor], device: torch.device | None = None) -> Tensor:
+    """The dither of the encodings at each of ``steps`` (step counts, 0-d or 1-element, on the CPU): a
+    (len(steps), BLOCK) float32 tensor in (0, 1) on ``device`` (default: the counts'), one row shared by every block
+    of a tensor and by its buffers (one dither for Adan's four: a salt per buffer cost its fused step 3 % more).
+    Element j of a block at step t gets frac(j·φ + t·σ) (φ, σ: the golden and silver ratios) at the midpoint of its
+    2**-13 cell, from exact integer arithmetic, so that the loop, foreach and fused paths (and any device) compute
+    the same numbers. Over the steps each element's dither is equidistributed (a Weyl sequence), which makes its
+    rounding unbiased on average, and more evenly than random draws would; along a block the dithers are spread
+    evenly. Unlike torch's random generator it needs no state of its own and costs the fused kernel a few operations
+    per element (benchmarks/NOTES.md, "Stuck 8-bit moments")."""
     counts = torch.stack([s.reshape(()) for s in steps]).to(torch.int64) & _DITHER_MASK
     offsets = ((counts * _ALONG_STEPS) & _DITHER_MASK).to(torch.int32)
     # int32 in the compiled kernel: int64 vectors would double its integer work (Adan encodes four buffers); nothing
     # overflows (BLOCK·5063 + 2**13 < 2**31 for blocks up to 400K elements)
     along = torch.arange(BLOCK, dtype=torch.int32, device=offsets.device) * _ALONG_BLOCK
     cells = (along[None, :] + offsets[:, None]) & _DITHER_MASK
-    return (cells.to(torch.float32) + 0.5) * 2.0**-_DITHER_BITS
+    rows = (cells.to(torch.float32) + 0.5) * 2.0**-_DITHER_BITS
+    return rows if device is None else rows.to(device)
 
 
 def quantize_(codes: Tensor, absmax: Tensor, x: Tensor, dither: Tensor | None = None) -> None:
@@ -143,7 +142,7 @@ def _rounded(x: Tensor, dither: Tensor | None) -> Tensor:
     out slightly high: the codes decode as powers); never above ``ceil(x)`` (:data:`_DITHER_BITS`)."""
     if dither is None:
         return x.round()
-    return (x + dither.to(x.device)).floor()
+    return (x + dither).floor()
 
 
 def encode_blocks_(codes: Tensor, x: Tensor, nblocks: int, dither: Tensor | None = None) -> Tensor:
@@ -193,7 +192,7 @@ def encode_(state: dict[str, Tensor], values: dict[str, Tensor]) -> None:
     the state's step count."""
     for k, v in values.items():
         if is_codes(state, k):
-            quantize_(state[k], state[k + SCALE_SUFFIX], v, dither_rows([state[STEP]])[0])
+            quantize_(state[k], state[k + SCALE_SUFFIX], v, dither_rows([state[STEP]], v.device)[0])
 
 
 def is_scale(state: dict[str, Tensor], key: str) -> bool:

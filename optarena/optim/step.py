@@ -139,7 +139,7 @@ def step_tensors(update: Update, group: dict[str, Any], params: list[Tensor], gr
             if quant.is_codes(s, k):
                 if dithers is None:  # one computation for all tensors (a state without codes gets an unused row)
                     steps = [state.get(quant.STEP, _NO_STEP) for state in states]
-                    dithers = quant.dither_rows(steps).to(params[0].device)  # the counts are CPU tensors
+                    dithers = quant.dither_rows(steps, params[0].device)
                 scales = s[k + quant.SCALE_SUFFIX]
                 if new_scales is None:
                     quant.quantize_(s[k], scales, value, dithers[i])
@@ -153,8 +153,8 @@ def step_tensors(update: Update, group: dict[str, Any], params: list[Tensor], gr
     return dithers
 
 
-#: The step count of a state without codes, which needs no dither (one with codes has a count: quant.add_scales,
-#: OptarenaOptimizer._count_steps_of_codes).
+#: The step count of a state without codes, which needs no dither (one with codes has a count:
+#: base.add_step_count).
 _NO_STEP = torch.zeros((), dtype=torch.float64)
 
 
