@@ -101,3 +101,36 @@ def test_a_direct_call_that_differs_or_fails_is_not_adopted() -> None:
     assert kernel.direct is dynamo
     kernel.offer_direct(None)  # the body compiled again: dynamo's cache decides which graph runs
     assert kernel.direct is None
+
+
+@pytest.mark.parametrize("state_dtype", [None, "int8"], ids=["fp32-state", "int8-state"])
+def test_the_direct_call_counts_its_writes_as_in_place_updates(state_dtype: str | None) -> None:
+    """Past AOT autograd's wrappers, the direct call bumps the version of every tensor the kernel wrote, as they did:
+    a backward through a graph that saved the parameter before the step refuses, and the state's versions move."""
+    if not codegen.adjusted():
+        pytest.skip("the adjustment is made on the tested torch only")
+    p = torch.nn.Parameter(torch.randn(256, 256))
+    opt = optarena.Lion([p], lr=1e-3, fused=True, state_dtype=state_dtype)
+    p.grad = torch.randn_like(p)
+    opt.step()
+    assert all(k.direct is not None for k in kernels_of(opt))
+    saved = (p * p).sum()
+    versions = [t._version for t in (p, *opt.state[p].values())]
+    p.grad = torch.randn_like(p)
+    opt.step()
+    assert all(t._version > v for t, v in zip((p, *opt.state[p].values()), versions, strict=True))
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        saved.backward()
+
+
+def test_the_direct_call_is_inductors_graph_past_the_wrappers() -> None:
+    if not codegen.adjusted():
+        pytest.skip("the adjustment is made on the tested torch only")
+    from torch._inductor.output_code import CompiledFxGraph
+
+    p = torch.nn.Parameter(torch.randn(1 << 16))
+    opt = optarena.Lion([p], lr=1e-3, fused=True)
+    p.grad = torch.randn_like(p)
+    opt.step()
+    assert kernels_of(opt) and all(isinstance(k.direct.graph, CompiledFxGraph) for k in kernels_of(opt))
+    assert codegen.inductor_graph(lambda x: x) is None

@@ -5,11 +5,11 @@ their key already pins, (2) compile under four adjustments to inductor's CPU cod
 with a 16-bit float type are vectorised at the 16-bit width, float32 arctan takes Sleef's faster variant, an 8-bit
 buffer's block maximum and encoding share one loop over blocks (outer-loop fusion), and the generated C++ is rewritten
 to read scalars and do arithmetic on them once and to clamp in fewer instructions (:mod:`.rewrite`), and (3) where no
-guard is left, call inductor's compiled graph without dynamo's frame, reading its inputs by the source expressions
-dynamo records (:func:`compile_kernel`, through torch's private inductor wrapper). Each reaches into inductor's or
-dynamo's internals. On any other torch (or with ``OPTARENA_FUSED_COMPAT=1``) none of them is used: dynamo keeps all its
-guards and inductor generates its own code, so a newer torch makes the fused step slower, never wrong. The tests run the
-fused path both ways.
+guard is left, call inductor's compiled graph without dynamo's frame or AOT autograd's wrappers, reading its inputs by
+the source expressions dynamo records (:func:`compile_kernel`, through torch's private inductor wrapper). Each reaches
+into inductor's or dynamo's internals. On any other torch (or with ``OPTARENA_FUSED_COMPAT=1``) none of them is used:
+dynamo keeps all its guards and inductor generates its own code, so a newer torch makes the fused step slower, never
+wrong. The tests run the fused path both ways.
 """
 
 from __future__ import annotations
@@ -90,7 +90,8 @@ def direct_call(body: Callable[..., Any], gm: torch.fx.GraphModule, compiled: Ca
                 ) -> Callable[..., Any] | None:
     """``compiled`` (dynamo's graph ``gm`` of ``body``, compiled) as a function of ``body``'s arguments: each graph
     input is read from them by the expression dynamo recorded as its source (``L['params'][0]``,
-    ``L['params'][0].size()[0]``). None if an input comes from elsewhere (a global, a constant)."""
+    ``L['params'][0].size()[0]``), and inductor's graph inside ``compiled`` is called on them where it is found.
+    None if an input comes from elsewhere (a global, a constant)."""
     expressions = []
     for node in gm.graph.find_nodes(op="placeholder"):
         source = getattr(node.meta.get("grapharg"), "source", None)
@@ -106,11 +107,43 @@ def direct_call(body: Callable[..., Any], gm: torch.fx.GraphModule, compiled: Ca
         inputs = eval(f"lambda {header}: [{', '.join(expressions)}]", {"defaults": defaults})
     except SyntaxError:
         return None
+    graph = inductor_graph(compiled)
+    if graph is None:
+        return lambda *args: compiled(*inputs(*args))
+    mutated = sorted(graph.mutated_input_idxs)
 
     def call(*args: Any) -> Any:
-        return compiled(*inputs(*args))
+        flat = inputs(*args)
+        written = [flat[i] for i in mutated]
+        outputs = graph(flat)  # it empties flat
+        torch.autograd.graph.increment_version(written)  # as AOT autograd's wrapper does for in-place updates
+        return outputs
 
+    call.graph = graph  # type: ignore[attr-defined]  # what it calls (tests check that it is inductor's graph)
     return call
+
+
+def inductor_graph(compiled: Callable[..., Any]) -> Any:
+    """Inductor's graph (``CompiledFxGraph``, called on a list of the graph inputs) inside the wrappers that AOT
+    autograd put around it, or None if there is none to find. Calling it past the wrappers saves 17–48 µs a call, the
+    more the larger the kernel's tensors (the wrappers' Python runs from caches that the kernel flushed; benchmarks/
+    NOTES.md, "8-bit Lion on 200×82K"); a kernel adopts it only once it computed what dynamo's call did."""
+    from torch._inductor.output_code import CompiledFxGraph
+
+    seen: set[int] = set()
+    todo: list[Any] = [compiled]
+    while todo:
+        fn = todo.pop()
+        if isinstance(fn, CompiledFxGraph):
+            return fn
+        if id(fn) in seen or len(seen) > 64:
+            continue
+        seen.add(id(fn))
+        todo += [cell.cell_contents for cell in getattr(fn, "__closure__", None) or () if callable(cell.cell_contents)]
+        inner = getattr(fn, "compiled_fn", None)
+        if inner is not None:
+            todo.append(inner)
+    return None
 
 
 def inductor_options(options: dict[str, Any]) -> dict[str, Any]:
