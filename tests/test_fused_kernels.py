@@ -12,6 +12,7 @@ import torch
 from torch._dynamo.symbolic_convert import TensorifyState
 
 import optarena
+from optarena.info import info_for
 from optarena.optim import ops
 from optarena.optim.fused import codegen, kernels, pack, plan
 from optarena.speed import peak_extra_bytes
@@ -173,6 +174,31 @@ def test_small_tensors_with_the_same_last_two_dims_share_one_pack() -> None:
     packs = sorted(tuple(call.pack.flat_param.shape[1:]) for bucket in fused_plan.buckets for call in bucket.calls)
     assert packs == [(), (1, 1), (3, 3)]  # one call each; nothing chunked
     assert [shapes[i] for i in fused_plan.eager] == [(0, 3, 3), (0,)]
+
+
+@pytest.mark.parametrize("name", ["Lion", "Adan"])
+def test_flat_kernels_pack_only_tensors_below_the_optimizers_limit(name: str) -> None:
+    """A pack copies its members' gradients and parameters in and out: an elementwise algorithm packs only tensors
+    below its ``fused_packed_below`` and steps the larger small ones in place, in chunks (with kernels compiled for
+    small sizes). Both step as the loop does."""
+    cls = getattr(optarena, name)
+    limit = info_for(cls).fused_packed_below
+    shapes = [(limit - 1,), (3, 5), (limit,), (2, limit // 2 + 3)]
+    gen = torch.Generator().manual_seed(0)
+    loop_params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
+    fused_params = [torch.nn.Parameter(p.detach().clone()) for p in loop_params]
+    loop, fused = cls(loop_params, foreach=False), cls(fused_params, fused=True)
+    for step in range(3):
+        set_grads(loop_params, step)
+        set_grads(fused_params, step)
+        loop.step()
+        fused.step()
+    for a, b in zip(loop_params, fused_params):
+        torch.testing.assert_close(b, a, rtol=RTOL, atol=ATOL)
+    (fused_plan,) = fused._fused_plans.values()
+    calls = [call for bucket in fused_plan.buckets for call in bucket.calls]
+    assert sorted(i for call in calls if call.pack is not None for i in call.indices) == [0, 1]
+    assert sorted(i for call in calls if call.pack is None for i in call.indices) == [2, 3]
 
 
 def test_a_parameter_re_pointed_to_a_smaller_view_at_the_same_address_is_refused() -> None:

@@ -99,7 +99,8 @@ class Lion(OptarenaOptimizer):
 
 register_optimizer(OptimizerInfo(
     "lion", Lion, 1e-4, num_betas=2, state_bytes_per_param=4, elementwise=True, int8_state=True,
-    int8_local_buffers=True, int8_fused_chunks=(8, 4, 1), stress=True, step_bytes=20, step_bytes_bf16_state=16,
+    int8_local_buffers=True, int8_fused_chunks=(8, 4, 1), fused_packed_below=1024, stress=True, step_bytes=20,
+    step_bytes_bf16_state=16,
     description="sign of interpolated momentum (Chen et al. 2023)",
     translation=Translation(
         1 / 5, (1 / 10, 1 / 3), 5.0,

@@ -79,7 +79,8 @@ class RLion(Lion):
 
 register_optimizer(OptimizerInfo(
     "rlion", RLion, 3e-3, num_betas=2, state_bytes_per_param=4, elementwise=True, int8_state=True, stress=True,
-    step_bytes=20, step_bytes_bf16_state=16, description="Lion with a bounded arctan/tanh map (Rong et al. 2025)",
+    step_bytes=20, step_bytes_bf16_state=16, fused_packed_below=1024,
+    description="Lion with a bounded arctan/tanh map (Rong et al. 2025)",
     translation=Translation(
         3.0, (1.0, 10.0), 1 / 3,
         "Rong et al. 2025 claim RLion tolerates AdamW-sized learning rates without warm-up; optarena's digits "

@@ -88,8 +88,9 @@ def fused_step(opt: Any, group: dict[str, Any], params: list[Tensor], states: li
         flat = info is not None and info.elementwise
         chunks = DEFAULT_FUSED_CHUNKS if info is None else (
             info.int8_fused_chunks if group.get("state_dtype") == INT8 else info.fused_chunks)
+        packed_below = info.fused_packed_below if flat else None
         try:
-            plan = make_plan(Request(opt, key, consts, values, flat, chunks), params, states)
+            plan = make_plan(Request(opt, key, consts, values, flat, chunks, packed_below), params, states)
         except Exception as err:  # noqa: BLE001 - whatever the compiler raised, foreach still works
             first = not opt._fused_failures
             opt._fused_failures[plan_key] = key

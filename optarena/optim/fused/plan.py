@@ -21,9 +21,10 @@ from ..step import math_dtype
 from .kernels import Kernel, StepValues, compile_on_stand_ins, kernel_for, kernel_inputs, stand_in_shapes
 from .pack import Pack, pack_runs, slice_shape
 
-#: Tensors with fewer elements are packed (with 8-bit state: chunked, in kernels of their own size class): a
-#: parallel region per tiny tensor costs more than it saves. Larger ones are compiled on large stand-in sizes, so
-#: that inductor emits OpenMP-parallel loops.
+#: Tensors with fewer elements are small: compiled on small stand-in sizes (serial loops: a parallel region per tiny
+#: tensor costs more than it saves), larger ones on large sizes, so that inductor emits OpenMP-parallel loops. Kernels
+#: with real shapes pack the small ones; flat kernels pack those below ``OptimizerInfo.fused_packed_below`` and chunk
+#: the others, and 8-bit state is always chunked.
 SMALL_TENSOR = 1 << 15
 #: Fewest small tensors with the same last two dims that a non-elementwise algorithm packs together (a lone one is
 #: chunked: a pack of one would specialise the kernel to one member).
@@ -41,6 +42,8 @@ class Call:
     buffers: list[list[Tensor]]
     steps: list[Tensor]
     pack: Pack | None = None
+    #: The kernel's size class: compiled on small stand-in sizes (serial loops).
+    small: bool = False
 
 
 @dataclass
@@ -93,36 +96,43 @@ class Request:
     values: StepValues
     flat: bool
     chunks: tuple[int, ...]
+    #: Flat kernels: ``OptimizerInfo.fused_packed_below``; None: ``SMALL_TENSOR``.
+    packed_below: int | None = None
 
-    def kernel(self, config: tuple[Any, ...], keys: tuple[str, ...], params: list[Tensor],
+    def kernel(self, config: tuple[Any, ...], keys: tuple[str, ...], params: list[Tensor], small: bool,
                scalar: bool = False) -> Kernel:
-        """The kernel of ``config`` for a call on ``params``. A flat kernel's cache key names its stand-ins' shapes
+        """The kernel of ``config`` for a call on ``params`` of size class ``small``. A flat kernel's cache key names
+        its stand-ins' shapes
         (``config`` fixes them). A kernel with real shapes serves every shape its guards pass within its size class
         (``config`` holds it; so does the cache key), and the shapes of its first compile choose its parallel loops, in
         this process as from inductor's cache (benchmarks/NOTES.md, "Compile sizes and tensors per call")."""
         if self.flat:
-            sizes = ", ".join(map(str, stand_in_shapes(params, stand_in_size(params))))
+            sizes = ", ".join(map(str, stand_in_shapes(params, stand_in_size(small))))
         else:
-            sizes = f"real shapes, {'under' if _small(params) else 'at least'} {SMALL_TENSOR} elements"
+            sizes = f"real shapes, {'under' if small else 'at least'} {SMALL_TENSOR} elements"
         return kernel_for(self.opt, config, self.consts, keys, self.flat, sizes, scalar)
 
 
-def stand_in_size(params: list[Tensor]) -> int:
-    """The elements of a flat kernel's first stand-in for a call on ``params``: odd, and large where inductor should
-    emit parallel loops (it parallelises a loop from the size hints it is compiled on)."""
-    return 37 if _small(params) else SMALL_TENSOR * 2 + 1
+def stand_in_size(small: bool) -> int:
+    """The elements of a flat kernel's first stand-in for a call of size class ``small``: odd, and large where
+    inductor should emit parallel loops (it parallelises a loop from the size hints it is compiled on)."""
+    return 37 if small else SMALL_TENSOR * 2 + 1
 
 
 def _small(params: list[Tensor]) -> bool:
-    """Whether a call's tensors are all small: its kernel's size class."""
+    """Whether ``params`` are all small (below ``SMALL_TENSOR``)."""
     return all(p.numel() < SMALL_TENSOR for p in params)
 
 
-def _chunked(p: Tensor, flat: bool) -> tuple[Any, ...]:
-    """The kind of a chunked tensor: its size class (inductor parallelises the loops of a kernel compiled on large
-    sizes only, and a kernel with real shapes serves the shapes of its guarded class: one first compiled on a lone
-    small matrix stepped large ones on one thread), and for a kernel with real shapes its guarded class."""
-    return "chunked", not _small([p]), None if flat else _guarded_class(p.shape)
+def _chunked(p: Tensor, flat: bool, quantized: bool) -> tuple[Any, ...]:
+    """The kind of a chunked tensor: whether it is large (inductor parallelises the loops of a kernel compiled on
+    large sizes only, and a kernel with real shapes serves the shapes of its guarded class: one first compiled on a
+    lone small matrix stepped large ones on one thread), and for a kernel with real shapes its guarded class. A flat
+    kernel chunks small fp32 tensors only from ``OptimizerInfo.fused_packed_below`` elements on; they share the large
+    tensors' kernels, which step them as fast as kernels of their own did (YOLOv8n's Lion; those cost 12 s more of
+    cold compiling; benchmarks/NOTES.md, "packs")."""
+    small = _small([p]) and (quantized or not flat)
+    return "chunked", not small, None if flat else _guarded_class(p.shape)
 
 
 def _guarded_class(shape: tuple[int, ...] | torch.Size) -> tuple[int, tuple[int | None, ...]]:
@@ -136,11 +146,12 @@ def static_sizes(shape: tuple[int, ...] | torch.Size) -> tuple[int | None, ...]:
     return tuple(size if size < STATIC_SIZE else None for size in shape[-2:])
 
 
-def classify(params: list[Tensor], states: list[dict[str, Tensor]],
-             flat: bool) -> tuple[list[int], dict[tuple[Any, ...], list[int]]]:
+def classify(params: list[Tensor], states: list[dict[str, Tensor]], flat: bool,
+             packed_below: int | None) -> tuple[list[int], dict[tuple[Any, ...], list[int]]]:
     """The tensors left to the eager loop, and the others by class: device, dtype, state keys and dtypes, and kind
-    (packed: with the step count, and for non-elementwise algorithms the slice shape; chunked: a size class, and for
-    non-elementwise algorithms the guarded class)."""
+    (packed, those below ``packed_below`` elements: with the step count, and for non-elementwise algorithms the slice
+    shape; chunked: a size class, and for non-elementwise algorithms the guarded class)."""
+    packed_below = SMALL_TENSOR if packed_below is None else packed_below
     eager: list[int] = []
     classes: dict[tuple[Any, ...], list[int]] = defaultdict(list)
     for i, p in enumerate(params):
@@ -157,16 +168,16 @@ def classify(params: list[Tensor], states: list[dict[str, Tensor]],
             eager.append(i)
             continue
         # small 8-bit tensors are chunked, not packed: a pack has no block scales of its own
-        if p.numel() < SMALL_TENSOR and p.is_contiguous() and not quantized:
+        if p.numel() < packed_below and p.is_contiguous() and not quantized:
             kind = ("flat", step) if flat else ("segmented", slice_shape(p.shape), step)
         else:
-            kind = _chunked(p, flat)
+            kind = _chunked(p, flat, quantized)
         state_dtypes = tuple((k, v.dtype) for k, v in state.items() if k != "step")
         classes[(p.device, p.dtype, tuple(state), state_dtypes, kind)].append(i)
     for class_key in list(classes):
         if class_key[-1][0] == "segmented" and len(classes[class_key]) < MIN_SEGMENTED:
             for i in classes.pop(class_key):
-                classes[(*class_key[:-1], _chunked(params[i], flat))].append(i)
+                classes[(*class_key[:-1], _chunked(params[i], flat, False))].append(i)
     return eager, classes
 
 
@@ -185,9 +196,9 @@ def chunk(request: Request, params: list[Tensor], states: list[dict[str, Tensor]
                 idx = run[start:start + size]
                 start += size
                 views = _views(params, states, idx, keys, request.flat)
-                kernel = request.kernel((*config, size, kind), keys, views[0],
+                kernel = request.kernel((*config, size, kind), keys, views[0], not kind[1],
                                         scalar=not request.flat and scalar_loops(params[idx[0]].shape))
-                calls.append(Call(kernel, idx, *views))
+                calls.append(Call(kernel, idx, *views, small=not kind[1]))
     return calls
 
 
@@ -223,12 +234,12 @@ def pack(request: Request, params: list[Tensor], states: list[dict[str, Tensor]]
         where = (params[run[0]].device, params[run[0]].dtype)
         packed = Pack(params, states, run, keys, *scratch[where], segmented=not request.flat)
         slices = packed.flat_param.shape[1:]
-        size_class = ("packed", not _small([packed.flat_param]), packed.flat_param.dim(),
-                      None if request.flat else static_sizes(slices))
-        kernel = request.kernel((*config, 1, size_class), keys, [packed.flat_param],
+        small = _small([packed.flat_param])
+        size_class = ("packed", not small, packed.flat_param.dim(), None if request.flat else static_sizes(slices))
+        kernel = request.kernel((*config, 1, size_class), keys, [packed.flat_param], small,
                                 scalar=not request.flat and scalar_loops(slices))
         bucket.calls.append(Call(kernel, run, [packed.flat_param], [[flat] for flat in packed.flat_state],
-                                 packed.steps, packed))
+                                 packed.steps, packed, small))
     return sum(2 * n * dtype.itemsize for (_, dtype), n in sizes.items())
 
 
@@ -248,7 +259,7 @@ def precompile(request: Request, plan: FusedPlan) -> None:
             try:
                 compile_on_stand_ins(request.opt, call.kernel, (call.params, grads, call.buffers, call.steps,
                                                                 segments), bucket.inputs, call.pack is not None,
-                                     stand_in_size(call.params))
+                                     stand_in_size(call.small))
             except Exception as err:  # noqa: BLE001 - whatever the compiler raised, foreach still works
                 call.kernel.failure = f"{type(err).__name__}: {err}"
                 raise RuntimeError(call.kernel.failure) from err
@@ -258,7 +269,7 @@ def precompile(request: Request, plan: FusedPlan) -> None:
 def make_plan(request: Request, params: list[Tensor], states: list[dict[str, Tensor]]) -> FusedPlan:
     """The plan for ``params``; raises (naming the cause) where a kernel cannot be made or compiled."""
     plan = FusedPlan(request.key, params, states, request.flat, layout_of(params))
-    plan.eager, classes = classify(params, states, request.flat)
+    plan.eager, classes = classify(params, states, request.flat, request.packed_below)
     buckets: dict[tuple[torch.device, torch.dtype], Bucket] = {}
     small: list[tuple[Bucket, tuple[Any, ...], tuple[str, ...], list[int]]] = []
     for (device, dtype, state_keys, state_dtypes, kind), members in classes.items():
