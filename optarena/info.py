@@ -67,9 +67,9 @@ class OptimizerInfo:
     #: Tensors per compiled call of the fused step, largest first (see ``optarena.optim.fused``).
     fused_chunks: tuple[int, ...] = DEFAULT_FUSED_CHUNKS
     #: Elementwise algorithms: tensors of fewer elements share one fused call, copied in and out of a pack; larger
-    #: ones are stepped in place in chunks. Where copying costs more than the chunked calls depends on the calls' tensor
-    #: count and buffers: from 64–256 elements for Lion's 32 tensors per call, 1–2K for Adan's 16 (benchmarks/NOTES.md,
-    #: "packs").
+    #: ones are stepped in place in chunks, through the large tensors' kernels. Where copying costs more than the
+    #: chunked calls depends on the calls' tensor count and buffers: from 512–1024 elements for Lion's 32 tensors per
+    #: call, 1–2K for Adan's 16 (benchmarks/NOTES.md, "packs"). 8-bit groups pack their fp32-state tensors below 32K.
     fused_packed_below: int = 2048
     #: The same with 8-bit state, where a call's compile time grows faster than its tensor count (200×82K Lion: 75 s
     #: with 32 per call); more per call paid only for Lion's kernel, the least arithmetic per byte

@@ -179,8 +179,8 @@ def test_small_tensors_with_the_same_last_two_dims_share_one_pack() -> None:
 @pytest.mark.parametrize("name", ["Lion", "Adan"])
 def test_flat_kernels_pack_only_tensors_below_the_optimizers_limit(name: str) -> None:
     """A pack copies its members' gradients and parameters in and out: an elementwise algorithm packs only tensors
-    below its ``fused_packed_below`` and steps the larger small ones in place, in chunks (with kernels compiled for
-    small sizes). Both step as the loop does."""
+    below its ``fused_packed_below`` and steps the larger small ones in place, in chunks, through the large tensors'
+    kernels (compiled on large stand-ins: parallel loops). Both step as the loop does."""
     cls = getattr(optarena, name)
     limit = info_for(cls).fused_packed_below
     shapes = [(limit - 1,), (3, 5), (limit,), (2, limit // 2 + 3)]
@@ -199,6 +199,8 @@ def test_flat_kernels_pack_only_tensors_below_the_optimizers_limit(name: str) ->
     calls = [call for bucket in fused_plan.buckets for call in bucket.calls]
     assert sorted(i for call in calls if call.pack is not None for i in call.indices) == [0, 1]
     assert sorted(i for call in calls if call.pack is None for i in call.indices) == [2, 3]
+    assert [call.small for call in calls if call.pack is not None] == [True]
+    assert not any(call.small for call in calls if call.pack is None)
 
 
 def test_a_parameter_re_pointed_to_a_smaller_view_at_the_same_address_is_refused() -> None:

@@ -41,12 +41,13 @@ def step_code(shapes: list[tuple[int, ...]], state_dtype: str | None, monkeypatc
 
 def test_a_kernel_compiled_on_small_tensors_does_not_serve_large_ones(monkeypatch: pytest.MonkeyPatch,
                                                                      tmp_path) -> None:
-    """Small tensors' kernel (a pack) first, then one 64K-element tensor's, whose graph is the same: the large one's
-    loop is parallel, not the small one's code from inductor's cache (which keys on the graph, not the sizes: without
-    the sizes in optarena's key, a 16M-element Lion step ran on one thread after any small-tensor step on the
-    machine)."""
+    """Small tensors' kernel (a pack: tensors below Lion's ``fused_packed_below``) first, then one 64K-element
+    tensor's, whose graph is the same: the large one's loop is parallel, not the small one's code from inductor's
+    cache (which keys on the graph, not the sizes: without the sizes in optarena's key, a 16M-element Lion step ran on
+    one thread after any small-tensor step on the machine)."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # an empty cache, which both compiles fill
-    step_code([(4096,)] * 3, None, monkeypatch)
+    small = step_code([(512,)] * 3, None, monkeypatch)
+    assert "#pragma omp for" not in small
     large = step_code([(1 << 16,)], None, monkeypatch)
     assert large.count("for(int64_t x0=") == 1 and "#pragma omp for" in large
 

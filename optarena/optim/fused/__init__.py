@@ -2,7 +2,7 @@
 
 The step body (:func:`optarena.optim.step.step_tensors`) is compiled over flat views of the parameters and state
 (for elementwise algorithms: one kernel serves every shape) or over the real shapes (others), a few tensors per
-call (``OptimizerInfo.fused_chunks``), small tensors packed into one call (:mod:`.pack`). lr, betas, a nonzero
+call (``OptimizerInfo.fused_chunks``), the smallest tensors packed into one call (:mod:`.pack`). lr, betas, a nonzero
 weight decay and a gradient scale are kernel inputs, so schedules do not recompile; the other hyper-parameters are
 compiled in, and kernels are shared by every optimizer with the same configuration.
 """
@@ -88,7 +88,8 @@ def fused_step(opt: Any, group: dict[str, Any], params: list[Tensor], states: li
         flat = info is not None and info.elementwise
         chunks = DEFAULT_FUSED_CHUNKS if info is None else (
             info.int8_fused_chunks if group.get("state_dtype") == INT8 else info.fused_chunks)
-        packed_below = info.fused_packed_below if flat else None
+        # 8-bit groups keep packing their fp32-state tensors below 32K: their calls take few tensors (int8_fused_chunks)
+        packed_below = info.fused_packed_below if flat and group.get("state_dtype") != INT8 else None
         try:
             plan = make_plan(Request(opt, key, consts, values, flat, chunks, packed_below), params, states)
         except Exception as err:  # noqa: BLE001 - whatever the compiler raised, foreach still works

@@ -63,8 +63,8 @@ def compile_kernel(body: Callable[..., Any], options: dict[str, Any], guard_filt
     only), the compiled graph is also handed to it, when the body compiles, as a function of the body's own
     arguments (:func:`direct_call`), or None if the body compiles a second time (then only dynamo knows which graph
     fits). For a kernel whose guards are all dropped, dynamo's work per call is then only to take the tensors out of
-    the argument lists: calling the graph directly saves ~15–22 µs per call (benchmarks/NOTES.md, "calling the
-    graph directly")."""
+    the argument lists: calling the graph directly saves ~15–22 µs per call, and past AOT autograd's wrappers
+    17–48 µs more (benchmarks/NOTES.md, "calling the graph directly")."""
     # an option of torch.compile's own, not inductor's
     guards = {} if guard_filter is None else {"guard_filter_fn": guard_filter}
     if on_graph is None or not adjusted():
@@ -127,7 +127,7 @@ def inductor_graph(compiled: Callable[..., Any]) -> Any:
     """Inductor's graph (``CompiledFxGraph``, called on a list of the graph inputs) inside the wrappers that AOT
     autograd put around it, or None if there is none to find. Calling it past the wrappers saves 17–48 µs a call, the
     more the larger the kernel's tensors (the wrappers' Python runs from caches that the kernel flushed; benchmarks/
-    NOTES.md, "8-bit Lion on 200×82K"); a kernel adopts it only once it computed what dynamo's call did."""
+    NOTES.md, "calling the graph directly"); a kernel adopts it only once it computed what dynamo's call did."""
     from torch._inductor.output_code import CompiledFxGraph
 
     seen: set[int] = set()

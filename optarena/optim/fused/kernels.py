@@ -99,8 +99,8 @@ class Kernel:
     failure: str | None = None
     #: The compiled body (``torch.compile``), set by ``kernel_for``.
     fn: Callable[..., list[Tensor]] | None = None
-    #: The compiled graph called without dynamo (``codegen.direct_call``), once it computed on the stand-ins exactly
-    #: what ``fn`` did; ``offered`` is the one waiting for that check.
+    #: The compiled graph called without dynamo or AOT autograd (``codegen.direct_call``), once it computed on the
+    #: stand-ins exactly what ``fn`` did; ``offered`` is the one waiting for that check.
     direct: Callable[..., list[Tensor]] | None = None
     offered: Callable[..., list[Tensor]] | None = None
 

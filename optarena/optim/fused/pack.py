@@ -45,8 +45,8 @@ class Pack:
     buffers laid out so, each state entry a view of one (``state_dict`` and the other paths still see one tensor
     per parameter and key), with the step counts in one float64 vector; a pack only joins tensors whose counts are
     equal, so that its kernel reads one count and writes it back to all. Each step copies the gradients and
-    parameters into two scratch buffers and the parameters back around one kernel call: C++ copies cost less per
-    tensor than the Python and dynamo work around a call that takes each tensor (benchmarks/NOTES.md, "packs").
+    parameters into two scratch buffers and the parameters back around one kernel call: for small enough tensors
+    C++ copies cost less than the Python work around a call that takes each tensor (benchmarks/NOTES.md, "packs").
     """
 
     def __init__(self, params: list[Tensor], states: list[dict[str, Tensor]], members: list[int],

@@ -1,8 +1,8 @@
 """Which kernel steps which tensors: a group's fused plan, made once and reused while nothing changes.
 
 Making a plan takes four steps: *classify* each tensor (left to the eager loop, packed with other small ones, or
-chunked), *chunk* the large ones into calls of ``fused_chunks`` tensors, *pack* the small ones, and *precompile*
-every kernel on stand-ins, so that a compiler failure leaves the step to the foreach path untouched.
+chunked), *chunk* the others into calls of ``fused_chunks`` tensors, *pack* the small ones, and *precompile* every
+kernel on stand-ins, so that a compiler failure leaves the step to the foreach path untouched.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from ..step import math_dtype
 from .kernels import Kernel, StepValues, compile_on_stand_ins, kernel_for, kernel_inputs, stand_in_shapes
 from .pack import Pack, pack_runs, slice_shape
 
-#: Tensors with fewer elements are small: compiled on small stand-in sizes (serial loops: a parallel region per tiny
-#: tensor costs more than it saves), larger ones on large sizes, so that inductor emits OpenMP-parallel loops. Kernels
-#: with real shapes pack the small ones; flat kernels pack those below ``OptimizerInfo.fused_packed_below`` and chunk
-#: the others, and 8-bit state is always chunked.
+#: Kernels with real shapes pack tensors with fewer elements; flat kernels those below
+#: ``OptimizerInfo.fused_packed_below`` (8-bit groups those below this), and 8-bit state is always chunked. A pack
+#: or an 8-bit chunk below it is compiled on small stand-in sizes (serial loops: a parallel region per tiny tensor
+#: costs more than it saves), other calls on large sizes, so that inductor emits OpenMP-parallel loops.
 SMALL_TENSOR = 1 << 15
 #: Fewest small tensors with the same last two dims that a non-elementwise algorithm packs together (a lone one is
 #: chunked: a pack of one would specialise the kernel to one member).
@@ -102,10 +102,10 @@ class Request:
     def kernel(self, config: tuple[Any, ...], keys: tuple[str, ...], params: list[Tensor], small: bool,
                scalar: bool = False) -> Kernel:
         """The kernel of ``config`` for a call on ``params`` of size class ``small``. A flat kernel's cache key names
-        its stand-ins' shapes
-        (``config`` fixes them). A kernel with real shapes serves every shape its guards pass within its size class
-        (``config`` holds it; so does the cache key), and the shapes of its first compile choose its parallel loops, in
-        this process as from inductor's cache (benchmarks/NOTES.md, "Compile sizes and tensors per call")."""
+        its stand-ins' shapes (``config`` fixes them). A kernel with real shapes serves every shape its guards pass
+        within its size class (``config`` holds it; so does the cache key), and the shapes of its first compile choose
+        its parallel loops, in this process as from inductor's cache (benchmarks/NOTES.md, "Compile sizes and tensors
+        per call")."""
         if self.flat:
             sizes = ", ".join(map(str, stand_in_shapes(params, stand_in_size(small))))
         else:
