@@ -189,10 +189,13 @@ def decoded(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def encode_(state: dict[str, Tensor], values: dict[str, Tensor]) -> None:
     """Encode the decoded buffers of ``values`` (from :func:`decoded`) back into ``state``'s codes, dithered by
-    the state's step count."""
+    the state's step count (one dither row for all of its buffers, as on the step's paths)."""
+    dither = None
     for k, v in values.items():
         if is_codes(state, k):
-            quantize_(state[k], state[k + SCALE_SUFFIX], v, dither_rows([state[STEP]], v.device)[0])
+            if dither is None:
+                dither = dither_rows([state[STEP]], v.device)[0]
+            quantize_(state[k], state[k + SCALE_SUFFIX], v, dither)
 
 
 def is_scale(state: dict[str, Tensor], key: str) -> bool:
