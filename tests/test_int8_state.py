@@ -214,11 +214,16 @@ def test_only_8bit_capable_optimizers_accept_it() -> None:
 
 @pytest.mark.parametrize("name, lr", [("lion", 1e-3), ("adan", 1e-3)])
 def test_int8_state_accuracy_cost_on_digits(name: str, lr: float) -> None:
-    """The real-task cost: digits MLP, 15 epochs; 8-bit state loses at most 1.5 points of validation accuracy."""
-    fp32 = train_digits(name, lr=lr, epochs=15, seed=0)
-    int8 = train_digits(name, lr=lr, epochs=15, seed=0, state_dtype="int8")
-    assert int8.state_bytes < 0.4 * fp32.state_bytes  # its 1280-element head keeps fp32 state
-    assert int8.val_accuracy >= fp32.val_accuracy - 0.015, (fp32.val_accuracy, int8.val_accuracy)
+    """The real-task cost: digits MLP, 15 epochs, seeds 0-2; 8-bit state loses at most 1.5 points of validation
+    accuracy on the mean (one seed's trajectory moves by about a point for any perturbation: benchmarks/NOTES.md)."""
+    gaps = []
+    for seed in range(3):
+        fp32 = train_digits(name, lr=lr, epochs=15, seed=seed)
+        int8 = train_digits(name, lr=lr, epochs=15, seed=seed, state_dtype="int8")
+        assert int8.state_bytes < 0.4 * fp32.state_bytes  # its 1280-element head keeps fp32 state
+        assert min(fp32.val_accuracy, int8.val_accuracy) > 0.9, (seed, fp32.val_accuracy, int8.val_accuracy)  # learned
+        gaps.append(int8.val_accuracy - fp32.val_accuracy)
+    assert statistics.fmean(gaps) >= -0.015, gaps
 
 
 @pytest.mark.parametrize("name, lr", [("lion", 1e-3), ("adan", 3.16e-3)])  # the arena's tuned lrs on char_lm
