@@ -45,9 +45,13 @@ def records(config: CompareConfig, optimizer: str, runs: dict[tuple, RunResult],
 
 
 def tuned(lrs: tuple[float, ...], metrics: tuple[float, ...], seeds: int = 2, spread: float = 0.0,
-          **kw) -> dict[tuple[float, int], RunResult]:
-    """Tuning runs (seed 0) and the seed runs at the best (lowest) lr, seed s worse by ``s · spread``."""
+          opt_ms_spread: float = 0.0, **kw) -> dict[tuple[float, int], RunResult]:
+    """Tuning runs (seed 0) and the seed runs at the best (lowest) lr, seed s worse by ``s · spread`` and its step
+    ``s · opt_ms_spread`` ms slower."""
     runs = {(lr, 0): result(m, **kw) for lr, m in zip(lrs, metrics)}
     best = lrs[metrics.index(min(metrics))]
-    runs.update({(best, s): result(min(metrics) + s * spread, **kw) for s in range(1, seeds)})
+    opt_ms = kw.pop("opt_ms", 1.0)
+    runs[(best, 0)] = result(min(metrics), opt_ms=opt_ms, **kw)
+    runs.update({(best, s): result(min(metrics) + s * spread, opt_ms=opt_ms + s * opt_ms_spread, **kw)
+                 for s in range(1, seeds)})
     return runs

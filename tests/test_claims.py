@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from synthetic import ADAMW_GRID, LION_GRID, SECOND, config, records, result, tuned
+from synthetic import ADAMW_GRID, LINEAR, LION_GRID, SECOND, config, records, result, tuned
 
 from optarena.arena.claims import FAILS, HOLDS, LARGER, SMALLER, UNMEASURED, evaluate_claims, range_verdict
 from optarena.arena.results import ResultSet
@@ -46,6 +46,26 @@ def test_memory_and_speed_claims_hold_only_inside_the_claimed_range(tmp_path, li
     # a slower Lion reads "more time", never a negative "less time"
     said = f"{100 * (1 - lion_ms):.1f} % less time" if lion_ms <= 1 else f"{100 * (lion_ms - 1):.1f} % more time"
     assert said in found[SPEED][0] and "positive: Lion faster" in found[SPEED][0]
+
+
+@pytest.mark.parametrize("lion_ms, spread, verdict", [
+    (0.9, 0.05, HOLDS),  # 10 % faster; seeds 0.90-0.95 against 1.00-1.05: apart
+    (0.9, 0.15, UNMEASURED),  # the same medians, seeds 0.90-1.05 against 1.00-1.15: a tie, no verdict
+    (1.02, 0.15, UNMEASURED),  # 2 % slower inside the spread: not "does not hold" either
+    (1.2, 0.15, FAILS),  # 20 % slower, beyond the spread
+])
+def test_the_speed_claim_draws_no_verdict_from_step_times_inside_the_seed_spread(tmp_path, lion_ms, spread, verdict):
+    cfg = config(tmp_path, tasks=(LINEAR, SECOND))
+    recs = []
+    for task in ("linear", "linear2"):
+        recs += records(cfg, "adamw", tuned(ADAMW_GRID, (0.3, 0.1, 0.2), opt_ms=1.0, opt_ms_spread=spread), task=task)
+        recs += records(cfg, "lion", tuned(LION_GRID, (0.3, 0.1, 0.2), opt_ms=lion_ms, opt_ms_spread=spread),
+                        task=task)
+    measured, found = claims(cfg, recs)[SPEED]
+    assert found == verdict, measured
+    apart = 2 if verdict in (HOLDS, FAILS) else 0
+    assert f"beyond their seed spread on {apart} of 2 tasks" in measured
+    assert ("too close to decide here" in measured) == (verdict == UNMEASURED)
 
 
 def _lion(best: float, lrs=(1e-5, 3.162e-5, 1e-4, 3.162e-4, 1e-3), metric: float = 0.1, **kw):
