@@ -48,24 +48,28 @@ def test_memory_and_speed_claims_hold_only_inside_the_claimed_range(tmp_path, li
     assert said in found[SPEED][0] and "positive: Lion faster" in found[SPEED][0]
 
 
-@pytest.mark.parametrize("lion_ms, spread, verdict", [
-    (0.9, 0.05, HOLDS),  # 10 % faster; seeds 0.90-0.95 against 1.00-1.05: apart
-    (0.9, 0.15, UNMEASURED),  # the same medians, seeds 0.90-1.05 against 1.00-1.15: a tie, no verdict
-    (1.02, 0.15, UNMEASURED),  # 2 % slower inside the spread: not "does not hold" either
-    (1.2, 0.15, FAILS),  # 20 % slower, beyond the spread
+@pytest.mark.parametrize("tasks, seeds, verdict, ties", [
+    # (Lion's step ms, both optimizers' seed s slower by s · spread) per task; AdamW's step 1 ms
+    (((0.9, 0.05), (0.9, 0.05)), 2, HOLDS, 0),  # 9.8 % faster: seeds 0.90-0.95 against 1.00-1.05
+    (((0.9, 0.3), (0.9, 0.3)), 2, UNMEASURED, 2),  # medians 1.05 and 1.15, each inside the other's range: ties
+    (((1.02, 0.15), (1.02, 0.15)), 2, UNMEASURED, 2),  # 1.9 % slower inside the spread: not "does not hold" either
+    (((1.2, 0.15), (1.2, 0.15)), 2, FAILS, 0),  # 18.6 % slower, beyond the spread
+    (((0.9, 0.05), (0.9, 0.3)), 2, UNMEASURED, 1),  # a tie on half the tasks: no verdict
+    (((0.9, 0.0), (0.9, 0.0)), 1, HOLDS, 0),  # one seed: no spread, only equal times tie
+    (((1.0, 0.0), (0.9, 0.0)), 1, UNMEASURED, 1),
 ])
-def test_the_speed_claim_draws_no_verdict_from_step_times_inside_the_seed_spread(tmp_path, lion_ms, spread, verdict):
-    cfg = config(tmp_path, tasks=(LINEAR, SECOND))
+def test_the_speed_claim_draws_no_verdict_from_step_times_inside_the_seed_spread(tmp_path, tasks, seeds, verdict,
+                                                                                 ties):
+    cfg = config(tmp_path, tasks=(LINEAR, SECOND), seeds=seeds)
     recs = []
-    for task in ("linear", "linear2"):
-        recs += records(cfg, "adamw", tuned(ADAMW_GRID, (0.3, 0.1, 0.2), opt_ms=1.0, opt_ms_spread=spread), task=task)
-        recs += records(cfg, "lion", tuned(LION_GRID, (0.3, 0.1, 0.2), opt_ms=lion_ms, opt_ms_spread=spread),
-                        task=task)
+    for task, (lion_ms, spread) in zip(("linear", "linear2"), tasks):
+        adamw = tuned(ADAMW_GRID, (0.3, 0.1, 0.2), seeds=seeds, opt_ms=1.0, opt_ms_spread=spread)
+        lion = tuned(LION_GRID, (0.3, 0.1, 0.2), seeds=seeds, opt_ms=lion_ms, opt_ms_spread=spread)
+        recs += records(cfg, "adamw", adamw, task=task) + records(cfg, "lion", lion, task=task)
     measured, found = claims(cfg, recs)[SPEED]
     assert found == verdict, measured
-    apart = 2 if verdict in (HOLDS, FAILS) else 0
-    assert f"beyond their seed spread on {apart} of 2 tasks" in measured
-    assert ("too close to decide here" in measured) == (verdict == UNMEASURED)
+    assert f"the two tie on {ties} of 2 tasks" in measured and "a tie inside the seed spread counting 0" in measured
+    assert ("too many to decide here" in measured) == (verdict == UNMEASURED)
 
 
 def _lion(best: float, lrs=(1e-5, 3.162e-5, 1e-4, 3.162e-4, 1e-3), metric: float = 0.1, **kw):
