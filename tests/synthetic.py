@@ -51,7 +51,6 @@ def tuned(lrs: tuple[float, ...], metrics: tuple[float, ...], seeds: int = 2, sp
     runs = {(lr, 0): result(m, **kw) for lr, m in zip(lrs, metrics)}
     best = lrs[metrics.index(min(metrics))]
     opt_ms = kw.pop("opt_ms", 1.0)
-    runs[(best, 0)] = result(min(metrics), opt_ms=opt_ms, **kw)
     runs.update({(best, s): result(min(metrics) + s * spread, opt_ms=opt_ms + s * opt_ms_spread, **kw)
                  for s in range(1, seeds)})
     return runs

@@ -4,9 +4,9 @@ Every verdict is computed from the runs and follows the claim's words: a quantit
 measurement falls inside the claimed range; outside it the effect is "larger than claimed" or "smaller than
 claimed", or the claim "does not hold" when the effect is absent or reversed; "not measured here" when the
 comparison lacks what the claim needs (an optimizer, a batch-size sweep, a divergence to compare against) or cannot
-resolve it (step times that tie inside their seed spread on most tasks). Ties follow the seed spread
-(:meth:`CellSummary.ties`, :func:`steps_apart`); a task where an optimizer never learned is left out of ratio claims
-and named.
+resolve it (step times that tie inside their seed spread on half the tasks or more). Ties follow the seed spread
+(:meth:`CellSummary.ties`, :func:`steps_tie`); a task where an optimizer never learned is left out of ratio claims and
+named.
 """
 
 from __future__ import annotations
