@@ -86,10 +86,10 @@ def fused_step(opt: Any, group: dict[str, Any], params: list[Tensor], states: li
         info = info_for(type(opt))
         # an unregistered algorithm may mix elements: its kernels keep real shapes, which is right for any math
         flat = info is not None and info.elementwise
-        chunks = DEFAULT_FUSED_CHUNKS if info is None else (
-            info.int8_fused_chunks if group.get("state_dtype") == INT8 else info.fused_chunks)
+        int8 = group.get("state_dtype") == INT8
+        chunks = DEFAULT_FUSED_CHUNKS if info is None else info.int8_fused_chunks if int8 else info.fused_chunks
         # 8-bit groups keep packing their fp32-state tensors below 32K: their calls take few tensors (int8_fused_chunks)
-        packed_below = info.fused_packed_below if flat and group.get("state_dtype") != INT8 else None
+        packed_below = info.fused_packed_below if flat and not int8 else None
         try:
             plan = make_plan(Request(opt, key, consts, values, flat, chunks, packed_below), params, states)
         except Exception as err:  # noqa: BLE001 - whatever the compiler raised, foreach still works
